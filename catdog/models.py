@@ -1,0 +1,361 @@
+"""Models of the four stages: the baseline CNN, backbones, freeze/unfreeze.
+
+Every model takes RGB images with values 0..255 (uint8 or float) and does
+its own augmentation, rescaling and backbone preprocessing, so the same
+pixels work for training, evaluation, prediction and the exported model::
+
+    image -> [augmentation] -> rescale / backbone preprocess -> body -> float32 head
+
+The head is float32 whatever the dtype policy, so a ``mixed_float16`` model
+still returns float32 probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Optional
+
+from absl import logging
+import keras
+from keras import ops
+
+from catdog import augment
+from catdog import config as config_lib
+
+BACKBONE_NAME = "backbone"
+PREPROCESS_NAME = "preprocess"
+KERAS_CACHE = os.path.join("~", ".keras", "models")
+
+
+class WeightsError(ValueError):
+    """Backbone weights cannot be obtained or do not fit the backbone."""
+
+
+@keras.saving.register_keras_serializable(package="catdog")
+class Preprocess(keras.layers.Layer):
+    """A backbone's ``preprocess_input`` as a serializable layer.
+
+    Modes follow ``keras.applications.imagenet_utils``: ``caffe`` (RGB to
+    BGR, ImageNet mean subtracted; VGG, ResNet), ``tf`` (scaled to [-1, 1];
+    MobileNets), ``rescale`` (to [0, 1]; the baseline CNN) and ``none``
+    (EfficientNet rescales inside the network). A layer rather than a Lambda,
+    so a saved model loads in Keras' safe mode.
+    """
+
+    MODES = ("caffe", "tf", "rescale", "none")
+    _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"Preprocess mode must be one of {self.MODES}. "
+                             f"Received: mode={mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        x = ops.cast(x, self.compute_dtype)
+        if self.mode == "caffe":
+            x = ops.flip(x, axis=-1)  # RGB -> BGR
+            return x - ops.cast(ops.convert_to_tensor(self._CAFFE_MEAN_BGR),
+                                self.compute_dtype)
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "rescale":
+            return x / 255.0
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A registered ImageNet backbone.
+
+    Attributes:
+      constructor: the ``keras.applications`` function.
+      preprocess: :class:`Preprocess` mode of its ``preprocess_input``.
+      top_block_start: name of the first layer of the top block, which
+        fine-tuning unfreezes by default (everything from it to the output).
+      weights_file: ``f(alpha, image_size)`` giving the no-top weights file
+        name Keras downloads into ``~/.keras/models``.
+      has_alpha: takes a width multiplier (``--backbone_alpha``).
+    """
+
+    constructor: Callable
+    preprocess: str
+    top_block_start: str
+    weights_file: Callable
+    has_alpha: bool = False
+
+
+def _mobilenet_file(alpha, size):
+    alpha_text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}.get(alpha, str(alpha))
+    rows = size[0] if size[0] in (128, 160, 192, 224) else 224
+    return f"mobilenet_{alpha_text}_{rows}_tf_no_top.h5"
+
+
+def _mobilenet_v2_file(alpha, size):
+    rows = size[0] if size[0] in (96, 128, 160, 192, 224) else 224
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
+
+
+BACKBONES = {
+    # VGG16: block5 is its last 4 layers (3 convs and the pool).
+    "vgg16": Backbone(keras.applications.VGG16, "caffe", "block5_conv1",
+                      lambda a, s: "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    # VGG19: block5 is its last 5 layers (4 convs and the pool).
+    "vgg19": Backbone(keras.applications.VGG19, "caffe", "block5_conv1",
+                      lambda a, s: "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    # ResNet50: the last residual block conv5_block3 (10 layers).
+    "resnet50": Backbone(keras.applications.ResNet50, "caffe", "conv5_block3_1_conv",
+                         lambda a, s: "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    # MobileNet v1: the last depthwise-separable block conv_dw_13/conv_pw_13 (6 layers).
+    "mobilenet": Backbone(keras.applications.MobileNet, "tf", "conv_dw_13",
+                          _mobilenet_file, has_alpha=True),
+    # MobileNetV2: the last inverted-residual block 16 and the 1x1 top conv (12 layers).
+    "mobilenet_v2": Backbone(keras.applications.MobileNetV2, "tf", "block_16_expand",
+                             _mobilenet_v2_file, has_alpha=True),
+    # EfficientNetB0: block7a and the top conv (20 layers).
+    "efficientnet_b0": Backbone(keras.applications.EfficientNetB0, "none",
+                                "block7a_expand_conv",
+                                lambda a, s: "efficientnetb0_notop.h5"),
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    """Returns the registered backbone ``name``; ValueError lists the choices."""
+    if name not in BACKBONES:
+        raise ValueError(f"`--backbone` must be one of {sorted(BACKBONES)}. "
+                         f"Received: backbone={name!r}")
+    return BACKBONES[name]
+
+
+def build_backbone(name: str, image_size, weights: str = "imagenet",
+                   alpha: float = 1.0) -> keras.Model:
+    """Builds a headless ImageNet backbone named ``"backbone"``.
+
+    Args:
+      name: a key of :data:`BACKBONES`.
+      image_size: ``(height, width)`` of the input images.
+      weights: ``"imagenet"`` (Keras' own download and cache in
+        ``~/.keras/models``), ``"none"`` (random init) or a weights file path.
+      alpha: width multiplier for the MobileNets.
+
+    Returns:
+      The backbone ``keras.Model`` (``include_top=False``).
+
+    Raises:
+      WeightsError: the ImageNet download failed (the message names the file
+        to place in ``~/.keras/models``), or the given file does not fit.
+    """
+    spec = get_backbone(name)
+    image_size = tuple(image_size)
+    if min(image_size) < 32:
+        raise ValueError(f"Backbone {name!r} needs images of at least 32x32. "
+                         f"Received: image_size={image_size}")
+    kwargs = dict(include_top=False, input_shape=(*image_size, 3), name=BACKBONE_NAME)
+    if spec.has_alpha:
+        kwargs["alpha"] = alpha
+    elif alpha != 1.0:
+        logging.warning("--backbone_alpha=%s is ignored by backbone %s.", alpha, name)
+    weights = weights or "none"
+    if weights.lower() == "none":
+        return spec.constructor(weights=None, **kwargs)
+    if weights == "imagenet":
+        try:
+            return spec.constructor(weights="imagenet", **kwargs)
+        except Exception as e:  # download failures come as many exception types
+            fname = spec.weights_file(alpha, image_size)
+            raise WeightsError(
+                f"Could not get the ImageNet weights of backbone {name!r}: "
+                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. "
+                f"Place the file {fname} in {KERAS_CACHE}/ (Keras' cache), or pass "
+                f"--weights=/path/to/{fname}, or --weights=none to start from "
+                "random initialisation.") from e
+    path = os.path.expanduser(weights)
+    if not os.path.isfile(path):
+        raise WeightsError(f"`--weights` file not found: {weights!r}. Pass "
+                           "'imagenet', 'none' or the path of a weights file.")
+    model = spec.constructor(weights=None, **kwargs)
+    try:
+        model.load_weights(path)
+    except Exception as e:
+        raise WeightsError(
+            f"Weights file {weights!r} does not match backbone {name!r}"
+            f"{f' with alpha={alpha}' if spec.has_alpha else ''}: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. Expected "
+            f"a no-top ImageNet file such as {spec.weights_file(alpha, image_size)}."
+        ) from e
+    return model
+
+
+def _head(x, num_classes: int, dropout: float, pooling: str):
+    if pooling == "flatten":
+        x = keras.layers.Flatten(name="head_flatten")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="head_pool")(x)
+    else:
+        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    # float32 whatever the policy: probabilities and the loss stay exact
+    # under mixed precision.
+    if num_classes == 2:
+        return keras.layers.Dense(1, activation="sigmoid", dtype="float32",
+                                  name="predictions")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                              name="predictions")(x)
+
+
+def _inputs(image_size):
+    return keras.Input(shape=(*tuple(image_size), 3), name="image")
+
+
+def _augmentation(model_config, seed):
+    return augment.build_augmentation(model_config.flip, model_config.rotation,
+                                      model_config.zoom, seed=seed)
+
+
+def build_cnn(image_size, num_classes: int = 2, augmentation=None,
+              dropout: float = 0.5, filters=(32, 64, 128),
+              name: str = "baseline") -> keras.Model:
+    """The small CNN of stages 1 and 2.
+
+    ``[augmentation] -> Rescaling(1/255) -> 3 x (BatchNorm -> Conv 3x3 relu ->
+    MaxPool 2) -> Flatten -> Dropout -> Dense``. The augmented tensor is what
+    reaches the first convolution.
+    """
+    inputs = _inputs(image_size)
+    x = inputs
+    if augmentation is not None:
+        x = augmentation(x)
+    x = keras.layers.Rescaling(1.0 / 255, name="rescaling")(x)
+    for i, f in enumerate(filters):
+        x = keras.layers.BatchNormalization(name=f"block{i + 1}_bn")(x)
+        x = keras.layers.Conv2D(f, 3, activation="relu", name=f"block{i + 1}_conv")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
+    outputs = _head(x, num_classes, dropout, "flatten")
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_transfer(image_size, num_classes: int, backbone_name: str = "vgg16",
+                   weights: str = "imagenet", alpha: float = 1.0,
+                   augmentation=None, dropout: float = 0.5, pooling: str = "avg",
+                   name: str = "feature_extraction") -> keras.Model:
+    """Stage 3: [augmentation] -> preprocess -> frozen backbone -> new head.
+
+    The backbone is frozen and called with ``training=False`` so its
+    BatchNormalization layers stay in inference mode, also after fine-tuning
+    unfreezes the top block.
+    """
+    spec = get_backbone(backbone_name)
+    base = build_backbone(backbone_name, image_size, weights, alpha)
+    base.trainable = False
+    inputs = _inputs(image_size)
+    x = inputs
+    if augmentation is not None:
+        x = augmentation(x)
+    x = Preprocess(spec.preprocess, name=PREPROCESS_NAME)(x)
+    x = base(x, training=False)
+    outputs = _head(x, num_classes, dropout, pooling)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_model(config: config_lib.Config, num_classes: int) -> keras.Model:
+    """Builds the model of ``config``'s stage (fine-tuning: see :func:`load_for_fine_tuning`)."""
+    m, d = config.model, config.data
+    aug = _augmentation(m, d.seed) if m.augment else None
+    if m.stage in ("baseline", "augmented"):
+        return build_cnn(d.image_size, num_classes, aug, m.dropout, name=m.stage)
+    if m.stage == "feature_extraction":
+        return build_transfer(d.image_size, num_classes, m.backbone, m.weights,
+                              m.backbone_alpha, aug, m.dropout, m.head, name=m.stage)
+    raise ValueError(f"build_model cannot build stage {m.stage!r}; fine-tuning "
+                     "starts from a finished model (load_for_fine_tuning).")
+
+
+def find_backbone(model: keras.Model) -> keras.Model:
+    """Returns the nested backbone of a transfer model; ValueError if none."""
+    for layer in model.layers:
+        if layer.name == BACKBONE_NAME and isinstance(layer, keras.Model):
+            return layer
+    raise ValueError(f"Model {model.name!r} has no nested '{BACKBONE_NAME}' model; "
+                     "fine-tuning needs a feature_extraction model.")
+
+
+def unfreeze_top(model: keras.Model, backbone_name: str,
+                 num_layers: int = 0) -> int:
+    """Unfreezes the backbone's top block, keeping every BatchNorm frozen.
+
+    Args:
+      model: a stage-3 model (its backbone is a nested model).
+      backbone_name: registry name, for the default top block.
+      num_layers: how many top layers to unfreeze; 0 means the backbone's
+        top block (:attr:`Backbone.top_block_start` onward).
+
+    Returns:
+      The number of backbone layers made trainable (BatchNorm excluded).
+      Recompile the model afterwards: Keras reads ``trainable`` at compile.
+    """
+    base = find_backbone(model)
+    names = [layer.name for layer in base.layers]
+    if num_layers <= 0:
+        start_name = get_backbone(backbone_name).top_block_start
+        if start_name not in names:
+            raise ValueError(f"Backbone has no layer {start_name!r}; pass "
+                             "--fine_tune_layers explicitly.")
+        start = names.index(start_name)
+    else:
+        start = max(0, len(names) - num_layers)
+    base.trainable = True
+    count = 0
+    for i, layer in enumerate(base.layers):
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = (i >= start) and not is_bn
+        count += int(layer.trainable and bool(layer.weights))
+    return count
+
+
+def compile_model(model: keras.Model, num_classes: int, learning_rate: float,
+                  jit_compile="auto") -> keras.Model:
+    """Compiles with Adam, the right loss and the run's metrics.
+
+    Two classes: binary cross-entropy with accuracy, precision, recall and
+    AUC. More: sparse categorical cross-entropy with accuracy. Under a
+    ``mixed_float16`` policy, ``compile`` wraps the optimizer in a
+    ``LossScaleOptimizer`` by itself.
+    """
+    if num_classes == 2:
+        loss = keras.losses.BinaryCrossentropy()
+        metrics = [keras.metrics.BinaryAccuracy(name="accuracy"),
+                   keras.metrics.Precision(name="precision"),
+                   keras.metrics.Recall(name="recall"),
+                   keras.metrics.AUC(name="auc")]
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+                  metrics=metrics, jit_compile=jit_compile)
+    return model
+
+
+def load_model(path: str) -> keras.Model:
+    """Loads a catdog ``model.keras`` (or a model dir) in Keras' safe mode."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.keras")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No catdog model at {path!r}: expected the "
+                                "model.keras of a finished run's model_dir.")
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as e:
+        raise ValueError(f"{path!r} is not a loadable catdog Keras model: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                         ) from e
+
+
+def count_params(weights) -> int:
+    """Number of scalars in a list of weights."""
+    return int(sum(int(ops.size(w)) for w in weights))

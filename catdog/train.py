@@ -1,0 +1,258 @@
+"""Training one stage: data, strategy, precision, compile, fit, artifacts.
+
+:func:`run` is the library entry point every stage script calls. It takes a
+:class:`catdog.config.Config` and writes into ``config.train.model_dir``:
+
+- ``config.json``: every setting, class names and library versions;
+- ``history.csv``: one row per epoch with every metric;
+- ``model.keras``: the best epoch by validation accuracy;
+- ``logs/``: TensorBoard logs;
+- ``learning_curves.png``: train/validation accuracy and loss;
+- ``metrics.json``: the summary a scheduler or a comparison reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from typing import Optional
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+import catdog
+from catdog import config as config_lib
+from catdog import data as data_lib
+from catdog import models
+from catdog import plots
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.csv"
+MODEL_FILE = "model.keras"
+METRICS_FILE = "metrics.json"
+CURVES_FILE = "learning_curves.png"
+LOGS_DIR = "logs"
+
+
+def versions() -> dict:
+    """Versions of the libraries a result depends on."""
+    import absl
+    out = {"catdog": catdog.__version__, "python": platform.python_version(),
+           "tensorflow": tf.__version__, "keras": keras.__version__,
+           "numpy": np.__version__}
+    try:
+        import tensorflow_datasets as tfds
+        out["tensorflow_datasets"] = tfds.__version__
+    except Exception:  # optional at run time
+        pass
+    out["absl"] = getattr(absl, "__version__", "")
+    return out
+
+
+def write_json(path: str, obj) -> None:
+    """Writes JSON atomically (temp file + rename), so readers never see half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def read_history(path: str) -> list:
+    """Reads ``history.csv`` into a list of dicts with float values."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = []
+        for row in csv.DictReader(f):
+            rows.append({k: (int(v) if k == "epoch" else float(v))
+                         for k, v in row.items() if v not in (None, "")})
+        return rows
+
+
+def summarize_history(rows: list) -> dict:
+    """Best and final validation accuracy and the best epoch (1-based)."""
+    if not rows:
+        return {"best_val_accuracy": None, "best_epoch": None,
+                "final_val_accuracy": None, "epochs_completed": 0}
+    accs = [r.get("val_accuracy", float("nan")) for r in rows]
+    best = int(np.nanargmax(accs)) if not all(np.isnan(accs)) else len(rows) - 1
+    return {"best_val_accuracy": float(accs[best]),
+            "best_epoch": int(rows[best]["epoch"]) + 1,
+            "final_val_accuracy": float(accs[-1]),
+            "epochs_completed": len(rows)}
+
+
+def _resolve_fine_tuning(config: config_lib.Config) -> dict:
+    """Takes image size, backbone and head from the stage-3 run it starts from."""
+    init_dir = config.model.init_from
+    path = os.path.join(init_dir, CONFIG_FILE)
+    if not os.path.isfile(os.path.join(init_dir, MODEL_FILE)) or not os.path.isfile(path):
+        raise ValueError(
+            f"`--init_from` must be the model_dir of a finished feature_extraction "
+            f"run (with {MODEL_FILE} and {CONFIG_FILE}). Received: init_from={init_dir!r}")
+    with open(path, encoding="utf-8") as f:
+        init = json.load(f)
+    init_cfg = config_lib.Config.from_dict(init)
+    if init_cfg.model.stage not in ("feature_extraction", "fine_tuning"):
+        raise ValueError(
+            f"`--init_from` {init_dir!r} holds a {init_cfg.model.stage!r} model; "
+            "fine-tuning starts from a feature_extraction run.")
+    m = config.model
+    for field in ("backbone", "backbone_alpha", "head"):
+        setattr(m, field, getattr(init_cfg.model, field))
+    if tuple(config.data.image_size) != tuple(init_cfg.data.image_size):
+        logging.warning("Fine-tuning uses the image size of %s: %s (not %s).",
+                        init_dir, init_cfg.data.image_size, config.data.image_size)
+        config.data.image_size = tuple(init_cfg.data.image_size)
+    return init
+
+
+def _plain_strategy(name: str):
+    # Minimal strategy choice; the cluster module refines this.
+    if name in ("auto", "default"):
+        gpus = tf.config.list_logical_devices("GPU")
+        if name == "auto" and len(gpus) > 1:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    raise ValueError(f"`--strategy` {name!r} is not available here.")
+
+
+def _resolve_policy(flag: str) -> str:
+    if flag == "auto":
+        return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+    return flag
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :func:`run` returns: the summary written to ``metrics.json`` and the model."""
+
+    metrics: dict
+    model: Optional[keras.Model] = None
+
+
+def run(config: config_lib.Config, progress: bool = True,
+        weights_note: str = "") -> RunResult:
+    """Trains one stage end to end and writes its artifacts.
+
+    Args:
+      config: the run's settings; ``config.train.model_dir`` receives results.
+      progress: show progress of the file check (Keras' own output follows
+        ``config.train.verbose``).
+      weights_note: recorded in ``metrics.json`` (e.g. why a backbone runs
+        without pretrained weights).
+
+    Returns:
+      A :class:`RunResult`.
+
+    Raises:
+      ValueError: bad settings or data, before any training.
+      catdog.models.WeightsError: backbone weights cannot be obtained.
+    """
+    start = time.time()
+    config = config_lib.Config.from_dict(config.to_dict())  # private copy
+    config.validate()
+    init = _resolve_fine_tuning(config) if config.stage == "fine_tuning" else None
+    model_dir = config.train.model_dir
+    os.makedirs(model_dir, exist_ok=True)
+
+    keras.utils.set_random_seed(config.data.seed)
+    index = data_lib.index_data(config.data, progress=progress)
+    if init is not None and list(init.get("class_names", [])) != list(index.class_names):
+        raise ValueError(
+            f"Classes {index.class_names} differ from those of --init_from "
+            f"{config.model.init_from!r}: {init.get('class_names')}.")
+    strategy = _plain_strategy(config.train.strategy)
+    replicas = strategy.num_replicas_in_sync
+    if config.data.batch_size % replicas:
+        raise ValueError(
+            f"`--batch_size` {config.data.batch_size} does not divide evenly across "
+            f"{replicas} replicas; use a multiple of {replicas}.")
+    train_ds, val_ds, index = data_lib.build_datasets(config.data, index)
+    policy = _resolve_policy(config.train.mixed_precision)
+
+    record = config.to_dict()
+    record.update(stage=config.stage, class_names=index.class_names,
+                  versions=versions(), dtype_policy=policy,
+                  strategy=type(strategy).__name__, replicas=replicas,
+                  argv=list(sys.argv))
+    write_json(os.path.join(model_dir, CONFIG_FILE), record)
+
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        with strategy.scope():
+            if config.stage == "fine_tuning":
+                model = models.load_model(config.model.init_from)
+                unfrozen = models.unfreeze_top(model, config.model.backbone,
+                                               config.model.fine_tune_layers)
+                logging.info("Fine-tuning: %d backbone layers unfrozen.", unfrozen)
+            else:
+                model = models.build_model(config, index.num_classes)
+            jit = {"auto": "auto", "true": True, "false": False}[config.train.jit_compile]
+            models.compile_model(model, index.num_classes, config.train.learning_rate,
+                                 jit_compile=jit)
+        callbacks = [
+            keras.callbacks.CSVLogger(os.path.join(model_dir, HISTORY_FILE)),
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(model_dir, MODEL_FILE), monitor="val_accuracy",
+                mode="max", save_best_only=True),
+            keras.callbacks.TensorBoard(os.path.join(model_dir, LOGS_DIR)),
+        ]
+        model.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs,
+                  callbacks=callbacks, verbose=config.train.verbose,
+                  shuffle=False)  # the dataset shuffles itself
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+    rows = read_history(os.path.join(model_dir, HISTORY_FILE))
+    metrics = {
+        "stage": config.stage,
+        **summarize_history(rows),
+        "epochs_requested": config.train.epochs,
+        "train_examples": len(index.train),
+        "val_examples": len(index.val),
+        "class_names": index.class_names,
+        "skipped_files": index.skipped,
+        "seconds": round(time.time() - start, 2),
+        "backbone": config.model.backbone if config.stage in (
+            "feature_extraction", "fine_tuning") else None,
+        "weights": config.model.weights if config.stage == "feature_extraction" else (
+            f"from {config.model.init_from}" if config.stage == "fine_tuning" else None),
+        "weights_note": weights_note,
+        "trainable_params": models.count_params(model.trainable_weights),
+        "total_params": models.count_params(model.weights),
+        "dtype_policy": policy,
+        "replicas": replicas,
+        "final": rows[-1] if rows else {},
+    }
+    write_json(os.path.join(model_dir, METRICS_FILE), metrics)
+    plots.learning_curves(rows, os.path.join(model_dir, CURVES_FILE),
+                          title=f"{config.stage} — {model_dir}")
+    logging.info("%s done: best val_accuracy %.4f at epoch %s; results in %s",
+                 config.stage, metrics["best_val_accuracy"] or float("nan"),
+                 metrics["best_epoch"], model_dir)
+    return RunResult(metrics, model)
