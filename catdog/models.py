@@ -233,7 +233,10 @@ def build_cnn(image_size, num_classes: int = 2, augmentation=None,
         x = augmentation(x)
     x = keras.layers.Rescaling(1.0 / 255, name="rescaling")(x)
     for i, f in enumerate(filters):
-        x = keras.layers.BatchNormalization(name=f"block{i + 1}_bn")(x)
+        # momentum 0.9 (Keras default 0.99): the moving statistics used at
+        # validation catch up within tens of steps, not hundreds, which is
+        # what small folders of a few hundred photos give per run.
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{i + 1}_bn")(x)
         x = keras.layers.Conv2D(f, 3, activation="relu", name=f"block{i + 1}_conv")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
     outputs = _head(x, num_classes, dropout, "flatten")

@@ -1,0 +1,205 @@
+"""Command-line glue shared by the scripts: one set of training flags.
+
+Nothing here runs at import: :func:`define_training_flags` defines the flags
+(once per process) and :func:`config_from_flags` turns parsed values into a
+:class:`catdog.config.Config`. The library itself never reads flags.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from absl import flags
+from absl import logging
+
+from catdog import config as config_lib
+
+# Exit codes a scheduler can act on (documented in README.md).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+FLAGFILE = "flags.txt"
+
+
+def define_training_flags(flag_values=flags.FLAGS) -> None:
+    """Defines the flags every training script shares (idempotent)."""
+    if "train_dir" in flag_values:
+        return
+    d = config_lib.DataConfig()
+    m = config_lib.ModelConfig()
+    t = config_lib.TrainConfig()
+    fv = dict(flag_values=flag_values)
+    # Data.
+    flags.DEFINE_string("train_dir", None,
+                        "Folder with one subfolder of images per class (e.g. "
+                        "training_set/ with cats/ and dogs/). Nested subfolders "
+                        "count for their top-level class.", **fv)
+    flags.DEFINE_string("val_dir", None,
+                        "Validation folder with the same class subfolders. When "
+                        "unset, --validation_split of --train_dir is held out.", **fv)
+    flags.DEFINE_float("validation_split", d.validation_split,
+                       "Fraction of --train_dir held out for validation when no "
+                       "--val_dir is given (split reproducibly with --seed).", **fv)
+    flags.DEFINE_list("class_names", None,
+                      "Class subfolder names in label order (default: all "
+                      "subfolders, alphanumeric order).", **fv)
+    flags.DEFINE_string("image_size", f"{d.image_size[0]},{d.image_size[1]}",
+                        "Image size after resizing: 'SIZE' or 'HEIGHT,WIDTH'.", **fv)
+    flags.DEFINE_integer("batch_size", d.batch_size,
+                         "GLOBAL batch size, summed over all replicas (GPUs); must "
+                         "divide evenly by the number of replicas. The learning "
+                         "rate is never rescaled for you.", **fv)
+    flags.DEFINE_string("cache", d.cache,
+                        "Cache of decoded uint8 images: 'memory', 'none', or a "
+                        "folder for cache files (for data larger than memory).", **fv)
+    flags.DEFINE_integer("seed", d.seed,
+                         "Seed for the validation split, shuffling, augmentation "
+                         "and initialisation.", **fv)
+    flags.DEFINE_integer("shuffle_buffer", d.shuffle_buffer,
+                         "Shuffle buffer in images; 0 shuffles the whole split.", **fv)
+    flags.DEFINE_integer("max_pixels", d.max_pixels,
+                         "Images whose header declares more pixels are skipped "
+                         "(decompression-bomb guard).", **fv)
+    flags.DEFINE_boolean("deterministic", d.deterministic,
+                         "Same batches in the same order on every run with the same "
+                         "--seed (slower); the default favours speed.", **fv)
+    # Model.
+    flags.DEFINE_string("backbone", m.backbone,
+                        "ImageNet backbone for feature_extraction / fine_tuning: "
+                        "vgg16, vgg19, resnet50, mobilenet, mobilenet_v2, "
+                        "efficientnet_b0.", **fv)
+    flags.DEFINE_float("backbone_alpha", m.backbone_alpha,
+                       "Width multiplier of mobilenet / mobilenet_v2 (e.g. 0.25).", **fv)
+    flags.DEFINE_string("weights", m.weights,
+                        "Backbone weights: 'imagenet' (Keras download, cached in "
+                        "~/.keras/models), 'none' (random init) or a .h5 file path.", **fv)
+    flags.DEFINE_enum("head", m.head, list(config_lib.HEADS),
+                      "How backbone features reach the new head: global 'avg' or "
+                      "'max' pooling, or 'flatten'.", **fv)
+    flags.DEFINE_float("dropout", m.dropout, "Dropout rate before the last layer.", **fv)
+    flags.DEFINE_integer("fine_tune_layers", m.fine_tune_layers,
+                         "Top backbone layers fine_tuning unfreezes; 0: the "
+                         "backbone's top block (vgg16: block5, its last 4 layers).", **fv)
+    flags.DEFINE_string("init_from", None,
+                        "fine_tuning: model_dir of the finished feature_extraction "
+                        "run to start from.", **fv)
+    # Training.
+    flags.DEFINE_string("model_dir", None,
+                        "Folder for every result of the run (created if missing).", **fv)
+    flags.DEFINE_integer("epochs", None,
+                         "Epochs to train (default: the stage preset: baseline 30, "
+                         "augmented 50, feature_extraction 20, fine_tuning 20).", **fv)
+    flags.DEFINE_float("learning_rate", None,
+                       "Adam learning rate (default: the stage preset: 1e-3, 1e-3, "
+                       "5e-3, 1e-4).", **fv)
+    flags.DEFINE_enum("mixed_precision", t.mixed_precision, list(config_lib.PRECISIONS),
+                      "Dtype policy: 'auto' is mixed_float16 on GPUs, mixed_bfloat16 "
+                      "on TPUs, float32 on CPUs.", **fv)
+    flags.DEFINE_enum("strategy", t.strategy, list(config_lib.STRATEGIES),
+                      "tf.distribute strategy: 'auto' mirrors over several local "
+                      "GPUs, else the default strategy.", **fv)
+    flags.DEFINE_string("tpu", "", "TPU address for --strategy=tpu.", **fv)
+    flags.DEFINE_enum("jit_compile", t.jit_compile, list(config_lib.JIT_CHOICES),
+                      "XLA compilation of the training step.", **fv)
+    flags.DEFINE_integer("verbose", t.verbose,
+                         "Keras progress output: 0 silent, 1 progress bar, 2 one "
+                         "line per epoch (best for batch-job logs).", **fv)
+
+
+def config_from_flags(stage: str, flag_values=flags.FLAGS) -> config_lib.Config:
+    """Builds the Config of ``stage`` from parsed flags (preset + overrides)."""
+    f = flag_values
+    config = config_lib.for_stage(stage)
+    d, m, t = config.data, config.model, config.train
+    d.train_dir = f.train_dir or ""
+    d.val_dir = f.val_dir or ""
+    d.validation_split = f.validation_split
+    d.class_names = tuple(f.class_names) if f.class_names else None
+    d.image_size = config_lib.parse_image_size(f.image_size)
+    d.batch_size = f.batch_size
+    d.cache = f.cache
+    d.seed = f.seed
+    d.shuffle_buffer = f.shuffle_buffer
+    d.max_pixels = f.max_pixels
+    d.deterministic = f.deterministic
+    m.backbone = f.backbone
+    m.backbone_alpha = f.backbone_alpha
+    m.weights = f.weights
+    m.head = f.head
+    m.dropout = f.dropout
+    m.fine_tune_layers = f.fine_tune_layers
+    m.init_from = f.init_from or ""
+    t.model_dir = f.model_dir or ""
+    if f.epochs is not None:
+        t.epochs = f.epochs
+    if f.learning_rate is not None:
+        t.learning_rate = f.learning_rate
+    t.mixed_precision = f.mixed_precision
+    t.strategy = f.strategy
+    t.tpu = f.tpu
+    t.jit_compile = f.jit_compile
+    t.verbose = f.verbose
+    return config
+
+
+def write_flagfile(model_dir: str, flag_values=flags.FLAGS) -> str:
+    """Writes the run's flags so ``--flagfile=model_dir/flags.txt`` repeats it."""
+    path = os.path.join(model_dir, FLAGFILE)
+    lines = []
+    for name in sorted(flag_values):
+        flag = flag_values[name]
+        if name in ("flagfile", "undefok") or flag.value is None:
+            continue
+        module = flag_values.find_module_defining_flag(name, "")
+        if module.startswith("absl."):
+            continue
+        lines.append(flag.serialize())
+    os.makedirs(model_dir, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(line for line in lines if line) + "\n")
+    return path
+
+
+def run_main(fn, *args, **kwargs) -> int:
+    """Runs ``fn`` and maps failures to exit codes with a one-line message.
+
+    ValueError / FileNotFoundError (bad flags or data: nothing was trained)
+    exit with :data:`EXIT_USAGE` and no traceback; anything else exits with
+    :data:`EXIT_FAILURE` and its traceback in the log.
+    """
+    try:
+        fn(*args, **kwargs)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as e:  # the job failed; say what and where
+        traceback.print_exc()
+        logging.error("failed: %s", e)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def train_stage(stage: str, flag_values=flags.FLAGS) -> None:
+    """The body of a stage script: flags -> config -> :func:`catdog.train.run`."""
+    from catdog import train  # heavy import only when training
+    config = config_from_flags(stage, flag_values)
+    config.validate()
+    write_flagfile(config.train.model_dir, flag_values)
+    train.run(config)
+
+
+def stage_script_main(stage: str):
+    """Returns an absl ``main`` that trains ``stage`` and exits with a code."""
+    def main(argv):
+        if len(argv) > 1:
+            print(f"error: unexpected arguments {argv[1:]}; all settings are "
+                  "--flags (see --help).", file=sys.stderr)
+            return EXIT_USAGE
+        return run_main(train_stage, stage)
+    return main

@@ -1,0 +1,158 @@
+"""The main job: the four stages in order, then a comparison of them.
+
+:func:`run_pipeline` trains ``baseline``, ``augmented``, ``feature_extraction``
+and ``fine_tuning`` into subfolders of one model dir (fine-tuning starts from
+the feature-extraction run) and writes ``comparison.md``, ``comparison.json``
+and ``comparison.png`` (learning curves of every stage overlaid).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+
+from absl import logging
+
+from catdog import config as config_lib
+from catdog import models
+from catdog import plots
+from catdog import train
+
+COMPARISON_MD = "comparison.md"
+COMPARISON_JSON = "comparison.json"
+COMPARISON_PNG = "comparison.png"
+
+
+def stage_config(base: config_lib.Config, stage: str, model_dir: str,
+                 epochs: dict = None, learning_rates: dict = None) -> config_lib.Config:
+    """The config of one stage: the stage preset with ``base``'s data and model settings.
+
+    Args:
+      base: settings shared by every stage (data, backbone, strategy, ...).
+      stage: stage name.
+      model_dir: the pipeline's folder; the stage writes to ``model_dir/stage``.
+      epochs: optional ``{stage: epochs}`` overrides (else the preset's).
+      learning_rates: optional ``{stage: rate}`` overrides (else the preset's).
+    """
+    preset = config_lib.for_stage(stage)
+    config = copy.deepcopy(base)
+    config.model.stage = stage
+    config.model.augment = preset.model.augment
+    config.train.epochs = (epochs or {}).get(stage, preset.train.epochs)
+    config.train.learning_rate = (learning_rates or {}).get(
+        stage, preset.train.learning_rate)
+    config.train.model_dir = os.path.join(model_dir, stage)
+    config.model.init_from = (os.path.join(model_dir, "feature_extraction")
+                              if stage == "fine_tuning" else "")
+    return config
+
+
+def run_pipeline(base: config_lib.Config, model_dir: str,
+                 stages=config_lib.STAGES, epochs: dict = None,
+                 learning_rates: dict = None,
+                 fallback_to_random_weights: bool = False) -> dict:
+    """Trains the stages in order and writes the comparison.
+
+    Args:
+      base: shared settings; stage, epochs, learning rate and model dir are
+        set per stage.
+      model_dir: each stage writes into ``model_dir/<stage>``.
+      stages: which stages to run, in order. ``fine_tuning`` needs
+        ``feature_extraction`` (run now or earlier into the same model dir).
+      epochs: ``{stage: epochs}`` overrides.
+      learning_rates: ``{stage: learning rate}`` overrides.
+      fallback_to_random_weights: when ImageNet weights cannot be obtained,
+        say so and train the backbone stages from random initialisation
+        (the demo does this); otherwise that is an error.
+
+    Returns:
+      The comparison: ``{"stages": [per-stage summary], ...}``.
+    """
+    unknown = [s for s in stages if s not in config_lib.STAGES]
+    if unknown:
+        raise ValueError(f"`--stages` must be among {config_lib.STAGES}. "
+                         f"Received: stages={list(stages)}")
+    os.makedirs(model_dir, exist_ok=True)
+    start = time.time()
+    rows, histories = [], {}
+    weights_note = ""
+    for stage in stages:
+        config = stage_config(base, stage, model_dir, epochs, learning_rates)
+        if stage == "feature_extraction":
+            try:
+                models.build_backbone(config.model.backbone, config.data.image_size,
+                                      config.model.weights, config.model.backbone_alpha)
+            except models.WeightsError as e:
+                if not fallback_to_random_weights:
+                    raise
+                weights_note = ("random initialisation: ImageNet weights unavailable "
+                                f"({e})")
+                logging.warning("%s\nThe demo carries on with random initialisation; "
+                                "its table marks those stages.", e)
+                print(f"NOTE: ImageNet weights for {config.model.backbone!r} cannot be "
+                      "downloaded here; feature_extraction and fine_tuning run from "
+                      "RANDOM initialisation and are marked as such.", flush=True)
+                base.model.weights = "none"
+                config.model.weights = "none"
+        logging.info("=== stage %s -> %s", stage, config.train.model_dir)
+        note = weights_note if stage in ("feature_extraction", "fine_tuning") else ""
+        result = train.run(config, weights_note=note)
+        histories[stage] = train.read_history(
+            os.path.join(config.train.model_dir, train.HISTORY_FILE))
+        rows.append(_summary(stage, config, result.metrics, note))
+    comparison = {"model_dir": model_dir, "seconds": round(time.time() - start, 1),
+                  "stages": rows}
+    train.write_json(os.path.join(model_dir, COMPARISON_JSON), comparison)
+    table = format_table(rows)
+    with open(os.path.join(model_dir, COMPARISON_MD), "w", encoding="utf-8") as f:
+        f.write("# catdog stage comparison\n\n" + table + "\n")
+    plots.comparison(histories, os.path.join(model_dir, COMPARISON_PNG))
+    print("\n" + table + f"\n\nResults: {model_dir}/{{{COMPARISON_MD},"
+          f"{COMPARISON_JSON},{COMPARISON_PNG}}}", flush=True)
+    return comparison
+
+
+def _summary(stage, config, metrics, note):
+    if stage in ("baseline", "augmented"):
+        weights = "from scratch"
+    elif note:
+        weights = f"{config.model.backbone}, RANDOM init (no ImageNet weights)"
+    elif stage == "fine_tuning":
+        weights = f"{config.model.backbone}, from feature_extraction"
+    else:
+        weights = f"{config.model.backbone}, {_weights_label(config.model.weights)}"
+    return {"stage": stage,
+            "best_val_accuracy": metrics["best_val_accuracy"],
+            "best_epoch": metrics["best_epoch"],
+            "final_val_accuracy": metrics["final_val_accuracy"],
+            "epochs_completed": metrics["epochs_completed"],
+            "train_examples": metrics["train_examples"],
+            "val_examples": metrics["val_examples"],
+            "trainable_params": metrics["trainable_params"],
+            "seconds": metrics["seconds"],
+            "weights": weights,
+            "random_init": bool(note),
+            "model_dir": config.train.model_dir}
+
+
+def _weights_label(weights):
+    if weights == "imagenet":
+        return "ImageNet"
+    if weights in ("none", ""):
+        return "RANDOM init (--weights=none)"
+    return f"ImageNet file {os.path.basename(weights)}"
+
+
+def format_table(rows: list) -> str:
+    """A Markdown table of the stage summaries."""
+    header = ("| stage | best val acc | best epoch | final val acc | epochs | "
+              "trainable params | seconds | weights |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---|"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
+    for r in rows:
+        lines.append(
+            f"| {r['stage']} | {fmt(r['best_val_accuracy'])} | {r['best_epoch']} | "
+            f"{fmt(r['final_val_accuracy'])} | {r['epochs_completed']} | "
+            f"{r['trainable_params']:,} | {r['seconds']:.0f} | {r['weights']} |")
+    return "\n".join(lines)

@@ -1,0 +1,21 @@
+"""Stage 1: the small CNN trained from scratch, no augmentation.
+
+Example:
+  python scripts/train_baseline.py --train_dir=training_set --val_dir=test_set \
+      --model_dir=runs/baseline
+
+Every flag: --help. Results: see README.md ("Outputs").
+"""
+
+import os
+import sys
+
+from absl import app
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from catdog import cli  # noqa: E402  (after the path set-up above)
+
+cli.define_training_flags()
+
+if __name__ == "__main__":
+    app.run(cli.stage_script_main("baseline"))
