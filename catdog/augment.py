@@ -15,6 +15,21 @@ import keras
 AUGMENTATION_NAME = "augmentation"
 
 
+@keras.saving.register_keras_serializable(package="catdog")
+class Augmentation(keras.Sequential):
+    """A ``Sequential`` of random layers that is inactive unless training.
+
+    Keras' random layers default to ``training=True`` when called directly,
+    so ``layer(images)`` or ``model(images)`` outside ``fit`` would augment.
+    This block defaults to ``training=False``: it augments only inside
+    ``fit`` / ``train_step`` (or with an explicit ``training=True``), and
+    evaluation, prediction and export see the images unchanged.
+    """
+
+    def call(self, inputs, training=False, mask=None):
+        return super().call(inputs, training=bool(training), mask=mask)
+
+
 def build_augmentation(flip: str = "horizontal", rotation: float = 0.1,
                        zoom: float = 0.2, seed: Optional[int] = None,
                        name: str = AUGMENTATION_NAME) -> keras.Sequential:
@@ -29,7 +44,7 @@ def build_augmentation(flip: str = "horizontal", rotation: float = 0.1,
       name: the block's layer name.
 
     Returns:
-      A ``keras.Sequential`` taking images with values 0..255 and returning
+      An :class:`Augmentation` (a ``keras.Sequential``) taking images with values 0..255 and returning
       images of the same shape and range. It always computes in float32 (the
       image transforms are not worth running in float16).
     """
@@ -42,4 +57,4 @@ def build_augmentation(flip: str = "horizontal", rotation: float = 0.1,
                                                   dtype="float32"))
     if zoom:
         layers.append(keras.layers.RandomZoom(zoom, seed=seed_of(2), dtype="float32"))
-    return keras.Sequential(layers, name=name)
+    return Augmentation(layers, name=name)

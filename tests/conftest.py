@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny generated image folders, and global-state hygiene."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+
+
+def write_image(path, pixels, fmt=None):
+    """Writes uint8 HxWx3 pixels as JPEG or PNG (by extension unless ``fmt``)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fmt = fmt or ("png" if path.lower().endswith(".png") else "jpeg")
+    data = (tf.io.encode_png(pixels) if fmt == "png"
+            else tf.io.encode_jpeg(pixels, quality=90))
+    tf.io.write_file(path, data)
+    return path
+
+
+def make_class_folder(root, classes=("cats", "dogs"), per_class=12, size=24,
+                      seed=0):
+    """Writes ``root/<class>/<class>_<i>.jpg`` with a learnable class signal.
+
+    Class i images are brighter in channel i (mod 3), so a model can learn
+    them; returns ``root``.
+    """
+    rng = np.random.RandomState(seed)
+    for label, name in enumerate(classes):
+        for i in range(per_class):
+            pixels = rng.randint(0, 120, size=(size, size, 3)).astype(np.uint8)
+            pixels[..., label % 3] += 120
+            write_image(os.path.join(root, name, f"{name}_{i:03d}.jpg"), pixels)
+    return str(root)
+
+
+@pytest.fixture
+def tiny_folders(tmp_path):
+    """A train and a validation folder of two classes of tiny JPEGs."""
+    train_dir = make_class_folder(tmp_path / "train", per_class=16, seed=1)
+    val_dir = make_class_folder(tmp_path / "valid", per_class=6, seed=2)
+    return str(train_dir), str(val_dir)
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    """No test leaks a dtype policy or the working directory into the next."""
+    policy = keras.mixed_precision.global_policy().name
+    cwd = os.getcwd()
+    yield
+    keras.mixed_precision.set_global_policy(policy)
+    os.chdir(cwd)

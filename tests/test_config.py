@@ -1,0 +1,92 @@
+import dataclasses
+
+import pytest
+
+from catdog import config as C
+
+
+def _valid(stage="baseline"):
+    c = C.for_stage(stage)
+    c.data.train_dir = "x"
+    c.train.model_dir = "m"
+    if stage == "fine_tuning":
+        c.model.init_from = "fe"
+    return c
+
+
+@pytest.mark.parametrize("stage", C.STAGES)
+def test_presets_validate_and_roundtrip(stage):
+    c = _valid(stage)
+    c.validate()
+    again = C.Config.from_dict(c.to_dict())
+    assert again == c
+    assert again.stage == stage
+
+
+def test_presets_differ_where_the_recipe_says():
+    assert C.baseline().model.augment is False
+    assert C.augmented().model.augment is True
+    assert C.feature_extraction().model.augment is True
+    assert C.baseline().train.learning_rate == 1e-3
+    assert C.fine_tuning().train.learning_rate == 1e-4
+
+
+@pytest.mark.parametrize("section,field,value,flag", [
+    ("data", "image_size", (8, 8), "image_size"),
+    ("data", "image_size", (4000, 64), "image_size"),
+    ("data", "batch_size", 0, "batch_size"),
+    ("train", "epochs", 0, "epochs"),
+    ("data", "validation_split", 1.0, "validation_split"),
+    ("data", "validation_split", 0.0, "validation_split"),
+    ("train", "learning_rate", -1.0, "learning_rate"),
+    ("model", "head", "conv", "head"),
+    ("train", "strategy", "horovod", "strategy"),
+    ("train", "mixed_precision", "float16", "mixed_precision"),
+    ("train", "model_dir", "", "model_dir"),
+])
+def test_out_of_range_values_name_the_flag_and_value(section, field, value, flag):
+    c = _valid()
+    setattr(getattr(c, section), field, value)
+    with pytest.raises(ValueError) as e:
+        c.validate()
+    assert f"--{flag}" in str(e.value)
+    assert repr(value) in str(e.value)
+
+
+def test_validation_split_not_needed_with_val_dir():
+    c = _valid()
+    c.data.val_dir = "v"
+    c.data.validation_split = 0.0
+    c.validate()
+
+
+def test_fine_tuning_needs_init_from():
+    c = _valid("fine_tuning")
+    c.model.init_from = ""
+    with pytest.raises(ValueError, match="--init_from"):
+        c.validate()
+
+
+def test_unknown_keys_are_rejected():
+    d = _valid().to_dict()
+    d["data"]["imagesize"] = 3
+    with pytest.raises(ValueError, match="imagesize"):
+        C.Config.from_dict(d)
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("160", (160, 160)), ("160,128", (160, 128)), ("96x64", (96, 64)),
+    ([32], (32, 32)), ((10, 20), (10, 20)), (48, (48, 48))])
+def test_parse_image_size(value, expected):
+    assert C.parse_image_size(value) == expected
+
+
+@pytest.mark.parametrize("value", ["abc", "1,2,3", ""])
+def test_parse_image_size_errors(value):
+    with pytest.raises(ValueError, match="image_size"):
+        C.parse_image_size(value)
+
+
+def test_unknown_stage():
+    with pytest.raises(ValueError, match="stage"):
+        C.for_stage("finetune")

@@ -1,0 +1,147 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from catdog import config as C
+from catdog import data
+from conftest import make_class_folder, write_image
+
+
+def _data_config(train_dir, val_dir="", **kw):
+    kw.setdefault("batch_size", 4)
+    return C.DataConfig(train_dir=train_dir, val_dir=val_dir, image_size=(16, 16), **kw)
+
+
+def test_decode_and_resize_eager_and_in_tf_data(tmp_path):
+    pixels = np.random.RandomState(0).randint(0, 255, (30, 40, 3)).astype(np.uint8)
+    path = write_image(str(tmp_path / "a.png"), pixels)
+    eager = data.decode_and_resize(tf.io.read_file(path), (10, 20))
+    assert eager.dtype == tf.uint8 and eager.shape == (10, 20, 3)
+    ds = tf.data.Dataset.from_tensor_slices([path]).map(
+        lambda p: data.decode_and_resize(tf.io.read_file(p), (10, 20)))
+    graph = next(iter(ds))
+    np.testing.assert_array_equal(eager.numpy(), graph.numpy())
+    # Same size: resizing is the identity.
+    same = data.decode_and_resize(tf.io.read_file(path), (30, 40))
+    np.testing.assert_array_equal(same.numpy(), pixels)
+
+
+def test_index_follows_keras_class_semantics(tmp_path):
+    root = tmp_path / "d"
+    make_class_folder(root, classes=("dogs", "cats"), per_class=3)
+    write_image(str(root / "cats" / "nested" / "deep.jpg"),
+                np.zeros((8, 8, 3), np.uint8))
+    (root / "cats" / ".DS_Store").write_bytes(b"\0\1")
+    (root / "dogs" / "Thumbs.db").write_bytes(b"\0\1")
+    idx = data.index_data(_data_config(str(root), validation_split=0.25))
+    assert idx.class_names == ["cats", "dogs"]  # alphanumeric
+    all_paths = idx.train.paths + idx.val.paths
+    assert len(all_paths) == 7  # nested counts, junk ignored
+    assert any(p.endswith("deep.jpg") for p in all_paths)
+    labels = dict(zip(all_paths, idx.train.labels + idx.val.labels))
+    assert all(labels[p] == (0 if "/cats/" in p else 1) for p in all_paths)
+    explicit = data.index_data(_data_config(str(root), validation_split=0.25,
+                                            class_names=("dogs", "cats")))
+    assert explicit.class_names == ["dogs", "cats"]
+
+
+def test_validation_split_is_reproducible_and_disjoint(tmp_path):
+    root = make_class_folder(tmp_path / "d", per_class=10)
+    a = data.index_data(_data_config(root, validation_split=0.3, seed=7))
+    b = data.index_data(_data_config(root, validation_split=0.3, seed=7))
+    c = data.index_data(_data_config(root, validation_split=0.3, seed=8))
+    assert a.train.paths == b.train.paths and a.val.paths == b.val.paths
+    assert not set(a.train.paths) & set(a.val.paths)
+    assert len(a.val) == 6 and len(a.train) == 14
+    assert a.val.paths != c.val.paths
+
+
+def test_bad_files_are_skipped_reported_and_untouched(tmp_path):
+    root = make_class_folder(tmp_path / "d", per_class=5)
+    empty = tmp_path / "d" / "cats" / "empty.jpg"
+    empty.write_bytes(b"")
+    html = tmp_path / "d" / "dogs" / "page.jpg"
+    html.write_bytes(b"<!DOCTYPE html><html>not an image</html>")
+    idx = data.index_data(_data_config(root, validation_split=0.2))
+    skipped = {s["path"]: s["reason"] for s in idx.skipped}
+    assert set(skipped) == {str(empty), str(html)}
+    assert all(skipped.values())
+    assert str(empty) not in idx.train.paths + idx.val.paths
+    assert empty.exists() and html.read_bytes().startswith(b"<!DOCTYPE")
+    # And the pipeline runs over every remaining file without error.
+    train_ds, val_ds, _ = data.build_datasets(_data_config(root, validation_split=0.2),
+                                              idx)
+    assert sum(int(x.shape[0]) for x, _ in val_ds) == len(idx.val)
+
+
+def test_batches_are_uint8_static_and_drop_remainder(tiny_folders):
+    train_dir, val_dir = tiny_folders
+    cfg = _data_config(train_dir, val_dir, batch_size=5)
+    train_ds, val_ds, idx = data.build_datasets(cfg)
+    assert len(idx.train) == 32 and len(idx.val) == 12
+    assert train_ds.element_spec[0].shape.as_list() == [5, 16, 16, 3]
+    assert train_ds.element_spec[0].dtype == tf.uint8
+    assert train_ds.element_spec[1].shape.as_list() == [5, 1]
+    assert train_ds.element_spec[1].dtype == tf.float32
+    sizes = [int(x.shape[0]) for x, _ in train_ds]
+    assert sizes == [5] * 6  # 32 // 5, remainder dropped
+    val_sizes = [int(x.shape[0]) for x, _ in val_ds]
+    assert sum(val_sizes) == 12  # validation keeps every image
+
+
+def test_shuffles_every_epoch_but_validation_is_fixed(tiny_folders):
+    train_dir, val_dir = tiny_folders
+    train_ds, val_ds, _ = data.build_datasets(_data_config(train_dir, val_dir))
+    epoch = lambda ds: np.concatenate([y.numpy().ravel() for _, y in ds])
+    first = np.concatenate([x.numpy().reshape(-1) for x, _ in train_ds])
+    second = np.concatenate([x.numpy().reshape(-1) for x, _ in train_ds])
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(epoch(val_ds), epoch(val_ds))
+
+
+def test_multiclass_labels_are_integers(tmp_path):
+    root = make_class_folder(tmp_path / "d", classes=("a", "b", "c"), per_class=4)
+    train_ds, _, idx = data.build_datasets(_data_config(root, validation_split=0.25))
+    assert idx.num_classes == 3
+    assert train_ds.element_spec[1].dtype == tf.int32
+    assert train_ds.element_spec[1].shape.as_list() == [4]
+
+
+def test_file_cache_is_keyed_by_files_and_size(tiny_folders, tmp_path):
+    train_dir, val_dir = tiny_folders
+    cache = tmp_path / "cache"
+    cfg = _data_config(train_dir, val_dir, cache=str(cache))
+    train_ds, val_ds, _ = data.build_datasets(cfg)
+    for _ in val_ds:
+        pass
+    files = os.listdir(cache)
+    assert files and all(f.startswith("catdog-") for f in files)
+    cfg.image_size = (12, 12)
+    _, val_ds2, _ = data.build_datasets(cfg)
+    x, _ = next(iter(val_ds2))
+    assert x.shape[1:3] == (12, 12)  # a stale 16x16 cache is not reused
+
+
+def test_clear_errors_for_bad_folders(tmp_path):
+    with pytest.raises(ValueError, match="missing_dir"):
+        data.index_data(_data_config(str(tmp_path / "missing_dir")))
+    one = make_class_folder(tmp_path / "one", classes=("cats",), per_class=3)
+    with pytest.raises(ValueError, match="two"):
+        data.index_data(_data_config(one))
+    root = make_class_folder(tmp_path / "d", per_class=3)
+    with pytest.raises(ValueError, match="horses"):
+        data.index_data(_data_config(root, class_names=("cats", "horses")))
+    bad = make_class_folder(tmp_path / "bad", per_class=3)
+    for f in os.listdir(os.path.join(bad, "dogs")):
+        with open(os.path.join(bad, "dogs", f), "wb") as fh:
+            fh.write(b"")
+    with pytest.raises(ValueError, match="dogs"):
+        data.index_data(_data_config(bad))
+
+
+def test_batch_larger_than_data_is_an_error(tiny_folders):
+    train_dir, val_dir = tiny_folders
+    with pytest.raises(ValueError, match="--batch_size"):
+        data.build_datasets(_data_config(train_dir, val_dir, batch_size=64))

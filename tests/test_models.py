@@ -1,0 +1,184 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from catdog import config as C
+from catdog import models
+from conftest import SHARED
+
+MOBILENET = os.path.join(SHARED, "weights", "mobilenet_2_5_224_tf_no_top.h5")
+
+
+def _cfg(stage, **model):
+    c = C.for_stage(stage)
+    c.data.image_size = (32, 32)
+    for k, v in model.items():
+        setattr(c.model, k, v)
+    return c
+
+
+def test_baseline_architecture_params_and_output():
+    m = models.build_model(_cfg("baseline"), num_classes=2)
+    kinds = [type(l).__name__ for l in m.layers]
+    assert kinds == ["InputLayer", "Rescaling",
+                     "BatchNormalization", "Conv2D", "MaxPooling2D",
+                     "BatchNormalization", "Conv2D", "MaxPooling2D",
+                     "BatchNormalization", "Conv2D", "MaxPooling2D",
+                     "Flatten", "Dropout", "Dense"]
+    assert [l.filters for l in m.layers if isinstance(l, keras.layers.Conv2D)] == [32, 64, 128]
+    # 32x32 -> 15 -> 6 -> 2: flatten 2*2*128 = 512 -> Dense(1).
+    assert m.output.shape[1:] == (1,)
+    assert models.count_params(m.weights) == 12 + 896 + 128 + 18496 + 256 + 73856 + 513
+    out = m(np.zeros((2, 32, 32, 3), np.uint8))
+    assert out.dtype == "float32"
+
+
+def test_augmentation_reaches_the_network():
+    m = models.build_model(_cfg("augmented"), num_classes=2)
+    aug = m.get_layer("augmentation")
+    # The first layer after the input is the augmentation block, and the
+    # rescaling layer consumes its output (not the raw input).
+    assert m.layers[1] is aug
+    assert m.get_layer("rescaling").input is aug.output
+    x = np.random.RandomState(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    a, b = m(x, training=True), m(x, training=True)
+    assert not np.allclose(a, b)  # random augmentation changes training outputs
+    np.testing.assert_allclose(m(x, training=False), m(x, training=False))
+
+
+def test_fit_augments_and_predict_does_not(monkeypatch):
+    from catdog import augment
+    seen = []
+    original = augment.Augmentation.call
+
+    def spy(self, inputs, training=False, mask=None):
+        seen.append(bool(training))
+        return original(self, inputs, training=training, mask=mask)
+
+    monkeypatch.setattr(augment.Augmentation, "call", spy)
+    m = models.build_model(_cfg("augmented"), num_classes=2)
+    models.compile_model(m, 2, 1e-3)
+    x = np.random.RandomState(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    y = np.ones((8, 1), np.float32)
+    seen.clear()
+    m.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert seen and all(seen)  # every traced training call augments
+    seen.clear()
+    m.predict(x, verbose=0)
+    m.evaluate(x, y, verbose=0)
+    m(x)
+    assert seen and not any(seen)
+
+
+def test_multiclass_head_is_softmax():
+    m = models.build_model(_cfg("baseline"), num_classes=3)
+    out = m(np.zeros((2, 32, 32, 3), np.float32)).numpy()
+    assert out.shape == (2, 3)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_feature_extraction_freezes_backbone_and_fine_tuning_unfreezes_block5():
+    m = models.build_model(_cfg("feature_extraction", backbone="vgg16", weights="none"), 2)
+    base = models.find_backbone(m)
+    assert not base.trainable
+    assert [w.name for w in m.trainable_weights] == ["kernel", "bias"]  # head only
+    assert models.count_params(m.trainable_weights) == 512 + 1
+    n = models.unfreeze_top(m, "vgg16")
+    assert n == 3  # block5_conv1..3 (block5_pool has no weights)
+    trainable = [l.name for l in base.layers if l.trainable]
+    assert trainable == ["block5_conv1", "block5_conv2", "block5_conv3", "block5_pool"]
+
+
+def test_fine_tuning_keeps_batchnorm_frozen():
+    m = models.build_model(_cfg("feature_extraction", backbone="mobilenet",
+                                backbone_alpha=0.25, weights="none"), 2)
+    models.unfreeze_top(m, "mobilenet", num_layers=20)
+    base = models.find_backbone(m)
+    bns = [l for l in base.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and not any(l.trainable for l in bns)
+    assert any(l.trainable for l in base.layers if isinstance(l, keras.layers.Conv2D))
+    # The backbone is called with training=False: BN statistics do not move.
+    before = [w.numpy().copy() for l in bns for w in l.non_trainable_weights]
+    models.compile_model(m, 2, 1e-3)
+    x = np.random.RandomState(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    m.train_on_batch(x, np.ones((4, 1), np.float32))
+    after = [w.numpy() for l in bns for w in l.non_trainable_weights]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("name", sorted(models.BACKBONES))
+def test_every_registered_backbone_builds_and_has_its_top_block(name):
+    base = models.build_backbone(name, (32, 32), weights="none", alpha=0.35
+                                 if models.BACKBONES[name].has_alpha else 1.0)
+    assert base.name == models.BACKBONE_NAME
+    assert models.BACKBONES[name].top_block_start in [l.name for l in base.layers]
+
+
+def test_preprocess_modes_match_keras_applications():
+    x = np.random.RandomState(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    vgg = keras.applications.vgg16.preprocess_input(x.copy())
+    np.testing.assert_allclose(models.Preprocess("caffe")(x), vgg, rtol=1e-5, atol=1e-4)
+    mob = keras.applications.mobilenet.preprocess_input(x.copy())
+    np.testing.assert_allclose(models.Preprocess("tf")(x), mob, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="mode"):
+        models.Preprocess("torchvision")
+
+
+def test_imagenet_download_failure_names_the_file(monkeypatch):
+    def fail(**kwargs):
+        raise OSError("URL fetch failure: Name or service not known")
+    spec = models.BACKBONES["vgg16"]
+    monkeypatch.setitem(models.BACKBONES, "vgg16",
+                        models.Backbone(fail, spec.preprocess, spec.top_block_start,
+                                        spec.weights_file))
+    with pytest.raises(models.WeightsError) as e:
+        models.build_backbone("vgg16", (32, 32), "imagenet")
+    msg = str(e.value)
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
+    assert "--weights=none" in msg and "~/.keras/models" in msg.replace(os.sep, "/")
+
+
+def test_weights_file_errors(tmp_path):
+    with pytest.raises(models.WeightsError, match="not found"):
+        models.build_backbone("mobilenet", (32, 32), str(tmp_path / "nope.h5"), 0.25)
+    if not os.path.exists(MOBILENET):
+        pytest.skip("shared MobileNet weights not present")
+    with pytest.raises(models.WeightsError, match="does not match"):
+        models.build_backbone("mobilenet", (32, 32), MOBILENET, alpha=0.5)
+
+
+@pytest.mark.skipif(not os.path.exists(MOBILENET), reason="shared weights absent")
+def test_real_pretrained_mobilenet_loads():
+    base = models.build_backbone("mobilenet", (64, 64), MOBILENET, alpha=0.25)
+    ref = keras.applications.MobileNet(alpha=0.25, include_top=False,
+                                       weights=MOBILENET, input_shape=(64, 64, 3))
+    assert models.count_params(base.weights) == 218_544
+    for a, b in zip(base.get_weights(), ref.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mixed_precision_head_is_float32():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    m = models.build_model(_cfg("augmented"), num_classes=2)
+    assert m.get_layer("block1_conv").compute_dtype == "float16"
+    assert m.get_layer("predictions").compute_dtype == "float32"
+    out = m(np.zeros((1, 32, 32, 3), np.float32))
+    assert out.dtype == "float32"
+    models.compile_model(m, 2, 1e-3)
+    assert isinstance(m.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_saved_model_loads_in_safe_mode(tmp_path):
+    m = models.build_model(_cfg("feature_extraction", backbone="mobilenet",
+                                backbone_alpha=0.25, weights="none"), 2)
+    path = str(tmp_path / "model.keras")
+    m.save(path)
+    loaded = models.load_model(str(tmp_path))
+    x = np.random.RandomState(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(loaded(x), m(x), rtol=1e-5, atol=1e-6)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "model.keras").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a loadable"):
+        models.load_model(str(tmp_path / "junk"))
