@@ -148,15 +148,15 @@ def config_from_flags(stage: str, flag_values=flags.FLAGS) -> config_lib.Config:
 def write_flagfile(model_dir: str, flag_values=flags.FLAGS) -> str:
     """Writes the run's flags so ``--flagfile=model_dir/flags.txt`` repeats it."""
     path = os.path.join(model_dir, FLAGFILE)
-    lines = []
-    for name in sorted(flag_values):
-        flag = flag_values[name]
-        if name in ("flagfile", "undefok") or flag.value is None:
-            continue
-        module = flag_values.find_module_defining_flag(name, "")
-        if module.startswith("absl."):
-            continue
-        lines.append(flag.serialize())
+    # Only catdog's own flags and the script's: flags other libraries define
+    # at import time are not known to a fresh process reading the file.
+    ours = []
+    for module, module_flags in flag_values.flags_by_module_dict().items():
+        if (module.startswith("catdog") or module == "__main__"
+                or os.path.abspath(module) == os.path.abspath(sys.argv[0])):
+            ours.extend(module_flags)
+    lines = sorted({flag.serialize() for flag in ours
+                    if flag.value is not None and flag.name not in ("flagfile", "undefok")})
     os.makedirs(model_dir, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(line for line in lines if line) + "\n")

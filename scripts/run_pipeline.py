@@ -1,4 +1,4 @@
-"""The main job: train the four stages in order and compare them.
+r"""The main job: train the four stages in order and compare them.
 
 Runs baseline -> augmented -> feature_extraction -> fine_tuning into
 subfolders of --model_dir (fine_tuning starts from feature_extraction), then
@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from catdog import cli  # noqa: E402  (after the path set-up above)
 
 cli.define_training_flags()
+flags.adopt_module_key_flags(cli)
 flags.DEFINE_list("stages", ["baseline", "augmented", "feature_extraction", "fine_tuning"],
                   "Stages to run, in order.")
 flags.DEFINE_string("demo_dir", None,

@@ -1,4 +1,4 @@
-"""Stage 2: the same CNN behind in-model RandomFlip / RandomRotation / RandomZoom.
+r"""Stage 2: the same CNN behind in-model RandomFlip / RandomRotation / RandomZoom.
 
 Example:
   python scripts/train_augmented.py --train_dir=training_set --val_dir=test_set \
@@ -11,11 +11,13 @@ import os
 import sys
 
 from absl import app
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from catdog import cli  # noqa: E402  (after the path set-up above)
 
 cli.define_training_flags()
+flags.adopt_module_key_flags(cli)
 
 if __name__ == "__main__":
     app.run(cli.stage_script_main("augmented"))

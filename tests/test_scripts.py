@@ -1,0 +1,99 @@
+"""Each stage script end to end with a shrunken config, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+SCRIPTS = os.path.join(REPO, "scripts")
+
+
+def _run(script, *args, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, os.path.join(SCRIPTS, script), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _common(train_dir, val_dir):
+    return [f"--train_dir={train_dir}", f"--val_dir={val_dir}", "--image_size=32",
+            "--batch_size=8", "--epochs=1", "--verbose=0"]
+
+
+def test_all_four_stage_scripts(tiny_folders, tmp_path):
+    train_dir, val_dir = tiny_folders
+    common = _common(train_dir, val_dir)
+    backbone = ["--backbone=mobilenet", "--backbone_alpha=0.25", "--weights=none"]
+    runs = {
+        "baseline": _run("train_baseline.py", *common, f"--model_dir={tmp_path}/b"),
+        "augmented": _run("train_augmented.py", *common, f"--model_dir={tmp_path}/a"),
+        "feature_extraction": _run("train_feature_extraction.py", *common, *backbone,
+                                   f"--model_dir={tmp_path}/fe"),
+    }
+    runs["fine_tuning"] = _run("train_fine_tuning.py", *common,
+                               f"--init_from={tmp_path}/fe", f"--model_dir={tmp_path}/ft")
+    for stage, proc in runs.items():
+        assert proc.returncode == 0, (stage, proc.stderr[-3000:])
+    for stage, d in (("baseline", "b"), ("augmented", "a"),
+                     ("feature_extraction", "fe"), ("fine_tuning", "ft")):
+        metrics = json.loads((tmp_path / d / "metrics.json").read_text())
+        assert metrics["stage"] == stage
+        assert metrics["epochs_completed"] == 1
+        assert (tmp_path / d / "flags.txt").exists()
+    # flags.txt repeats the run.
+    flagfile = (tmp_path / "b" / "flags.txt").read_text()
+    assert f"--train_dir={train_dir}" in flagfile and "--image_size=32" in flagfile
+    again = _run("train_baseline.py", f"--flagfile={tmp_path}/b/flags.txt",
+                 f"--model_dir={tmp_path}/b2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((tmp_path / "b2" / "config.json").read_text())["data"] == \
+        json.loads((tmp_path / "b" / "config.json").read_text())["data"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--image_size=8"], "--image_size"),
+    (["--batch_size=0"], "--batch_size"),
+    (["--epochs=0"], "--epochs"),
+    (["--validation_split=1.5", "--val_dir="], "--validation_split"),
+    (["--class_names=cats,horses"], "horses"),
+])
+def test_usage_errors_exit_2_with_a_message(tiny_folders, tmp_path, args, needle):
+    train_dir, val_dir = tiny_folders
+    proc = _run("train_baseline.py", *_common(train_dir, val_dir), *args,
+                f"--model_dir={tmp_path}/m")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_train_dir_is_a_usage_error(tmp_path):
+    proc = _run("train_baseline.py", f"--train_dir={tmp_path}/nowhere",
+                f"--model_dir={tmp_path}/m", "--verbose=0")
+    assert proc.returncode == 2
+    assert "nowhere" in proc.stderr
+
+
+def test_help_documents_every_flag():
+    proc = _run("train_baseline.py", "--help")  # absl exits 1 after help
+    for flag in ("--train_dir", "--val_dir", "--image_size", "--batch_size", "--cache",
+                 "--backbone", "--weights", "--mixed_precision", "--strategy",
+                 "--model_dir", "--init_from"):
+        assert flag in proc.stdout
+
+
+def test_run_pipeline_small(tiny_folders, tmp_path):
+    train_dir, val_dir = tiny_folders
+    proc = _run("run_pipeline.py", *_common(train_dir, val_dir),
+                "--backbone=mobilenet", "--backbone_alpha=0.25", "--weights=none",
+                f"--model_dir={tmp_path}/p")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    comp = json.loads((tmp_path / "p" / "comparison.json").read_text())
+    assert [r["stage"] for r in comp["stages"]] == [
+        "baseline", "augmented", "feature_extraction", "fine_tuning"]
+    assert (tmp_path / "p" / "comparison.png").stat().st_size > 1000
+    table = (tmp_path / "p" / "comparison.md").read_text()
+    assert "| feature_extraction |" in table and "RANDOM init" in table
+    assert "| fine_tuning |" in proc.stdout

@@ -1,0 +1,98 @@
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from catdog import config as C
+from catdog import models
+from catdog import train
+
+
+def _config(stage, train_dir, val_dir, model_dir, **model):
+    c = C.for_stage(stage)
+    c.data.train_dir, c.data.val_dir = train_dir, val_dir
+    c.data.image_size = (32, 32)
+    c.data.batch_size = 8
+    c.train.epochs = 2
+    c.train.model_dir = str(model_dir)
+    c.train.verbose = 0
+    for k, v in model.items():
+        setattr(c.model, k, v)
+    return c
+
+
+def test_baseline_run_writes_consistent_artifacts(tiny_folders, tmp_path):
+    train_dir, val_dir = tiny_folders
+    bad = os.path.join(train_dir, "dogs", "broken.jpg")
+    with open(bad, "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 truncated")
+    result = train.run(_config("baseline", train_dir, val_dir, tmp_path / "run"))
+    run = tmp_path / "run"
+    for name in ("config.json", "history.csv", "model.keras", "metrics.json",
+                 "learning_curves.png"):
+        assert (run / name).exists(), name
+    assert any((run / "logs").rglob("*tfevents*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == metrics["epochs_completed"] == 2
+    assert {"accuracy", "precision", "recall", "auc", "val_accuracy", "val_auc",
+            "loss", "val_loss"} <= set(rows[0])
+    accs = [float(r["val_accuracy"]) for r in rows]
+    assert metrics["best_val_accuracy"] == pytest.approx(max(accs))
+    assert metrics["best_epoch"] == int(np.argmax(accs)) + 1
+    assert metrics["final_val_accuracy"] == pytest.approx(accs[-1])
+    assert metrics["train_examples"] == 32 and metrics["val_examples"] == 12
+    assert metrics["class_names"] == ["cats", "dogs"]
+    assert metrics["skipped_files"] == [{"path": bad, "reason": metrics["skipped_files"][0]["reason"]}]
+    assert metrics["skipped_files"][0]["reason"]
+    assert metrics["stage"] == "baseline" and metrics["seconds"] > 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["class_names"] == ["cats", "dogs"]
+    assert {"tensorflow", "keras", "catdog"} <= set(cfg["versions"])
+    assert C.Config.from_dict(cfg).data.image_size == (32, 32)  # rerunnable
+    # The saved model is the best epoch's and predicts like the returned one
+    # would on the same pixels.
+    loaded = models.load_model(str(run))
+    assert loaded.output.shape[1:] == (1,)
+
+
+def test_fine_tuning_starts_from_feature_extraction(tiny_folders, tmp_path):
+    train_dir, val_dir = tiny_folders
+    fe = train.run(_config("feature_extraction", train_dir, val_dir, tmp_path / "fe",
+                           backbone="mobilenet", backbone_alpha=0.25, weights="none"))
+    assert fe.metrics["trainable_params"] == 256 + 1  # head only
+    ft_cfg = _config("fine_tuning", train_dir, val_dir, tmp_path / "ft",
+                     init_from=str(tmp_path / "fe"))
+    ft_cfg.data.image_size = (48, 48)  # taken from the stage-3 run instead
+    ft = train.run(ft_cfg)
+    assert ft.metrics["trainable_params"] > fe.metrics["trainable_params"]
+    cfg = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert cfg["model"]["backbone"] == "mobilenet"
+    assert cfg["data"]["image_size"] == [32, 32]
+    assert ft.model.optimizer.learning_rate.numpy() == pytest.approx(1e-4)
+
+
+def test_fine_tuning_rejects_a_non_stage3_init(tiny_folders, tmp_path):
+    train_dir, val_dir = tiny_folders
+    train.run(_config("baseline", train_dir, val_dir, tmp_path / "b"))
+    with pytest.raises(ValueError, match="feature_extraction"):
+        train.run(_config("fine_tuning", train_dir, val_dir, tmp_path / "ft",
+                          init_from=str(tmp_path / "b")))
+    with pytest.raises(ValueError, match="--init_from"):
+        train.run(_config("fine_tuning", train_dir, val_dir, tmp_path / "ft",
+                          init_from=str(tmp_path / "nothing")))
+
+
+def test_mixed_precision_run_restores_policy(tiny_folders, tmp_path):
+    import keras
+    train_dir, val_dir = tiny_folders
+    c = _config("baseline", train_dir, val_dir, tmp_path / "mp")
+    c.train.mixed_precision = "mixed_float16"
+    c.train.epochs = 1
+    result = train.run(c)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert result.metrics["dtype_policy"] == "mixed_float16"
+    assert result.model.get_layer("predictions").compute_dtype == "float32"
