@@ -20,7 +20,7 @@ import importlib.util
 import json
 import os
 import re
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import keras
 import numpy as np
@@ -39,7 +39,7 @@ CONFIG_FILENAME = "config.json"
 IMAGES_SIGNATURE = "serve_images"
 
 
-def load_catdog_model(model_dir) -> tuple[Any, dict]:
+def load_catdog_model(model_dir) -> tuple[keras.Model, dict]:
     """Loads the Keras model and config a catdog training run wrote.
 
     Custom layers of ``catdog.models`` are registered first (when that module
@@ -395,9 +395,6 @@ def predict_files(model_or_saved_model, paths: Iterable, *, image_size=None,
             f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
     predict_batch, image_size = _make_predictor(
         model_or_saved_model, image_size, class_names)
-    decode = tf.function(
-        lambda contents: decode_and_resize(contents, image_size),
-        input_signature=[tf.TensorSpec([], tf.string)])
 
     rows: list[dict] = []
     pending: list[tuple[dict, np.ndarray]] = []
@@ -414,7 +411,7 @@ def predict_files(model_or_saved_model, paths: Iterable, *, image_size=None,
         row = {"path": path, "class": None, "probability": None, "error": error}
         rows.append(row)
         if error is None:
-            image, row["error"] = _read_and_decode(path, decode)
+            image, row["error"] = _read_and_decode(path, image_size)
             if image is not None:
                 pending.append((row, image))
                 if len(pending) >= batch_size:
@@ -423,8 +420,12 @@ def predict_files(model_or_saved_model, paths: Iterable, *, image_size=None,
     return rows
 
 
-def _read_and_decode(path: str, decode):
-    """Returns ``(uint8 image, None)`` or ``(None, reason)`` for one file."""
+def _read_and_decode(path: str, image_size):
+    """Returns ``(uint8 image, None)`` or ``(None, reason)`` for one file.
+
+    Eager on purpose: an error belongs to exactly one file, and decoding
+    dominates anyway (a few ms per photo; a tf.function was no faster).
+    """
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             contents = f.read()
@@ -433,7 +434,7 @@ def _read_and_decode(path: str, decode):
     if not contents:
         return None, "empty file (0 bytes)"
     try:
-        return decode(tf.constant(contents)).numpy(), None
+        return decode_and_resize(tf.constant(contents), image_size).numpy(), None
     except tf.errors.OpError as error:
         return None, (f"not a readable JPEG/PNG/GIF/BMP image ({len(contents)} "
                       f"bytes): {_first_line(error)}")
@@ -461,8 +462,10 @@ def _make_predictor(model_or_saved_model, image_size, class_names):
                 "the model_dir instead to read them from its config.json.")
         num_classes = check_model_outputs(source, class_names)
         image_size = resolve_image_size(image_size, source)
+        # A fixed signature: the short last batch does not retrace.
         probabilities = tf.function(
-            probabilities_fn(source, num_classes), reduce_retracing=True)
+            probabilities_fn(source, num_classes),
+            input_signature=[tf.TensorSpec([None, *image_size, 3], tf.uint8)])
         names = [str(n) for n in class_names]
 
         def predict_batch(batch):

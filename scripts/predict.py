@@ -60,10 +60,13 @@ def main(argv):
     flag = "--model_dir" if _MODEL_DIR.value is not None else "--saved_model"
     try:
         if _MODEL_DIR.value is not None:
-            model = _MODEL_DIR.value  # predict_files reads model + config
-        else:
+            model, _, image_size, class_names = predict.load_for_inference(
+                _MODEL_DIR.value)
+        else:  # the SavedModel knows its own image size and class names
             model = predict.load_saved_model(_SAVED_MODEL.value)
-        rows = predict.predict_files(model, paths, batch_size=_BATCH_SIZE.value)
+            image_size = class_names = None
+        rows = predict.predict_files(model, paths, image_size=image_size,
+                                     class_names=class_names, batch_size=_BATCH_SIZE.value)
     except (ValueError, OSError) as error:
         return _usage_error(f"{flag}: {error}")
 

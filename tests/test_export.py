@@ -400,7 +400,7 @@ def test_script_usage_errors_exit_2(args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_script_exports_and_refuses_to_clobber(binary_run, tmp_path):
+def test_script_exports(binary_run, tmp_path):
     base = tmp_path / "serving"
     result = _run_script(f"--model_dir={binary_run[0]}", f"--export_dir={base}")
     assert result.returncode == 0, result.stderr
@@ -408,7 +408,12 @@ def test_script_exports_and_refuses_to_clobber(binary_run, tmp_path):
     assert f"--model_base_path={base}" in result.stdout
     assert export.read_export_metadata(base / "1")["class_names"] == ["cats", "dogs"]
 
-    result = _run_script(f"--model_dir={binary_run[0]}", f"--export_dir={base}", "--version=1")
+
+@pytest.mark.slow  # a second TensorFlow start-up; the message itself is tested above
+def test_script_refuses_to_clobber_with_exit_2(binary_run, tmp_path):
+    export.export_saved_model(binary_run[0], tmp_path / "serving", version=1)
+    result = _run_script(f"--model_dir={binary_run[0]}",
+                         f"--export_dir={tmp_path / 'serving'}", "--version=1")
     assert result.returncode == 2
     assert "already exists; pass overwrite=True (--overwrite)" in result.stderr
     assert "Traceback" not in result.stderr
