@@ -1,0 +1,137 @@
+"""Classifies image files with a trained or exported catdog model.
+
+Usage:
+    predict.py --model_dir=DIR [--csv=FILE] [--batch_size=32] FILES_OR_FOLDERS...
+    predict.py --saved_model=DIR [--csv=FILE] [--batch_size=32] FILES_OR_FOLDERS...
+
+Folders are searched recursively for .jpg .jpeg .png .gif .bmp files (any
+case). Prints an aligned table `file  class  probability`, where probability
+is that of the predicted class; a file that cannot be read or decoded gets an
+`ERROR: <reason>` row and the others still run.
+
+Exit status: 0 when it ran (even if some files failed), 1 when every file
+failed, 2 on usage errors (bad flags, model or output path).
+"""
+
+import csv
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None,
+    "Training run folder holding model.keras and config.json.")
+_SAVED_MODEL = flags.DEFINE_string(
+    "saved_model", None,
+    "SavedModel written by scripts/export.py (a version folder, or the base "
+    "folder: its highest version is used). Gives exactly the exported "
+    "model's probabilities.")
+_CSV = flags.DEFINE_string(
+    "csv", None,
+    "Also write the rows to this CSV file (columns path,class,probability,"
+    "error); an existing CSV file is replaced.")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 32, "Images per model call.", lower_bound=1)
+
+_USAGE_EXIT = 2
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+
+
+def main(argv):
+    paths = argv[1:]
+    if (_MODEL_DIR.value is None) == (_SAVED_MODEL.value is None):
+        return _usage_error(
+            "pass exactly one of --model_dir=DIR (a training run folder) or "
+            "--saved_model=DIR (an exported model).")
+    if not paths:
+        return _usage_error(
+            "no files or folders given; list them after the flags, e.g. "
+            "predict.py --model_dir=runs/baseline photos/")
+    if _CSV.value is not None:
+        problem = _csv_problem(_CSV.value, paths)
+        if problem:
+            return _usage_error(f"--csv={_CSV.value}: {problem}")
+
+    # Imported here so usage errors are reported without loading TensorFlow.
+    from catdog import predict
+
+    flag = "--model_dir" if _MODEL_DIR.value is not None else "--saved_model"
+    try:
+        if _MODEL_DIR.value is not None:
+            model, _, image_size, class_names = predict.load_for_inference(
+                _MODEL_DIR.value)
+        else:  # the SavedModel knows its own image size and class names
+            model = predict.load_saved_model(_SAVED_MODEL.value)
+            image_size = class_names = None
+        rows = predict.predict_files(model, paths, image_size=image_size,
+                                     class_names=class_names, batch_size=_BATCH_SIZE.value)
+    except (ValueError, OSError) as error:
+        return _usage_error(f"{flag}: {error}")
+
+    _print_table(rows)
+    if _CSV.value is not None:
+        _write_csv(_CSV.value, rows)
+    failed = sum(row["error"] is not None for row in rows)
+    summary = f"{len(rows) - failed} of {len(rows)} files classified"
+    if failed:
+        summary += f", {failed} could not be read"
+    print(summary + ".", file=sys.stderr)
+    return 1 if failed == len(rows) else 0
+
+
+def _print_table(rows):
+    cells = [("file", "class", "probability")]
+    for row in rows:
+        if row["error"] is not None:
+            cells.append((row["path"], f"ERROR: {row['error']}", ""))
+        else:
+            cells.append((row["path"], row["class"], f"{row['probability']:.4f}"))
+    file_width = max(len(c[0]) for c in cells)
+    # Error messages are long; they do not widen the class column.
+    class_width = max(len(c[1]) for c in cells if not c[1].startswith("ERROR: "))
+    for path, name, probability in cells:
+        print(f"{path:<{file_width}}  {name:<{class_width}}  {probability}".rstrip())
+
+
+def _csv_problem(csv_path, inputs):
+    """Returns why --csv cannot be written, or None; checked before predicting."""
+    if os.path.isdir(csv_path):
+        return "is a folder; pass a file name."
+    is_input = os.path.exists(csv_path) and any(
+        os.path.exists(p) and os.path.samefile(csv_path, p) for p in inputs)
+    if is_input or csv_path.lower().endswith(_IMAGE_EXTENSIONS):
+        return "looks like an input image; refusing to overwrite it."
+    parent = os.path.dirname(os.path.abspath(csv_path))
+    if not os.path.isdir(parent):
+        return f"its folder {parent} does not exist; create it first."
+    return None
+
+
+def _write_csv(csv_path, rows):
+    # Written next to the target, then renamed: a crash never leaves half a CSV.
+    staging = f"{csv_path}.tmp-{os.getpid()}"
+    with open(staging, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["path", "class", "probability", "error"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(staging, csv_path)
+
+
+def _usage_error(message):
+    print(f"{os.path.basename(sys.argv[0])}: error: {message}\n"
+          "Run with --helpshort for the flags.", file=sys.stderr)
+    return _USAGE_EXIT
+
+
+def _parse_flags(argv):
+    """Parses flags as absl does, but exits 2 (usage error) instead of 1."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        sys.exit(_usage_error(str(error)))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

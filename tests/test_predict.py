@@ -1,0 +1,443 @@
+"""Tests for catdog.predict and scripts/predict.py."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from catdog import export
+from catdog import predict
+from catdog.data import decode_and_resize
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "scripts", "predict.py")
+
+
+# --- helpers -----------------------------------------------------------------
+
+def _build_model(num_classes, input_size=(32, 32)):
+    """A tiny classifier taking 0..255 pixels, seeded so outputs vary by image."""
+    inputs = keras.Input((*input_size, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(
+        4, 3, kernel_initializer=keras.initializers.GlorotUniform(seed=1))(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    units, activation = (1, "sigmoid") if num_classes == 2 else (num_classes, "softmax")
+    head = keras.layers.Dense(
+        units, activation, dtype="float32",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=8.0, seed=2))
+    model = keras.Model(inputs, head(x))
+    # Centre the head on mid-grey so images of different colours get
+    # different classes.
+    grey = np.full((1, *(s or 8 for s in input_size), 3), 127.5, np.float32)
+    features = keras.Model(inputs, x)(grey).numpy()
+    head.bias.assign(-(features @ head.kernel.numpy())[0])
+    return model
+
+
+def _write_run(model_dir, model, class_names, image_size):
+    os.makedirs(model_dir)
+    model.save(os.path.join(model_dir, "model.keras"))
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+        json.dump({"stage": "baseline", "class_names": class_names,
+                   "data": {"image_size": list(image_size)}}, f)
+    return str(model_dir)
+
+
+def _image_bytes(seed, shape=(40, 52, 3), fmt="jpeg"):
+    """Random image whose mean colour differs per seed (so classes differ)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, shape[-1:]) * 0.7 + rng.integers(0, 77, shape)
+    pixels = pixels.astype(np.uint8)
+    encode = tf.io.encode_jpeg if fmt == "jpeg" else tf.io.encode_png
+    return encode(pixels).numpy()
+
+
+def _write(path, contents):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(contents)
+    return str(path)
+
+
+def _expected(model, class_names, image_size, contents):
+    """(class, probability of it) computed straight from the Keras model."""
+    image = decode_and_resize(tf.constant(contents), image_size)
+    out = model(tf.cast(image[tf.newaxis], tf.float32), training=False).numpy()[0]
+    probs = np.array([1 - out[0], out[0]]) if out.shape[-1] == 1 else out
+    best = int(np.argmax(probs))
+    return class_names[best], float(probs[best])
+
+
+@pytest.fixture(scope="module")
+def binary_run(tmp_path_factory):
+    model = _build_model(2)
+    model_dir = _write_run(tmp_path_factory.mktemp("binary") / "run", model,
+                           ["cats", "dogs"], (32, 32))
+    return model_dir, model
+
+
+@pytest.fixture(scope="module")
+def softmax_run(tmp_path_factory):
+    # Any input size, non-square config: catches height/width mix-ups.
+    model = _build_model(3, input_size=(None, None))
+    model_dir = _write_run(tmp_path_factory.mktemp("softmax") / "run", model,
+                           ["bird", "cat", "dog"], (24, 40))
+    return model_dir, model
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Six good images (JPEG and PNG, upper-case extensions, a subfolder)."""
+    root = tmp_path_factory.mktemp("images")
+    paths = [
+        _write(root / "a.jpg", _image_bytes(0)),
+        _write(root / "b.JPG", _image_bytes(1, (90, 30, 3))),
+        _write(root / "c.png", _image_bytes(2, fmt="png")),
+        _write(root / "d.jpeg", _image_bytes(3, (16, 16, 3))),
+        _write(root / "sub" / "e.PNG", _image_bytes(4, (33, 47, 1), fmt="png")),
+        _write(root / "sub" / "f.jpg", _image_bytes(5, (64, 64, 3))),
+    ]
+    return str(root), paths
+
+
+@pytest.fixture(scope="module")
+def exported(binary_run, tmp_path_factory):
+    model_dir, _ = binary_run
+    return export.export_saved_model(model_dir, tmp_path_factory.mktemp("exp") / "serving")
+
+
+# --- expand_paths --------------------------------------------------------------
+
+def test_expand_paths_walks_folders_and_keeps_only_images(tmp_path):
+    for name in ["b.JPG", "a.jpeg", "sub/c.Png", "sub/deeper/d.gif", "e.bmp",
+                 ".DS_Store", "notes.txt", "._a.jpg", ".hidden/x.jpg", "sub/Thumbs.db"]:
+        _write(tmp_path / name, b"x")
+    explicit = _write(tmp_path / "other" / "photo.webp", b"x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    entries = predict.expand_paths(
+        [tmp_path / "a.jpeg", tmp_path, explicit, empty, tmp_path / "missing.jpg"])
+
+    assert entries[:6] == [
+        (str(tmp_path / "a.jpeg"), None),  # explicit first; not repeated later
+        (str(tmp_path / "b.JPG"), None),
+        (str(tmp_path / "e.bmp"), None),
+        (str(tmp_path / "sub" / "c.Png"), None),
+        (str(tmp_path / "sub" / "deeper" / "d.gif"), None),
+        (explicit, None),  # named explicitly: kept whatever its extension
+    ]
+    assert entries[6][0] == str(empty) and "no image files" in entries[6][1]
+    assert entries[7] == (str(tmp_path / "missing.jpg"), "no such file or folder")
+    assert len(entries) == 8
+
+
+# --- predict_files with a Keras model_dir ----------------------------------------
+
+@pytest.mark.parametrize("run", ["binary_run", "softmax_run"])
+def test_predict_files_matches_keras_model(run, images, request):
+    model_dir, model = request.getfixturevalue(run)
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = json.load(f)
+    folder, paths = images
+
+    rows = predict.predict_files(model_dir, [folder], batch_size=4)
+
+    assert [r["path"] for r in rows] == sorted(paths[:4]) + paths[4:]
+    for row in rows:
+        with open(row["path"], "rb") as f:
+            name, prob = _expected(model, config["class_names"],
+                                   config["data"]["image_size"], f.read())
+        assert row["error"] is None
+        assert row["class"] == name
+        assert row["probability"] == pytest.approx(prob, abs=1e-5)
+        assert 1 / len(config["class_names"]) <= row["probability"] <= 1
+    assert len({r["class"] for r in rows}) > 1, "test images should not all agree"
+
+
+def test_unreadable_files_get_error_rows_and_the_rest_still_run(binary_run, tmp_path):
+    model_dir, model = binary_run
+    good = _image_bytes(7)
+    jpeg = _image_bytes(8, (64, 64, 3))
+    paths = [
+        _write(tmp_path / "1-good.jpg", good),
+        _write(tmp_path / "2-empty.jpg", b""),
+        _write(tmp_path / "3-truncated.jpg", jpeg[: len(jpeg) // 2]),
+        _write(tmp_path / "4-text.png", b"this is not an image\n"),
+        _write(tmp_path / "5-good.png", _image_bytes(9, fmt="png")),
+    ]
+
+    rows = predict.predict_files(model_dir, paths + [str(tmp_path / "6-gone.jpg")])
+
+    errors = [r["error"] for r in rows]
+    assert errors[0] is None and errors[4] is None
+    assert errors[1] == "empty file (0 bytes)"
+    assert errors[2].startswith("not a readable JPEG/PNG/GIF/BMP image")
+    assert "function_node" not in errors[2]
+    assert errors[3].startswith("not a readable JPEG/PNG/GIF/BMP image (21 bytes)")
+    assert errors[5] == "no such file or folder"
+    for i in (1, 2, 3, 5):
+        assert rows[i]["class"] is None and rows[i]["probability"] is None
+    name, prob = _expected(model, ["cats", "dogs"], (32, 32), good)
+    assert rows[0]["class"] == name
+    assert rows[0]["probability"] == pytest.approx(prob, abs=1e-5)
+
+
+def test_model_calls_are_batched_around_bad_files(binary_run, images, tmp_path, monkeypatch):
+    model_dir, _ = binary_run
+    _, paths = images
+    bad = _write(tmp_path / "bad.jpg", b"nope")
+    batch_sizes = []
+    make_predictor = predict._make_predictor
+
+    def spying_make_predictor(*args):
+        predict_batch, size = make_predictor(*args)
+
+        def spy(batch):
+            batch_sizes.append(len(batch))
+            assert batch.dtype == np.uint8 and batch.shape[1:] == (32, 32, 3)
+            return predict_batch(batch)
+        return spy, size
+
+    monkeypatch.setattr(predict, "_make_predictor", spying_make_predictor)
+    mixed = paths[:2] + [bad] + paths[2:]
+    rows_2 = predict.predict_files(model_dir, mixed, batch_size=2)
+    assert batch_sizes == [2, 2, 2]
+    rows_32 = predict.predict_files(model_dir, mixed, batch_size=32)
+    assert batch_sizes[3:] == [6]
+    assert [r["class"] for r in rows_2] == [r["class"] for r in rows_32]
+    np.testing.assert_allclose(
+        [r["probability"] or 0 for r in rows_2],
+        [r["probability"] or 0 for r in rows_32], atol=1e-6)
+
+
+def test_keras_model_object_needs_class_names_and_checks_image_size(binary_run, images):
+    _, model = binary_run
+    _, paths = images
+    with pytest.raises(ValueError, match="class_names is required"):
+        predict.predict_files(model, paths)
+    with pytest.raises(ValueError, match=r"image_size \(40, 40\) differs .* \(32, 32\)"):
+        predict.predict_files(model, paths, class_names=["cats", "dogs"], image_size=(40, 40))
+    with pytest.raises(ValueError, match="1 value.* 3 class_names"):
+        predict.predict_files(model, paths, class_names=["a", "b", "c"])
+    rows = predict.predict_files(model, paths[:1], class_names=["cats", "dogs"])
+    assert rows[0]["error"] is None and rows[0]["class"] in ("cats", "dogs")
+
+
+def test_any_size_model_needs_an_image_size(softmax_run, images):
+    _, model = softmax_run
+    with pytest.raises(ValueError, match="image_size is required"):
+        predict.predict_files(model, images[1], class_names=["bird", "cat", "dog"])
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "32"])
+def test_bad_batch_size_is_rejected(binary_run, images, batch_size):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        predict.predict_files(binary_run[0], images[1], batch_size=batch_size)
+
+
+def test_arguments_disagreeing_with_config_are_rejected(binary_run, images):
+    with pytest.raises(ValueError, match=r"class_names=\['dogs', 'cats'\] differs"):
+        predict.predict_files(binary_run[0], images[1], class_names=["dogs", "cats"])
+    with pytest.raises(ValueError, match=r"image_size=\[64, 64\] differs"):
+        predict.predict_files(binary_run[0], images[1], image_size=(64, 64))
+
+
+def test_probabilities_fn_same_eagerly_and_in_tf_data(softmax_run):
+    _, model = softmax_run
+    fn = predict.probabilities_fn(model, 3)
+    batch = np.random.default_rng(0).integers(0, 256, (4, 24, 40, 3)).astype(np.uint8)
+    eager = fn(tf.constant(batch)).numpy()
+    in_data = next(iter(tf.data.Dataset.from_tensors(batch).map(fn))).numpy()
+    assert eager.dtype == np.float32 and eager.shape == (4, 3)
+    np.testing.assert_allclose(eager.sum(axis=1), 1, atol=1e-6)
+    np.testing.assert_allclose(in_data, eager, atol=1e-6)
+
+
+# --- predict_files with an exported SavedModel -----------------------------------
+
+def test_saved_model_paths_equal_serving_default_and_keras(binary_run, exported, images):
+    model_dir, _ = binary_run
+    _, paths = images
+    contents = []
+    for path in paths:
+        with open(path, "rb") as f:
+            contents.append(f.read())
+    loaded = tf.saved_model.load(exported)
+    served = loaded.signatures["serving_default"](image_bytes=tf.constant(contents))
+    served_probs = served["probabilities"].numpy().max(axis=1)
+    served_classes = [c.decode() for c in served["classes"].numpy()]
+
+    base_dir = os.path.dirname(exported)
+    for source in (loaded, exported, base_dir, model_dir):
+        rows = predict.predict_files(source, paths, batch_size=4)
+        assert [r["class"] for r in rows] == served_classes, source
+        np.testing.assert_allclose(
+            [r["probability"] for r in rows], served_probs, atol=1e-5, err_msg=str(source))
+
+
+def test_saved_model_checks_class_names_and_image_size(exported, images):
+    loaded = predict.load_saved_model(exported)
+    with pytest.raises(ValueError, match="differ from the SavedModel's"):
+        predict.predict_files(loaded, images[1], class_names=["a", "b"])
+    with pytest.raises(ValueError, match=r"image_size \(8, 8\) differs"):
+        predict.predict_files(loaded, images[1], image_size=(8, 8))
+    rows = predict.predict_files(loaded, images[1][:1], class_names=["cats", "dogs"],
+                                 image_size=(32, 32))
+    assert rows[0]["error"] is None
+
+
+def test_load_saved_model_errors_name_the_path(binary_run, tmp_path):
+    model_dir, _ = binary_run
+    with pytest.raises(FileNotFoundError, match="training model_dir: pass it as --model_dir"):
+        predict.load_saved_model(model_dir)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nothing")):
+        predict.load_saved_model(tmp_path / "nothing")
+    broken = tmp_path / "broken"
+    _write(broken / "saved_model.pb", b"garbage")
+    with pytest.raises(ValueError, match=f"{broken}.* is not a loadable SavedModel"):
+        predict.load_saved_model(broken)
+    with pytest.raises(ValueError, match="Cannot predict with a dict"):
+        predict.predict_files({}, [])
+
+
+# --- load_catdog_model -------------------------------------------------------------
+
+def test_load_catdog_model_returns_model_and_config(binary_run):
+    model_dir, model = binary_run
+    loaded, config = predict.load_catdog_model(model_dir)
+    assert isinstance(loaded, keras.Model)
+    assert config["class_names"] == ["cats", "dogs"]
+    assert loaded.count_params() == model.count_params()
+    x = np.full((1, 32, 32, 3), 200, np.float32)
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
+
+
+def _bad_model_dirs(root, good_dir):
+    """(model_dir, expected message regex) pairs, one per way to be wrong."""
+    model_file = os.path.join(good_dir, "model.keras")
+    with open(model_file, "rb") as f:
+        model_bytes = f.read()
+
+    def run(name, model=model_bytes, config='{"class_names": ["cats", "dogs"]}'):
+        folder = root / name
+        folder.mkdir()
+        if model is not None:
+            _write(folder / "model.keras", model)
+        if config is not None:
+            _write(folder / "config.json", config.encode())
+        return str(folder)
+
+    return [
+        (str(root / "missing"), "does not exist"),
+        (model_file, "is a file, not a folder"),
+        (run("no-model", model=None), "No model.keras in model_dir"),
+        (run("no-config", config=None), "No config.json .* not a catdog model folder"),
+        (run("bad-json", config="{nope"), "config.json' is not a readable JSON config"),
+        (run("no-classes", config='{"stage": "baseline"}'), "has no 'class_names'"),
+        (run("one-class", config='{"class_names": ["cats"]}'),
+         "at least two distinct non-empty strings"),
+        (run("garbage", model=b"not a zip"), "model.keras' is not a loadable Keras model"),
+        (run("three-classes", config='{"class_names": ["a", "b", "c"]}'),
+         "outputs 1 value.* 3 class_names"),
+    ]
+
+
+def test_load_catdog_model_errors_name_the_path_and_what_to_do(binary_run, tmp_path):
+    for model_dir, message in _bad_model_dirs(tmp_path, binary_run[0]):
+        with pytest.raises((FileNotFoundError, ValueError), match=message) as info:
+            predict.load_catdog_model(model_dir)
+        assert model_dir in str(info.value)
+
+
+def test_load_catdog_model_points_savedmodel_dirs_to_saved_model(exported):
+    with pytest.raises(FileNotFoundError, match="exported SavedModel"):
+        predict.load_catdog_model(exported)
+
+
+def test_load_catdog_model_refuses_lambda_layers(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Lambda(lambda t: t / 255.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, "sigmoid")(x))
+    model_dir = _write_run(tmp_path / "lambda", model, ["cats", "dogs"], (8, 8))
+    with pytest.raises(ValueError, match="safe_mode=True"):
+        predict.load_catdog_model(model_dir)
+
+
+# --- scripts/predict.py -------------------------------------------------------------
+
+def _run_script(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "pass exactly one of --model_dir"),
+    (["--model_dir=a", "--saved_model=b", "x.jpg"], "pass exactly one of --model_dir"),
+    (["--model_dir=a"], "no files or folders given"),
+    (["--model_dir=a", "--batch_size=0", "x.jpg"], "--batch_size=0"),
+    (["--model_dir=a", "--nope", "x.jpg"], "nope"),
+    (["--model_dir=a", "--csv=no/such/folder/out.csv", "x.jpg"], "does not exist; create it"),
+    (["--model_dir=a", "--csv=x.jpg", "x.jpg"], "refusing to overwrite"),
+])
+def test_script_usage_errors_exit_2_without_traceback(args, message, tmp_path):
+    result = _run_script(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_script_prints_table_writes_csv_and_exits_0(binary_run, images, tmp_path):
+    model_dir, _ = binary_run
+    folder, paths = images
+    bad = _write(tmp_path / "bad.jpg", b"")
+    flagfile = tmp_path / "flags.txt"
+    flagfile.write_text(f"--model_dir={model_dir}\n--batch_size=4\n")
+    out_csv = tmp_path / "out.csv"
+
+    result = _run_script(f"--flagfile={flagfile}", f"--csv={out_csv}", folder, bad)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["file", "class", "probability"]
+    assert len(lines) == 1 + len(paths) + 1
+    # Aligned: every row's class column starts where the header's does.
+    column = lines[0].index("class")
+    assert all(line[column - 2:column] == "  " and line[column] != " " for line in lines)
+    assert lines[-1].endswith("ERROR: empty file (0 bytes)")
+    assert "6 of 7 files classified, 1 could not be read" in result.stderr
+
+    expected = predict.predict_files(model_dir, [folder, bad])
+    with open(out_csv, newline="") as f:
+        written = list(csv.DictReader(f))
+    assert [r["path"] for r in written] == [r["path"] for r in expected]
+    for row, want in zip(written, expected):
+        assert row["class"] == (want["class"] or "")
+        assert row["error"] == (want["error"] or "")
+        if want["probability"] is not None:
+            assert float(row["probability"]) == pytest.approx(want["probability"], abs=1e-5)
+            assert f"{want['probability']:.4f}" in result.stdout
+
+
+def test_script_exits_1_when_every_file_fails(exported, tmp_path):
+    bad = _write(tmp_path / "bad.png", b"GIF89a broken")
+    result = _run_script(f"--saved_model={exported}", bad)
+    assert result.returncode == 1, result.stderr
+    assert "ERROR: not a readable JPEG/PNG/GIF/BMP image" in result.stdout
+
+
+@pytest.mark.slow  # a second TensorFlow start-up; the message itself is tested above
+def test_script_exits_2_on_a_bad_model_dir(exported, tmp_path):
+    result = _run_script(f"--model_dir={exported}", tmp_path)
+    assert result.returncode == 2
+    assert "--model_dir: No model.keras in model_dir" in result.stderr
+    assert "exported SavedModel" in result.stderr and "Traceback" not in result.stderr
