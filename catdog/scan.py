@@ -464,7 +464,9 @@ def _sniff_png(reader: _Reader, head: bytes):
             f"corrupt PNG: first chunk is {head[12:16]!r}, expected b'IHDR'")
     width = int.from_bytes(head[16:20], "big")
     height = int.from_bytes(head[20:24], "big")
-    if not reader.contains(b"IEND", 33):
+    # The IEND chunk is always these 12 bytes (empty body, fixed CRC);
+    # matching all of them also catches a file cut inside the CRC.
+    if not reader.contains(b"\x00\x00\x00\x00IEND\xaeB`\x82", 33):
         return width, height, "truncated PNG: no IEND chunk"
     return width, height, None
 
@@ -1010,6 +1012,7 @@ class ScanReport:
         ``data_dir`` and in an ``other_dirs`` folder (train/validation leakage).
       duplicates_within_class: groups of byte-identical files of one class.
       seconds: wall time of the scan.
+      layout_warnings: doubts about the folder layout itself.
     """
 
     data_dir: str
@@ -1024,6 +1027,7 @@ class ScanReport:
     duplicates_across_dirs: tuple[tuple[str, ...], ...]
     duplicates_within_class: tuple[tuple[str, ...], ...]
     seconds: float
+    layout_warnings: tuple[str, ...] = ()
 
     @property
     def bad_files(self) -> list[FileCheck]:
@@ -1040,7 +1044,7 @@ class ScanReport:
 
     @property
     def warnings(self) -> list[str]:
-        lines = []
+        lines = list(self.layout_warnings)
         for summary in self.classes:
             if summary.usable == 0:
                 lines.append(f"class {summary.name!r} has no usable image")
@@ -1205,6 +1209,27 @@ def _identical_groups(items, num_threads: int) -> list[list]:
     return groups
 
 
+def _split_like_warning(data_dir, paths, labels, names) -> tuple[str, ...]:
+    """Warns when the "classes" look like dataset splits.
+
+    Pointing at the parent of ``training_set`` / ``test_set`` makes each
+    split a class; there every file sits in a subfolder and every "class"
+    has the same subfolders (``cats``, ``dogs``).
+    """
+    subfolders = [set() for _ in names]
+    for path, label in zip(paths, labels):
+        relative = path[len(_join(data_dir, names[label])):].lstrip("/" + os.sep)
+        parts = relative.replace(os.sep, "/").split("/")
+        if len(parts) < 2:
+            return ()  # A file directly in a class folder: a real class.
+        subfolders[label].add(parts[0])
+    if len(subfolders[0]) < 2 or any(s != subfolders[0] for s in subfolders):
+        return ()
+    return (f"every class folder {names} holds the same subfolders "
+            f"{sorted(subfolders[0])}: these look like dataset splits, not classes; "
+            f"point at one split, e.g. {_join(data_dir, names[0])}",)
+
+
 def scan_directory(
     data_dir,
     class_names: Sequence[str] | None = None,
@@ -1292,4 +1317,5 @@ def scan_directory(
         duplicates_across_dirs=tuple(across_dirs),
         duplicates_within_class=tuple(within_class),
         seconds=time.perf_counter() - start,
+        layout_warnings=_split_like_warning(data_dir, paths, labels, names),
     )
