@@ -94,9 +94,6 @@ DEFAULT_MAX_PIXELS = 89_478_485
 # The extensions keras.utils.image_dataset_from_directory indexes.
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 
-# Formats that catdog.data.decode_and_resize (tf.io.decode_image) decodes.
-DECODABLE_FORMATS = ("jpeg", "png", "gif", "bmp", "webp")
-
 # Operating-system litter that is never an image. Hidden files (".DS_Store",
 # AppleDouble "._*" files) are skipped by their leading dot already.
 _IGNORED_FILE_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
@@ -109,6 +106,10 @@ _CHUNK_BYTES = 1024 * 1024
 # Output size of the check decode. The resize cannot fail once the decode
 # succeeded, so a tiny size keeps the check cheap.
 _CHECK_IMAGE_SIZE = (16, 16)
+
+# Reasons starting with this describe the file system, not the file's
+# content (permissions, a vanished file, a network error): never cached.
+_READ_ERROR = "cannot read file: "
 
 _CACHE_ENV_VAR = "CATDOG_CACHE_DIR"
 # Bump when the checks change, so results of older checks are not reused.
@@ -675,7 +676,7 @@ def _check_header(path: str, max_pixels: int, stamp=None):
             header = _sniff_open(handle, stamp[0])
     except (OSError, tf.errors.OpError) as e:
         message = e.message if isinstance(e, tf.errors.OpError) else str(e)
-        return FileCheck(path, False, f"cannot read file: {message}",
+        return FileCheck(path, False, f"{_READ_ERROR}{message}",
                          None, None, None, None), None
     problem = header.problem
     if problem is None:
@@ -700,7 +701,11 @@ def _clean_tf_message(message: str) -> str:
 def _decode_error(path: str) -> str | None:
     """Decodes one file eagerly; returns the error message or None."""
     try:
-        _data.decode_and_resize(tf.io.read_file(_tf_path(path)), _CHECK_IMAGE_SIZE)
+        contents = tf.io.read_file(_tf_path(path))
+    except tf.errors.OpError as e:
+        return f"{_READ_ERROR}{_clean_tf_message(e.message)}"
+    try:
+        _data.decode_and_resize(contents, _CHECK_IMAGE_SIZE)
     except tf.errors.OpError as e:
         return f"decode failed: {_clean_tf_message(e.message)}"
     return None
@@ -717,8 +722,9 @@ def _decode_survivors(paths: Sequence[str], num_parallel, on_done) -> set[int]:
         # the index would let the optimizer prune the decode away.
         return index, tf.reduce_max(image)
 
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.range(len(paths), dtype=tf.int64), tf.constant([_tf_path(p) for p in paths], tf.string)))
+    indices = tf.range(len(paths), dtype=tf.int64)
+    names = tf.constant([_tf_path(p) for p in paths], tf.string)
+    dataset = tf.data.Dataset.from_tensor_slices((indices, names))
     dataset = dataset.map(
         decode, num_parallel_calls=num_parallel or tf.data.AUTOTUNE,
         deterministic=False)
@@ -817,6 +823,8 @@ class _ScanCache:
         return FileCheck(path, ok, reason, fmt, width, height, size)
 
     def put(self, check: FileCheck, stamp, max_pixels: int) -> None:
+        if check.reason and check.reason.startswith(_READ_ERROR):
+            return
         self._entries[_abspath(check.path)] = [
             stamp[0], stamp[1], max_pixels, check.ok, check.reason, check.format,
             check.width, check.height]
@@ -1103,6 +1111,14 @@ class ScanReport:
                              "max": max(values)} if values else None)
         return stats
 
+    def _reason_counts(self) -> dict:
+        """Bad files counted by the kind of reason, most frequent first."""
+        kinds = collections.Counter()
+        for check in self.bad_files:
+            kind = re.split(r"[:;]", check.reason)[0]
+            kinds["above max_pixels" if kind.startswith("image is ") else kind] += 1
+        return dict(kinds.most_common())
+
     def _format_counts(self) -> dict:
         counts = collections.Counter(c.format for c in self.checks if c.ok)
         return dict(sorted(counts.items()))
@@ -1122,6 +1138,7 @@ class ScanReport:
             "warnings": self.warnings,
             "image_sizes": self._size_stats(),
             "formats": self._format_counts(),
+            "bad_reasons": self._reason_counts(),
             "bad_files": [{"path": c.path, "reason": c.reason} for c in self.bad_files],
             "ignored_files": list(self.ignored_files),
             "duplicates": {
@@ -1179,8 +1196,13 @@ class ScanReport:
             for item in items[:max_listed]:
                 lines.append("  " + render(item))
             if len(items) > max_listed:
-                lines.append(f"  ... and {len(items) - max_listed} more (see --json_out)")
+                lines.append(f"  ... and {len(items) - max_listed} more "
+                             f"(the JSON report lists all)")
 
+        reasons = self._reason_counts()
+        if reasons:
+            lines.append("bad files by reason: " + ", ".join(
+                f"{kind} {count}" for kind, count in reasons.items()))
         section("bad files (skipped by training)", self.bad_files,
                 lambda c: f"{self._short(c.path)}: {c.reason}")
         section("identical files across classes (label noise)",

@@ -515,6 +515,7 @@ def test_scan_directory_reports_counts_bad_files_duplicates_and_imbalance(scan_m
     assert result["bad_files"] == [
         {"path": written["cats"][8], "reason": "empty file (0 bytes)"},
         {"path": written["cats"][9], "reason": "truncated JPEG: no end-of-image marker"}]
+    assert result["bad_reasons"] == {"empty file (0 bytes)": 1, "truncated JPEG": 1}
     assert result["duplicates"]["across_classes"] == [
         [written["cats"][0], str(root / "dogs" / "looks_like_a_dog.jpg")]]
     assert result["duplicates"]["across_dirs"] == [
