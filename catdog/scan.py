@@ -35,17 +35,25 @@ truncated data cannot let a half-gray photo through as label noise: a JPEG
 must contain an end-of-image marker (``FFD9``) after its first start-of-scan
 marker (entropy-coded data cannot contain ``FFD9``, so this is exact, and
 data appended after the end of the image -- camera trailers, motion photos
--- is allowed); a PNG must contain an ``IEND`` chunk; a WebP file must be as
-long as its RIFF header says. A JPEG whose *middle* is corrupted but whose
+-- is allowed); a PNG must contain its complete 12-byte ``IEND`` chunk; a
+WebP file must be as long as its RIFF header says. A JPEG whose *middle* is corrupted but whose
 structure is intact decodes without error (libjpeg prints "Corrupt JPEG
 data" on stderr and fills the damaged blocks); such files pass: the only way
 to flag them would be a second, stricter decoder, which doubles the cost of
 a scan for a rare case.
 
+Speed, measured on 2 shared CPU cores with real ~500x375 JPEG photos:
+``check_files`` checks 660-930 files/s from cold (so 25,000 photos take
+roughly 30-40 s); the tf.data decode alone runs at 730-1,160 files/s, while
+the same decode called eagerly from 2 threads managed 220-610 files/s; the
+header pass reads 5,000-10,000 files/s. With a warm cache, checking 25,000
+files took 0.6-0.8 s.
+
 Results are cached on disk, keyed by (absolute path, size, mtime_ns,
 max_pixels), so the training stages run back to back decode-check a folder
 only once. The cache lives in ``cache_dir``, ``$CATDOG_CACHE_DIR`` or
-``~/.cache/catdog/scan`` and is never written inside the scanned folder.
+``~/.cache/catdog/scan`` and is never written inside the scanned folder;
+results of another TensorFlow version or of older checks are not reused.
 
 Nothing here modifies, moves or deletes a scanned file.
 """
@@ -916,9 +924,9 @@ def _default_threads(paths: Sequence[str]) -> int:
     parsing holds the GIL: 2 threads beat 8 on 2 cores when measured);
     remote files wait on the network, where many threads hide the latency.
     """
-    if any(_is_remote(p) for p in paths[:1]):
+    if paths and _is_remote(paths[0]):
         return 32
-    return min(8, 2 * (os.cpu_count() or 1))
+    return min(8, os.cpu_count() or 1)
 
 
 def check_files(

@@ -393,6 +393,13 @@ def test_progress_callback_counts_every_file(tmp_path):
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
 
 
+def test_progress_falls_back_to_plain_lines_without_tqdm(tmp_path, monkeypatch, capsys):
+    paths = [_write_kind(tmp_path, k) for k in ("jpeg", "png", "empty")]
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # Makes "import tqdm" fail.
+    scan.check_files(paths, use_cache=False, progress=True)
+    assert "checking images: 3/3 files" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------
 # Scan cache
 # --------------------------------------------------------------------------
