@@ -1340,8 +1340,11 @@ def scan_directory(
     # Tag each file with where it came from: ("class", label) or ("other", i).
     items = [(c.path, c.size_bytes, ("class", l))
              for c, l in zip(checks, labels) if c.ok]
+    scanned = {_abspath(c.path) for c in checks}
     for number, other in enumerate(other_dirs):
         for path in _walk_files(other, follow_links)[0]:
+            if _abspath(path) in scanned:
+                continue  # other_dirs overlapping data_dir: a file is not its own copy.
             try:
                 items.append((path, _stat(path)[0], ("other", number)))
             except OSError:

@@ -563,6 +563,14 @@ def test_scan_never_modifies_the_scanned_folders(scan_messy_tree, scan_cache_dir
     assert {k: v for k, v in after.items() if k not in cache_entries} == before
 
 
+def test_other_dirs_overlapping_data_dir_do_not_pair_a_file_with_itself(scan_messy_tree):
+    root, written, _ = scan_messy_tree
+    report = scan.scan_directory(root, other_dirs=[root / "cats"], progress=False)
+    assert report.duplicates_across_dirs == ()
+    assert report.duplicates_across_classes == (
+        (written["cats"][0], str(root / "dogs" / "looks_like_a_dog.jpg")),)
+
+
 def test_scan_directory_rejects_a_missing_other_dir(scan_messy_tree):
     root, _, other = scan_messy_tree
     with pytest.raises(ValueError, match=r"other directory '.*test_sets' does not exist"):
