@@ -79,6 +79,7 @@ import tensorflow as tf
 from catdog import data as _data
 
 __all__ = [
+    "ClassSummary",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "FileCheck",
