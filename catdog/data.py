@@ -223,7 +223,10 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
     """
     image_size = tuple(int(s) for s in image_size)
     ds = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(list(paths), tf.string), _label_tensor(labels, num_classes)))
+        # fsencode: a file name that is not valid UTF-8 still reaches the
+        # file system byte for byte.
+        (tf.constant([os.fsencode(p) for p in paths], tf.string),
+         _label_tensor(labels, num_classes)))
 
     def load(path, label):
         return decode_and_resize(tf.io.read_file(path), image_size), label

@@ -46,8 +46,10 @@ def tiny_folders(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def _restore_global_state():
-    """No test leaks a dtype policy or the working directory into the next."""
+def _restore_global_state(tmp_path_factory, monkeypatch):
+    """No test leaks a dtype policy or the working directory into the next,
+    and none writes the file-check cache into the user's home folder."""
+    monkeypatch.setenv("CATDOG_CACHE_DIR", str(tmp_path_factory.mktemp("scan-cache")))
     policy = keras.mixed_precision.global_policy().name
     cwd = os.getcwd()
     yield

@@ -1,0 +1,118 @@
+"""Scan an image folder: every file training would skip, and why.
+
+Checks every candidate image of a one-subfolder-per-class folder with the
+same checks training uses, and reports per-class counts, image sizes, every
+bad file with its reason, byte-identical files across classes (label noise),
+across --data_dir and --other_dirs (train/validation leakage) and within a
+class, and class imbalance. Nothing in the scanned folders is modified.
+
+Example:
+  python scripts/scan_data.py --data_dir=training_set --other_dirs=test_set \
+      --json_out=scan.json
+
+Exit status: 0 when the scan ran (even if it found bad files), 2 on usage
+errors (missing folder, bad flag value) with a one-line message.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from catdog import scan  # noqa: E402  (after the path set-up above)
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+flags.DEFINE_string(
+    "data_dir", None,
+    "Folder with one subfolder of images per class (e.g. training_set/ with "
+    "cats/ and dogs/). Nested subfolders count for their top-level class.")
+flags.DEFINE_list(
+    "other_dirs", [],
+    "Comma-separated folders (e.g. the validation or test set) searched for "
+    "files byte-identical to files of --data_dir (leakage).")
+flags.DEFINE_list(
+    "class_names", None,
+    "Class subfolder names in label order (default: all subfolders, "
+    "alphanumeric order).")
+flags.DEFINE_integer(
+    "max_pixels", scan.DEFAULT_MAX_PIXELS,
+    "Images whose header declares more pixels (width*height) are reported as "
+    "bad without being decoded (decompression-bomb guard).")
+flags.DEFINE_string(
+    "json_out", None,
+    "Also write the full report as JSON to this file (outside --data_dir).")
+flags.DEFINE_string(
+    "cache_dir", None,
+    "Folder of the scan cache (default: $CATDOG_CACHE_DIR or "
+    "~/.cache/catdog/scan). Never inside --data_dir.")
+flags.DEFINE_boolean(
+    "use_cache", True,
+    "Reuse and store check results keyed by path, size and mtime, so a rescan "
+    "or the next training stage only checks new or changed files.")
+flags.DEFINE_boolean(
+    "follow_links", False,
+    "Descend into symlinked folders below the class folders.")
+
+FLAGS = flags.FLAGS
+
+
+def _usage_error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _parse_flags(argv):
+    """absl's parser, but a bad flag exits with the usage status 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}\nPass --helpshort for the flags.", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def main(argv):
+    # File names need not be valid UTF-8; never crash printing one.
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(errors="backslashreplace")
+    if len(argv) > 1:
+        return _usage_error(f"unexpected arguments {argv[1:]}; every input is a flag.")
+    if not FLAGS.data_dir:
+        return _usage_error("--data_dir is required: the folder of class subfolders.")
+    if FLAGS.json_out and _inside(FLAGS.json_out, FLAGS.data_dir):
+        return _usage_error(
+            f"--json_out={FLAGS.json_out} is inside --data_dir={FLAGS.data_dir}; "
+            "write the report elsewhere (catdog never writes into the data folder).")
+    try:
+        report = scan.scan_directory(
+            FLAGS.data_dir, class_names=FLAGS.class_names,
+            max_pixels=FLAGS.max_pixels, other_dirs=FLAGS.other_dirs,
+            progress=True, cache_dir=FLAGS.cache_dir, use_cache=FLAGS.use_cache,
+            follow_links=FLAGS.follow_links)
+    except scan.ScanInputError as e:
+        return _usage_error(str(e))
+    print(report.format_text())
+    if FLAGS.json_out:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json_out)), exist_ok=True)
+            with open(FLAGS.json_out, "w", encoding="utf-8",
+                      errors="backslashreplace") as f:
+                json.dump(report.to_dict(), f, indent=2, ensure_ascii=False)
+                f.write("\n")
+        except OSError as e:
+            return _usage_error(f"cannot write --json_out={FLAGS.json_out}: {e}")
+        print(f"JSON report: {FLAGS.json_out}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,306 @@
+"""Tiny generated image files of every kind catdog must accept or reject.
+
+Tests import this module to write real files -- valid quirky images and
+broken ones -- into a temporary folder. Every writer takes the target path,
+creates parent folders, writes the file and returns the path as a string.
+Pixel content is derived from the file path, so two files written to
+different paths never turn out byte-identical by accident.
+
+``VALID`` and ``BAD`` map a kind name to ``(file_name, writer)`` (and, for
+``BAD``, the start of the reason ``catdog.scan`` gives). ``write_tree``
+builds a class-folder layout from kind names.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zlib
+
+import numpy as np
+from PIL import Image
+import tensorflow as tf
+
+HEIGHT, WIDTH = 24, 32
+
+
+def pixels(name: str, height: int = HEIGHT, width: int = WIDTH,
+           channels: int = 3, dtype=np.uint8) -> np.ndarray:
+    """Deterministic image content (a gradient plus noise) seeded by ``name``."""
+    rng = np.random.RandomState(zlib.crc32(name.encode("utf-8")))
+    top = np.iinfo(dtype).max
+    ramp = np.linspace(0, 1, width)[None, :, None] * np.linspace(0.3, 1, height)[:, None, None]
+    noise = rng.random_sample((height, width, channels))
+    return ((0.6 * ramp + 0.4 * noise) * top).astype(dtype)
+
+
+def _write(path, data: bytes) -> str:
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _pil_bytes(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def jpeg_bytes(name: str = "x", height: int = HEIGHT, width: int = WIDTH) -> bytes:
+    """A baseline JPEG as TensorFlow encodes it (with a JFIF APP0 segment)."""
+    return tf.io.encode_jpeg(pixels(name, height, width), quality=90).numpy()
+
+
+def png_bytes(name: str = "x", height: int = HEIGHT, width: int = WIDTH) -> bytes:
+    return tf.io.encode_png(pixels(name, height, width)).numpy()
+
+
+def _jpeg_segments(data: bytes):
+    """Splits a JPEG into (marker, segment bytes) up to start of scan."""
+    offset, segments = 2, []
+    while data[offset + 1] != 0xDA:
+        length = int.from_bytes(data[offset + 2:offset + 4], "big")
+        segments.append((data[offset + 1], data[offset:offset + 2 + length]))
+        offset += 2 + length
+    return segments, data[offset:]
+
+
+def _without_app0(data: bytes) -> tuple[list, bytes]:
+    segments, scan = _jpeg_segments(data)
+    return [s for m, s in segments if m != 0xE0], scan
+
+
+# --- valid images -----------------------------------------------------------
+
+def write_jpeg(path) -> str:
+    return _write(path, jpeg_bytes(os.fspath(path)))
+
+
+def write_progressive_jpeg(path) -> str:
+    image = Image.fromarray(pixels(os.fspath(path)))
+    return _write(path, _pil_bytes(image, "JPEG", progressive=True, quality=90))
+
+
+def write_png(path) -> str:
+    return _write(path, png_bytes(os.fspath(path)))
+
+
+def write_gif(path) -> str:
+    """A two-frame animated GIF; catdog uses its first frame."""
+    name = os.fspath(path)
+    frames = [Image.fromarray(pixels(name + str(i))).convert("P") for i in range(2)]
+    return _write(path, _pil_bytes(frames[0], "GIF", save_all=True,
+                                   append_images=frames[1:], duration=100, loop=0))
+
+
+def write_bmp(path) -> str:
+    return _write(path, _pil_bytes(Image.fromarray(pixels(os.fspath(path))),
+                                   "BMP"))
+
+
+def write_gray_jpeg(path) -> str:
+    gray = pixels(os.fspath(path), channels=1)
+    return _write(path, tf.io.encode_jpeg(gray).numpy())
+
+
+def write_gray_png(path) -> str:
+    gray = pixels(os.fspath(path), channels=1)
+    return _write(path, tf.io.encode_png(gray).numpy())
+
+
+def write_rgba_png(path) -> str:
+    return _write(path, tf.io.encode_png(
+        pixels(os.fspath(path), channels=4)).numpy())
+
+
+def write_palette_png(path) -> str:
+    image = Image.fromarray(pixels(os.fspath(path))).convert("P")
+    return _write(path, _pil_bytes(image, "PNG"))
+
+
+def write_png16(path) -> str:
+    """A 16-bit RGB PNG."""
+    deep = pixels(os.fspath(path), dtype=np.uint16)
+    return _write(path, tf.io.encode_png(deep).numpy())
+
+
+def write_cmyk_jpeg(path) -> str:
+    image = Image.fromarray(pixels(os.fspath(path))).convert("CMYK")
+    return _write(path, _pil_bytes(image, "JPEG", quality=90))
+
+
+def write_jpeg_no_jfif(path) -> str:
+    """A JPEG with no APPn segment at all (SOI, tables, frame, scan)."""
+    segments, scan = _without_app0(jpeg_bytes(os.fspath(path)))
+    return _write(path, b"\xff\xd8" + b"".join(segments) + scan)
+
+
+def write_jpeg_exif_only(path) -> str:
+    """A JPEG whose only APPn segment is a (minimal) Exif APP1, as cameras write."""
+    segments, scan = _without_app0(jpeg_bytes(os.fspath(path)))
+    tiff = b"MM\x00*\x00\x00\x00\x08\x00\x00"  # Big-endian TIFF header, no entries.
+    payload = b"Exif\x00\x00" + tiff
+    app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    return _write(path, b"\xff\xd8" + app1 + b"".join(segments) + scan)
+
+
+def write_jpeg_with_trailer(path) -> str:
+    """A complete JPEG followed by 10 KB of appended data (as phones append
+    motion-photo or maker data after the end-of-image marker)."""
+    return _write(path, jpeg_bytes(os.fspath(path)) + b"\x00" * 10_000)
+
+
+def write_webp(path) -> str:
+    image = Image.fromarray(pixels(os.fspath(path)))
+    return _write(path, _pil_bytes(image, "WEBP", quality=80))
+
+
+def png_bomb_bytes(width: int = 24_000, height: int = 24_000) -> bytes:
+    """A complete, valid 1-bit grayscale PNG of any size, in ~70 KB.
+
+    Rows of zeros compress ~1000:1, so this is the cheap way to hold a real
+    24000x24000 image (1.7 GB once decoded to RGB) in a file.
+    """
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (len(body).to_bytes(4, "big") + kind + body
+                + zlib.crc32(kind + body).to_bytes(4, "big"))
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([1, 0, 0, 0, 0])
+    row = b"\x00" * (1 + (width + 7) // 8)  # Filter byte + packed bits.
+    compressor = zlib.compressobj(6)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))
+
+
+def jpeg_bomb_bytes(width: int = 24_000, height: int = 24_000) -> bytes:
+    """A small JPEG whose SOF0 header claims ``width`` x ``height``: what a
+    decompression bomb looks like to a decoder that trusts the header."""
+    data = bytearray(jpeg_bytes("bomb"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 7] = height.to_bytes(2, "big")
+    data[sof + 7:sof + 9] = width.to_bytes(2, "big")
+    return bytes(data)
+
+
+# --- bad files ----------------------------------------------------------------
+
+def write_empty(path) -> str:
+    return _write(path, b"")
+
+
+def write_truncated_jpeg(path) -> str:
+    data = jpeg_bytes(os.fspath(path))
+    return _write(path, data[:len(data) * 6 // 10])
+
+
+def write_truncated_png(path) -> str:
+    data = png_bytes(os.fspath(path))
+    return _write(path, data[:len(data) * 6 // 10])
+
+
+def write_corrupt_png(path) -> str:
+    """A complete PNG whose compressed pixel data is damaged: only a decode
+    can tell."""
+    data = bytearray(png_bytes(os.fspath(path)))
+    start = data.index(b"IDAT") + 20
+    for i in range(start, start + 40):
+        data[i] ^= 0x55
+    return _write(path, bytes(data))
+
+
+def write_random_bytes(path) -> str:
+    rng = np.random.RandomState(zlib.crc32(os.fspath(path).encode("utf-8")))
+    # A first byte no image format starts with.
+    return _write(path, b"\x17" + rng.bytes(2047))
+
+
+def write_html(path) -> str:
+    return _write(path, b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title>"
+                        b"</head><body>Not Found</body></html>\n")
+
+
+def write_text(path) -> str:
+    return _write(path, b"These are my holiday notes, not a picture.\n")
+
+
+def write_tiff(path) -> str:
+    image = Image.fromarray(pixels(os.fspath(path)))
+    return _write(path, _pil_bytes(image, "TIFF"))
+
+
+def write_jpeg_bomb(path) -> str:
+    return _write(path, jpeg_bomb_bytes())
+
+
+def write_png_bomb(path) -> str:
+    return _write(path, png_bomb_bytes())
+
+
+# Kind -> (file name, writer). All decode to HxWx3 uint8 with catdog.
+VALID = {
+    "jpeg": ("photo.jpg", write_jpeg),
+    "progressive_jpeg": ("progressive.jpg", write_progressive_jpeg),
+    "png": ("image.png", write_png),
+    "gif": ("animated.gif", write_gif),
+    "bmp": ("image.bmp", write_bmp),
+    "gray_jpeg": ("gray.jpg", write_gray_jpeg),
+    "gray_png": ("gray.png", write_gray_png),
+    "rgba_png": ("rgba.png", write_rgba_png),
+    "palette_png": ("palette.png", write_palette_png),
+    "png16": ("deep16.png", write_png16),
+    "cmyk_jpeg": ("cmyk.jpg", write_cmyk_jpeg),
+    "upper_case_ext": ("UPPER.JPG", write_jpeg),
+    "mixed_case_ext": ("Mixed.Jpeg", write_jpeg),
+    "png_named_jpg": ("really_a_png.jpg", write_png),
+    "webp_named_jpg": ("really_a_webp.jpg", write_webp),
+    "jpeg_no_jfif": ("no_jfif.jpg", write_jpeg_no_jfif),
+    "jpeg_exif_only": ("exif_only.jpg", write_jpeg_exif_only),
+    "jpeg_with_trailer": ("with_trailer.jpg", write_jpeg_with_trailer),
+    "korean_name": ("사진.jpg", write_jpeg),
+}
+
+# Kind -> (file name, writer, start of the reason catdog.scan gives).
+BAD = {
+    "empty": ("empty.jpg", write_empty, "empty file (0 bytes)"),
+    "truncated_jpeg": ("truncated.jpg", write_truncated_jpeg,
+                       "truncated JPEG: no end-of-image marker"),
+    "truncated_png": ("truncated.png", write_truncated_png, "truncated PNG: no IEND chunk"),
+    "corrupt_png": ("corrupt.png", write_corrupt_png, "decode failed: "),
+    "random_bytes": ("random.jpg", write_random_bytes,
+                     "not an image: unrecognised header bytes 17"),
+    "html": ("page.jpg", write_html, "not an image: starts with '<!DOCTYPE html"),
+    "text_named_png": ("notes.png", write_text,
+                       "not an image: starts with 'These are my holiday notes"),
+    "tiff_named_jpg": ("scan.jpg", write_tiff, "unsupported format 'tiff'"),
+    "jpeg_bomb": ("bomb.jpg", write_jpeg_bomb,
+                  "image is 24000x24000 (576.0 MP), above max_pixels=89478485; "
+                  "raise --max_pixels to use it"),
+}
+
+
+def write_tree(root, layout: dict) -> dict:
+    """Writes a class-folder tree.
+
+    Args:
+      root: folder to create.
+      layout: ``{class_name: [kind, ...]}``; a kind is a key of ``VALID`` or
+        ``BAD``, optionally prefixed with a sub-path (``"nested/jpeg"``).
+        Repeated kinds in one class get numbered file names.
+
+    Returns:
+      ``{class_name: [path, ...]}`` in the order written.
+    """
+    written = {}
+    for class_name, kinds in layout.items():
+        paths = []
+        for number, spec in enumerate(kinds):
+            subdir, _, kind = spec.rpartition("/")
+            file_name, writer = (VALID[kind] if kind in VALID else BAD[kind][:2])
+            stem, ext = os.path.splitext(file_name)
+            name = f"{stem}_{number}{ext}"
+            paths.append(writer(os.path.join(os.fspath(root), class_name, subdir, name)))
+        written[class_name] = paths
+    return written
