@@ -203,3 +203,12 @@ def stage_script_main(stage: str):
             return EXIT_USAGE
         return run_main(train_stage, stage)
     return main
+
+
+def parse_flags(argv, flag_values=flags.FLAGS):
+    """absl's flag parser, but an unknown or malformed flag exits with 2."""
+    try:
+        return flag_values(argv)
+    except flags.Error as e:
+        print(f"error: {e}\nPass --help for the flags.", file=sys.stderr)
+        sys.exit(EXIT_USAGE)

@@ -191,7 +191,8 @@ def build_backbone(name: str, image_size, weights: str = "imagenet",
     return model
 
 
-def _head(x, num_classes: int, dropout: float, pooling: str):
+def _head(x, num_classes: int, dropout: float, pooling: str,
+          zero_init: bool = False):
     if pooling == "flatten":
         x = keras.layers.Flatten(name="head_flatten")(x)
     elif pooling == "max":
@@ -201,12 +202,15 @@ def _head(x, num_classes: int, dropout: float, pooling: str):
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     # float32 whatever the policy: probabilities and the loss stay exact
-    # under mixed precision.
+    # under mixed precision. A head on pretrained features starts at zero
+    # (every class equally likely): random init on large pooled activations
+    # starts with confident, wrong logits and wastes the first epochs.
+    init = "zeros" if zero_init else "glorot_uniform"
     if num_classes == 2:
         return keras.layers.Dense(1, activation="sigmoid", dtype="float32",
-                                  name="predictions")(x)
+                                  kernel_initializer=init, name="predictions")(x)
     return keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
-                              name="predictions")(x)
+                              kernel_initializer=init, name="predictions")(x)
 
 
 def _inputs(image_size):
@@ -262,7 +266,7 @@ def build_transfer(image_size, num_classes: int, backbone_name: str = "vgg16",
         x = augmentation(x)
     x = Preprocess(spec.preprocess, name=PREPROCESS_NAME)(x)
     x = base(x, training=False)
-    outputs = _head(x, num_classes, dropout, pooling)
+    outputs = _head(x, num_classes, dropout, pooling, zero_init=True)
     return keras.Model(inputs, outputs, name=name)
 
 

@@ -20,4 +20,4 @@ cli.define_training_flags()
 flags.adopt_module_key_flags(cli)
 
 if __name__ == "__main__":
-    app.run(cli.stage_script_main("feature_extraction"))
+    app.run(cli.stage_script_main("feature_extraction"), flags_parser=cli.parse_flags)

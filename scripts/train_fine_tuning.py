@@ -21,4 +21,4 @@ cli.define_training_flags()
 flags.adopt_module_key_flags(cli)
 
 if __name__ == "__main__":
-    app.run(cli.stage_script_main("fine_tuning"))
+    app.run(cli.stage_script_main("fine_tuning"), flags_parser=cli.parse_flags)

@@ -69,6 +69,12 @@ def test_usage_errors_exit_2_with_a_message(tiny_folders, tmp_path, args, needle
     assert "Traceback" not in proc.stderr
 
 
+def test_unknown_flag_is_a_usage_error(tmp_path):
+    proc = _run("train_baseline.py", "--trian_dir=x", f"--model_dir={tmp_path}/m")
+    assert proc.returncode == 2
+    assert "trian_dir" in proc.stderr
+
+
 def test_missing_train_dir_is_a_usage_error(tmp_path):
     proc = _run("train_baseline.py", f"--train_dir={tmp_path}/nowhere",
                 f"--model_dir={tmp_path}/m", "--verbose=0")
