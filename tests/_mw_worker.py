@@ -1,13 +1,14 @@
 """One worker of a two-worker MultiWorkerMirroredStrategy job (for tests).
 
-Run by tests/test_distribute.py with TF_CONFIG set. Trains a tiny model on
-deterministic random data with ``model.fit`` and writes
+Run by tests/test_distribute.py with TF_CONFIG set. Wires catdog's
+distribute and resilience pieces the way a training script does, trains a
+tiny model on deterministic random data with ``model.fit``, and writes
 ``RESULT_DIR/result-<task>.json`` (history, a hash of the final weights,
-whether it is the chief); only the chief's artifact file must appear in
-MODEL_DIR.
+whether it is the chief, where it stopped). Exits with the resilience exit
+codes.
 
 Usage: python _mw_worker.py MODEL_DIR RESULT_DIR [--fix full|build|none]
-           [--epochs N]
+           [--epochs N] [--step_sleep S]
 """
 
 import argparse
@@ -15,6 +16,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,6 +32,7 @@ def main():
     parser.add_argument("--fix", choices=("full", "build", "none"),
                         default="full")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--step_sleep", type=float, default=0.0)
     args = parser.parse_args()
 
     # The strategy must exist before any other TensorFlow op runs.
@@ -37,6 +40,7 @@ def main():
     import keras  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from catdog import resilience  # pylint: disable=g-import-not-at-top
 
     if args.fix != "none":
         assert distribute.apply_keras_multiworker_fix(strategy)
@@ -66,10 +70,30 @@ def main():
         model.compile(optimizer=keras.optimizers.SGD(0.1),
                       loss="binary_crossentropy", metrics=["accuracy"])
 
-    history = model.fit(train, validation_data=val, epochs=args.epochs,
-                        verbose=0).history
+    class Sleep(keras.callbacks.Callback):
+
+        def on_train_batch_end(self, batch, logs=None):
+            time.sleep(args.step_sleep)
 
     out = distribute.artifact_dir(args.model_dir, strategy)
+    preemption = resilience.PreemptionCallback(strategy)
+    callbacks = [
+        preemption,
+        resilience.BestModelCheckpoint(os.path.join(out, "model.keras")),
+        resilience.ResumableCSVLogger(os.path.join(out, "history.csv")),
+        Sleep(),
+        resilience.ResumableBackupAndRestore(
+            os.path.join(args.model_dir, "backup"),
+            write_dir=os.path.join(out, "backup")),
+    ]
+    stopped = None
+    try:
+        with resilience.ModelDirLock(args.model_dir,
+                                     task=distribute.task_name(strategy)):
+            history = model.fit(train, validation_data=val, epochs=args.epochs,
+                                callbacks=callbacks, verbose=0).history
+    except resilience.TrainingPreempted as e:
+        stopped, history = [e.epoch, e.step], {}
     with open(os.path.join(out, "artifact.txt"), "w") as f:
         f.write(distribute.task_name(strategy) or "single")
     distribute.cleanup_artifact_dir(out, args.model_dir)
@@ -82,10 +106,13 @@ def main():
         "is_chief": distribute.is_chief(strategy),
         "history": {k: [float(v) for v in vs] for k, vs in history.items()},
         "weights_sha256": digest.hexdigest(),
+        "stopped": stopped,
+        "requested": preemption.requested,
     }
     path = os.path.join(args.result_dir, f"result-{result['task']}.json")
     with open(path, "w") as f:
         json.dump(result, f)
+    sys.exit(resilience.EXIT_PREEMPTED if stopped else resilience.EXIT_OK)
 
 
 if __name__ == "__main__":

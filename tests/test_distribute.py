@@ -9,6 +9,7 @@ TensorFlow initializes, and would leak into the rest of the test session.
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -396,6 +397,12 @@ def test_two_worker_fit_with_the_fix(tmp_path):
     # Only the chief's files are left; the worker's scratch dir is gone.
     assert (model_dir / "artifact.txt").read_text() == "worker-0"
     assert not list(model_dir.glob(".worker-*"))
+    rows = (model_dir / "history.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["epoch", "0", "1"]
+    assert (model_dir / "model.keras").exists()
+    metadata = json.loads(
+        (model_dir / "backup" / "training_metadata.json").read_text())
+    assert metadata["epoch"] == 2
 
 
 @pytest.mark.slow
@@ -412,6 +419,37 @@ def test_two_worker_fit_needs_the_log_reduction_fix_too(tmp_path):
     codes = _wait(_start_two_workers(tmp_path, "--fix", "build"), tmp_path)
     assert codes != [0, 0]
     assert "Invalid reduction dimension 0" in "\n".join(_logs(tmp_path))
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_both_and_the_job_resumes(tmp_path):
+    args = ("--epochs", "4", "--step_sleep", "0.3")
+    procs = _start_two_workers(tmp_path, *args)
+    history = tmp_path / "model" / "history.csv"
+    deadline = time.monotonic() + 180
+    while not (history.exists() and history.read_text().count("\n") >= 2):
+        assert time.monotonic() < deadline, "no epoch finished"
+        assert all(p.poll() is None for p in procs), _logs(tmp_path)
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)  # only the non-chief is preempted
+    codes = _wait(procs, tmp_path)
+    assert codes == [75, 75], "\n".join(l[-3000:] for l in _logs(tmp_path))
+    chief, worker = _results(tmp_path)
+    assert chief["stopped"] == worker["stopped"]
+    assert chief["requested"] and worker["requested"]
+    assert chief["weights_sha256"] == worker["weights_sha256"]
+    stopped_epoch = chief["stopped"][0]
+    assert 1 <= stopped_epoch < 4
+
+    # The same command again resumes both workers from the chief's backup.
+    codes = _wait(_start_two_workers(tmp_path, *args), tmp_path)
+    assert codes == [0, 0], "\n".join(l[-3000:] for l in _logs(tmp_path))
+    chief, worker = _results(tmp_path)
+    assert chief["history"] == worker["history"]
+    assert chief["weights_sha256"] == worker["weights_sha256"]
+    assert len(chief["history"]["loss"]) == 4 - stopped_epoch
+    epochs = [r.split(",")[0] for r in history.read_text().splitlines()[1:]]
+    assert epochs == ["0", "1", "2", "3"]
 
 
 _MIRRORED_SCRIPT = textwrap.dedent("""
