@@ -23,7 +23,6 @@ import inspect
 import json
 import logging
 import os
-import shutil
 import threading
 
 import keras
@@ -298,11 +297,12 @@ def global_batch_check(batch_size: int, strategy) -> int:
             f"--batch_size={batch_size!r} must be a positive integer (the "
             f"global batch size, split across {replicas} replica(s)).")
     if batch_size % replicas:
+        lower = replicas * max(1, batch_size // replicas)
+        upper = replicas * (batch_size // replicas + 1)
         raise ValueError(
             f"--batch_size={batch_size} does not divide evenly across "
             f"{replicas} replicas; use a multiple of {replicas} (it is the "
-            f"global batch size, e.g. {replicas * max(1, batch_size // replicas)}"
-            f" or {replicas * (batch_size // replicas + 1)}).")
+            f"global batch size, e.g. {lower} or {upper}).")
     return batch_size // replicas
 
 
@@ -367,10 +367,9 @@ def with_shard_policy(dataset: tf.data.Dataset,
         try:
             policy = tf.data.experimental.AutoShardPolicy[policy.upper()]
         except KeyError:
-            raise ValueError(
-                f"Unknown shard policy {policy!r}; choose one of "
-                f"{', '.join(p.name for p in tf.data.experimental.AutoShardPolicy)}"
-                ".") from None
+            names = [p.name for p in tf.data.experimental.AutoShardPolicy]
+            raise ValueError(f"Unknown shard policy {policy!r}; choose one of "
+                             f"{', '.join(names)}.") from None
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = policy
     return dataset.with_options(options)
@@ -389,6 +388,7 @@ _originals: dict = {}
 
 
 def _trainer_module():
+    # Imported lazily: the module exists only with the TensorFlow backend.
     from keras.src.backend.tensorflow import trainer  # pylint: disable=g-import-not-at-top
     return trainer
 
@@ -415,8 +415,8 @@ def keras_multiworker_bug_present() -> bool:
         return False
     trainer = _trainer_module()
     try:
-        build_src = inspect.getsource(
-            _originals.get("build", trainer.TensorFlowTrainer._maybe_symbolic_build))
+        build_src = inspect.getsource(_originals.get(
+            "build", trainer.TensorFlowTrainer._maybe_symbolic_build))
         reduce_src = inspect.getsource(
             _originals.get("reduce", trainer.reduce_per_replica))
     except (OSError, TypeError):

@@ -92,5 +92,6 @@ def check_float32_outputs(model: keras.Model) -> None:
         dtype = keras.backend.standardize_dtype(tensor.dtype)
         if dtype != "float32":
             raise ValueError(
-                f"Model {model.name!r} output {tensor.name!r} is {dtype}; under "
-                f"mixed precision give the last layer dtype=\"float32\".")
+                f"Model {model.name!r} output {tensor.name!r} is {dtype}; "
+                f"under mixed precision give the last layer "
+                f"dtype=\"float32\".")

@@ -239,7 +239,8 @@ class ModelDirLock:
             holder = self._read_holder(fd)
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise ModelDirLockedError(self._locked_message(holder)) from None
+                raise ModelDirLockedError(
+                    self._locked_message(holder)) from None
             if e.errno == errno.ENOLCK:
                 _log.warning("The filesystem of %s does not support locks; "
                              "not protecting it against a second run.",
@@ -664,18 +665,31 @@ class PreemptionCallback(keras.callbacks.Callback):
       strategy: the job's strategy (needed to agree across workers).
       signals: the signals that request a stop.
       check_every_n_steps: check every n training steps (and at every epoch
-        start); a multi-worker check costs one tiny all-reduce.
+        start). ``None``: every step in a single process, where a check is
+        free, and every ``MULTI_WORKER_CHECK_STEPS`` steps under
+        multi-worker, where each check is one all-reduce (measured on a
+        2-worker loopback job: +18 ms on a 39 ms step when checking every
+        step, +3.6 ms per step when checking every 10).
     """
 
+    MULTI_WORKER_CHECK_STEPS = 10
+
     def __init__(self, strategy=None, signals=(signal.SIGTERM,),
-                 check_every_n_steps: int = 1):
+                 check_every_n_steps: int | None = None):
         super().__init__()
-        if check_every_n_steps < 1:
-            raise ValueError("check_every_n_steps must be >= 1; received "
-                             f"{check_every_n_steps}.")
+        if check_every_n_steps is None:
+            check_every_n_steps = (
+                self.MULTI_WORKER_CHECK_STEPS
+                if strategy is not None and distribute.is_multi_worker(strategy)
+                else 1)
+        if (isinstance(check_every_n_steps, bool) or
+                not isinstance(check_every_n_steps, int) or
+                check_every_n_steps < 1):
+            raise ValueError("check_every_n_steps must be an integer >= 1; "
+                             f"received {check_every_n_steps!r}.")
         self.strategy = strategy
         self.signals = tuple(signals)
-        self.check_every_n_steps = int(check_every_n_steps)
+        self.check_every_n_steps = check_every_n_steps
         self._requested = None
         self._previous = {}
         self._agree_fn = None

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
@@ -472,13 +473,34 @@ def test_request_stops_without_a_signal_and_handlers_are_restored(tmp_path):
                      callbacks=[preemption, stop])
     assert (e.value.epoch, e.value.step) == (0, 1)  # checked every 2 steps
     assert signal.getsignal(signal.SIGTERM) == previous
-    with pytest.raises(ValueError, match="check_every_n_steps"):
-        resilience.PreemptionCallback(check_every_n_steps=0)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="check_every_n_steps"):
+            resilience.PreemptionCallback(check_every_n_steps=bad)
 
     history = _model().fit(x, y, batch_size=8, epochs=1, verbose=0,
                            callbacks=[resilience.PreemptionCallback()])
     assert history.epoch == [0]
     assert signal.getsignal(signal.SIGTERM) == previous
+
+
+class _FakeMultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
+
+    def __init__(self):  # pylint: disable=super-init-not-called
+        pass
+
+    @property
+    def extended(self):
+        return types.SimpleNamespace(_in_multi_worker_mode=lambda: True)
+
+
+def test_default_check_interval_is_cheap_for_multi_worker():
+    assert resilience.PreemptionCallback().check_every_n_steps == 1
+    assert resilience.PreemptionCallback(
+        tf.distribute.get_strategy()).check_every_n_steps == 1
+    assert resilience.PreemptionCallback(
+        _FakeMultiWorker()).check_every_n_steps == 10
+    assert resilience.PreemptionCallback(
+        _FakeMultiWorker(), check_every_n_steps=1).check_every_n_steps == 1
 
 
 # --------------------------------------------------------------------------
