@@ -75,28 +75,31 @@ def main():
         def on_train_batch_end(self, batch, logs=None):
             time.sleep(args.step_sleep)
 
-    out = distribute.artifact_dir(args.model_dir, strategy)
     preemption = resilience.PreemptionCallback(strategy)
-    callbacks = [
-        preemption,
-        resilience.BestModelCheckpoint(os.path.join(out, "model.keras")),
-        resilience.ResumableCSVLogger(os.path.join(out, "history.csv")),
-        Sleep(),
-        resilience.ResumableBackupAndRestore(
-            os.path.join(args.model_dir, "backup"),
-            write_dir=os.path.join(out, "backup")),
-    ]
     stopped = None
-    try:
-        with resilience.ModelDirLock(args.model_dir,
-                                     task=distribute.task_name(strategy)):
-            history = model.fit(train, validation_data=val, epochs=args.epochs,
-                                callbacks=callbacks, verbose=0).history
-    except resilience.TrainingPreempted as e:
-        stopped, history = [e.epoch, e.step], {}
-    with open(os.path.join(out, "artifact.txt"), "w") as f:
-        f.write(distribute.task_name(strategy) or "single")
-    distribute.cleanup_artifact_dir(out, args.model_dir)
+    # The scratch dir is only touched while holding the lock: a second job's
+    # task of the same name must not write into (or clean up) ours.
+    with resilience.ModelDirLock(args.model_dir,
+                                 task=distribute.task_name(strategy)):
+        out = distribute.artifact_dir(args.model_dir, strategy)
+        callbacks = [
+            preemption,
+            resilience.BestModelCheckpoint(os.path.join(out, "model.keras")),
+            resilience.ResumableCSVLogger(os.path.join(out, "history.csv")),
+            Sleep(),
+            resilience.ResumableBackupAndRestore(
+                os.path.join(args.model_dir, "backup"),
+                write_dir=os.path.join(out, "backup")),
+        ]
+        try:
+            history = model.fit(train, validation_data=val,
+                                epochs=args.epochs, callbacks=callbacks,
+                                verbose=0).history
+        except resilience.TrainingPreempted as e:
+            stopped, history = [e.epoch, e.step], {}
+        with open(os.path.join(out, "artifact.txt"), "w") as f:
+            f.write(distribute.task_name(strategy) or "single")
+        distribute.cleanup_artifact_dir(out, args.model_dir)
 
     digest = hashlib.sha256()
     for w in model.get_weights():
