@@ -1,0 +1,531 @@
+"""Distribution strategies and multi-worker plumbing for catdog training jobs.
+
+Everything here drops into a plain Keras ``model.fit`` training function::
+
+    strategy = distribute.build_strategy(name)      # first TF call of the job
+    distribute.apply_keras_multiworker_fix(strategy)
+    per_replica = distribute.global_batch_check(batch_size, strategy)
+    out_dir = distribute.artifact_dir(model_dir, strategy)
+    with strategy.scope():
+        model = ...; model.compile(...)
+    model.fit(distribute.with_shard_policy(train_ds, policy), ...)
+    distribute.cleanup_artifact_dir(out_dir, model_dir)
+
+``--batch_size`` is the GLOBAL batch size: every training batch is split evenly
+across ``strategy.num_replicas_in_sync`` replicas, so it must divide evenly
+(an uneven last batch crashes oneDNN on CPU under MirroredStrategy and breaks
+Keras 3's first symbolic build under a strategy).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import threading
+
+import keras
+import tensorflow as tf
+
+_log = logging.getLogger(__name__)
+
+STRATEGY_NAMES = ("auto", "default", "one_device", "mirrored", "multi_worker",
+                  "tpu")
+
+_TF_CONFIG_EXAMPLE = (
+    'TF_CONFIG=\'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
+    '"task": {"type": "worker", "index": 0}}\'')
+
+
+# --------------------------------------------------------------------------
+# Strategies
+
+
+def build_strategy(name: str = "auto",
+                   tpu: str | None = None) -> tf.distribute.Strategy:
+    """Builds the ``tf.distribute`` strategy a training job runs under.
+
+    Call it before any other TensorFlow op of the process: a multi-worker or
+    TPU strategy configures the TensorFlow runtime and fails once it has
+    started.
+
+    Args:
+      name: one of ``STRATEGY_NAMES``.
+        ``auto``: MirroredStrategy when more than one GPU is visible, else the
+        default (no-op) strategy. It never starts a multi-worker job by itself;
+        it warns when ``TF_CONFIG`` describes a cluster.
+        ``default``: the default strategy (one device, no distribution).
+        ``one_device``: OneDeviceStrategy on the first GPU, else the CPU.
+        ``mirrored``: MirroredStrategy over all local GPUs; without GPUs,
+        over the logical CPU devices (one replica unless the process split
+        its CPU with ``tf.config.set_logical_device_configuration``).
+        ``multi_worker``: MultiWorkerMirroredStrategy configured by the
+        ``TF_CONFIG`` environment variable, which is validated first.
+        ``tpu``: TPUStrategy on the TPU named by ``tpu``.
+      tpu: TPU name or ``grpc://host:port`` address, or ``"local"`` for a TPU
+        VM; only used with ``name="tpu"``. ``None`` lets the resolver read
+        ``TPU_NAME``.
+
+    Returns:
+      The strategy. Build models and compile them under ``strategy.scope()``.
+
+    Raises:
+      ValueError: unknown ``name``, or a missing / invalid ``TF_CONFIG``, or
+        no TPU could be found.
+    """
+    if name not in STRATEGY_NAMES:
+        raise ValueError(
+            f"Unknown strategy {name!r} (--strategy); choose one of "
+            f"{', '.join(STRATEGY_NAMES)}.")
+    if name == "auto":
+        if _describes_cluster(os.environ.get("TF_CONFIG")):
+            _log.warning(
+                "TF_CONFIG describes a multi-worker cluster, but strategy "
+                "'auto' trains on this process only; pass "
+                "--strategy=multi_worker to train across the cluster.")
+        gpus = tf.config.list_physical_devices("GPU")
+        if len(gpus) > 1:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.get_strategy()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "one_device":
+        gpus = tf.config.list_physical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    if name == "mirrored":
+        if tf.config.list_physical_devices("GPU"):
+            return tf.distribute.MirroredStrategy()
+        # No GPU: mirror across the logical CPU devices, if the process split
+        # its CPU into several (useful to exercise multi-replica code on CPU).
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(cpus if len(cpus) > 1 else None)
+    if name == "multi_worker":
+        parse_tf_config(os.environ.get("TF_CONFIG"))
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return _build_tpu_strategy(tpu)
+
+
+def parse_tf_config(raw: str | None) -> dict:
+    """Validates the ``TF_CONFIG`` value of a multi-worker job.
+
+    Args:
+      raw: the environment variable's value (``None`` if unset).
+
+    Returns:
+      The parsed dict, with ``cluster`` and ``task`` checked.
+
+    Raises:
+      ValueError: naming ``TF_CONFIG``, what is wrong and an example value.
+    """
+    def fail(problem):
+        return ValueError(
+            f"--strategy=multi_worker needs the TF_CONFIG environment variable "
+            f"describing the cluster and this task; {problem}. Example: "
+            f"{_TF_CONFIG_EXAMPLE}")
+
+    if not raw:
+        raise fail("TF_CONFIG is not set")
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise fail(f"TF_CONFIG is not valid JSON ({e}): {raw!r}") from None
+    if not isinstance(config, dict):
+        raise fail(f"TF_CONFIG must be a JSON object, got {raw!r}")
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not cluster:
+        raise fail(f'TF_CONFIG has no "cluster" mapping: {raw!r}')
+    for task_type, addresses in cluster.items():
+        if (not isinstance(addresses, list) or not addresses or not all(
+                isinstance(a, str) and ":" in a for a in addresses)):
+            raise fail(f'TF_CONFIG cluster["{task_type}"] must be a non-empty '
+                       f'list of "host:port" strings, got {addresses!r}')
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise fail(f'TF_CONFIG has no "task" with "type" and "index": {raw!r}')
+    task_type, index = task["type"], task["index"]
+    if task_type not in cluster:
+        raise fail(f'TF_CONFIG task type {task_type!r} is not in the cluster '
+                   f'({", ".join(cluster)})')
+    if (not isinstance(index, int) or isinstance(index, bool) or
+            not 0 <= index < len(cluster[task_type])):
+        raise fail(f'TF_CONFIG task index {index!r} is out of range for '
+                   f'{len(cluster[task_type])} "{task_type}" task(s)')
+    return config
+
+
+def _describes_cluster(raw: str | None) -> bool:
+    try:
+        cluster = json.loads(raw or "{}").get("cluster") or {}
+        return sum(len(v) for v in cluster.values()) > 1
+    except (ValueError, AttributeError, TypeError):
+        return False
+
+
+def _build_tpu_strategy(tpu: str | None) -> tf.distribute.Strategy:
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        raise ValueError(
+            f"--strategy=tpu could not connect to a TPU (tpu={tpu!r}): {e}. "
+            "Pass --tpu=<TPU name, grpc://host:port, or 'local' on a TPU VM>, "
+            "or choose another --strategy.") from e
+    return tf.distribute.TPUStrategy(resolver)
+
+
+# --------------------------------------------------------------------------
+# Tasks, chief and artifacts
+
+
+def is_multi_worker(strategy) -> bool:
+    """True for a MultiWorkerMirroredStrategy that spans several workers."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    in_mode = getattr(strategy.extended, "_in_multi_worker_mode", None)
+    if in_mode is not None:
+        return bool(in_mode())
+    resolver = strategy.cluster_resolver
+    return bool(resolver and resolver.task_type)
+
+
+def task_name(strategy) -> str | None:
+    """Returns ``"<type>-<index>"`` of this task in a multi-worker job.
+
+    Args:
+      strategy: the job's strategy.
+
+    Returns:
+      E.g. ``"worker-1"``; ``None`` when the strategy is not multi-worker.
+    """
+    if not is_multi_worker(strategy):
+        return None
+    resolver = strategy.cluster_resolver
+    return f"{resolver.task_type}-{resolver.task_id}"
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process writes the job's artifacts.
+
+    Args:
+      strategy: the job's strategy.
+
+    Returns:
+      True for the ``chief`` task, for ``worker`` 0 when the cluster has no
+      chief, and for every strategy that is not multi-worker.
+    """
+    if not is_multi_worker(strategy):
+        return True
+    resolver = strategy.cluster_resolver
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type is None or task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def artifact_dir(model_dir: str, strategy) -> str:
+    """Returns where this process may write model files, logs and backups.
+
+    Under multi-worker training every worker runs the same callbacks (saving
+    can involve collective ops, so all of them must save), but only the chief
+    may write into ``model_dir``; the others write into a private scratch
+    directory ``model_dir/.worker-<type>-<index>`` that
+    ``cleanup_artifact_dir`` removes.
+
+    Args:
+      model_dir: the job's output directory.
+      strategy: the job's strategy.
+
+    Returns:
+      ``model_dir`` on the chief, the private directory (created) otherwise.
+    """
+    if is_chief(strategy):
+        return model_dir
+    path = os.path.join(model_dir, f".worker-{task_name(strategy)}")
+    tf.io.gfile.makedirs(path)
+    return path
+
+
+def cleanup_artifact_dir(path: str, model_dir: str) -> None:
+    """Removes a non-chief's private directory made by ``artifact_dir``.
+
+    Does nothing when ``path`` is ``model_dir`` itself, so it is safe to call
+    on every task.
+
+    Args:
+      path: what ``artifact_dir`` returned.
+      model_dir: the job's output directory.
+
+    Raises:
+      ValueError: ``path`` is neither ``model_dir`` nor one of its
+        ``.worker-*`` directories (refuses to delete anything else).
+    """
+    norm = os.path.normpath
+    if norm(path) == norm(model_dir):
+        return
+    if (norm(os.path.dirname(norm(path))) != norm(model_dir) or
+            not os.path.basename(norm(path)).startswith(".worker-")):
+        raise ValueError(
+            f"Refusing to delete {path!r}: it is not a worker scratch "
+            f"directory of model_dir {model_dir!r}.")
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.rmtree(path)
+
+
+# --------------------------------------------------------------------------
+# Batches and input sharding
+
+
+def global_batch_check(batch_size: int, strategy) -> int:
+    """Checks that the global batch splits evenly across the replicas.
+
+    Args:
+      batch_size: the GLOBAL batch size (``--batch_size``).
+      strategy: the job's strategy.
+
+    Returns:
+      The per-replica batch size.
+
+    Raises:
+      ValueError: naming ``--batch_size`` and the replica count.
+    """
+    replicas = int(strategy.num_replicas_in_sync)
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, int) or
+            batch_size < 1):
+        raise ValueError(
+            f"--batch_size={batch_size!r} must be a positive integer (the "
+            f"global batch size, split across {replicas} replica(s)).")
+    if batch_size % replicas:
+        lower = replicas * max(1, batch_size // replicas)
+        upper = replicas * (batch_size // replicas + 1)
+        raise ValueError(
+            f"--batch_size={batch_size} does not divide evenly across "
+            f"{replicas} replicas; use a multiple of {replicas} (it is the "
+            f"global batch size, e.g. {lower} or {upper}).")
+    return batch_size // replicas
+
+
+_SOURCE_POLICIES = {
+    # Image folders are one dataset built from a list of paths: every worker
+    # reads the same list and keeps every n-th element.
+    "folder": tf.data.experimental.AutoShardPolicy.DATA,
+    # TFDS splits are read through their own file readers; sharding the
+    # elements is always correct regardless of how many files a split has.
+    "tfds": tf.data.experimental.AutoShardPolicy.DATA,
+    # TFRecord shards: each worker reads whole files, which avoids every
+    # worker reading (and dropping) all the data.
+    "tfrecord": tf.data.experimental.AutoShardPolicy.FILE,
+}
+
+
+def shard_policy(source: str, num_files: int | None = None,
+                 num_workers: int = 1) -> tf.data.experimental.AutoShardPolicy:
+    """Chooses how a multi-worker job splits its input between workers.
+
+    Args:
+      source: ``"folder"``, ``"tfds"`` or ``"tfrecord"``.
+      num_files: number of TFRecord files, if known.
+      num_workers: number of workers in the job.
+
+    Returns:
+      ``DATA`` for folders and TFDS, ``FILE`` for TFRecords unless there are
+      fewer files than workers (FILE sharding then fails), in which case
+      ``DATA``.
+
+    Raises:
+      ValueError: unknown ``source``.
+    """
+    if source not in _SOURCE_POLICIES:
+        raise ValueError(f"Unknown input source {source!r}; choose one of "
+                         f"{', '.join(_SOURCE_POLICIES)}.")
+    policy = _SOURCE_POLICIES[source]
+    if (policy == tf.data.experimental.AutoShardPolicy.FILE and
+            num_files is not None and num_files < num_workers):
+        _log.warning("%d TFRecord file(s) for %d workers: sharding by "
+                     "element instead of by file.", num_files, num_workers)
+        policy = tf.data.experimental.AutoShardPolicy.DATA
+    return policy
+
+
+def with_shard_policy(dataset: tf.data.Dataset,
+                      policy) -> tf.data.Dataset:
+    """Returns ``dataset`` with an explicit auto-shard policy.
+
+    The policy only matters when a multi-worker strategy distributes the
+    dataset; it is harmless otherwise.
+
+    Args:
+      dataset: any ``tf.data.Dataset``.
+      policy: a ``tf.data.experimental.AutoShardPolicy`` or its name
+        (``"DATA"``, ``"FILE"``, ``"AUTO"``, ``"OFF"``, ``"HINT"``).
+
+    Returns:
+      The same pipeline with ``experimental_distribute.auto_shard_policy`` set.
+    """
+    if isinstance(policy, str):
+        try:
+            policy = tf.data.experimental.AutoShardPolicy[policy.upper()]
+        except KeyError:
+            names = [p.name for p in tf.data.experimental.AutoShardPolicy]
+            raise ValueError(f"Unknown shard policy {policy!r}; choose one of "
+                             f"{', '.join(names)}.") from None
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = policy
+    return dataset.with_options(options)
+
+
+# --------------------------------------------------------------------------
+# Keras 3 fit() under MultiWorkerMirroredStrategy
+
+# Keras versions this compatibility layer was verified against (inclusive).
+# Outside this range the layer still patches if the buggy code is present,
+# but warns; tests/test_distribute.py fails so the fix gets re-verified.
+TESTED_KERAS_VERSIONS = ((3, 15), (3, 15))
+
+_patch_lock = threading.Lock()
+_originals: dict = {}
+
+
+def _trainer_module():
+    # Imported lazily: the module exists only with the TensorFlow backend.
+    from keras.src.backend.tensorflow import trainer  # pylint: disable=g-import-not-at-top
+    return trainer
+
+
+def _keras_version() -> tuple[int, int]:
+    major, minor = keras.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def keras_multiworker_bug_present() -> bool:
+    """Whether the installed Keras still has both multi-worker fit() bugs.
+
+    Looks for the two offending calls in the source of
+    ``TensorFlowTrainer._maybe_symbolic_build`` (reduces the first input
+    batch across workers with ``strategy.reduce``) and ``reduce_per_replica``
+    (reduces scalar logs with ``axis=0``).
+
+    Returns:
+      True when both calls are found; False when Keras changed either place
+      (or is not using the TensorFlow backend), i.e. the fix must not be
+      applied blindly.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    trainer = _trainer_module()
+    try:
+        build_src = inspect.getsource(_originals.get(
+            "build", trainer.TensorFlowTrainer._maybe_symbolic_build))
+        reduce_src = inspect.getsource(
+            _originals.get("reduce", trainer.reduce_per_replica))
+    except (OSError, TypeError):
+        # No source shipped: trust the tested version range instead.
+        low, high = TESTED_KERAS_VERSIONS
+        return low <= _keras_version() <= high
+    return ("self.distribute_strategy.reduce(" in build_src and
+            'strategy.reduce("MEAN", v, axis=0)' in reduce_src)
+
+
+def _patched_maybe_symbolic_build(self, iterator=None, data_batch=None):
+    """Builds from this worker's first replica batch under multi-worker.
+
+    Only shapes and dtypes matter for the symbolic build, so averaging the
+    first batch across workers (what Keras does, and what fails across
+    workers) is unnecessary.
+    """
+    strategy = self._distribute_strategy
+    if iterator is None or strategy is None or not is_multi_worker(strategy):
+        return _originals["build"](self, iterator=iterator,
+                                   data_batch=data_batch)
+    from keras.src import tree  # pylint: disable=g-import-not-at-top
+    def local_value(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    for _, _, it in iterator:
+        data_batch = tree.map_structure(local_value, next(it))
+        break
+    with strategy.scope():
+        self._symbolic_build(data_batch=data_batch)
+
+
+_patched_maybe_symbolic_build._catdog_patch = True
+
+
+def _patched_reduce_per_replica(values, strategy, reduction):
+    """Averages logs across workers element-wise (``axis=None``).
+
+    The logs of a train/test step are scalars; Keras reduces them with
+    ``axis=0``, which is invalid for a scalar. ``axis=None`` is the mean over
+    replicas, which is what the single-worker path computes.
+    """
+    if reduction in ("auto", "mean") and is_multi_worker(strategy):
+        from keras.src import tree  # pylint: disable=g-import-not-at-top
+        return tree.map_structure(
+            lambda v: strategy.reduce("MEAN", v, axis=None), values)
+    return _originals["reduce"](values, strategy, reduction)
+
+
+_patched_reduce_per_replica._catdog_patch = True
+
+
+def apply_keras_multiworker_fix(strategy=None) -> bool:
+    """Makes Keras 3 ``model.fit`` / ``evaluate`` work across workers.
+
+    Patches two functions of ``keras.src.backend.tensorflow.trainer``; the
+    patched versions fall through to the originals unless the strategy is a
+    MultiWorkerMirroredStrategy spanning several workers, so single-process
+    training is untouched. Idempotent; undo with
+    ``remove_keras_multiworker_fix``.
+
+    Args:
+      strategy: the job's strategy. When given and it is not a
+        MultiWorkerMirroredStrategy, nothing is patched.
+
+    Returns:
+      True when the fix is active after the call.
+    """
+    if strategy is not None and not isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    with _patch_lock:
+        if _originals:
+            return True
+        if not keras_multiworker_bug_present():
+            _log.warning(
+                "Keras %s no longer has the multi-worker fit() code catdog "
+                "patches; not patching. If fit() fails under "
+                "--strategy=multi_worker, update catdog/distribute.py.",
+                keras.__version__)
+            return False
+        low, high = TESTED_KERAS_VERSIONS
+        if not low <= _keras_version() <= high:
+            _log.warning("Patching Keras %s for multi-worker fit(); verified "
+                         "only on Keras %d.%d-%d.%d.", keras.__version__,
+                         *low, *high)
+        trainer = _trainer_module()
+        _originals["build"] = trainer.TensorFlowTrainer._maybe_symbolic_build
+        _originals["reduce"] = trainer.reduce_per_replica
+        trainer.TensorFlowTrainer._maybe_symbolic_build = (
+            _patched_maybe_symbolic_build)
+        trainer.reduce_per_replica = _patched_reduce_per_replica
+        _log.info("Applied the Keras multi-worker fit() compatibility fix.")
+        return True
+
+
+def remove_keras_multiworker_fix() -> None:
+    """Restores the Keras functions ``apply_keras_multiworker_fix`` patched."""
+    with _patch_lock:
+        if not _originals:
+            return
+        trainer = _trainer_module()
+        trainer.TensorFlowTrainer._maybe_symbolic_build = _originals.pop(
+            "build")
+        trainer.reduce_per_replica = _originals.pop("reduce")
+
+
+def keras_multiworker_fix_active() -> bool:
+    """Whether ``apply_keras_multiworker_fix`` is in effect."""
+    return bool(_originals)

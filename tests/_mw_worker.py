@@ -1,0 +1,122 @@
+"""One worker of a two-worker MultiWorkerMirroredStrategy job (for tests).
+
+Run by tests/test_distribute.py with TF_CONFIG set. Wires catdog's
+distribute and resilience pieces the way a training script does, trains a
+tiny model on deterministic random data with ``model.fit``, and writes
+``RESULT_DIR/result-<task>.json`` (history, a hash of the final weights,
+whether it is the chief, where it stopped). Exits with the resilience exit
+codes.
+
+Usage: python _mw_worker.py MODEL_DIR RESULT_DIR [--fix full|build|none]
+           [--epochs N] [--step_sleep S]
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from catdog import distribute  # pylint: disable=g-import-not-at-top
+
+GLOBAL_BATCH = 8
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model_dir")
+    parser.add_argument("result_dir")
+    parser.add_argument("--fix", choices=("full", "build", "none"),
+                        default="full")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--step_sleep", type=float, default=0.0)
+    args = parser.parse_args()
+
+    # The strategy must exist before any other TensorFlow op runs.
+    strategy = distribute.build_strategy("multi_worker")
+    import keras  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from catdog import resilience  # pylint: disable=g-import-not-at-top
+
+    if args.fix != "none":
+        assert distribute.apply_keras_multiworker_fix(strategy)
+    if args.fix == "build":
+        # Keep only the symbolic-build half, to show the log reduction bug.
+        from keras.src.backend.tensorflow import trainer  # pylint: disable=g-import-not-at-top
+        trainer.reduce_per_replica = distribute._originals["reduce"]  # pylint: disable=protected-access
+    distribute.global_batch_check(GLOBAL_BATCH, strategy)
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = (x[:, :1] + x[:, 1:2] > 0).astype("float32")
+    train = distribute.with_shard_policy(
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(
+            GLOBAL_BATCH, drop_remainder=True), "DATA")
+    val = distribute.with_shard_policy(
+        tf.data.Dataset.from_tensor_slices((x[:32], y[:32])).batch(
+            GLOBAL_BATCH, drop_remainder=True), "DATA")
+
+    keras.utils.set_random_seed(1)
+    with strategy.scope():
+        model = keras.Sequential([
+            keras.Input((6,)),
+            keras.layers.Dense(4, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ])
+        model.compile(optimizer=keras.optimizers.SGD(0.1),
+                      loss="binary_crossentropy", metrics=["accuracy"])
+
+    class Sleep(keras.callbacks.Callback):
+
+        def on_train_batch_end(self, batch, logs=None):
+            time.sleep(args.step_sleep)
+
+    preemption = resilience.PreemptionCallback(strategy)
+    stopped = None
+    # The scratch dir is only touched while holding the lock: a second job's
+    # task of the same name must not write into (or clean up) ours.
+    with resilience.ModelDirLock(args.model_dir,
+                                 task=distribute.task_name(strategy)):
+        out = distribute.artifact_dir(args.model_dir, strategy)
+        callbacks = [
+            preemption,
+            resilience.BestModelCheckpoint(os.path.join(out, "model.keras")),
+            resilience.ResumableCSVLogger(os.path.join(out, "history.csv")),
+            Sleep(),
+            resilience.ResumableBackupAndRestore(
+                os.path.join(args.model_dir, "backup"),
+                write_dir=os.path.join(out, "backup")),
+        ]
+        try:
+            history = model.fit(train, validation_data=val,
+                                epochs=args.epochs, callbacks=callbacks,
+                                verbose=0).history
+        except resilience.TrainingPreempted as e:
+            stopped, history = [e.epoch, e.step], {}
+        with open(os.path.join(out, "artifact.txt"), "w") as f:
+            f.write(distribute.task_name(strategy) or "single")
+        distribute.cleanup_artifact_dir(out, args.model_dir)
+
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    result = {
+        "task": distribute.task_name(strategy),
+        "is_chief": distribute.is_chief(strategy),
+        "history": {k: [float(v) for v in vs] for k, vs in history.items()},
+        "weights_sha256": digest.hexdigest(),
+        "stopped": stopped,
+        "requested": preemption.requested,
+    }
+    path = os.path.join(args.result_dir, f"result-{result['task']}.json")
+    with open(path, "w") as f:
+        json.dump(result, f)
+    sys.exit(resilience.EXIT_PREEMPTED if stopped else resilience.EXIT_OK)
+
+
+if __name__ == "__main__":
+    main()
