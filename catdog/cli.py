@@ -167,11 +167,20 @@ def run_main(fn, *args, **kwargs) -> int:
     """Runs ``fn`` and maps failures to exit codes with a one-line message.
 
     ValueError / FileNotFoundError (bad flags or data: nothing was trained)
-    exit with :data:`EXIT_USAGE` and no traceback; anything else exits with
-    :data:`EXIT_FAILURE` and its traceback in the log.
+    exit with :data:`EXIT_USAGE` and no traceback; preemption (SIGTERM) with
+    ``EXIT_PREEMPTED`` (75: rerun to resume); a model_dir held by a live run
+    with ``EXIT_LOCKED`` (73); anything else with :data:`EXIT_FAILURE` and
+    its traceback in the log.
     """
+    from catdog import resilience  # exit codes of preemption and locking
     try:
         fn(*args, **kwargs)
+    except resilience.TrainingPreempted as e:
+        print(f"preempted: {e}. Rerun the same command to resume.", file=sys.stderr)
+        return resilience.EXIT_PREEMPTED
+    except resilience.ModelDirLockedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return resilience.EXIT_LOCKED
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

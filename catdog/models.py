@@ -240,7 +240,11 @@ def build_cnn(image_size, num_classes: int = 2, augmentation=None,
         # momentum 0.9 (Keras default 0.99): the moving statistics used at
         # validation catch up within tens of steps, not hundreds, which is
         # what small folders of a few hundred photos give per run.
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{i + 1}_bn")(x)
+        # synchronized: under a distribution strategy the batch statistics
+        # are those of the global batch, so every worker ends with the same
+        # moving statistics (a no-op on one device).
+        x = keras.layers.BatchNormalization(momentum=0.9, synchronized=True,
+                                            name=f"block{i + 1}_bn")(x)
         x = keras.layers.Conv2D(f, 3, activation="relu", name=f"block{i + 1}_conv")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
     outputs = _head(x, num_classes, dropout, "flatten")
@@ -366,3 +370,67 @@ def load_model(path: str) -> keras.Model:
 def count_params(weights) -> int:
     """Number of scalars in a list of weights."""
     return int(sum(int(ops.size(w)) for w in weights))
+
+
+# ---------------------------------------------------------------------------
+# XLA: compile the network after augmentation.
+# ---------------------------------------------------------------------------
+
+class XlaNetwork(keras.layers.Layer):
+    """Runs a (sub-)network through one XLA-compiled ``tf.function``.
+
+    Keras turns XLA off for a whole model that holds the augmentation layers
+    (their image-transform op has no XLA kernel). Wrapping only the network
+    after augmentation keeps XLA where it can run. Training-only: it shares
+    the wrapped network's weights and is never saved.
+    """
+
+    def __init__(self, network: keras.Model, **kwargs):
+        super().__init__(**kwargs)
+        import tensorflow as tf  # catdog's models are TF-backend models
+        self.network = network
+        self._compiled = tf.function(
+            lambda x, training: self.network(x, training=training),
+            jit_compile=True, reduce_retracing=True)
+
+    def call(self, x, training=False):
+        return self._compiled(x, training=bool(training))
+
+    def compute_output_shape(self, input_shape):
+        return self.network.compute_output_shape(input_shape)
+
+
+def xla_training_model(model: keras.Model, jit: str, gpu: bool, replicas: int):
+    """Decides what runs under XLA and returns the model to ``fit``.
+
+    Args:
+      model: the model to train (and save).
+      jit: ``"auto"``, ``"true"`` or ``"false"``. ``auto`` uses XLA only on a
+        single GPU (as Keras' own ``auto``: XLA off on CPU-only machines and
+        under tf.distribute).
+      gpu: whether a GPU is visible.
+      replicas: replicas in sync.
+
+    Returns:
+      ``(train_model, compile_jit, description)``: the model to compile and
+      fit (``model`` itself, or a wrapper sharing its weights whose network
+      after augmentation is XLA-compiled), the ``jit_compile`` value for
+      ``compile()``, and a plain sentence saying what runs compiled.
+    """
+    wanted = jit == "true" or (jit == "auto" and gpu and replicas == 1)
+    if not wanted:
+        why = ("--jit_compile=false" if jit == "false" else
+               "--jit_compile=auto uses XLA only on a single GPU")
+        return model, False, f"XLA off ({why}); nothing is compiled with XLA."
+    aug = next((l for l in model.layers if isinstance(l, augment.Augmentation)), None)
+    if aug is None:
+        return model, True, "XLA on: the whole training step is compiled (jit_compile=True)."
+    network = keras.Model(aug.output, model.output, name="network")
+    inputs = _inputs(model.input.shape[1:3])
+    outputs = XlaNetwork(network, name="xla_network")(aug(inputs))
+    train_model = keras.Model(inputs, outputs, name=f"{model.name}_xla")
+    return train_model, False, (
+        "XLA on for the network after augmentation (one XLA-compiled function); "
+        "the augmentation block (RandomFlip/RandomRotation/RandomZoom, whose "
+        "ImageProjectiveTransformV3 op has no XLA kernel), the loss and the "
+        "optimizer update run without XLA.")

@@ -21,7 +21,7 @@ PRECISION_FLAGS = ("auto",) + POLICY_NAMES
 
 
 def resolve_policy(flag: str = "auto", strategy=None) -> str:
-    """Turns ``--precision`` into a Keras dtype policy name.
+    """Turns ``--mixed_precision`` into a Keras dtype policy name.
 
     Args:
       flag: ``auto`` or one of ``POLICY_NAMES``. ``auto`` picks
@@ -34,10 +34,10 @@ def resolve_policy(flag: str = "auto", strategy=None) -> str:
       One of ``POLICY_NAMES``.
 
     Raises:
-      ValueError: naming ``--precision`` and the choices.
+      ValueError: naming ``--mixed_precision`` and the choices.
     """
     if flag not in PRECISION_FLAGS:
-        raise ValueError(f"Unknown --precision={flag!r}; choose one of "
+        raise ValueError(f"Unknown --mixed_precision={flag!r}; choose one of "
                          f"{', '.join(PRECISION_FLAGS)}.")
     if flag != "auto":
         return flag

@@ -427,6 +427,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         without validation.
       mode: ``"max"`` or ``"min"``: whether larger values are better.
       state_path: the json state; defaults to ``<filepath stem>.best.json``.
+      model_to_save: the model to write (default: the model being fit).
 
     Attributes:
       best: best monitored value so far (``None`` before the first), counting
@@ -435,8 +436,13 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, filepath: str, monitor: str = "val_accuracy",
-                 mode: str = "max", state_path: str | None = None):
+                 mode: str = "max", state_path: str | None = None,
+                 model_to_save=None):
         super().__init__()
+        # The model written to ``filepath``; by default the one being fit.
+        # Training may fit a wrapper that shares its weights (XLA), while the
+        # saved model stays the plain one.
+        self.model_to_save = model_to_save
         if mode not in ("max", "min"):
             raise ValueError(f"BestModelCheckpoint mode must be 'max' or "
                              f"'min'; received mode={mode!r}.")
@@ -545,7 +551,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         value = float(logs[self.monitor])
         if not self._improved(value):
             return
-        self.model.save(self.pending_path, overwrite=True)
+        (self.model_to_save or self.model).save(self.pending_path, overwrite=True)
         self._state["pending"] = {"epoch": int(epoch), "value": value}
         self._write_state()
 

@@ -8,7 +8,11 @@
 - ``model.keras``: the best epoch by validation accuracy;
 - ``logs/``: TensorBoard logs;
 - ``learning_curves.png``: train/validation accuracy and loss;
-- ``metrics.json``: the summary a scheduler or a comparison reads.
+- ``metrics.json``: the summary a scheduler or a comparison reads;
+- ``backup/``: the last completed epoch, from which a rerun resumes.
+
+Only the chief of a multi-worker job writes these; other workers write into
+a private scratch folder that is removed at the end.
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ import tensorflow as tf
 import catdog
 from catdog import config as config_lib
 from catdog import data as data_lib
+from catdog import distribute
 from catdog import models
 from catdog import plots
+from catdog import precision
+from catdog import resilience
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
@@ -39,6 +46,7 @@ MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "learning_curves.png"
 LOGS_DIR = "logs"
+BACKUP_DIR = "backup"
 
 
 def versions() -> dict:
@@ -125,27 +133,6 @@ def _resolve_fine_tuning(config: config_lib.Config) -> dict:
     return init
 
 
-def _plain_strategy(name: str):
-    # Minimal strategy choice; the cluster module refines this.
-    if name in ("auto", "default"):
-        gpus = tf.config.list_logical_devices("GPU")
-        if name == "auto" and len(gpus) > 1:
-            return tf.distribute.MirroredStrategy()
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "one_device":
-        gpus = tf.config.list_logical_devices("GPU")
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-    raise ValueError(f"`--strategy` {name!r} is not available here.")
-
-
-def _resolve_policy(flag: str) -> str:
-    if flag == "auto":
-        return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
-    return flag
-
-
 @dataclasses.dataclass
 class RunResult:
     """What :func:`run` returns: the summary written to ``metrics.json`` and the model."""
@@ -157,6 +144,10 @@ class RunResult:
 def run(config: config_lib.Config, progress: bool = True,
         weights_note: str = "") -> RunResult:
     """Trains one stage end to end and writes its artifacts.
+
+    Rerunning the same config into the same ``model_dir`` resumes from the
+    last completed epoch (a finished run trains nothing more); a second live
+    run into the same ``model_dir`` is refused.
 
     Args:
       config: the run's settings; ``config.train.model_dir`` receives results.
@@ -171,10 +162,19 @@ def run(config: config_lib.Config, progress: bool = True,
     Raises:
       ValueError: bad settings or data, before any training.
       catdog.models.WeightsError: backbone weights cannot be obtained.
+      catdog.resilience.ModelDirLockedError: another live run holds model_dir.
+      catdog.resilience.TrainingPreempted: SIGTERM stopped training; rerun
+        the same command to resume.
     """
     start = time.time()
     config = config_lib.Config.from_dict(config.to_dict())  # private copy
     config.validate()
+    # The strategy comes first: a multi-worker or TPU strategy must be set up
+    # before any other TensorFlow op of the process.
+    strategy = distribute.build_strategy(config.train.strategy, tpu=config.train.tpu or None)
+    distribute.apply_keras_multiworker_fix(strategy)
+    replicas = strategy.num_replicas_in_sync
+    distribute.global_batch_check(config.data.batch_size, strategy)
     init = _resolve_fine_tuning(config) if config.stage == "fine_tuning" else None
     model_dir = config.train.model_dir
     os.makedirs(model_dir, exist_ok=True)
@@ -185,50 +185,75 @@ def run(config: config_lib.Config, progress: bool = True,
         raise ValueError(
             f"Classes {index.class_names} differ from those of --init_from "
             f"{config.model.init_from!r}: {init.get('class_names')}.")
-    strategy = _plain_strategy(config.train.strategy)
-    replicas = strategy.num_replicas_in_sync
-    if config.data.batch_size % replicas:
-        raise ValueError(
-            f"`--batch_size` {config.data.batch_size} does not divide evenly across "
-            f"{replicas} replicas; use a multiple of {replicas}.")
     train_ds, val_ds, index = data_lib.build_datasets(config.data, index)
-    policy = _resolve_policy(config.train.mixed_precision)
+    if distribute.is_multi_worker(strategy):
+        train_ds = distribute.with_shard_policy(train_ds, distribute.shard_policy("folder"))
+        val_ds = distribute.with_shard_policy(val_ds, distribute.shard_policy("folder"))
+    policy = precision.resolve_policy(config.train.mixed_precision, strategy)
+    chief = distribute.is_chief(strategy)
 
+    with resilience.ModelDirLock(model_dir, task=distribute.task_name(strategy)):
+        out = distribute.artifact_dir(model_dir, strategy)
+        try:
+            result = _fit_and_write(config, index, train_ds, val_ds, strategy, policy,
+                                    out, start, weights_note)
+        finally:
+            distribute.cleanup_artifact_dir(out, model_dir)
+    if chief:
+        logging.info("%s done: best val_accuracy %.4f at epoch %s; results in %s",
+                     config.stage, result.metrics["best_val_accuracy"] or float("nan"),
+                     result.metrics["best_epoch"], model_dir)
+    return result
+
+
+def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
+                   start, weights_note) -> RunResult:
+    """Builds, compiles and fits under the strategy; writes artifacts into ``out``.
+
+    ``out`` is ``model_dir`` on the chief and a private scratch folder on
+    other workers (every worker saves, since saving may involve collectives;
+    only the chief's files are kept).
+    """
+    model_dir = config.train.model_dir
+    replicas = strategy.num_replicas_in_sync
     record = config.to_dict()
     record.update(stage=config.stage, class_names=index.class_names,
                   versions=versions(), dtype_policy=policy,
                   strategy=type(strategy).__name__, replicas=replicas,
                   argv=list(sys.argv))
-    write_json(os.path.join(model_dir, CONFIG_FILE), record)
+    write_json(os.path.join(out, CONFIG_FILE), record)
 
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        with strategy.scope():
-            if config.stage == "fine_tuning":
-                model = models.load_model(config.model.init_from)
-                unfrozen = models.unfreeze_top(model, config.model.backbone,
-                                               config.model.fine_tune_layers)
-                logging.info("Fine-tuning: %d backbone layers unfrozen.", unfrozen)
-            else:
-                model = models.build_model(config, index.num_classes)
-            jit = {"auto": "auto", "true": True, "false": False}[config.train.jit_compile]
-            models.compile_model(model, index.num_classes, config.train.learning_rate,
-                                 jit_compile=jit)
-        callbacks = [
-            keras.callbacks.CSVLogger(os.path.join(model_dir, HISTORY_FILE)),
-            keras.callbacks.ModelCheckpoint(
-                os.path.join(model_dir, MODEL_FILE), monitor="val_accuracy",
-                mode="max", save_best_only=True),
-            keras.callbacks.TensorBoard(os.path.join(model_dir, LOGS_DIR)),
-        ]
-        model.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs,
-                  callbacks=callbacks, verbose=config.train.verbose,
-                  shuffle=False)  # the dataset shuffles itself
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    with precision.policy_scope(policy), strategy.scope():
+        if config.stage == "fine_tuning":
+            model = models.load_model(config.model.init_from)
+            unfrozen = models.unfreeze_top(model, config.model.backbone,
+                                           config.model.fine_tune_layers)
+            logging.info("Fine-tuning: %d backbone layers unfrozen.", unfrozen)
+        else:
+            model = models.build_model(config, index.num_classes)
+        train_model, jit, xla_note = models.xla_training_model(
+            model, config.train.jit_compile, gpu, replicas)
+        models.compile_model(train_model, index.num_classes,
+                             config.train.learning_rate, jit_compile=jit)
+    logging.info("%s", xla_note)
+    callbacks = [
+        # First, so it stops before any other callback sees a partial epoch.
+        resilience.PreemptionCallback(strategy),
+        resilience.BestModelCheckpoint(os.path.join(out, MODEL_FILE),
+                                       monitor="val_accuracy", mode="max",
+                                       model_to_save=model),
+        resilience.ResumableCSVLogger(os.path.join(out, HISTORY_FILE)),
+        keras.callbacks.TensorBoard(os.path.join(out, LOGS_DIR)),
+        # Last: writing the backup is the commit point of an epoch.
+        resilience.ResumableBackupAndRestore(os.path.join(model_dir, BACKUP_DIR),
+                                             write_dir=os.path.join(out, BACKUP_DIR)),
+    ]
+    train_model.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs,
+                    callbacks=callbacks, verbose=config.train.verbose,
+                    shuffle=False)  # the dataset shuffles itself
 
-    rows = read_history(os.path.join(model_dir, HISTORY_FILE))
+    rows = read_history(os.path.join(out, HISTORY_FILE))
     metrics = {
         "stage": config.stage,
         **summarize_history(rows),
@@ -246,13 +271,12 @@ def run(config: config_lib.Config, progress: bool = True,
         "trainable_params": models.count_params(model.trainable_weights),
         "total_params": models.count_params(model.weights),
         "dtype_policy": policy,
+        "strategy": type(strategy).__name__,
         "replicas": replicas,
+        "xla": xla_note,
         "final": rows[-1] if rows else {},
     }
-    write_json(os.path.join(model_dir, METRICS_FILE), metrics)
-    plots.learning_curves(rows, os.path.join(model_dir, CURVES_FILE),
+    write_json(os.path.join(out, METRICS_FILE), metrics)
+    plots.learning_curves(rows, os.path.join(out, CURVES_FILE),
                           title=f"{config.stage} — {model_dir}")
-    logging.info("%s done: best val_accuracy %.4f at epoch %s; results in %s",
-                 config.stage, metrics["best_val_accuracy"] or float("nan"),
-                 metrics["best_epoch"], model_dir)
     return RunResult(metrics, model)

@@ -52,7 +52,7 @@ def test_unknown_flag_names_the_flag_and_choices():
     with pytest.raises(ValueError) as e:
         precision.resolve_policy("fp16")
     msg = str(e.value)
-    assert "--precision='fp16'" in msg
+    assert "--mixed_precision='fp16'" in msg
     for choice in precision.PRECISION_FLAGS:
         assert choice in msg
 

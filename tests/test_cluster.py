@@ -1,0 +1,162 @@
+"""Stages under strategies and restarts, as cluster batch jobs run them."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+
+WORKER = os.path.join(REPO, "tests", "_stage_worker.py")
+SCRIPT = os.path.join(REPO, "scripts", "train_baseline.py")
+
+
+def _env(**extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def _flags(train_dir, val_dir, model_dir, epochs=2, batch=8):
+    return [f"--train_dir={train_dir}", f"--val_dir={val_dir}", "--image_size=24",
+            f"--batch_size={batch}", f"--epochs={epochs}", "--verbose=0",
+            f"--model_dir={model_dir}"]
+
+
+def _history(model_dir):
+    path = os.path.join(model_dir, "history.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_mirrored_over_two_logical_cpus(tiny_folders, tmp_path):
+    train_dir, val_dir = tiny_folders
+    result = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, WORKER, str(result), "--logical_cpus", "2", "--",
+         *_flags(train_dir, val_dir, tmp_path / "m"), "--strategy=mirrored"],
+        env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(result.read_text())["metrics"]
+    assert metrics["replicas"] == 2 and metrics["strategy"] == "MirroredStrategy"
+    assert metrics["epochs_completed"] == 2
+
+
+def test_mirrored_uneven_batch_is_a_usage_error(tiny_folders, tmp_path):
+    train_dir, val_dir = tiny_folders
+    proc = subprocess.run(
+        [sys.executable, WORKER, str(tmp_path / "r.json"), "--logical_cpus", "2", "--",
+         *_flags(train_dir, val_dir, tmp_path / "m", batch=7), "--strategy=mirrored"],
+        env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "--batch_size=7" in proc.stderr and "2 replicas" in proc.stderr
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_two_workers_on_loopback(tiny_folders, tmp_path):
+    train_dir, val_dir = tiny_folders
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    model_dir = tmp_path / "m"
+    procs = []
+    for i in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        procs.append(subprocess.Popen(
+            [sys.executable, WORKER, str(tmp_path / f"r{i}.json"), "--",
+             *_flags(train_dir, val_dir, model_dir), "--strategy=multi_worker"],
+            env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=400) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(2))
+    assert r0["weights_sha256"] == r1["weights_sha256"]
+    for name in ("config.json", "history.csv", "model.keras", "metrics.json",
+                 "learning_curves.png"):
+        assert (model_dir / name).exists(), name
+    assert len(_history(model_dir)) == 2
+    assert not [d for d in os.listdir(model_dir) if d.startswith(".worker-")]
+    assert json.loads((model_dir / "metrics.json").read_text())["replicas"] == 2
+
+
+def _start(flags_):
+    return subprocess.Popen([sys.executable, SCRIPT, *flags_], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_epochs(proc, model_dir, n, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(_history(model_dir)) >= n:
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def _assert_complete(model_dir, epochs):
+    rows = _history(model_dir)
+    assert [int(r["epoch"]) for r in rows] == list(range(epochs))
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == epochs
+    accs = [float(r["val_accuracy"]) for r in rows]
+    assert metrics["best_val_accuracy"] == pytest.approx(max(accs))
+    best = json.loads((model_dir / "model.best.json").read_text())
+    assert best["best"] == pytest.approx(max(accs))
+    assert (model_dir / "model.keras").exists()
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGKILL, -signal.SIGKILL),
+                                      (signal.SIGTERM, 75)])
+def test_killed_run_resumes_with_each_epoch_once(tiny_folders, tmp_path, sig, code):
+    train_dir, val_dir = tiny_folders
+    model_dir = tmp_path / "m"
+    flags_ = _flags(train_dir, val_dir, model_dir, epochs=40, batch=4)
+    proc = _start(flags_)
+    assert _wait_for_epochs(proc, model_dir, 2), proc.communicate()[1][-3000:]
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-3000:]
+    done = len(_history(model_dir))
+    assert 2 <= done < 40
+    # Resume: same command, fewer total epochs to keep the test short.
+    flags_ = _flags(train_dir, val_dir, model_dir, epochs=done + 2, batch=4)
+    again = subprocess.run([sys.executable, SCRIPT, *flags_], env=_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _assert_complete(model_dir, done + 2)
+
+
+def test_second_live_run_is_refused(tiny_folders, tmp_path):
+    train_dir, val_dir = tiny_folders
+    model_dir = tmp_path / "m"
+    first = _start(_flags(train_dir, val_dir, model_dir, epochs=40, batch=4))
+    try:
+        assert _wait_for_epochs(first, model_dir, 1), first.communicate()[1][-3000:]
+        second = subprocess.run([sys.executable, SCRIPT,
+                                 *_flags(train_dir, val_dir, model_dir, epochs=2)],
+                                env=_env(), capture_output=True, text=True, timeout=300)
+        assert second.returncode == 73, second.stderr[-3000:]
+        assert str(first.pid) in second.stderr
+    finally:
+        first.kill()
+        first.communicate()
