@@ -8,6 +8,7 @@ by :func:`catdog.data.decode_and_resize`: the pixels the model sees.
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional, Sequence
 
 from absl import logging
@@ -15,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from catdog import plots  # noqa: F401  (selects the Agg backend first)
+from catdog import predict as predict_lib
 from catdog.data import decode_and_resize
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -35,17 +37,22 @@ def _load(path: str, image_size) -> np.ndarray:
     return decode_and_resize(tf.io.read_file(path), image_size).numpy()
 
 
+def _reason(error) -> str:
+    """First line of a TF error, without its graph-node prefix."""
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message).strip()
+    return message.splitlines()[0] if message else type(error).__name__
+
+
 def _pick_images(image_paths_or_folder, n_images: int) -> list:
     """Files to show: the given files, or ``n_images`` spread over a folder.
 
     From a folder, files are listed recursively in sorted order and picked
     at even intervals, so a folder of class subfolders shows every class.
     """
-    from catdog import predict  # the same file listing as prediction
-
     if isinstance(image_paths_or_folder, (str, os.PathLike)):
         image_paths_or_folder = [image_paths_or_folder]
-    entries = predict.expand_paths(image_paths_or_folder)
+    entries = predict_lib.expand_paths(image_paths_or_folder)
     problems = [f"{p}: {e}" for p, e in entries if e is not None]
     files = [p for p, e in entries if e is None]
     if not files:
@@ -55,6 +62,31 @@ def _pick_images(image_paths_or_folder, n_images: int) -> list:
         step = len(files) / n_images
         files = [files[int(i * step + step / 2)] for i in range(n_images)]
     return files
+
+
+def augment_images(images, n_variants: int, *, flip: str = "horizontal",
+                   rotation: float = 0.1, zoom: float = 0.2,
+                   seed: Optional[int] = 1337) -> np.ndarray:
+    """Random augmentations of a batch, as the model sees them in training.
+
+    Args:
+      images: ``(N, H, W, 3)`` pixels in 0..255.
+      n_variants: how many augmented versions of the batch to draw.
+      flip, rotation, zoom: settings of
+        :func:`catdog.augment.build_augmentation`.
+      seed: seed of the random layers (same seed, same result).
+
+    Returns:
+      ``uint8 (n_variants, N, H, W, 3)``.
+    """
+    from catdog import augment  # Keras layers: imported only when drawing
+
+    block = augment.build_augmentation(flip, rotation, zoom, seed=seed)
+    batch = tf.constant(np.asarray(images, np.float32))
+    # One call per variant on the whole batch: each call draws new random
+    # transforms, independently per image. training=True as inside fit().
+    return np.stack([np.clip(np.round(block(batch, training=True).numpy()), 0, 255)
+                     .astype(np.uint8) for _ in range(n_variants)])
 
 
 def augmentation_grid(image_paths_or_folder, path: str, *, image_size=(160, 160),
@@ -86,8 +118,6 @@ def augmentation_grid(image_paths_or_folder, path: str, *, image_size=(160, 160)
     Raises:
       ValueError: no readable image, or ``n_images`` / ``n_variants`` < 1.
     """
-    from catdog import augment  # Keras layers: imported only when drawing
-
     if n_images < 1 or n_variants < 1:
         raise ValueError("n_images and n_variants must be at least 1. Received: "
                          f"n_images={n_images}, n_variants={n_variants}")
@@ -99,16 +129,12 @@ def augmentation_grid(image_paths_or_folder, path: str, *, image_size=(160, 160)
             names.append(file)
         except tf.errors.OpError as e:
             logging.warning("Skipping %s: cannot decode (%s)", file,
-                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+                            _reason(e))
     if not images:
         raise ValueError(f"None of the images in {image_paths_or_folder!r} could "
                          "be decoded.")
-    block = augment.build_augmentation(flip, rotation, zoom, seed=seed)
-    batch = tf.constant(np.stack(images).astype(np.float32))
-    # One call per column on the whole batch: each call draws new random
-    # transforms, independently per image.
-    variants = [np.clip(block(batch, training=True).numpy(), 0, 255).astype(np.uint8)
-                for _ in range(n_variants)]
+    variants = augment_images(np.stack(images), n_variants, flip=flip,
+                              rotation=rotation, zoom=zoom, seed=seed)
 
     rows, cols = len(images), n_variants + 1
     fig, axes = plt.subplots(rows, cols, figsize=(cols * _CELL, rows * _CELL + 0.6),
