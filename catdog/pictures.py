@@ -1,0 +1,289 @@
+"""Pictures of images: what augmentation does, the worst mistakes, the confusion matrix.
+
+matplotlib with the Agg backend (set by :mod:`catdog.plots`), so pictures
+are written on headless cluster nodes. Images shown are decoded and resized
+by :func:`catdog.data.decode_and_resize`: the pixels the model sees.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Optional, Sequence
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from catdog import plots  # noqa: F401  (selects the Agg backend first)
+from catdog import predict as predict_lib
+from catdog.data import decode_and_resize
+import matplotlib.pyplot as plt  # noqa: E402
+
+#: Inches per image cell in the grids.
+_CELL = 2.0
+
+
+def _save(fig, path):
+    # Same as catdog.plots: temp file + rename, so a reader never sees half a PNG.
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _load(path: str, image_size) -> np.ndarray:
+    return decode_and_resize(tf.io.read_file(path), image_size).numpy()
+
+
+def _reason(error) -> str:
+    """First line of a TF error, without its graph-node prefix."""
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message).strip()
+    return message.splitlines()[0] if message else type(error).__name__
+
+
+def _pick_images(image_paths_or_folder, n_images: int) -> list:
+    """Files to show: the given files, or ``n_images`` spread over a folder.
+
+    From a folder, files are listed recursively in sorted order and picked
+    at even intervals, so a folder of class subfolders shows every class.
+    """
+    if isinstance(image_paths_or_folder, (str, os.PathLike)):
+        image_paths_or_folder = [image_paths_or_folder]
+    entries = predict_lib.expand_paths(image_paths_or_folder)
+    problems = [f"{p}: {e}" for p, e in entries if e is not None]
+    files = [p for p, e in entries if e is None]
+    if not files:
+        raise ValueError("No image files to show: " + "; ".join(problems or
+                         [str(image_paths_or_folder)]))
+    if len(files) > n_images:
+        step = len(files) / n_images
+        files = [files[int(i * step + step / 2)] for i in range(n_images)]
+    return files
+
+
+def augment_images(images, n_variants: int, *, flip: str = "horizontal",
+                   rotation: float = 0.1, zoom: float = 0.2,
+                   seed: Optional[int] = 1337) -> np.ndarray:
+    """Random augmentations of a batch, as the model sees them in training.
+
+    Args:
+      images: ``(N, H, W, 3)`` pixels in 0..255.
+      n_variants: how many augmented versions of the batch to draw.
+      flip, rotation, zoom: settings of
+        :func:`catdog.augment.build_augmentation`.
+      seed: seed of the random layers (same seed, same result).
+
+    Returns:
+      ``uint8 (n_variants, N, H, W, 3)``.
+    """
+    from catdog import augment  # Keras layers: imported only when drawing
+
+    block = augment.build_augmentation(flip, rotation, zoom, seed=seed)
+    batch = tf.constant(np.asarray(images, np.float32))
+    # One call per variant on the whole batch: each call draws new random
+    # transforms, independently per image. training=True as inside fit().
+    return np.stack([np.clip(np.round(block(batch, training=True).numpy()), 0, 255)
+                     .astype(np.uint8) for _ in range(n_variants)])
+
+
+def augmentation_grid(image_paths_or_folder, path: str, *, image_size=(160, 160),
+                      n_images: int = 4, n_variants: int = 6,
+                      flip: str = "horizontal", rotation: float = 0.1,
+                      zoom: float = 0.2, seed: Optional[int] = 1337) -> str:
+    """Draws images next to random augmentations of them.
+
+    The augmentation is :func:`catdog.augment.build_augmentation` with
+    these settings, called with ``training=True`` (as ``fit`` calls it), on
+    the decoded and resized training pixels: exactly what a model with
+    ``augment=True`` trains on.
+
+    Args:
+      image_paths_or_folder: image files, or a folder (searched
+        recursively; ``n_images`` files are picked across it).
+      path: PNG file to write.
+      image_size: ``(height, width)`` images are resized to before
+        augmentation (the model's input size).
+      n_images: rows (images) to show.
+      n_variants: augmented versions of each image, after the original.
+      flip, rotation, zoom: augmentation settings (see
+        :class:`catdog.config.ModelConfig`).
+      seed: seed of the random layers, for the same picture every time.
+
+    Returns:
+      ``path``. Unreadable files are skipped with a warning.
+
+    Raises:
+      ValueError: no readable image, or ``n_images`` / ``n_variants`` < 1.
+    """
+    if n_images < 1 or n_variants < 1:
+        raise ValueError("n_images and n_variants must be at least 1. Received: "
+                         f"n_images={n_images}, n_variants={n_variants}")
+    image_size = (int(image_size[0]), int(image_size[1]))
+    names, images = [], []
+    for file in _pick_images(image_paths_or_folder, n_images):
+        try:
+            images.append(_load(file, image_size))
+            names.append(file)
+        except tf.errors.OpError as e:
+            logging.warning("Skipping %s: cannot decode (%s)", file,
+                            _reason(e))
+    if not images:
+        raise ValueError(f"None of the images in {image_paths_or_folder!r} could "
+                         "be decoded.")
+    variants = augment_images(np.stack(images), n_variants, flip=flip,
+                              rotation=rotation, zoom=zoom, seed=seed)
+
+    rows, cols = len(images), n_variants + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * _CELL, rows * _CELL + 0.6),
+                             squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.imshow(images[r] if c == 0 else variants[c - 1][r])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("original" if c == 0 else f"augmented {c}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(_short(names[r]), fontsize=8)
+    settings = f"flip={flip}, rotation={rotation}, zoom={zoom}"
+    fig.suptitle(f"Training-time augmentation ({settings}); "
+                 f"{image_size[0]}x{image_size[1]} pixels", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def _short(path: str, keep: int = 2) -> str:
+    """The last ``keep`` parts of a path (``dogs/dog.12.jpg``)."""
+    parts = str(path).replace("\\", "/").rstrip("/").split("/")
+    return "/".join(parts[-keep:])
+
+
+def worst_mistakes_grid(predictions_csv_or_rows, path: str, *, n: int = 16,
+                        class_names: Optional[Sequence[str]] = None,
+                        image_size=(160, 160)) -> str:
+    """Shows the most confident mistakes with their true and predicted class.
+
+    Args:
+      predictions_csv_or_rows: a ``predictions.csv`` written by
+        :func:`catdog.evaluate.evaluate`, or its rows (dicts with ``path``,
+        ``label``, ``predicted``, ``probability``, ``correct``; optionally
+        ``image``, uint8 pixels to show instead of reading ``path``).
+        Mistakes are shown in the order given: ``predictions.csv`` is
+        sorted most confident mistake first.
+      path: PNG file to write. With no mistake, the picture says so.
+      n: at most this many mistakes are shown (a square-ish grid).
+      class_names: the model's classes. For a binary model, where the
+        ``probability`` column is ``P(class_names[1])``, titles then show the
+        probability of the wrong prediction, ``P(predicted)``; without them
+        titles show the ``probability`` column as it is.
+      image_size: size images read from ``path`` are shown at.
+
+    Returns:
+      ``path``.
+    """
+    rows = predictions_csv_or_rows
+    if isinstance(rows, (str, os.PathLike)):
+        from catdog import evaluate  # the CSV reader lives with the writer
+        rows = evaluate.read_predictions_csv(os.fspath(rows))
+    mistakes = [r for r in rows if not _is_true(r["correct"])][:max(0, n)]
+    if not mistakes:
+        fig, ax = plt.subplots(figsize=(4, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"No mistakes on {len(rows)} images", ha="center",
+                va="center", fontsize=12)
+        _save(fig, path)
+        return path
+    cols = int(np.ceil(np.sqrt(len(mistakes))))
+    grid_rows = int(np.ceil(len(mistakes) / cols))
+    fig, axes = plt.subplots(grid_rows, cols,
+                             figsize=(cols * _CELL * 1.15, grid_rows * _CELL * 1.3 + 0.5),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, row in zip(axes.ravel(), mistakes):
+        image = row.get("image")
+        if image is None:
+            try:
+                image = _load(str(row["path"]), image_size)
+            except (tf.errors.OpError, OSError):
+                image = None
+        if image is None:
+            ax.text(0.5, 0.5, "image not available", ha="center", va="center",
+                    fontsize=8, transform=ax.transAxes)
+        else:
+            ax.imshow(image)
+        ax.set_title(f"{_short(row['path'], 1)}\ntrue: {row['label']}\n"
+                     f"pred: {row['predicted']}, {_probability_text(row, class_names)}",
+                     fontsize=8, color="darkred")
+    fig.suptitle(f"Most confident mistakes ({len(mistakes)} shown)", fontsize=11)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def _is_true(value) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() == "true"
+
+
+def _probability_text(row, class_names) -> str:
+    p = float(row["probability"])
+    if class_names is not None and len(class_names) == 2:
+        # The CSV holds P(class_names[1]); show the wrong answer's probability.
+        if row["predicted"] != class_names[1]:
+            p = 1.0 - p
+        return f"P={p:.3f}"
+    if class_names is not None:
+        return f"P={p:.3f}"  # multi-class rows hold P(predicted) already
+    return f"probability={p:.3f}"
+
+
+def confusion_matrix_image(matrix, class_names: Sequence[str], path: str,
+                           title: str = "Confusion matrix") -> str:
+    """Draws a confusion matrix: rows true class, columns predicted class.
+
+    Cell colour is the row fraction (the recall of the row's class, on the
+    diagonal), so classes of different sizes compare fairly; each cell shows
+    the count and that fraction.
+
+    Args:
+      matrix: ``(C, C)`` counts, ``matrix[true][predicted]``.
+      class_names: the C class names.
+      path: PNG file to write.
+      title: figure title.
+
+    Returns:
+      ``path``.
+    """
+    matrix = np.asarray(matrix, np.int64)
+    k = len(class_names)
+    if matrix.shape != (k, k):
+        raise ValueError(f"matrix must be {k}x{k} for class_names "
+                         f"{list(class_names)}. Received: shape {matrix.shape}")
+    totals = matrix.sum(axis=1, keepdims=True)
+    fractions = np.divide(matrix, totals, out=np.zeros(matrix.shape, np.float64),
+                          where=totals > 0)
+    side = max(4.0, 0.9 * k + 2.5)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    image = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    font = 11 if k <= 6 else 8 if k <= 12 else 6
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{matrix[i, j]}\n{fractions[i, j]:.0%}", ha="center",
+                    va="center", fontsize=font,
+                    color="white" if fractions[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k))
+    ax.set_xticklabels(class_names, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center")
+    ax.set_yticks(range(k))
+    ax.set_yticklabels(class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"{title} ({int(matrix.sum())} images)")
+    fig.tight_layout()
+    _save(fig, path)
+    return path
