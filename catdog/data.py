@@ -222,6 +222,9 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
       A dataset of ``(uint8 [B, H, W, 3], labels)`` batches.
     """
     image_size = tuple(int(s) for s in image_size)
+    # Unshuffled (evaluation) data keeps file order so outputs line up with
+    # paths; only the training stream trades order for speed.
+    deterministic = bool(deterministic) or not training
     ds = tf.data.Dataset.from_tensor_slices(
         # fsencode: a file name that is not valid UTF-8 still reaches the
         # file system byte for byte.

@@ -15,22 +15,13 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from catdog import plots  # noqa: F401  (selects the Agg backend first)
+from catdog import plots  # also selects the Agg backend before pyplot
 from catdog import predict as predict_lib
 from catdog.data import decode_and_resize
 import matplotlib.pyplot as plt  # noqa: E402
 
 #: Inches per image cell in the grids.
 _CELL = 2.0
-
-
-def _save(fig, path):
-    # Same as catdog.plots: temp file + rename, so a reader never sees half a PNG.
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _load(path: str, image_size) -> np.ndarray:
@@ -153,7 +144,7 @@ def augmentation_grid(image_paths_or_folder, path: str, *, image_size=(160, 160)
     fig.suptitle(f"Training-time augmentation ({settings}); "
                  f"{image_size[0]}x{image_size[1]} pixels", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    plots.save_figure(fig, path)
     return path
 
 
@@ -196,7 +187,7 @@ def worst_mistakes_grid(predictions_csv_or_rows, path: str, *, n: int = 16,
         ax.axis("off")
         ax.text(0.5, 0.5, f"No mistakes on {len(rows)} images", ha="center",
                 va="center", fontsize=12)
-        _save(fig, path)
+        plots.save_figure(fig, path)
         return path
     cols = int(np.ceil(np.sqrt(len(mistakes))))
     grid_rows = int(np.ceil(len(mistakes) / cols))
@@ -222,7 +213,7 @@ def worst_mistakes_grid(predictions_csv_or_rows, path: str, *, n: int = 16,
                      fontsize=8, color="darkred")
     fig.suptitle(f"Most confident mistakes ({len(mistakes)} shown)", fontsize=11)
     fig.tight_layout()
-    _save(fig, path)
+    plots.save_figure(fig, path)
     return path
 
 
@@ -285,5 +276,5 @@ def confusion_matrix_image(matrix, class_names: Sequence[str], path: str,
     ax.set_ylabel("true class")
     ax.set_title(f"{title} ({int(matrix.sum())} images)")
     fig.tight_layout()
-    _save(fig, path)
+    plots.save_figure(fig, path)
     return path

@@ -44,7 +44,7 @@ def learning_curves(rows: list, path: str, title: str = "") -> str:
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -79,13 +79,15 @@ def comparison(histories: dict, path: str, title: str = "") -> str:
         ax.legend(fontsize=7)
     fig.suptitle(title or "catdog stages: train (dashed) vs validation (solid)")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
-def _save(fig, path):
+def save_figure(fig, path: str) -> str:
+    """Writes ``fig`` as PNG via a temp file and rename (never half a file), closes it."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}.png"
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+    return path

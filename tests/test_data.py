@@ -128,7 +128,7 @@ def test_clear_errors_for_bad_folders(tmp_path):
     with pytest.raises(ValueError, match="missing_dir"):
         data.index_data(_data_config(str(tmp_path / "missing_dir")))
     one = make_class_folder(tmp_path / "one", classes=("cats",), per_class=3)
-    with pytest.raises(ValueError, match="two"):
+    with pytest.raises(ValueError, match="at least 2"):
         data.index_data(_data_config(one))
     root = make_class_folder(tmp_path / "d", per_class=3)
     with pytest.raises(ValueError, match="horses"):
