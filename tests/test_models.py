@@ -182,3 +182,36 @@ def test_saved_model_loads_in_safe_mode(tmp_path):
     (tmp_path / "junk" / "model.keras").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a loadable"):
         models.load_model(str(tmp_path / "junk"))
+
+
+def test_xla_compiles_the_network_after_augmentation(tmp_path):
+    m = models.build_model(_cfg("augmented"), num_classes=2)
+    train_model, jit, note = models.xla_training_model(m, "true", gpu=False, replicas=1)
+    assert train_model is not m and jit is False
+    assert "augmentation" in note and "XLA on" in note
+    assert any(isinstance(l, models.XlaNetwork) for l in train_model.layers)
+    # Same variables: training the wrapper trains the model that is saved.
+    assert {id(w) for w in train_model.trainable_weights} == {id(w) for w in m.trainable_weights}
+    models.compile_model(train_model, 2, 1e-2, jit_compile=jit)
+    x = np.random.RandomState(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    y = (x.mean(axis=(1, 2, 3)) > 127).astype("float32")[:, None]
+    before = m.get_layer("block1_conv").kernel.numpy().copy()
+    train_model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert not np.allclose(before, m.get_layer("block1_conv").kernel.numpy())
+    np.testing.assert_allclose(train_model.predict(x, verbose=0), m.predict(x, verbose=0),
+                               rtol=1e-4, atol=1e-5)
+    m.save(str(tmp_path / "model.keras"))
+    loaded = models.load_model(str(tmp_path))
+    assert not any(isinstance(l, models.XlaNetwork) for l in loaded.layers)
+
+
+def test_xla_choices_without_augmentation_and_off():
+    m = models.build_model(_cfg("baseline"), num_classes=2)
+    same, jit, note = models.xla_training_model(m, "true", gpu=False, replicas=1)
+    assert same is m and jit is True and "whole training step" in note
+    same, jit, note = models.xla_training_model(m, "auto", gpu=False, replicas=1)
+    assert same is m and jit is False and "XLA off" in note
+    same, jit, _ = models.xla_training_model(m, "auto", gpu=True, replicas=2)
+    assert jit is False
+    same, jit, _ = models.xla_training_model(m, "false", gpu=True, replicas=1)
+    assert jit is False
