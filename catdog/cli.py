@@ -214,10 +214,16 @@ def stage_script_main(stage: str):
     return main
 
 
+def usage_error(message: str) -> int:
+    """Prints a one-line usage error (no traceback); returns :data:`EXIT_USAGE`."""
+    print(f"{os.path.basename(sys.argv[0])}: error: {message}\n"
+          "Run with --help for the flags.", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def parse_flags(argv, flag_values=flags.FLAGS):
     """absl's flag parser, but an unknown or malformed flag exits with 2."""
     try:
         return flag_values(argv)
     except flags.Error as e:
-        print(f"error: {e}\nPass --help for the flags.", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        sys.exit(usage_error(str(e)))

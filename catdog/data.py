@@ -86,10 +86,14 @@ class DataIndex:
         return len(self.class_names)
 
 
-def _usable(paths, labels, data_config, progress):
-    """Checks every file; returns (usable paths, usable labels, skipped)."""
-    checks = scan.check_files(paths, max_pixels=data_config.max_pixels,
-                              progress=progress)
+def keep_usable(paths, labels, max_pixels, progress=False):
+    """Checks every file as training does; returns (paths, labels, skipped).
+
+    ``skipped`` is ``[{"path", "reason"}]``; each skipped file is also logged.
+    Evaluation and TFRecord writing use the same function, so every entry
+    point skips the same files.
+    """
+    checks = scan.check_files(paths, max_pixels=max_pixels, progress=progress)
     good_paths, good_labels, skipped = [], [], []
     for check, label in zip(checks, labels):
         if check.ok:
@@ -136,12 +140,12 @@ def index_data(data_config, progress: bool = True) -> DataIndex:
                    if data_config.class_names else None)
     paths, labels, class_names = scan.list_image_files(
         data_config.train_dir, class_names=class_names)
-    paths, labels, skipped = _usable(paths, labels, data_config, progress)
+    paths, labels, skipped = keep_usable(paths, labels, data_config.max_pixels, progress)
     if data_config.val_dir:
         # Use the training class order so label i means the same class.
         vpaths, vlabels, _ = scan.list_image_files(
             data_config.val_dir, class_names=class_names)
-        vpaths, vlabels, vskipped = _usable(vpaths, vlabels, data_config, progress)
+        vpaths, vlabels, vskipped = keep_usable(vpaths, vlabels, data_config.max_pixels, progress)
         skipped += vskipped
         _require_every_class(labels, class_names, data_config.train_dir)
         _require_every_class(vlabels, class_names, data_config.val_dir)

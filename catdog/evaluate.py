@@ -346,15 +346,7 @@ def _folder_examples(test_dir, class_names, max_pixels):
     """(paths, labels, skipped) of a test folder, checked as training does."""
     _check_test_folder(test_dir, class_names)
     paths, labels, _ = scan.list_image_files(test_dir, class_names=list(class_names))
-    checks = scan.check_files(paths, max_pixels=max_pixels)
-    good_paths, good_labels, skipped = [], [], []
-    for check, label in zip(checks, labels):
-        if check.ok:
-            good_paths.append(check.path)
-            good_labels.append(label)
-        else:
-            skipped.append({"path": check.path, "reason": check.reason})
-            logging.warning("Skipping %s: %s", check.path, check.reason)
+    good_paths, good_labels, skipped = data_lib.keep_usable(paths, labels, max_pixels)
     if not good_paths:
         raise ValueError(f"No usable image in --test_dir {test_dir!r}: all "
                          f"{len(paths)} files were skipped (see skipped_files).")

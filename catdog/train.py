@@ -173,7 +173,6 @@ def run(config: config_lib.Config, progress: bool = True,
     # before any other TensorFlow op of the process.
     strategy = distribute.build_strategy(config.train.strategy, tpu=config.train.tpu or None)
     distribute.apply_keras_multiworker_fix(strategy)
-    replicas = strategy.num_replicas_in_sync
     distribute.global_batch_check(config.data.batch_size, strategy)
     init = _resolve_fine_tuning(config) if config.stage == "fine_tuning" else None
     model_dir = config.train.model_dir

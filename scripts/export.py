@@ -23,6 +23,9 @@ import sys
 from absl import app
 from absl import flags
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from catdog import cli  # noqa: E402  (after the path set-up above)
+
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None,
     "Training run folder holding model.keras and config.json.", required=True)
@@ -44,18 +47,17 @@ _OVERWRITE = flags.DEFINE_bool(
     "Replace an existing SavedModel at the target (atomically); without it "
     "an existing target is an error.")
 
-_USAGE_EXIT = 2
 
 
 def main(argv):
     if len(argv) > 1:
-        return _usage_error(f"unexpected arguments {argv[1:]}; all inputs are flags.")
+        return cli.usage_error(f"unexpected arguments {argv[1:]}; all inputs are flags.")
     version = _VERSION.value.strip().lower()
     if version == "none":
         version = None
     elif version != "auto":
         if not version.isdigit() or int(version) < 1:
-            return _usage_error(
+            return cli.usage_error(
                 f"--version must be 'auto', 'none' or an integer >= 1. "
                 f"Received: --version={_VERSION.value}")
         version = int(version)
@@ -68,7 +70,7 @@ def main(argv):
             _MODEL_DIR.value, _EXPORT_DIR.value, tflite=_TFLITE.value,
             overwrite=_OVERWRITE.value, version=version)
     except (ValueError, OSError) as error:  # includes FileExistsError
-        return _usage_error(str(error))
+        return cli.usage_error(str(error))
     except RuntimeError as error:  # TFLite unavailable or conversion failed
         print(f"{os.path.basename(sys.argv[0])}: export failed: {error}", file=sys.stderr)
         return 1
@@ -79,19 +81,5 @@ def main(argv):
     return 0
 
 
-def _usage_error(message):
-    print(f"{os.path.basename(sys.argv[0])}: error: {message}\n"
-          "Run with --helpshort for the flags.", file=sys.stderr)
-    return _USAGE_EXIT
-
-
-def _parse_flags(argv):
-    """Parses flags as absl does, but exits 2 (usage error) instead of 1."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        sys.exit(_usage_error(str(error)))
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

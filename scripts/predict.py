@@ -20,6 +20,9 @@ import sys
 from absl import app
 from absl import flags
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from catdog import cli  # noqa: E402  (after the path set-up above)
+
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None,
     "Training run folder holding model.keras and config.json.")
@@ -35,24 +38,23 @@ _CSV = flags.DEFINE_string(
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", 32, "Images per model call.", lower_bound=1)
 
-_USAGE_EXIT = 2
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 
 def main(argv):
     paths = argv[1:]
     if (_MODEL_DIR.value is None) == (_SAVED_MODEL.value is None):
-        return _usage_error(
+        return cli.usage_error(
             "pass exactly one of --model_dir=DIR (a training run folder) or "
             "--saved_model=DIR (an exported model).")
     if not paths:
-        return _usage_error(
+        return cli.usage_error(
             "no files or folders given; list them after the flags, e.g. "
             "predict.py --model_dir=runs/baseline photos/")
     if _CSV.value is not None:
         problem = _csv_problem(_CSV.value, paths)
         if problem:
-            return _usage_error(f"--csv={_CSV.value}: {problem}")
+            return cli.usage_error(f"--csv={_CSV.value}: {problem}")
 
     # Imported here so usage errors are reported without loading TensorFlow.
     from catdog import predict
@@ -68,7 +70,7 @@ def main(argv):
         rows = predict.predict_files(model, paths, image_size=image_size,
                                      class_names=class_names, batch_size=_BATCH_SIZE.value)
     except (ValueError, OSError) as error:
-        return _usage_error(f"{flag}: {error}")
+        return cli.usage_error(f"{flag}: {error}")
 
     _print_table(rows)
     if _CSV.value is not None:
@@ -119,19 +121,5 @@ def _write_csv(csv_path, rows):
     os.replace(staging, csv_path)
 
 
-def _usage_error(message):
-    print(f"{os.path.basename(sys.argv[0])}: error: {message}\n"
-          "Run with --helpshort for the flags.", file=sys.stderr)
-    return _USAGE_EXIT
-
-
-def _parse_flags(argv):
-    """Parses flags as absl does, but exits 2 (usage error) instead of 1."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        sys.exit(_usage_error(str(error)))
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -22,7 +22,8 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from catdog import scan  # noqa: E402  (after the path set-up above)
+from catdog import cli  # noqa: E402  (after the path set-up above)
+from catdog import scan  # noqa: E402
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -61,20 +62,6 @@ flags.DEFINE_boolean(
 FLAGS = flags.FLAGS
 
 
-def _usage_error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return EXIT_USAGE
-
-
-def _parse_flags(argv):
-    """absl's parser, but a bad flag exits with the usage status 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}\nPass --helpshort for the flags.", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-
-
 def _inside(path: str, folder: str) -> bool:
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
@@ -85,11 +72,11 @@ def main(argv):
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="backslashreplace")
     if len(argv) > 1:
-        return _usage_error(f"unexpected arguments {argv[1:]}; every input is a flag.")
+        return cli.usage_error(f"unexpected arguments {argv[1:]}; every input is a flag.")
     if not FLAGS.data_dir:
-        return _usage_error("--data_dir is required: the folder of class subfolders.")
+        return cli.usage_error("--data_dir is required: the folder of class subfolders.")
     if FLAGS.json_out and _inside(FLAGS.json_out, FLAGS.data_dir):
-        return _usage_error(
+        return cli.usage_error(
             f"--json_out={FLAGS.json_out} is inside --data_dir={FLAGS.data_dir}; "
             "write the report elsewhere (catdog never writes into the data folder).")
     try:
@@ -99,7 +86,7 @@ def main(argv):
             progress=True, cache_dir=FLAGS.cache_dir, use_cache=FLAGS.use_cache,
             follow_links=FLAGS.follow_links)
     except scan.ScanInputError as e:
-        return _usage_error(str(e))
+        return cli.usage_error(str(e))
     print(report.format_text())
     if FLAGS.json_out:
         try:
@@ -109,10 +96,10 @@ def main(argv):
                 json.dump(report.to_dict(), f, indent=2, ensure_ascii=False)
                 f.write("\n")
         except OSError as e:
-            return _usage_error(f"cannot write --json_out={FLAGS.json_out}: {e}")
+            return cli.usage_error(f"cannot write --json_out={FLAGS.json_out}: {e}")
         print(f"JSON report: {FLAGS.json_out}")
     return EXIT_OK
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -12,7 +12,6 @@ import sys
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from conftest import REPO, make_class_folder, write_image

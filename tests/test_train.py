@@ -28,7 +28,7 @@ def test_baseline_run_writes_consistent_artifacts(tiny_folders, tmp_path):
     bad = os.path.join(train_dir, "dogs", "broken.jpg")
     with open(bad, "wb") as f:
         f.write(b"\xff\xd8\xff\xe0 truncated")
-    result = train.run(_config("baseline", train_dir, val_dir, tmp_path / "run"))
+    train.run(_config("baseline", train_dir, val_dir, tmp_path / "run"))
     run = tmp_path / "run"
     for name in ("config.json", "history.csv", "model.keras", "metrics.json",
                  "learning_curves.png"):
