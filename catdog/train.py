@@ -180,7 +180,7 @@ def run(config: config_lib.Config, progress: bool = True,
     os.makedirs(model_dir, exist_ok=True)
 
     keras.utils.set_random_seed(config.data.seed)
-    index = data_lib.index_data(config.data, progress=progress)
+    index = data_lib.index_source(config.data, progress=progress)
     if init is not None and list(init.get("class_names", [])) != list(index.class_names):
         raise ValueError(
             f"Classes {index.class_names} differ from those of --init_from "
