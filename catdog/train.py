@@ -222,9 +222,18 @@ def run(config: config_lib.Config, progress: bool = True,
                 mode="max", save_best_only=True),
             keras.callbacks.TensorBoard(os.path.join(model_dir, LOGS_DIR)),
         ]
-        model.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs,
-                  callbacks=callbacks, verbose=config.train.verbose,
-                  shuffle=False)  # the dataset shuffles itself
+        if config.train.fast_features and config.stage == "feature_extraction":
+            # catdog.features: the frozen backbone runs once over the images
+            # (training split unshuffled and complete), the head trains on
+            # the cached features; model.keras is still the full model.
+            from catdog import features  # pylint: disable=import-outside-toplevel
+            features.fit_head_on_features(
+                model, data_lib.build_split(config.data, index, "train", training=False),
+                val_ds, config, index.num_classes, callbacks, strategy)
+        else:
+            model.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs,
+                      callbacks=callbacks, verbose=config.train.verbose,
+                      shuffle=False)  # the dataset shuffles itself
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
