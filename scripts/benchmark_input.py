@@ -30,6 +30,9 @@ flags.DEFINE_boolean("augment", False,
                      "catdog's in-model augmentation block on the same CPU.")
 flags.DEFINE_integer("max_images", 0,
                      "Use at most this many images (balanced over classes); 0: all.")
+flags.DEFINE_integer("repeats", 3,
+                     "Timing rounds; loaders run round-robin and each figure is the "
+                     "best round (other load only slows a loader down).")
 FLAGS = flags.FLAGS
 
 
@@ -44,6 +47,7 @@ def _run():
     size = config_lib.parse_image_size(FLAGS.image_size)
     result = benchmark.run_benchmark(FLAGS.data_dir, size, FLAGS.batch_size,
                                      augment=FLAGS.augment, max_images=FLAGS.max_images,
+                                     repeats=FLAGS.repeats,
                                      log=lambda line: print(line, flush=True))
     print("\n" + benchmark.format_table(result), flush=True)
     if FLAGS.json_out:

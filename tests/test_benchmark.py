@@ -18,7 +18,7 @@ def test_benchmark_script_writes_consistent_json(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "scripts", "benchmark_input.py"),
          f"--data_dir={root}", "--image_size=32", "--batch_size=4", "--augment",
-         "--max_images=16", f"--json_out={out}"],
+         "--max_images=16", "--repeats=2", f"--json_out={out}"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
@@ -30,6 +30,11 @@ def test_benchmark_script_writes_consistent_json(tmp_path):
         assert r[k] is None or (isinstance(r[k], float) and r[k] > 0), k
     assert r["idg_img_per_s"] is not None  # keras.src.legacy is importable here
     assert {"idg_augment_img_per_s", "catdog_augment_img_per_s"} <= set(r)
+    # Each figure is the best of the interleaved rounds.
+    assert len(r["rounds"]) == 2
+    for key in ("catdog_first_epoch_img_per_s", "keras_img_per_s",
+                "decode_ceiling_img_per_s", "catdog_cached_epoch_img_per_s"):
+        assert r[key] == max(round_[key] for round_ in r["rounds"])
     # Ratios are computed from the measured rates of the same run.
     assert r["ratio_vs_keras"] == pytest.approx(
         r["catdog_first_epoch_img_per_s"] / r["keras_img_per_s"], abs=1e-3)
@@ -48,6 +53,8 @@ def test_benchmark_script_writes_consistent_json(tmp_path):
 def test_benchmark_rejects_a_missing_folder(tmp_path):
     with pytest.raises(ValueError, match="data_dir="):
         benchmark.run_benchmark(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="repeats=0"):
+        benchmark.run_benchmark(str(tmp_path), repeats=0)
 
 
 def test_dct_scaling_policy_eager_and_in_tf_data(tmp_path):
