@@ -79,13 +79,31 @@ def _ratio(a, b):
     return round(a / b, 3) if a and b else None
 
 
+class _Clock:
+    """Wall-clock and process CPU seconds (all threads) of a ``with`` block.
+
+    Wall-clock rates depend on how many cores the scheduler grants while
+    other processes compete; images per CPU-second measure the work a loader
+    does per image, which that competition barely changes.
+    """
+
+    def __enter__(self):
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+        return False
+
+
 def _time_batches(batches) -> tuple:
-    """Iterates ``batches`` of ``(images, labels)``; returns (images, seconds)."""
+    """Iterates ``batches`` of ``(images, labels)``; returns (images, wall s, CPU s)."""
     n = 0
-    start = time.perf_counter()
-    for images, _ in batches:
-        n += int(images.shape[0])
-    return n, time.perf_counter() - start
+    with _Clock() as clock:
+        for images, _ in batches:
+            n += int(images.shape[0])
+    return n, clock.wall, clock.cpu
 
 
 def _image_data_generator():
@@ -103,10 +121,13 @@ def _image_data_generator():
 
 
 def time_idg(data_dir: str, image_size, batch_size: int, augment: bool = False):
-    """One pass of ``flow_from_directory``; returns (img/s or None, source)."""
+    """One pass of ``flow_from_directory``; returns (img/s, source, img/CPU-s).
+
+    The rates are None when no ImageDataGenerator is importable.
+    """
     idg_class, source = _image_data_generator()
     if idg_class is None:
-        return None, source
+        return None, source, None
     kwargs = dict(rescale=1.0 / 255)
     if augment:
         kwargs.update(horizontal_flip=True, rotation_range=35, zoom_range=0.2)
@@ -114,10 +135,10 @@ def time_idg(data_dir: str, image_size, batch_size: int, augment: bool = False):
         data_dir, target_size=tuple(image_size), batch_size=batch_size,
         class_mode="binary", shuffle=True, seed=0)
     n = 0
-    start = time.perf_counter()
-    for i in range(len(gen)):
-        n += int(gen[i][0].shape[0])
-    return _rate(n, time.perf_counter() - start), source
+    with _Clock() as clock:
+        for i in range(len(gen)):
+            n += int(gen[i][0].shape[0])
+    return _rate(n, clock.wall), source, _rate(n, clock.cpu)
 
 
 def time_keras(data_dir: str, image_size, batch_size: int) -> dict:
@@ -125,11 +146,11 @@ def time_keras(data_dir: str, image_size, batch_size: int) -> dict:
     import keras  # pylint: disable=import-outside-toplevel
     make = lambda: keras.utils.image_dataset_from_directory(
         data_dir, image_size=tuple(image_size), batch_size=batch_size, verbose=False)
-    n, s = _time_batches(make())
+    n, s, cpu = _time_batches(make())
     cached = make().cache().prefetch(tf.data.AUTOTUNE)
-    n1, s1 = _time_batches(cached)
-    n2, s2 = _time_batches(cached)
-    return {"keras_img_per_s": _rate(n, s),
+    n1, s1, _ = _time_batches(cached)
+    n2, s2, _ = _time_batches(cached)
+    return {"keras_img_per_s": _rate(n, s), "keras_img_per_cpu_s": _rate(n, cpu),
             "keras_cached_first_epoch_img_per_s": _rate(n1, s1),
             "keras_cached_img_per_s": _rate(n2, s2),
             # Its cache holds float32 pixels.
@@ -145,17 +166,20 @@ def time_decode_ceiling(paths, image_size, batch_size: int) -> dict:
     def run(fn):
         ds = (source.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
               .batch(batch_size).prefetch(tf.data.AUTOTUNE))
-        n, start = 0, time.perf_counter()
-        for batch in ds:
-            n += int(batch.shape[0])
-        return _rate(n, time.perf_counter() - start)
+        n = 0
+        with _Clock() as clock:
+            for batch in ds:
+                n += int(batch.shape[0])
+        return _rate(n, clock.wall), _rate(n, clock.cpu)
 
     # decode_image dispatches on the bytes; the sizes after decode differ,
     # so "decode alone" reduces each image to one number to batch it.
     decode_only = lambda c: tf.reduce_max(
         tf.io.decode_image(c, channels=3, expand_animations=False))
-    return {"decode_ceiling_img_per_s": run(lambda c: data_lib.decode_and_resize(c, size)),
-            "decode_only_img_per_s": run(decode_only)}
+    ceiling, ceiling_cpu = run(lambda c: data_lib.decode_and_resize(c, size))
+    return {"decode_ceiling_img_per_s": ceiling,
+            "decode_ceiling_img_per_cpu_s": ceiling_cpu,
+            "decode_only_img_per_s": run(decode_only)[0]}
 
 
 def time_catdog(paths, labels, image_size, batch_size: int, dct_scaling: bool = False,
@@ -165,12 +189,13 @@ def time_catdog(paths, labels, image_size, batch_size: int, dct_scaling: bool = 
                                 batch_size=batch_size, training=True, cache="memory",
                                 dct_scaling=dct_scaling)
     rss0 = _rss_bytes()
-    n1, s1 = _time_batches(ds)
+    n1, s1, cpu1 = _time_batches(ds)
     rss1 = _rss_bytes()
     out = {"first_epoch_img_per_s": _rate(n1, s1), "first_epoch_images": n1,
+           "first_epoch_img_per_cpu_s": _rate(n1, cpu1),
            "rss_delta_bytes": max(0, rss1 - rss0)}
     if epochs > 1:
-        n2, s2 = _time_batches(ds)
+        n2, s2, _ = _time_batches(ds)
         out["cached_epoch_img_per_s"] = _rate(n2, s2)
     return out
 
@@ -304,18 +329,20 @@ def _run(data_dir, image_size, batch_size, augment, repeats, log) -> dict:
     def catdog_round():
         r = time_catdog(gpaths, glabels, image_size, batch_size)
         return {"catdog_first_epoch_img_per_s": r["first_epoch_img_per_s"],
+                "catdog_first_epoch_img_per_cpu_s": r["first_epoch_img_per_cpu_s"],
                 "catdog_cached_epoch_img_per_s": r["cached_epoch_img_per_s"],
                 "catdog_cache_rss_delta_bytes": r["rss_delta_bytes"]}
 
     def idg_round():
-        rate, source = time_idg(data_dir, image_size, batch_size)
+        rate, source, cpu_rate = time_idg(data_dir, image_size, batch_size)
         result["idg_source"] = source
-        return {"idg_img_per_s": rate}
+        return {"idg_img_per_s": rate, "idg_img_per_cpu_s": cpu_rate}
 
     def dct_round():
         r = time_catdog(gpaths, glabels, image_size, batch_size, dct_scaling=True,
                         epochs=1)
-        return {"catdog_dct_first_epoch_img_per_s": r["first_epoch_img_per_s"]}
+        return {"catdog_dct_first_epoch_img_per_s": r["first_epoch_img_per_s"],
+                "catdog_dct_first_epoch_img_per_cpu_s": r["first_epoch_img_per_cpu_s"]}
 
     loaders = [
         lambda: time_decode_ceiling(paths, image_size, batch_size),
@@ -346,8 +373,8 @@ def _run(data_dir, image_size, batch_size, augment, repeats, log) -> dict:
         + first_epoch_images / result["catdog_first_epoch_img_per_s"])
 
     if augment:
-        result["idg_augment_img_per_s"], _ = time_idg(data_dir, image_size, batch_size,
-                                                      augment=True)
+        result["idg_augment_img_per_s"], _, _ = time_idg(data_dir, image_size,
+                                                         batch_size, augment=True)
         result["catdog_augment_img_per_s"] = time_augmentation(gpaths, glabels,
                                                                image_size, batch_size)
         log(f"augmentation: ImageDataGenerator {result['idg_augment_img_per_s']} img/s, "
@@ -368,6 +395,12 @@ def _run(data_dir, image_size, batch_size, augment, repeats, log) -> dict:
                                     result["decode_ceiling_img_per_s"]),
         ratio_cached_vs_memcpy=_ratio(result["catdog_cached_epoch_img_per_s"],
                                       result["memcpy_img_per_s"]),
+        ratio_vs_keras_cpu=_ratio(result["catdog_first_epoch_img_per_cpu_s"],
+                                  result["keras_img_per_cpu_s"]),
+        ratio_vs_ceiling_cpu=_ratio(result["catdog_first_epoch_img_per_cpu_s"],
+                                    result["decode_ceiling_img_per_cpu_s"]),
+        ratio_dct_vs_keras_cpu=_ratio(result["catdog_dct_first_epoch_img_per_cpu_s"],
+                                      result["keras_img_per_cpu_s"]),
         cache_bytes_vs_nhw3=_ratio(result["catdog_cache_bytes"], n_hw3),
         cache_rss_vs_nhw3=_ratio(result["catdog_cache_rss_delta_bytes"], n_hw3),
         loadavg_end=_loadavg())
@@ -379,42 +412,45 @@ def format_table(r: dict) -> str:
     fmt = lambda v: "unavailable" if v is None else f"{v:,.0f}"
     rows = [
         ("ImageDataGenerator.flow_from_directory, rescale only "
-         f"({r.get('idg_source')})", r["idg_img_per_s"]),
-        ("image_dataset_from_directory (defaults)", r["keras_img_per_s"]),
+         f"({r.get('idg_source')})", "idg_img_per_s"),
+        ("image_dataset_from_directory (defaults)", "keras_img_per_s"),
         ("image_dataset_from_directory + cache + prefetch, 1st epoch",
-         r["keras_cached_first_epoch_img_per_s"]),
+         "keras_cached_first_epoch_img_per_s"),
         ("image_dataset_from_directory + cache + prefetch, 2nd epoch",
-         r["keras_cached_img_per_s"]),
+         "keras_cached_img_per_s"),
         ("catdog, first epoch (read, decode, resize, cache)",
-         r["catdog_first_epoch_img_per_s"]),
+         "catdog_first_epoch_img_per_s"),
         ("catdog, first epoch incl. the one-off file check",
-         r["catdog_first_epoch_with_scan_img_per_s"]),
-        ("catdog, cached epoch", r["catdog_cached_epoch_img_per_s"]),
-        ("catdog --dct_scaling, first epoch", r["catdog_dct_first_epoch_img_per_s"]),
+         "catdog_first_epoch_with_scan_img_per_s"),
+        ("catdog, cached epoch", "catdog_cached_epoch_img_per_s"),
+        ("catdog --dct_scaling, first epoch", "catdog_dct_first_epoch_img_per_s"),
         ("decode ceiling: parallel decode + resize of in-memory bytes",
-         r["decode_ceiling_img_per_s"]),
-        ("decode alone (in-memory bytes)", r["decode_only_img_per_s"]),
-        ("memory copy of N uint8 images (cached-epoch limit)", r["memcpy_img_per_s"]),
+         "decode_ceiling_img_per_s"),
+        ("decode alone (in-memory bytes)", "decode_only_img_per_s"),
+        ("memory copy of N uint8 images (cached-epoch limit)", "memcpy_img_per_s"),
     ]
     if "idg_augment_img_per_s" in r:
-        rows += [("ImageDataGenerator + flip/rotation 35/zoom 0.2",
-                  r["idg_augment_img_per_s"]),
+        rows += [("ImageDataGenerator + flip/rotation 35/zoom 0.2", "idg_augment_img_per_s"),
                  ("catdog augmentation block (flip/rotation 0.1/zoom 0.2) on cached "
-                  "images, same CPU", r["catdog_augment_img_per_s"])]
+                  "images, same CPU", "catdog_augment_img_per_s")]
     lines = [f"{r['images']} images, {r['image_size'][0]}x{r['image_size'][1]}, batch "
              f"{r['batch_size']}; page cache warmed before timing; best of "
              f"{r['repeats']} interleaved rounds; "
              f"{r['machine']['cores']} cores ({r['machine']['cpu']}); load average "
              f"{r['loadavg_start']} -> {r['loadavg_end']}", "",
-             "| loader | images/s |", "|---|---:|"]
-    lines += [f"| {name} | {fmt(v)} |" for name, v in rows]
+             "| loader | images/s | images per CPU-second |", "|---|---:|---:|"]
+    for name, key in rows:
+        per_cpu = r.get(key.replace("_img_per_s", "_img_per_cpu_s"))
+        lines.append(f"| {name} | {fmt(r[key])} | {fmt(per_cpu) if per_cpu else ''} |")
     mb = lambda b: f"{b / 2**20:,.1f} MB"
     lines += [
         "",
         f"- catdog / stock Keras, first epoch: {r['ratio_vs_keras']}x "
-        f"(--dct_scaling: {r['ratio_dct_vs_keras']}x)",
+        f"(--dct_scaling: {r['ratio_dct_vs_keras']}x); per CPU-second "
+        f"{r['ratio_vs_keras_cpu']}x (--dct_scaling: {r['ratio_dct_vs_keras_cpu']}x)",
         f"- catdog / decode ceiling, first epoch: {r['ratio_vs_ceiling']}x "
-        f"(--dct_scaling: {r['ratio_dct_vs_ceiling']}x)",
+        f"(--dct_scaling: {r['ratio_dct_vs_ceiling']}x); per CPU-second "
+        f"{r['ratio_vs_ceiling_cpu']}x",
         f"- catdog cached / first epoch: {r['ratio_cached_vs_first']}x "
         f"(cached / memory copy: {r['ratio_cached_vs_memcpy']}x)",
         f"- one-off file check: {r['catdog_scan_seconds']} s for {r['images']} files",

@@ -86,10 +86,10 @@ def define_training_flags(flag_values=flags.FLAGS) -> None:
     flags.DEFINE_string("val_split", d.val_split,
                         "TFDS split for validation (with --tfds_name).", **fv)
     flags.DEFINE_boolean("dct_scaling", d.dct_scaling,
-                         "Training input only: decode JPEGs at least 2x/4x/8x the image "
-                         "size at reduced scale in the DCT domain (faster decode; pixels "
-                         "differ slightly from the exact decode used by evaluation, "
-                         "prediction and export).", **fv)
+                         "Training split only: decode JPEGs at least 2x/4x/8x the image "
+                         "size on both sides at 1/2, 1/4 or 1/8 scale in the DCT domain "
+                         "(faster decode; pixels differ slightly from the exact decode "
+                         "that validation, evaluation, prediction and export use).", **fv)
     # Model.
     flags.DEFINE_string("backbone", m.backbone,
                         "ImageNet backbone for feature_extraction / fine_tuning: "

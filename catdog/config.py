@@ -49,9 +49,9 @@ class DataConfig:
       tfds_name: a TFDS image-classification dataset (instead of ``train_dir``).
       tfds_data_dir: TFDS data dir (default: TFDS' own, ``~/tensorflow_datasets``).
       train_split, val_split: TFDS split strings.
-      dct_scaling: training input only: decode large JPEGs at 1/2, 1/4 or 1/8
+      dct_scaling: training split only: decode large JPEGs at 1/2, 1/4 or 1/8
         scale in the DCT domain (faster; pixels differ slightly from the exact
-        decode that evaluation, prediction and export use).
+        decode that validation, evaluation, prediction and export use).
     """
 
     train_dir: str = ""

@@ -287,9 +287,10 @@ def decode_and_resize_scaled(contents: tf.Tensor, image_size) -> tf.Tensor:
     GIF, BMP, JPEGs smaller than 2x the target) goes through
     :func:`decode_and_resize` unchanged, pixel for pixel.
 
-    This is a training-input option (``DataConfig.dct_scaling``): the pixels
-    of scaled JPEGs differ slightly from :func:`decode_and_resize`, which
-    evaluation, prediction and the exported model use.
+    This is a training-input option (``DataConfig.dct_scaling``, applied to
+    the training split only): the pixels of scaled JPEGs differ slightly from
+    :func:`decode_and_resize`, which validation during training, evaluation,
+    prediction and the exported model use.
 
     Args:
       contents: scalar string tensor of encoded image bytes.
@@ -414,7 +415,9 @@ def build_split(data_config, index: DataIndex, split: str,
                   cache=data_config.cache, seed=data_config.seed,
                   shuffle_buffer=data_config.shuffle_buffer,
                   deterministic=data_config.deterministic,
-                  dct_scaling=data_config.dct_scaling)
+                  # Validation always decodes exactly: the checkpoint is chosen
+                  # on the pixels evaluation, prediction and export see.
+                  dct_scaling=data_config.dct_scaling and split == "train")
     if data_config.train_tfrecords:
         from catdog import tfrecords  # pylint: disable=import-outside-toplevel
         return tfrecords.build_tfrecord_dataset(files.source, num_examples=len(files),

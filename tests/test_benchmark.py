@@ -42,6 +42,8 @@ def test_benchmark_script_writes_consistent_json(tmp_path):
         r["catdog_first_epoch_img_per_s"] / r["decode_ceiling_img_per_s"], abs=1e-3)
     assert r["ratio_cached_vs_first"] == pytest.approx(
         r["catdog_cached_epoch_img_per_s"] / r["catdog_first_epoch_img_per_s"], abs=1e-3)
+    assert r["ratio_vs_keras_cpu"] == pytest.approx(
+        r["catdog_first_epoch_img_per_cpu_s"] / r["keras_img_per_cpu_s"], abs=1e-3)
     assert r["catdog_cache_bytes"] == 16 * (32 * 32 * 3 + 4)
     assert isinstance(r["catdog_scan_seconds"], float)
     assert r["machine"]["cores"] >= 1 and len(r["loadavg_start"]) == 3
@@ -83,3 +85,24 @@ def test_dct_scaling_policy_eager_and_in_tf_data(tmp_path):
                             batch_size=2, training=False, dct_scaling=True,
                             deterministic=True)
     np.testing.assert_array_equal(next(iter(ds))[0][0].numpy(), scaled)
+
+
+def test_dct_scaling_applies_to_the_training_split_only(tmp_path):
+    from catdog import config as C
+    rng = np.random.RandomState(1)
+    for name in ("a", "b"):
+        smooth = tf.image.resize(rng.randint(0, 255, (6, 6, 3)).astype(np.float32),
+                                 (64, 64)).numpy().astype(np.uint8)
+        write_image(str(tmp_path / "d" / name / f"{name}.jpg"), smooth)
+    root = str(tmp_path / "d")
+    cfg = C.DataConfig(train_dir=root, val_dir=root, image_size=(16, 16), batch_size=2,
+                       deterministic=True, dct_scaling=True)
+    train_ds, val_ds, index = data.build_datasets(cfg, progress=False)
+    read = lambda p: tf.io.read_file(p)
+    exact = [data.decode_and_resize(read(p), (16, 16)).numpy() for p in index.val.paths]
+    scaled = [data.decode_and_resize_scaled(read(p), (16, 16)).numpy()
+              for p in index.train.paths]
+    np.testing.assert_array_equal(next(iter(val_ds))[0].numpy(), np.stack(exact))
+    got = sorted(x.tobytes() for x in next(iter(train_ds))[0].numpy())
+    assert got == sorted(x.tobytes() for x in scaled)
+    assert got != sorted(x.tobytes() for x in exact)
