@@ -7,8 +7,9 @@ A folder of class subfolders becomes ``N`` shards plus ``manifest.json``::
       manifest.json   class names, counts per class, shards, skipped files
 
 Each example holds the ENCODED image bytes (the original file unless
-``max_side`` re-encodes it), the label, the file name, the format and the
-image height/width. Files are listed and checked with :mod:`catdog.scan`
+``max_side`` re-encodes it), the label, the file name relative to the
+folder, the format and the image height/width (from the file check or the
+JPEG header; 0 when neither gave them). Files are listed and checked with :mod:`catdog.scan`
 first, so a bad file never enters a shard; the manifest names each skipped
 file and why. Everything goes through ``tf.io.gfile`` (``gs://`` and other
 cloud paths work) and every file is written to a temporary name and renamed,
