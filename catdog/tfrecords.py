@@ -339,7 +339,8 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if cache and cache not in ("memory", "none"):
-        cache = data_lib._cache_file(cache, f"tfrecords-{split}", files, image_size)  # pylint: disable=protected-access
+        cache = data_lib._cache_file(  # pylint: disable=protected-access
+            cache, f"tfrecords-{split}", files, image_size)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.FILE)
