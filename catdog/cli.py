@@ -66,6 +66,30 @@ def define_training_flags(flag_values=flags.FLAGS) -> None:
     flags.DEFINE_boolean("deterministic", d.deterministic,
                          "Same batches in the same order on every run with the same "
                          "--seed (slower); the default favours speed.", **fv)
+    # Other input sources (instead of --train_dir).
+    flags.DEFINE_string("train_tfrecords", None,
+                        "Glob of training TFRecord shards written by "
+                        "scripts/build_tfrecords.py (e.g. 'shards/train-*.tfrecord'); "
+                        "class names come from the manifest.json next to them. "
+                        "Instead of --train_dir; needs --val_tfrecords.", **fv)
+    flags.DEFINE_string("val_tfrecords", None,
+                        "Glob of validation TFRecord shards (with --train_tfrecords).", **fv)
+    flags.DEFINE_string("tfds_name", None,
+                        "TensorFlow Datasets image-classification dataset (e.g. "
+                        "cats_vs_dogs) instead of --train_dir.", **fv)
+    flags.DEFINE_string("tfds_data_dir", None,
+                        "TFDS data dir holding the prepared dataset (default: TFDS' "
+                        "own, ~/tensorflow_datasets). Without network, run `tfds build "
+                        "NAME --data_dir=DIR` elsewhere and copy DIR here.", **fv)
+    flags.DEFINE_string("train_split", d.train_split,
+                        "TFDS split for training (with --tfds_name).", **fv)
+    flags.DEFINE_string("val_split", d.val_split,
+                        "TFDS split for validation (with --tfds_name).", **fv)
+    flags.DEFINE_boolean("dct_scaling", d.dct_scaling,
+                         "Training split only: decode JPEGs at least 2x/4x/8x the image "
+                         "size on both sides at 1/2, 1/4 or 1/8 scale in the DCT domain "
+                         "(faster decode; pixels differ slightly from the exact decode "
+                         "that validation, evaluation, prediction and export use).", **fv)
     # Model.
     flags.DEFINE_string("backbone", m.backbone,
                         "ImageNet backbone for feature_extraction / fine_tuning: "
@@ -107,6 +131,12 @@ def define_training_flags(flag_values=flags.FLAGS) -> None:
     flags.DEFINE_integer("verbose", t.verbose,
                          "Keras progress output: 0 silent, 1 progress bar, 2 one "
                          "line per epoch (best for batch-job logs).", **fv)
+    flags.DEFINE_boolean("fast_features", t.fast_features,
+                         "feature_extraction: run the frozen backbone once over the "
+                         "data and train the head on the cached features (many times "
+                         "faster per epoch). The head then trains WITHOUT augmentation "
+                         "(a warning says so); the saved model.keras is still the full "
+                         "model, augmentation block included for fine-tuning.", **fv)
 
 
 def config_from_flags(stage: str, flag_values=flags.FLAGS) -> config_lib.Config:
@@ -125,6 +155,13 @@ def config_from_flags(stage: str, flag_values=flags.FLAGS) -> config_lib.Config:
     d.shuffle_buffer = f.shuffle_buffer
     d.max_pixels = f.max_pixels
     d.deterministic = f.deterministic
+    d.train_tfrecords = f.train_tfrecords or ""
+    d.val_tfrecords = f.val_tfrecords or ""
+    d.tfds_name = f.tfds_name or ""
+    d.tfds_data_dir = f.tfds_data_dir or ""
+    d.train_split = f.train_split
+    d.val_split = f.val_split
+    d.dct_scaling = f.dct_scaling
     m.backbone = f.backbone
     m.backbone_alpha = f.backbone_alpha
     m.weights = f.weights
@@ -142,6 +179,9 @@ def config_from_flags(stage: str, flag_values=flags.FLAGS) -> config_lib.Config:
     t.tpu = f.tpu
     t.jit_compile = f.jit_compile
     t.verbose = f.verbose
+    # Only stage 3 has a frozen backbone to extract features with; run_pipeline
+    # shares one config across stages, so the other stages ignore the flag.
+    t.fast_features = f.fast_features
     return config
 
 

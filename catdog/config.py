@@ -44,6 +44,14 @@ class DataConfig:
       shuffle_buffer: shuffle buffer in examples; 0 means the whole dataset.
       max_pixels: images whose header says more pixels are skipped (bomb guard).
       deterministic: same batches in the same order on every run (slower).
+      train_tfrecords, val_tfrecords: file patterns of TFRecord shards written
+        by ``scripts/build_tfrecords.py`` (instead of ``train_dir``).
+      tfds_name: a TFDS image-classification dataset (instead of ``train_dir``).
+      tfds_data_dir: TFDS data dir (default: TFDS' own, ``~/tensorflow_datasets``).
+      train_split, val_split: TFDS split strings.
+      dct_scaling: training split only: decode large JPEGs at 1/2, 1/4 or 1/8
+        scale in the DCT domain (faster; pixels differ slightly from the exact
+        decode that validation, evaluation, prediction and export use).
     """
 
     train_dir: str = ""
@@ -57,6 +65,14 @@ class DataConfig:
     shuffle_buffer: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
     deterministic: bool = False
+    # Input sources other than a folder (catdog.tfrecords, catdog.tfds_source).
+    train_tfrecords: str = ""
+    val_tfrecords: str = ""
+    tfds_name: str = ""
+    tfds_data_dir: str = ""
+    train_split: str = "train[:80%]"
+    val_split: str = "train[80%:]"
+    dct_scaling: bool = False
 
 
 @dataclasses.dataclass
@@ -106,6 +122,9 @@ class TrainConfig:
       tpu: TPU address for ``strategy="tpu"``.
       jit_compile: XLA: ``auto``, ``true`` or ``false``.
       verbose: Keras progress output (0 silent, 1 bar, 2 one line per epoch).
+      fast_features: feature_extraction only: run the frozen backbone once
+        over the data and train the head on the cached features (no
+        augmentation while the head trains; see :mod:`catdog.features`).
     """
 
     model_dir: str = ""
@@ -116,6 +135,7 @@ class TrainConfig:
     tpu: str = ""
     jit_compile: str = "auto"
     verbose: int = 2
+    fast_features: bool = False
 
 
 @dataclasses.dataclass
@@ -220,6 +240,31 @@ def validate(config: Config) -> None:
         _fail("jit_compile", t.jit_compile, f"must be one of {JIT_CHOICES}")
     if not t.model_dir:
         _fail("model_dir", t.model_dir, "must name a folder for the run's results")
+    _validate_sources(config)
+
+
+def _validate_sources(config: Config) -> None:
+    """Exactly one input source; TFRecord training shards need validation shards."""
+    d = config.data
+    given = [name for name, value in (("train_dir", d.train_dir),
+                                      ("train_tfrecords", d.train_tfrecords),
+                                      ("tfds_name", d.tfds_name)) if value]
+    if len(given) > 1:
+        raise ValueError(
+            f"Give exactly one input source; received {', '.join('--' + g for g in given)}. "
+            f"Received: train_dir={d.train_dir!r}, train_tfrecords={d.train_tfrecords!r}, "
+            f"tfds_name={d.tfds_name!r}")
+    if d.train_tfrecords and not d.val_tfrecords:
+        _fail("val_tfrecords", d.val_tfrecords,
+              "must name the validation shards when --train_tfrecords is given "
+              "(build them from the validation folder with scripts/build_tfrecords.py)")
+    if d.val_tfrecords and not d.train_tfrecords:
+        _fail("train_tfrecords", d.train_tfrecords,
+              "must name the training shards when --val_tfrecords is given")
+    if d.tfds_name and not (d.train_split and d.val_split):
+        _fail("val_split" if d.train_split else "train_split",
+              d.val_split if d.train_split else d.train_split,
+              "must be a TFDS split such as 'train[:80%]' with --tfds_name")
 
 
 # --------------------------------------------------------------------------

@@ -133,6 +133,18 @@ def _resolve_fine_tuning(config: config_lib.Config) -> dict:
     return init
 
 
+def _shard_policies(data_config):
+    """(train, val) auto-shard policies for a multi-worker job."""
+    if data_config.train_tfrecords:
+        cluster = distribute.parse_tf_config(os.environ.get("TF_CONFIG", "")).get("cluster", {})
+        workers = sum(len(cluster.get(k, [])) for k in ("chief", "worker")) or 1
+        return tuple(
+            distribute.shard_policy("tfrecord", len(tf.io.gfile.glob(pattern)), workers)
+            for pattern in (data_config.train_tfrecords, data_config.val_tfrecords))
+    source = "tfds" if data_config.tfds_name else "folder"
+    return distribute.shard_policy(source), distribute.shard_policy(source)
+
+
 @dataclasses.dataclass
 class RunResult:
     """What :func:`run` returns: the summary written to ``metrics.json`` and the model."""
@@ -179,15 +191,18 @@ def run(config: config_lib.Config, progress: bool = True,
     os.makedirs(model_dir, exist_ok=True)
 
     keras.utils.set_random_seed(config.data.seed)
-    index = data_lib.index_data(config.data, progress=progress)
+    index = data_lib.index_source(config.data, progress=progress)
     if init is not None and list(init.get("class_names", [])) != list(index.class_names):
         raise ValueError(
             f"Classes {index.class_names} differ from those of --init_from "
             f"{config.model.init_from!r}: {init.get('class_names')}.")
     train_ds, val_ds, index = data_lib.build_datasets(config.data, index)
     if distribute.is_multi_worker(strategy):
-        train_ds = distribute.with_shard_policy(train_ds, distribute.shard_policy("folder"))
-        val_ds = distribute.with_shard_policy(val_ds, distribute.shard_policy("folder"))
+        # Explicit input sharding: TFRecord shards by file (each worker reads
+        # its own files), folders and TFDS by element.
+        policies = _shard_policies(config.data)
+        train_ds = distribute.with_shard_policy(train_ds, policies[0])
+        val_ds = distribute.with_shard_policy(val_ds, policies[1])
     policy = precision.resolve_policy(config.train.mixed_precision, strategy)
     chief = distribute.is_chief(strategy)
 
@@ -248,9 +263,19 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         resilience.ResumableBackupAndRestore(os.path.join(model_dir, BACKUP_DIR),
                                              write_dir=os.path.join(out, BACKUP_DIR)),
     ]
-    train_model.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs,
-                    callbacks=callbacks, verbose=config.train.verbose,
-                    shuffle=False)  # the dataset shuffles itself
+    if config.train.fast_features and config.stage == "feature_extraction":
+        # catdog.features: the frozen backbone runs once over the images
+        # (training split unshuffled and complete), the head trains on the
+        # cached features; model.keras is still the full model (the best
+        # checkpoint saves `model`, which shares the head's layers).
+        from catdog import features  # pylint: disable=import-outside-toplevel
+        features.fit_head_on_features(
+            model, data_lib.build_split(config.data, index, "train", training=False),
+            val_ds, config, index.num_classes, callbacks, strategy)
+    else:
+        train_model.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs,
+                        callbacks=callbacks, verbose=config.train.verbose,
+                        shuffle=False)  # the dataset shuffles itself
 
     rows = read_history(os.path.join(out, HISTORY_FILE))
     metrics = {

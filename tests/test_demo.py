@@ -20,7 +20,7 @@ def _digest(root):
 
 def test_demo_folder_is_deterministic_and_laid_out_by_class(tmp_path):
     a = demo.make_demo_folder(str(tmp_path / "a"), train_per_class=3, val_per_class=2, size=32)
-    b = demo.make_demo_folder(str(tmp_path / "b"), train_per_class=3, val_per_class=2, size=32)
+    demo.make_demo_folder(str(tmp_path / "b"), train_per_class=3, val_per_class=2, size=32)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert sorted(os.listdir(a["train_dir"])) == ["cats", "dogs"]
     assert len(os.listdir(os.path.join(a["val_dir"], "dogs"))) == 2

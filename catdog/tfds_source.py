@@ -1,0 +1,168 @@
+"""TensorFlow Datasets as a catdog input source.
+
+Any TFDS image-classification dataset with an ``image`` and a ``label``
+(``ClassLabel``) feature works, e.g. ``cats_vs_dogs`` (23,262 images; TFDS
+itself drops the 1,738 corrupt files of the original archive while it
+prepares the data). Class names come from ``info.features["label"].names``.
+
+Images are read as their ENCODED bytes (``tfds.decode.SkipDecoding``) and
+decoded with :func:`catdog.data.decode_and_resize`, the decode training,
+evaluation, prediction and export share, then cached, shuffled and batched
+like every other source (:func:`catdog.data.batch_pipeline`).
+
+Nothing is downloaded at import. :func:`index_tfds` prepares the dataset if
+it is not in the data dir yet; without network that fails with a message
+saying how to provide the prepared data (``--tfds_data_dir``).
+"""
+
+from __future__ import annotations
+
+from absl import logging
+import tensorflow as tf
+
+from catdog import data as data_lib
+
+
+def _tfds():
+    try:
+        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    except ImportError as e:  # optional dependency
+        raise ValueError("`--tfds_name` needs the tensorflow-datasets package: "
+                         "pip install tensorflow-datasets") from e
+    return tfds
+
+
+def load_builder(name: str, data_dir: str = ""):
+    """Returns the prepared TFDS builder of ``name``.
+
+    Prepares (downloads) the dataset when ``data_dir`` does not hold it yet.
+
+    Raises:
+      ValueError: unknown dataset, no image/label features, or the data is
+        missing and cannot be downloaded here (the message says what to do).
+    """
+    tfds = _tfds()
+    try:
+        builder = tfds.builder(name, data_dir=data_dir or None)
+    except Exception as e:  # DatasetNotFoundError and config errors
+        raise ValueError(f"`--tfds_name` {name!r} is not a TFDS dataset "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__}). "
+                         f"Received: tfds_name={name!r}") from e
+    features = builder.info.features
+    if ("image" not in features or "label" not in features
+            or not isinstance(features["label"], tfds.features.ClassLabel)):
+        raise ValueError(
+            f"`--tfds_name` {name!r} is not an image-classification dataset with "
+            f"'image' and 'label' (ClassLabel) features; it has {sorted(features.keys())}. "
+            f"Received: tfds_name={name!r}")
+    if not builder.is_prepared():
+        where = data_dir or "TFDS' default data dir (~/tensorflow_datasets)"
+        logging.info("Preparing TFDS dataset %s in %s (download).", name, where)
+        try:
+            builder.download_and_prepare()
+        except Exception as e:  # no network, quota, missing manual files...
+            raise ValueError(
+                f"TFDS dataset {name!r} is not prepared in {where} and cannot be "
+                f"downloaded here ({str(e).splitlines()[0] if str(e) else type(e).__name__}). "
+                f"On a machine with network run `tfds build {name} --data_dir=DIR` "
+                "(or tfds.builder(name, data_dir=DIR).download_and_prepare()), copy "
+                f"DIR to this machine and pass --tfds_data_dir=DIR. "
+                f"Received: tfds_data_dir={data_dir!r}") from e
+    return builder
+
+
+def _read(builder, split: str, shuffle_files: bool, seed: int, deterministic: bool):
+    tfds = _tfds()
+    read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False,
+                                  interleave_cycle_length=tf.data.AUTOTUNE
+                                  if not deterministic else 16)
+    try:
+        return builder.as_dataset(
+            split=split, shuffle_files=shuffle_files, read_config=read_config,
+            decoders={"image": tfds.decode.SkipDecoding()})
+    except (ValueError, KeyError, AssertionError) as e:
+        raise ValueError(f"TFDS split {split!r} of {builder.name!r} cannot be read: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. "
+                         "Use a split such as 'train[:80%]' (see the dataset's "
+                         f"splits: {sorted(builder.info.splits.keys())}).") from e
+
+
+def _num_examples(builder, split: str, seed: int) -> int:
+    try:
+        n = int(builder.info.splits[split].num_examples)
+        if n > 0:
+            return n
+    except Exception:  # unknown split metadata: count instead
+        pass
+    # No metadata (e.g. a mocked dataset): count the records without decoding.
+    ds = _read(builder, split, False, seed, True)
+    return int(ds.reduce(0, lambda n, _: n + 1).numpy())
+
+
+def index_tfds(data_config) -> data_lib.DataIndex:
+    """The :class:`catdog.data.DataIndex` of ``tfds_name`` with its two splits."""
+    builder = load_builder(data_config.tfds_name, data_config.tfds_data_dir)
+    class_names = list(builder.info.features["label"].names)
+    if data_config.class_names and list(data_config.class_names) != class_names:
+        raise ValueError(
+            f"`--class_names` {list(data_config.class_names)} differ from the classes "
+            f"of {data_config.tfds_name!r}: {class_names} (TFDS fixes the label order). "
+            f"Received: class_names={','.join(data_config.class_names)}")
+    splits = []
+    for flag, split in (("train_split", data_config.train_split),
+                        ("val_split", data_config.val_split)):
+        try:
+            splits.append(data_lib.SourceSplit(split, _num_examples(builder, split,
+                                                                     data_config.seed)))
+        except ValueError as e:
+            raise ValueError(f"`--{flag}`: {e} Received: {flag}={split!r}") from e
+    return data_lib.DataIndex(class_names, splits[0], splits[1], [])
+
+
+def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
+                       batch_size: int, training: bool, num_examples: int,
+                       cache: str = "memory", seed: int = 1337, shuffle_buffer: int = 0,
+                       deterministic: bool = False,
+                       dct_scaling: bool = False) -> tf.data.Dataset:
+    """Batches of ``(uint8 images, labels)`` from one TFDS split.
+
+    Args:
+      data_config: names the dataset (``tfds_name``, ``tfds_data_dir``).
+      split: a TFDS split string, e.g. ``"train[:80%]"``.
+      num_classes: number of classes (2 gives float labels of shape (1,)).
+      image_size: ``(height, width)``.
+      batch_size: global batch size.
+      training: shuffle the files and examples; drop the last partial batch.
+      num_examples: examples in the split (the default shuffle buffer).
+      cache: ``"memory"``, ``"none"`` or a folder for cache files.
+      seed: seed of the file and example shuffles.
+      shuffle_buffer: example shuffle buffer; 0 means ``num_examples``.
+      deterministic: fixed element order in the parallel stages.
+      dct_scaling: decode with :func:`catdog.data.decode_and_resize_scaled`.
+
+    Returns:
+      The batched dataset.
+    """
+    image_size = tuple(int(s) for s in image_size)
+    builder = load_builder(data_config.tfds_name, data_config.tfds_data_dir)
+    ds = _read(builder, split, training, seed, deterministic)
+    decode = (data_lib.decode_and_resize_scaled if dct_scaling
+              else data_lib.decode_and_resize)
+
+    def load(example):
+        label = example["label"]
+        if num_classes == 2:
+            label = tf.reshape(tf.cast(label, tf.float32), (1,))
+        else:
+            label = tf.cast(label, tf.int32)
+        return decode(example["image"], image_size), label
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if cache and cache not in ("memory", "none"):
+        cache = data_lib._cache_file(  # pylint: disable=protected-access
+            cache, "tfds", [data_config.tfds_name, data_config.tfds_data_dir, split],
+            image_size)
+    return data_lib.batch_pipeline(ds, training=training, batch_size=batch_size,
+                                   num_examples=num_examples, cache=cache, seed=seed,
+                                   shuffle_buffer=shuffle_buffer,
+                                   deterministic=deterministic)

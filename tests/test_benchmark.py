@@ -1,0 +1,108 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from catdog import benchmark
+from catdog import data
+from conftest import REPO, make_class_folder, write_image
+
+
+def test_benchmark_script_writes_consistent_json(tmp_path):
+    root = make_class_folder(tmp_path / "imgs", per_class=10, size=40)
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "benchmark_input.py"),
+         f"--data_dir={root}", "--image_size=32", "--batch_size=4", "--augment",
+         "--max_images=16", "--repeats=2", f"--json_out={out}"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    for key in benchmark.RESULT_KEYS:
+        assert key in r, key
+    assert r["images"] == 16  # --max_images, balanced
+    rates = [k for k in r if k.endswith("_img_per_s")]
+    for k in rates:
+        assert r[k] is None or (isinstance(r[k], float) and r[k] > 0), k
+    assert r["idg_img_per_s"] is not None  # keras.src.legacy is importable here
+    assert {"idg_augment_img_per_s", "catdog_augment_img_per_s"} <= set(r)
+    # Each figure is the best of the interleaved rounds.
+    assert len(r["rounds"]) == 2
+    for key in ("catdog_first_epoch_img_per_s", "keras_img_per_s",
+                "decode_ceiling_img_per_s", "catdog_cached_epoch_img_per_s"):
+        assert r[key] == max(round_[key] for round_ in r["rounds"])
+    # Ratios are computed from the measured rates of the same run.
+    assert r["ratio_vs_keras"] == pytest.approx(
+        r["catdog_first_epoch_img_per_s"] / r["keras_img_per_s"], abs=1e-3)
+    assert r["ratio_vs_ceiling"] == pytest.approx(
+        r["catdog_first_epoch_img_per_s"] / r["decode_ceiling_img_per_s"], abs=1e-3)
+    assert r["ratio_cached_vs_first"] == pytest.approx(
+        r["catdog_cached_epoch_img_per_s"] / r["catdog_first_epoch_img_per_s"], abs=1e-3)
+    assert r["ratio_vs_keras_cpu"] == pytest.approx(
+        r["catdog_first_epoch_img_per_cpu_s"] / r["keras_img_per_cpu_s"], abs=1e-3)
+    assert r["catdog_cache_bytes"] == 16 * (32 * 32 * 3 + 4)
+    assert isinstance(r["catdog_scan_seconds"], float)
+    assert r["machine"]["cores"] >= 1 and len(r["loadavg_start"]) == 3
+    assert "| catdog, cached epoch |" in proc.stdout
+    assert "page cache warmed" in proc.stdout
+    assert not any(p.startswith("catdog-bench-") for p in os.listdir(tmp_path))
+
+
+def test_benchmark_rejects_a_missing_folder(tmp_path):
+    with pytest.raises(ValueError, match="data_dir="):
+        benchmark.run_benchmark(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="repeats=0"):
+        benchmark.run_benchmark(str(tmp_path), repeats=0)
+
+
+def test_dct_scaling_policy_eager_and_in_tf_data(tmp_path):
+    rng = np.random.RandomState(0)
+    smooth = tf.image.resize(rng.randint(0, 255, (8, 10, 3)).astype(np.float32),
+                             (96, 120)).numpy().astype(np.uint8)
+    big = write_image(str(tmp_path / "big.jpg"), smooth)             # >= 4x of 24x24
+    small = write_image(str(tmp_path / "small.jpg"), smooth[:40, :40])  # < 2x
+    png = write_image(str(tmp_path / "big.png"), smooth)
+    size = (24, 24)
+    read = lambda p: tf.io.read_file(p)
+    # Not scaled: pixel-identical to the exact decode.
+    for path in (small, png):
+        np.testing.assert_array_equal(data.decode_and_resize_scaled(read(path), size),
+                                      data.decode_and_resize(read(path), size))
+    # Scaled: close to the exact decode (a box-filtered downscale of a smooth image).
+    scaled = data.decode_and_resize_scaled(read(big), size).numpy()
+    exact = data.decode_and_resize(read(big), size).numpy()
+    assert scaled.shape == (24, 24, 3) and scaled.dtype == np.uint8
+    diff = np.abs(scaled.astype(int) - exact.astype(int)).mean()
+    assert 0 < diff < 6  # the DCT path was taken, and it stays close
+    graph = list(tf.data.Dataset.from_tensor_slices([big, small, png]).map(
+        lambda p: data.decode_and_resize_scaled(tf.io.read_file(p), size)))
+    np.testing.assert_array_equal(graph[0].numpy(), scaled)
+    ds = data.build_dataset([big, small], [0, 1], num_classes=2, image_size=size,
+                            batch_size=2, training=False, dct_scaling=True,
+                            deterministic=True)
+    np.testing.assert_array_equal(next(iter(ds))[0][0].numpy(), scaled)
+
+
+def test_dct_scaling_applies_to_the_training_split_only(tmp_path):
+    from catdog import config as C
+    rng = np.random.RandomState(1)
+    for name in ("a", "b"):
+        smooth = tf.image.resize(rng.randint(0, 255, (6, 6, 3)).astype(np.float32),
+                                 (64, 64)).numpy().astype(np.uint8)
+        write_image(str(tmp_path / "d" / name / f"{name}.jpg"), smooth)
+    root = str(tmp_path / "d")
+    cfg = C.DataConfig(train_dir=root, val_dir=root, image_size=(16, 16), batch_size=2,
+                       deterministic=True, dct_scaling=True)
+    train_ds, val_ds, index = data.build_datasets(cfg, progress=False)
+    read = lambda p: tf.io.read_file(p)
+    exact = [data.decode_and_resize(read(p), (16, 16)).numpy() for p in index.val.paths]
+    scaled = [data.decode_and_resize_scaled(read(p), (16, 16)).numpy()
+              for p in index.train.paths]
+    np.testing.assert_array_equal(next(iter(val_ds))[0].numpy(), np.stack(exact))
+    got = sorted(x.tobytes() for x in next(iter(train_ds))[0].numpy())
+    assert got == sorted(x.tobytes() for x in scaled)
+    assert got != sorted(x.tobytes() for x in exact)

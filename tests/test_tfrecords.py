@@ -1,0 +1,189 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from catdog import config as C
+from catdog import data
+from catdog import tfrecords
+from conftest import REPO, make_class_folder, write_image
+
+
+def _epochs(ds, n=2):
+    """Bytes of images and labels of the first ``n`` epochs, batch by batch."""
+    return [[(x.numpy().tobytes(), y.numpy().tobytes()) for x, y in ds] for _ in range(n)]
+
+
+def _elements(ds):
+    """Every (image bytes, label) of one pass, order-free."""
+    out = []
+    for x, y in ds:
+        out += [(a.tobytes(), float(np.ravel(b)[0])) for a, b in zip(x.numpy(), y.numpy())]
+    return sorted(out)
+
+
+@pytest.fixture
+def folder_with_bad_files(tmp_path):
+    root = make_class_folder(tmp_path / "src", per_class=9, size=20)
+    (tmp_path / "src" / "cats" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "src" / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8not a jpeg")
+    write_image(str(tmp_path / "src" / "dogs" / "big.png"),
+                np.random.RandomState(3).randint(0, 255, (40, 30, 3)).astype(np.uint8))
+    return root
+
+
+def test_write_skips_bad_files_and_writes_manifest(folder_with_bad_files, tmp_path):
+    before = {p: os.path.getsize(os.path.join(r, p)) for r, _, fs in os.walk(folder_with_bad_files)
+              for p in fs}
+    out = str(tmp_path / "shards")
+    manifest = tfrecords.write_tfrecords(folder_with_bad_files, out, num_shards=3,
+                                         progress=False)
+    assert manifest["class_names"] == ["cats", "dogs"]
+    assert manifest["counts"] == {"cats": 9, "dogs": 10}
+    assert manifest["num_examples"] == 19
+    assert sorted(os.path.basename(s["path"]) for s in manifest["skipped"]) == [
+        "broken.jpg", "empty.jpg"]
+    assert all(s["reason"] for s in manifest["skipped"])
+    names = sorted(os.listdir(out))
+    assert names == ["manifest.json"] + [f"src-0000{i}-of-00003.tfrecord" for i in range(3)]
+    assert json.load(open(os.path.join(out, "manifest.json"))) == manifest
+    assert sum(s["num_examples"] for s in manifest["shards"]) == 19
+    # Shards are dealt from a shuffled order: each holds both classes.
+    files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
+    assert n == 19 and len(files) == 3
+    for f in files:
+        labels = {int(tfrecords.parse_example(r)[1]) for r in tf.data.TFRecordDataset(f)}
+        assert labels == {0, 1}
+    # The user's files are only read.
+    after = {p: os.path.getsize(os.path.join(r, p)) for r, _, fs in os.walk(folder_with_bad_files)
+             for p in fs}
+    assert after == before
+
+
+def test_parse_example_eager_and_in_tf_data(tmp_path):
+    root = make_class_folder(tmp_path / "src", per_class=2, size=12)
+    out = str(tmp_path / "shards")
+    tfrecords.write_tfrecords(root, out, num_shards=1, progress=False)
+    shard = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))[0][0]
+    records = list(tf.data.TFRecordDataset(shard))
+    eager = [tfrecords.parse_example(r) for r in records]
+    graph = list(tf.data.TFRecordDataset(shard).map(tfrecords.parse_example))
+    assert [(a.numpy(), int(b)) for a, b in eager] == [(a.numpy(), int(b)) for a, b in graph]
+    originals = {open(os.path.join(root, c, f), "rb").read()
+                 for c in ("cats", "dogs") for f in os.listdir(os.path.join(root, c))}
+    assert {a.numpy() for a, _ in eager} == originals  # bytes stored unchanged
+
+
+def _configs(root, out_train, out_val, **kw):
+    kw.setdefault("batch_size", 4)
+    folder = C.DataConfig(train_dir=root, val_dir=root, image_size=(16, 16), **kw)
+    shards = C.DataConfig(train_tfrecords=os.path.join(out_train, "*.tfrecord"),
+                          val_tfrecords=os.path.join(out_val, "*"),
+                          image_size=(16, 16), **kw)
+    return folder, shards
+
+
+def test_shards_give_the_folder_pixels(folder_with_bad_files, tmp_path):
+    out = str(tmp_path / "shards")
+    tfrecords.write_tfrecords(folder_with_bad_files, out, num_shards=2, progress=False)
+    folder_cfg, shard_cfg = _configs(folder_with_bad_files, out, out)
+    f_train, f_val, f_index = data.build_datasets(folder_cfg, progress=False)
+    s_train, s_val, s_index = data.build_datasets(shard_cfg)
+    assert s_index.class_names == f_index.class_names
+    assert len(s_index.train) == len(f_index.train) == 19
+    assert {os.path.basename(s["path"]) for s in s_index.skipped} >= {"broken.jpg", "empty.jpg"}
+    assert _elements(s_val) == _elements(f_val)  # same decode, same pixels
+    x, y = next(iter(s_train))
+    assert x.dtype == tf.uint8 and x.shape == (4, 16, 16, 3)
+    assert y.dtype == tf.float32 and y.shape == (4, 1)
+    assert sum(int(b[0].shape[0]) for b in s_train) == 16  # drop_remainder
+    opts = s_train.options()
+    assert (opts.experimental_distribute.auto_shard_policy
+            == tf.data.experimental.AutoShardPolicy.FILE)
+
+
+@pytest.mark.parametrize("source", ["folder", "tfrecords"])
+def test_deterministic_runs_repeat_and_seeds_differ(folder_with_bad_files, tmp_path, source):
+    out = str(tmp_path / "shards")
+    tfrecords.write_tfrecords(folder_with_bad_files, out, num_shards=3, progress=False)
+
+    def train_ds(seed):
+        folder_cfg, shard_cfg = _configs(folder_with_bad_files, out, out,
+                                         deterministic=True, seed=seed)
+        cfg = folder_cfg if source == "folder" else shard_cfg
+        return data.build_datasets(cfg, progress=False)[0]
+
+    first, again, other = _epochs(train_ds(5)), _epochs(train_ds(5)), _epochs(train_ds(6))
+    assert first == again
+    assert first[0] != first[1]  # reshuffled every epoch
+    assert first != other
+
+
+def test_max_side_reencodes_large_images(tmp_path):
+    root = str(tmp_path / "src")
+    write_image(os.path.join(root, "a", "wide.png"), np.full((30, 80, 3), 200, np.uint8))
+    write_image(os.path.join(root, "b", "small.jpg"), np.full((20, 10, 3), 50, np.uint8))
+    out = str(tmp_path / "shards")
+    manifest = tfrecords.write_tfrecords(root, out, num_shards=1, max_side=40,
+                                         jpeg_quality=90, progress=False)
+    assert manifest["max_side"] == 40 and manifest["jpeg_quality"] == 90
+    shard = tfrecords.resolve_shards(os.path.join(out, "*"))[0][0]
+    rows = {}
+    for r in tf.data.TFRecordDataset(shard):
+        p = tf.io.parse_single_example(r, tfrecords._FEATURES)
+        image = tf.io.decode_image(p["image/encoded"], channels=3)
+        rows[p["image/filename"].numpy().decode()] = (
+            p["image/format"].numpy().decode(), int(p["image/height"]),
+            int(p["image/width"]), tuple(image.shape[:2]))
+    assert rows[os.path.join("a", "wide.png")] == ("jpeg", 15, 40, (15, 40))
+    assert rows[os.path.join("b", "small.jpg")] == ("jpeg", 20, 10, (20, 10))
+
+
+def test_errors_name_the_flag_and_value(tmp_path):
+    root = make_class_folder(tmp_path / "src", per_class=2, size=12)
+    with pytest.raises(ValueError, match="train_tfrecords=.*nothing"):
+        tfrecords.resolve_shards(str(tmp_path / "nothing-*.tfrecord"))
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "x.tfrecord").write_bytes(b"")
+    with pytest.raises(ValueError, match="No manifest.json.*build_tfrecords.py"):
+        tfrecords.resolve_shards(str(lonely / "*.tfrecord"), "val_tfrecords")
+    with pytest.raises(ValueError, match="num_shards=-1"):
+        tfrecords.write_tfrecords(root, str(tmp_path / "o"), num_shards=-1)
+    with pytest.raises(ValueError, match="jpeg_quality=0"):
+        tfrecords.write_tfrecords(root, str(tmp_path / "o"), jpeg_quality=0)
+    cfg = C.Config(data=C.DataConfig(train_tfrecords="a*"),
+                   train=C.TrainConfig(model_dir=str(tmp_path / "m")))
+    with pytest.raises(ValueError, match="--val_tfrecords.*val_tfrecords=''"):
+        cfg.validate()
+    cfg.data.val_tfrecords, cfg.data.train_dir = "b*", root
+    with pytest.raises(ValueError, match="exactly one input source"):
+        cfg.validate()
+    # Validation shards with other classes are refused.
+    tfrecords.write_tfrecords(root, str(tmp_path / "t"), num_shards=1, progress=False)
+    tfrecords.write_tfrecords(root, str(tmp_path / "v"), num_shards=1,
+                              class_names=["dogs", "cats"], progress=False)
+    bad = C.DataConfig(train_tfrecords=str(tmp_path / "t" / "*.tfrecord"),
+                       val_tfrecords=str(tmp_path / "v" / "*.tfrecord"))
+    with pytest.raises(ValueError, match="same classes"):
+        data.index_source(bad)
+
+
+def test_script_writes_shards(tmp_path):
+    root = make_class_folder(tmp_path / "src", per_class=3, size=12)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "build_tfrecords.py"),
+         f"--data_dir={root}", f"--output_dir={out}", "--num_shards=2"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert '"num_examples": 6' in proc.stdout
+    assert len(list(out.glob("*.tfrecord"))) == 2
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "build_tfrecords.py"),
+         f"--output_dir={out}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--data_dir" in proc.stderr
