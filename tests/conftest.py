@@ -1,6 +1,7 @@
 """Shared fixtures: tiny generated image folders, and global-state hygiene."""
 
 import os
+import socket
 
 import keras
 import numpy as np
@@ -37,6 +38,17 @@ def make_class_folder(root, classes=("cats", "dogs"), per_class=12, size=24,
             pixels[..., label % 3] += 120
             write_image(os.path.join(root, name, f"{name}_{i:03d}.jpg"), pixels)
     return str(root)
+
+
+def free_ports(n):
+    """``n`` free TCP ports on 127.0.0.1 (for loopback multi-worker jobs)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 @pytest.fixture

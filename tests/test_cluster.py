@@ -4,14 +4,13 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_ports
 
 WORKER = os.path.join(REPO, "tests", "_stage_worker.py")
 SCRIPT = os.path.join(REPO, "scripts", "train_baseline.py")
@@ -61,19 +60,9 @@ def test_mirrored_uneven_batch_is_a_usage_error(tiny_folders, tmp_path):
     assert "--batch_size=7" in proc.stderr and "2 replicas" in proc.stderr
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def test_two_workers_on_loopback(tiny_folders, tmp_path):
     train_dir, val_dir = tiny_folders
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     model_dir = tmp_path / "m"
     procs = []

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,8 +22,8 @@ import pytest
 import tensorflow as tf
 
 from catdog import distribute
+from conftest import REPO, free_ports
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MW_WORKER = os.path.join(REPO, "tests", "_mw_worker.py")
 
 
@@ -325,16 +324,6 @@ def test_fix_does_not_change_single_process_training():
 # Subprocess runs
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _env(**extra):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     env.update(extra)
@@ -346,7 +335,7 @@ def _start_two_workers(tmp_path, *args):
     model_dir, result_dir = tmp_path / "model", tmp_path / "results"
     model_dir.mkdir(exist_ok=True)
     result_dir.mkdir(exist_ok=True)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     procs = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster,

@@ -5,12 +5,12 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import catdog
+import tinyruns
 from catdog import export
 from catdog.data import decode_and_resize
 
@@ -20,49 +20,16 @@ SCRIPT = os.path.join(REPO, "scripts", "export.py")
 
 # --- helpers -----------------------------------------------------------------
 
-def _build_model(num_classes, input_size=(32, 32), head_dtype="float32"):
-    """A tiny classifier taking 0..255 pixels, centred so classes vary."""
-    inputs = keras.Input((*input_size, 3))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(
-        4, 3, kernel_initializer=keras.initializers.GlorotUniform(seed=1))(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    units, activation = (1, "sigmoid") if num_classes == 2 else (num_classes, "softmax")
-    head = keras.layers.Dense(
-        units, activation, dtype=head_dtype,
-        kernel_initializer=keras.initializers.RandomNormal(stddev=8.0, seed=2))
-    model = keras.Model(inputs, head(x))
-    grey = np.full((1, *(s or 8 for s in input_size), 3), 127.5, np.float32)
-    features = keras.Model(inputs, x)(grey).numpy()
-    head.bias.assign((-(features @ head.kernel.numpy())[0]).astype(head.bias.dtype))
-    return model
-
-
-def _write_run(model_dir, model, class_names, image_size):
-    os.makedirs(model_dir)
-    model.save(os.path.join(model_dir, "model.keras"))
-    with open(os.path.join(model_dir, "config.json"), "w") as f:
-        json.dump({"stage": "baseline", "class_names": class_names,
-                   "data": {"image_size": list(image_size)}}, f)
-    return str(model_dir)
-
-
-def _image_bytes(seed, shape=(40, 52, 3), fmt="jpeg"):
-    rng = np.random.default_rng(seed)
-    pixels = (rng.integers(0, 256, shape[-1:]) * 0.7 + rng.integers(0, 77, shape))
-    encode = tf.io.encode_jpeg if fmt == "jpeg" else tf.io.encode_png
-    return encode(pixels.astype(np.uint8)).numpy()
-
 
 def _mixed_bytes():
     """JPEGs and PNGs of several sizes, grey and RGBA included."""
     return [
-        _image_bytes(0),
-        _image_bytes(1, (90, 30, 3)),
-        _image_bytes(2, (16, 16, 3), fmt="png"),
-        _image_bytes(3, (33, 47, 1), fmt="png"),
-        _image_bytes(4, (50, 50, 4), fmt="png"),
-        _image_bytes(5, (64, 64, 3)),
+        tinyruns.image_bytes(0),
+        tinyruns.image_bytes(1, (90, 30, 3)),
+        tinyruns.image_bytes(2, (16, 16, 3), fmt="png"),
+        tinyruns.image_bytes(3, (33, 47, 1), fmt="png"),
+        tinyruns.image_bytes(4, (50, 50, 4), fmt="png"),
+        tinyruns.image_bytes(5, (64, 64, 3)),
     ]
 
 
@@ -79,8 +46,8 @@ def _listing(folder):
 
 @pytest.fixture(scope="module")
 def binary_run(tmp_path_factory):
-    model = _build_model(2)
-    model_dir = _write_run(tmp_path_factory.mktemp("binary") / "run", model,
+    model = tinyruns.build_model(2)
+    model_dir = tinyruns.write_run(tmp_path_factory.mktemp("binary") / "run", model,
                            ["cats", "dogs"], (32, 32))
     return model_dir, model
 
@@ -88,8 +55,8 @@ def binary_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def softmax_run(tmp_path_factory):
     # Any input size and a non-square config: catches height/width mix-ups.
-    model = _build_model(3, input_size=(None, None))
-    model_dir = _write_run(tmp_path_factory.mktemp("softmax") / "run", model,
+    model = tinyruns.build_model(3, input_size=(None, None))
+    model_dir = tinyruns.write_run(tmp_path_factory.mktemp("softmax") / "run", model,
                            ["bird", "cat", "dog"], (24, 40))
     return model_dir, model
 
@@ -190,7 +157,7 @@ def test_empty_and_undecodable_requests(exported):
     assert out["probabilities"].shape == (0, 2) and out["classes"].shape == (0,)
     # One bad image fails the whole request: a batched op cannot skip rows.
     with pytest.raises(tf.errors.InvalidArgumentError):
-        serve(image_bytes=tf.constant([_image_bytes(0), b"not an image"]))
+        serve(image_bytes=tf.constant([tinyruns.image_bytes(0), b"not an image"]))
 
 
 def test_three_class_non_square_export(softmax_run, tmp_path):
@@ -214,7 +181,7 @@ def test_three_class_non_square_export(softmax_run, tmp_path):
 
 def test_float16_head_is_served_as_float32(tmp_path):
     # A head left in float16 (mixed precision without dtype="float32").
-    model = _build_model(2, head_dtype="mixed_float16")
+    model = tinyruns.build_model(2, head_dtype="mixed_float16")
     assert model.outputs[0].dtype == "float16"
     path = export.export_saved_model(model, tmp_path / "serving", version=None,
                                      class_names=["cats", "dogs"])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tinyruns
 from catdog import export
 from catdog import predict
 from catdog.data import decode_and_resize
@@ -20,43 +21,6 @@ SCRIPT = os.path.join(REPO, "scripts", "predict.py")
 
 
 # --- helpers -----------------------------------------------------------------
-
-def _build_model(num_classes, input_size=(32, 32)):
-    """A tiny classifier taking 0..255 pixels, seeded so outputs vary by image."""
-    inputs = keras.Input((*input_size, 3))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(
-        4, 3, kernel_initializer=keras.initializers.GlorotUniform(seed=1))(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    units, activation = (1, "sigmoid") if num_classes == 2 else (num_classes, "softmax")
-    head = keras.layers.Dense(
-        units, activation, dtype="float32",
-        kernel_initializer=keras.initializers.RandomNormal(stddev=8.0, seed=2))
-    model = keras.Model(inputs, head(x))
-    # Centre the head on mid-grey so images of different colours get
-    # different classes.
-    grey = np.full((1, *(s or 8 for s in input_size), 3), 127.5, np.float32)
-    features = keras.Model(inputs, x)(grey).numpy()
-    head.bias.assign(-(features @ head.kernel.numpy())[0])
-    return model
-
-
-def _write_run(model_dir, model, class_names, image_size):
-    os.makedirs(model_dir)
-    model.save(os.path.join(model_dir, "model.keras"))
-    with open(os.path.join(model_dir, "config.json"), "w") as f:
-        json.dump({"stage": "baseline", "class_names": class_names,
-                   "data": {"image_size": list(image_size)}}, f)
-    return str(model_dir)
-
-
-def _image_bytes(seed, shape=(40, 52, 3), fmt="jpeg"):
-    """Random image whose mean colour differs per seed (so classes differ)."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, shape[-1:]) * 0.7 + rng.integers(0, 77, shape)
-    pixels = pixels.astype(np.uint8)
-    encode = tf.io.encode_jpeg if fmt == "jpeg" else tf.io.encode_png
-    return encode(pixels).numpy()
 
 
 def _write(path, contents):
@@ -77,8 +41,8 @@ def _expected(model, class_names, image_size, contents):
 
 @pytest.fixture(scope="module")
 def binary_run(tmp_path_factory):
-    model = _build_model(2)
-    model_dir = _write_run(tmp_path_factory.mktemp("binary") / "run", model,
+    model = tinyruns.build_model(2)
+    model_dir = tinyruns.write_run(tmp_path_factory.mktemp("binary") / "run", model,
                            ["cats", "dogs"], (32, 32))
     return model_dir, model
 
@@ -86,8 +50,8 @@ def binary_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def softmax_run(tmp_path_factory):
     # Any input size, non-square config: catches height/width mix-ups.
-    model = _build_model(3, input_size=(None, None))
-    model_dir = _write_run(tmp_path_factory.mktemp("softmax") / "run", model,
+    model = tinyruns.build_model(3, input_size=(None, None))
+    model_dir = tinyruns.write_run(tmp_path_factory.mktemp("softmax") / "run", model,
                            ["bird", "cat", "dog"], (24, 40))
     return model_dir, model
 
@@ -97,12 +61,12 @@ def images(tmp_path_factory):
     """Six good images (JPEG and PNG, upper-case extensions, a subfolder)."""
     root = tmp_path_factory.mktemp("images")
     paths = [
-        _write(root / "a.jpg", _image_bytes(0)),
-        _write(root / "b.JPG", _image_bytes(1, (90, 30, 3))),
-        _write(root / "c.png", _image_bytes(2, fmt="png")),
-        _write(root / "d.jpeg", _image_bytes(3, (16, 16, 3))),
-        _write(root / "sub" / "e.PNG", _image_bytes(4, (33, 47, 1), fmt="png")),
-        _write(root / "sub" / "f.jpg", _image_bytes(5, (64, 64, 3))),
+        _write(root / "a.jpg", tinyruns.image_bytes(0)),
+        _write(root / "b.JPG", tinyruns.image_bytes(1, (90, 30, 3))),
+        _write(root / "c.png", tinyruns.image_bytes(2, fmt="png")),
+        _write(root / "d.jpeg", tinyruns.image_bytes(3, (16, 16, 3))),
+        _write(root / "sub" / "e.PNG", tinyruns.image_bytes(4, (33, 47, 1), fmt="png")),
+        _write(root / "sub" / "f.jpg", tinyruns.image_bytes(5, (64, 64, 3))),
     ]
     return str(root), paths
 
@@ -164,14 +128,14 @@ def test_predict_files_matches_keras_model(run, images, request):
 
 def test_unreadable_files_get_error_rows_and_the_rest_still_run(binary_run, tmp_path):
     model_dir, model = binary_run
-    good = _image_bytes(7)
-    jpeg = _image_bytes(8, (64, 64, 3))
+    good = tinyruns.image_bytes(7)
+    jpeg = tinyruns.image_bytes(8, (64, 64, 3))
     paths = [
         _write(tmp_path / "1-good.jpg", good),
         _write(tmp_path / "2-empty.jpg", b""),
         _write(tmp_path / "3-truncated.jpg", jpeg[: len(jpeg) // 2]),
         _write(tmp_path / "4-text.png", b"this is not an image\n"),
-        _write(tmp_path / "5-good.png", _image_bytes(9, fmt="png")),
+        _write(tmp_path / "5-good.png", tinyruns.image_bytes(9, fmt="png")),
     ]
 
     rows = predict.predict_files(model_dir, paths + [str(tmp_path / "6-gone.jpg")])
@@ -367,7 +331,7 @@ def test_load_catdog_model_refuses_lambda_layers(tmp_path):
     x = keras.layers.Lambda(lambda t: t / 255.0)(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(1, "sigmoid")(x))
-    model_dir = _write_run(tmp_path / "lambda", model, ["cats", "dogs"], (8, 8))
+    model_dir = tinyruns.write_run(tmp_path / "lambda", model, ["cats", "dogs"], (8, 8))
     with pytest.raises(ValueError, match="safe_mode=True"):
         predict.load_catdog_model(model_dir)
 
