@@ -243,15 +243,26 @@ def train_stage(stage: str, flag_values=flags.FLAGS) -> None:
     train.run(config)
 
 
+def refuse_positional(argv):
+    """Usage-error exit code when a script got positional arguments, else None."""
+    if len(argv) > 1:
+        return usage_error(f"unexpected arguments {argv[1:]}; all settings are "
+                           "--flags.")
+    return None
+
+
+def script_main(fn, *args):
+    """Returns an absl ``main`` that refuses positional arguments and runs
+    ``fn(*args)`` through :func:`run_main` (exit codes included)."""
+    def main(argv):
+        refused = refuse_positional(argv)
+        return refused if refused is not None else run_main(fn, *args)
+    return main
+
+
 def stage_script_main(stage: str):
     """Returns an absl ``main`` that trains ``stage`` and exits with a code."""
-    def main(argv):
-        if len(argv) > 1:
-            print(f"error: unexpected arguments {argv[1:]}; all settings are "
-                  "--flags (see --help).", file=sys.stderr)
-            return EXIT_USAGE
-        return run_main(train_stage, stage)
-    return main
+    return script_main(train_stage, stage)
 
 
 def usage_error(message: str) -> int:

@@ -57,12 +57,5 @@ def _run():
         print(f"\nFigures: {FLAGS.json_out}", flush=True)
 
 
-def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; see --help.", file=sys.stderr)
-        return cli.EXIT_USAGE
-    return cli.run_main(_run)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli.script_main(_run), flags_parser=cli.parse_flags)

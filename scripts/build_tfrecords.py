@@ -60,12 +60,5 @@ def _build():
           + (" (listed in the manifest)." if manifest["skipped"] else "."), flush=True)
 
 
-def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; see --help.", file=sys.stderr)
-        return cli.EXIT_USAGE
-    return cli.run_main(_build)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli.script_main(_build), flags_parser=cli.parse_flags)

@@ -62,10 +62,9 @@ def _evaluate():
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; all settings are "
-              "--flags (see --help).", file=sys.stderr)
-        return cli.EXIT_USAGE
+    refused = cli.refuse_positional(argv)
+    if refused is not None:
+        return refused
     # Checked before TensorFlow is imported: a typo fails in a second.
     if not 0.0 < _THRESHOLD.value < 1.0:
         print("error: `--threshold` must be strictly between 0 and 1. "
@@ -75,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

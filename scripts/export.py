@@ -50,8 +50,9 @@ _OVERWRITE = flags.DEFINE_bool(
 
 
 def main(argv):
-    if len(argv) > 1:
-        return cli.usage_error(f"unexpected arguments {argv[1:]}; all inputs are flags.")
+    refused = cli.refuse_positional(argv)
+    if refused is not None:
+        return refused
     version = _VERSION.value.strip().lower()
     if version == "none":
         version = None

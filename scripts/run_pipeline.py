@@ -67,12 +67,5 @@ def _run():
                           fallback_to_random_weights=is_demo)
 
 
-def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; see --help.", file=sys.stderr)
-        return cli.EXIT_USAGE
-    return cli.run_main(_run)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(cli.script_main(_run), flags_parser=cli.parse_flags)

@@ -71,8 +71,9 @@ def main(argv):
     # File names need not be valid UTF-8; never crash printing one.
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="backslashreplace")
-    if len(argv) > 1:
-        return cli.usage_error(f"unexpected arguments {argv[1:]}; every input is a flag.")
+    refused = cli.refuse_positional(argv)
+    if refused is not None:
+        return refused
     if not FLAGS.data_dir:
         return cli.usage_error("--data_dir is required: the folder of class subfolders.")
     if FLAGS.json_out and _inside(FLAGS.json_out, FLAGS.data_dir):

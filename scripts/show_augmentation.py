@@ -101,13 +101,5 @@ def _show():
     print(f"Wrote {path}")
 
 
-def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; all settings are "
-              "--flags (see --help).", file=sys.stderr)
-        return cli.EXIT_USAGE
-    return cli.run_main(_show)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli.script_main(_show), flags_parser=cli.parse_flags)

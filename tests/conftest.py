@@ -69,3 +69,24 @@ def _restore_global_state(tmp_path_factory, monkeypatch):
     yield
     keras.mixed_precision.set_global_policy(policy)
     os.chdir(cwd)
+
+
+@pytest.fixture(scope="module")
+def binary_run(tmp_path_factory):
+    """A two-class model dir (32x32) and its Keras model, for export/predict."""
+    import tinyruns
+    model = tinyruns.build_model(2)
+    model_dir = tinyruns.write_run(tmp_path_factory.mktemp("binary") / "run", model,
+                                   ["cats", "dogs"], (32, 32))
+    return model_dir, model
+
+
+@pytest.fixture(scope="module")
+def softmax_run(tmp_path_factory):
+    """A three-class model taking any input size, with a non-square config
+    (24x40): catches height/width mix-ups."""
+    import tinyruns
+    model = tinyruns.build_model(3, input_size=(None, None))
+    model_dir = tinyruns.write_run(tmp_path_factory.mktemp("softmax") / "run", model,
+                                   ["bird", "cat", "dog"], (24, 40))
+    return model_dir, model

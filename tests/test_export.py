@@ -45,23 +45,6 @@ def _listing(folder):
 
 
 @pytest.fixture(scope="module")
-def binary_run(tmp_path_factory):
-    model = tinyruns.build_model(2)
-    model_dir = tinyruns.write_run(tmp_path_factory.mktemp("binary") / "run", model,
-                           ["cats", "dogs"], (32, 32))
-    return model_dir, model
-
-
-@pytest.fixture(scope="module")
-def softmax_run(tmp_path_factory):
-    # Any input size and a non-square config: catches height/width mix-ups.
-    model = tinyruns.build_model(3, input_size=(None, None))
-    model_dir = tinyruns.write_run(tmp_path_factory.mktemp("softmax") / "run", model,
-                           ["bird", "cat", "dog"], (24, 40))
-    return model_dir, model
-
-
-@pytest.fixture(scope="module")
 def exported(binary_run, tmp_path_factory):
     """The binary model exported with TFLite, and the base folder."""
     base = tmp_path_factory.mktemp("exports") / "serving"

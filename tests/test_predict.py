@@ -40,23 +40,6 @@ def _expected(model, class_names, image_size, contents):
 
 
 @pytest.fixture(scope="module")
-def binary_run(tmp_path_factory):
-    model = tinyruns.build_model(2)
-    model_dir = tinyruns.write_run(tmp_path_factory.mktemp("binary") / "run", model,
-                           ["cats", "dogs"], (32, 32))
-    return model_dir, model
-
-
-@pytest.fixture(scope="module")
-def softmax_run(tmp_path_factory):
-    # Any input size, non-square config: catches height/width mix-ups.
-    model = tinyruns.build_model(3, input_size=(None, None))
-    model_dir = tinyruns.write_run(tmp_path_factory.mktemp("softmax") / "run", model,
-                           ["bird", "cat", "dog"], (24, 40))
-    return model_dir, model
-
-
-@pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """Six good images (JPEG and PNG, upper-case extensions, a subfolder)."""
     root = tmp_path_factory.mktemp("images")
