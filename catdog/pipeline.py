@@ -79,25 +79,23 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
     weights_note = ""
     for stage in stages:
         config = stage_config(base, stage, model_dir, epochs, learning_rates)
-        if stage == "feature_extraction":
-            try:
-                models.build_backbone(config.model.backbone, config.data.image_size,
-                                      config.model.weights, config.model.backbone_alpha)
-            except models.WeightsError as e:
-                if not fallback_to_random_weights:
-                    raise
-                weights_note = ("random initialisation: ImageNet weights unavailable "
-                                f"({e})")
-                logging.warning("%s\nThe demo carries on with random initialisation; "
-                                "its table marks those stages.", e)
-                print(f"NOTE: ImageNet weights for {config.model.backbone!r} cannot be "
-                      "downloaded here; feature_extraction and fine_tuning run from "
-                      "RANDOM initialisation and are marked as such.", flush=True)
-                base.model.weights = "none"
-                config.model.weights = "none"
         logging.info("=== stage %s -> %s", stage, config.train.model_dir)
         note = weights_note if stage in ("feature_extraction", "fine_tuning") else ""
-        result = train.run(config, weights_note=note)
+        try:
+            result = train.run(config, weights_note=note)
+        except models.WeightsError as e:
+            # Raised before any training, when the backbone is built.
+            if not fallback_to_random_weights or stage != "feature_extraction":
+                raise
+            weights_note = note = ("random initialisation: ImageNet weights "
+                                   f"unavailable ({e})")
+            logging.warning("%s\nThe demo carries on with random initialisation; "
+                            "its table marks those stages.", e)
+            print(f"NOTE: ImageNet weights for {config.model.backbone!r} cannot be "
+                  "downloaded here; feature_extraction and fine_tuning run from "
+                  "RANDOM initialisation and are marked as such.", flush=True)
+            base.model.weights = config.model.weights = "none"
+            result = train.run(config, weights_note=note)
         histories[stage] = train.read_history(
             os.path.join(config.train.model_dir, train.HISTORY_FILE))
         rows.append(_summary(stage, config, result.metrics, note))
