@@ -22,6 +22,7 @@ loader pays disk reads another one does not.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import platform
 import shutil
@@ -127,6 +128,9 @@ def time_idg(data_dir: str, image_size, batch_size: int, augment: bool = False):
     idg_class, source = _image_data_generator()
     if idg_class is None:
         return None, source, None
+    if augment and importlib.util.find_spec("scipy") is None:
+        # Its rotation and zoom call scipy.ndimage, which catdog does not need.
+        return None, "unavailable: ImageDataGenerator augmentation needs scipy", None
     kwargs = dict(rescale=1.0 / 255)
     if augment:
         kwargs.update(horizontal_flip=True, rotation_range=35, zoom_range=0.2)
