@@ -179,10 +179,21 @@ def time_decode_ceiling(paths, image_size, batch_size: int) -> dict:
     # so "decode alone" reduces each image to one number to batch it.
     decode_only = lambda c: tf.reduce_max(
         tf.io.decode_image(c, channels=3, expand_animations=False))
+    # The entropy-decoding floor: JPEGs decoded at 1/8 scale in the DCT
+    # domain still have every Huffman-coded bit read, the one part of a
+    # decode no loader that sees every pixel can skip (other formats are
+    # decoded in full).
+    floor = lambda c: tf.cond(
+        tf.io.is_jpeg(c),
+        lambda: tf.reduce_max(tf.io.decode_jpeg(c, channels=3, ratio=8)),
+        lambda: decode_only(c))
     ceiling, ceiling_cpu = run(lambda c: data_lib.decode_and_resize(c, size))
+    floor_rate, floor_cpu = run(floor)
     return {"decode_ceiling_img_per_s": ceiling,
             "decode_ceiling_img_per_cpu_s": ceiling_cpu,
-            "decode_only_img_per_s": run(decode_only)[0]}
+            "decode_only_img_per_s": run(decode_only)[0],
+            "entropy_floor_img_per_s": floor_rate,
+            "entropy_floor_img_per_cpu_s": floor_cpu}
 
 
 def time_catdog(paths, labels, image_size, batch_size: int, dct_scaling: bool = False,
@@ -390,6 +401,14 @@ def _run(data_dir, image_size, batch_size, augment, repeats, log) -> dict:
                               result["keras_img_per_s"]),
         ratio_vs_ceiling=_ratio(result["catdog_first_epoch_img_per_s"],
                                 result["decode_ceiling_img_per_s"]),
+        # What target 1 asks is only possible if the ceiling itself is well
+        # above stock Keras: this says how far above it is on this machine.
+        ratio_ceiling_vs_keras=_ratio(result["decode_ceiling_img_per_s"],
+                                      result["keras_img_per_s"]),
+        ratio_ceiling_vs_keras_cpu=_ratio(result["decode_ceiling_img_per_cpu_s"],
+                                          result["keras_img_per_cpu_s"]),
+        ratio_floor_vs_keras_cpu=_ratio(result["entropy_floor_img_per_cpu_s"],
+                                        result["keras_img_per_cpu_s"]),
         ratio_cached_vs_first=_ratio(result["catdog_cached_epoch_img_per_s"],
                                      result["catdog_first_epoch_img_per_s"]),
         ratio_dct_vs_keras=_ratio(result["catdog_dct_first_epoch_img_per_s"],
@@ -430,6 +449,8 @@ def format_table(r: dict) -> str:
         ("decode ceiling: parallel decode + resize of in-memory bytes",
          "decode_ceiling_img_per_s"),
         ("decode alone (in-memory bytes)", "decode_only_img_per_s"),
+        ("JPEG entropy-decoding floor (decode at 1/8 scale, in-memory bytes)",
+         "entropy_floor_img_per_s"),
         ("memory copy of N uint8 images (cached-epoch limit)", "memcpy_img_per_s"),
     ]
     if "idg_augment_img_per_s" in r:
@@ -454,6 +475,11 @@ def format_table(r: dict) -> str:
         f"- catdog / decode ceiling, first epoch: {r['ratio_vs_ceiling']}x "
         f"(--dct_scaling: {r['ratio_dct_vs_ceiling']}x); per CPU-second "
         f"{r['ratio_vs_ceiling_cpu']}x",
+        f"- decode ceiling / stock Keras: {r['ratio_ceiling_vs_keras']}x "
+        f"(per CPU-second {r['ratio_ceiling_vs_keras_cpu']}x); entropy floor / stock "
+        f"Keras per CPU-second: {r['ratio_floor_vs_keras_cpu']}x. A loader that decodes "
+        "every image at full scale cannot beat the ceiling; where the ceiling is "
+        "below 1.5x stock Keras, no such loader reaches 1.5x stock on this machine",
         f"- catdog cached / first epoch: {r['ratio_cached_vs_first']}x "
         f"(cached / memory copy: {r['ratio_cached_vs_memcpy']}x)",
         f"- one-off file check: {r['catdog_scan_seconds']} s for {r['images']} files",

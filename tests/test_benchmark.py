@@ -44,6 +44,11 @@ def test_benchmark_script_writes_consistent_json(tmp_path):
         r["catdog_cached_epoch_img_per_s"] / r["catdog_first_epoch_img_per_s"], abs=1e-3)
     assert r["ratio_vs_keras_cpu"] == pytest.approx(
         r["catdog_first_epoch_img_per_cpu_s"] / r["keras_img_per_cpu_s"], abs=1e-3)
+    assert r["ratio_ceiling_vs_keras"] == pytest.approx(
+        r["decode_ceiling_img_per_s"] / r["keras_img_per_s"], abs=1e-3)
+    assert r["ratio_floor_vs_keras_cpu"] == pytest.approx(
+        r["entropy_floor_img_per_cpu_s"] / r["keras_img_per_cpu_s"], abs=1e-3)
+    assert "| JPEG entropy-decoding floor" in proc.stdout
     assert r["catdog_cache_bytes"] == 16 * (32 * 32 * 3 + 4)
     assert isinstance(r["catdog_scan_seconds"], float)
     assert r["machine"]["cores"] >= 1 and len(r["loadavg_start"]) == 3

@@ -103,3 +103,68 @@ def test_run_pipeline_small(tiny_folders, tmp_path):
     table = (tmp_path / "p" / "comparison.md").read_text()
     assert "| feature_extraction |" in table and "RANDOM init" in table
     assert "| fine_tuning |" in proc.stdout
+
+
+def _tree_digest(root):
+    """{relative path: (sha256, size, mtime_ns)} of every file under ``root``."""
+    import hashlib  # pylint: disable=import-outside-toplevel
+    state = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+            st = os.stat(path)
+            state[os.path.relpath(path, root)] = (digest, st.st_size, st.st_mtime_ns)
+    return state
+
+
+def test_scan_and_training_agree_file_by_file_on_a_salted_folder(tmp_path):
+    """scan_data.py and a training run, each with its own check cache, skip
+    exactly the same files for the same reasons (every bad kind, including a
+    24000x24000 JPEG), use every quirky-but-valid file, and leave the folder
+    byte for byte as it was."""
+    import imagegen  # pylint: disable=import-outside-toplevel
+    root = tmp_path / "photos"
+    written = imagegen.write_tree(root, {
+        "cats": ["jpeg"] * 6 + sorted(imagegen.VALID),
+        "dogs": ["jpeg"] * 6 + sorted(imagegen.BAD),
+    })
+    # Litter a real photo folder carries; neither tool counts it as an image.
+    (root / "cats" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "dogs" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    before = _tree_digest(root)
+
+    env_scan = {"CATDOG_CACHE_DIR": str(tmp_path / "cache-scan")}
+    env_train = {"CATDOG_CACHE_DIR": str(tmp_path / "cache-train")}
+    scan_json = tmp_path / "scan.json"
+    old_env = dict(os.environ)
+    try:
+        os.environ.update(env_scan)
+        scan_proc = _run("scan_data.py", f"--data_dir={root}", f"--json_out={scan_json}")
+        os.environ.update(env_train)
+        train_proc = _run("train_baseline.py", f"--train_dir={root}", "--val_dir=",
+                          "--validation_split=0.25", "--image_size=32", "--batch_size=4",
+                          "--epochs=1", "--verbose=0", f"--model_dir={tmp_path}/run")
+    finally:
+        os.environ.clear()
+        os.environ.update(old_env)
+    assert scan_proc.returncode == 0, scan_proc.stderr[-3000:]
+    assert train_proc.returncode == 0, train_proc.stderr[-3000:]
+
+    scanned = json.loads(scan_json.read_text())
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    scan_bad = {b["path"]: b["reason"] for b in scanned["bad_files"]}
+    train_bad = {s["path"]: s["reason"] for s in metrics["skipped_files"]}
+    assert scan_bad == train_bad
+    # Exactly the BAD kinds, each for the reason it was made with.
+    bad_kinds = dict(zip(written["dogs"][6:], sorted(imagegen.BAD)))
+    assert set(scan_bad) == set(bad_kinds)
+    for path, kind in bad_kinds.items():
+        assert scan_bad[path].startswith(imagegen.BAD[kind][2]), (kind, scan_bad[path])
+    assert any("24000x24000" in r for r in scan_bad.values())
+    # Every other image is used: the usable count is the images trained and validated on.
+    usable = sum(len(v) for v in written.values()) - len(bad_kinds)
+    assert scanned["num_usable"] == usable
+    assert metrics["train_examples"] + metrics["val_examples"] == usable
+    assert _tree_digest(root) == before
