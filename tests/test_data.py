@@ -28,6 +28,24 @@ def test_decode_and_resize_eager_and_in_tf_data(tmp_path):
     np.testing.assert_array_equal(same.numpy(), pixels)
 
 
+@pytest.mark.parametrize("size", [(24, 24), (17, 45), (96, 80)])
+def test_pixels_are_keras_bilinear_rounded_to_uint8(tmp_path, size):
+    """catdog's pixels are exactly what keras.utils.image_dataset_from_directory
+    computes (bilinear on the decoded image), rounded half-to-even to uint8:
+    downscaling, upscaling and every quirky valid format."""
+    import keras  # pylint: disable=import-outside-toplevel
+    import imagegen  # pylint: disable=import-outside-toplevel
+    root = tmp_path / "imgs"
+    imagegen.write_tree(root, {"a": sorted(imagegen.VALID), "b": ["jpeg", "png"]})
+    stock = keras.utils.image_dataset_from_directory(
+        str(root), image_size=size, batch_size=64, shuffle=False, verbose=False)
+    (images, _), = list(stock)
+    for path, expected in zip(stock.file_paths, images.numpy()):
+        ours = data.decode_and_resize(tf.io.read_file(path), size).numpy()
+        np.testing.assert_array_equal(
+            ours, np.clip(np.round(expected), 0, 255).astype(np.uint8), err_msg=path)
+
+
 def test_index_follows_keras_class_semantics(tmp_path):
     root = tmp_path / "d"
     make_class_folder(root, classes=("dogs", "cats"), per_class=3)
