@@ -50,6 +50,47 @@ def _rss_bytes() -> int:
         return 0
 
 
+def available_memory_bytes():
+    """Memory the kernel says a new allocation can get (``MemAvailable``), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+#: Share of the available memory the largest in-memory cache may take.
+MEMORY_SHARE = 0.7
+
+
+def check_memory(num_images: int, image_size, available=None) -> None:
+    """Refuses a folder whose caches would not fit in memory, before any timing.
+
+    The largest thing the benchmark holds is stock Keras' float32 cache
+    (N*H*W*3*4 bytes; catdog's uint8 cache is 4x smaller and never alive at
+    the same time).
+
+    Raises:
+      ValueError: naming the memory needed and the ``--max_images`` that fits.
+    """
+    available = available_memory_bytes() if available is None else available
+    if not available:
+        return
+    per_image = int(image_size[0]) * int(image_size[1]) * 3 * 4
+    need = num_images * per_image
+    if need > MEMORY_SHARE * available:
+        fits = max(1, int(MEMORY_SHARE * available // per_image))
+        raise ValueError(
+            f"{num_images} images at {image_size[0]}x{image_size[1]}: stock Keras' "
+            f"float32 cache alone needs {need / 2**30:.1f} GiB, more than "
+            f"{MEMORY_SHARE:.0%} of the {available / 2**30:.1f} GiB available. "
+            f"Pass --max_images={fits} (or fewer) to time a balanced sample, or a "
+            "smaller --image_size.")
+
+
 def _loadavg():
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -304,6 +345,10 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
         raise ValueError(f"`--batch_size` must be >= 1. Received: batch_size={batch_size}")
     if repeats < 1:
         raise ValueError(f"`--repeats` must be >= 1. Received: repeats={repeats}")
+    if max_images < 0:
+        raise ValueError(f"`--max_images` must be >= 0. Received: max_images={max_images}")
+    count = len(scan.list_image_files(data_dir)[0])
+    check_memory(min(count, max_images) if max_images else count, image_size)
     workdir = tempfile.mkdtemp(prefix="catdog-bench-")
     try:
         if max_images:

@@ -111,3 +111,17 @@ def test_dct_scaling_applies_to_the_training_split_only(tmp_path):
     got = sorted(x.tobytes() for x in next(iter(train_ds))[0].numpy())
     assert got == sorted(x.tobytes() for x in scaled)
     assert got != sorted(x.tobytes() for x in exact)
+
+
+def test_benchmark_refuses_a_folder_whose_caches_do_not_fit(tmp_path, monkeypatch):
+    root = make_class_folder(tmp_path / "imgs", per_class=10, size=16)
+    per_image = 64 * 64 * 3 * 4
+    # Room for 7 float32 images at 70%: 20 images are refused with the fix.
+    monkeypatch.setattr(benchmark, "available_memory_bytes", lambda: 10 * per_image)
+    with pytest.raises(ValueError, match=r"20 images at 64x64: .*--max_images=7 "):
+        benchmark.run_benchmark(root, image_size=(64, 64), repeats=1)
+    # A sample that fits passes the check (and is then timed as usual).
+    benchmark.check_memory(7, (64, 64), available=10 * per_image)
+    with pytest.raises(ValueError, match="--max_images=7"):
+        benchmark.check_memory(8, (64, 64), available=10 * per_image)
+    benchmark.check_memory(10**9, (224, 224), available=0)  # unknown: no check
