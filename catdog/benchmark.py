@@ -255,6 +255,29 @@ def time_catdog(paths, labels, image_size, batch_size: int, dct_scaling: bool = 
     return out
 
 
+def time_catdog_tfrecords(pattern: str, image_size, batch_size: int) -> dict:
+    """catdog's training pipeline over TFRecord shards: first epoch, then cached.
+
+    The shards' bytes are read once first, so like the folder loaders they
+    come from the page cache.
+    """
+    from catdog import tfrecords  # pylint: disable=import-outside-toplevel
+    files, manifest, num_examples = tfrecords.resolve_shards(pattern, "train_tfrecords")
+    for path in files:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    ds = tfrecords.build_tfrecord_dataset(
+        files, num_classes=len(manifest["class_names"]), image_size=image_size,
+        batch_size=batch_size, training=True, num_examples=num_examples)
+    n1, s1, cpu1 = _time_batches(ds)
+    n2, s2, _ = _time_batches(ds)
+    return {"tfrecords_shards": len(files), "tfrecords_examples": num_examples,
+            "catdog_tfrecords_first_epoch_img_per_s": _rate(n1, s1),
+            "catdog_tfrecords_first_epoch_img_per_cpu_s": _rate(n1, cpu1),
+            "catdog_tfrecords_cached_epoch_img_per_s": _rate(n2, s2)}
+
+
 def _cache_element_bytes(n: int, image_size) -> int:
     # What the cache holds: one uint8 HxWx3 image and one float32 label per file.
     return int(n * (image_size[0] * image_size[1] * 3 + 4))
@@ -315,7 +338,7 @@ def time_memcpy(n: int, image_size) -> float:
 
 def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
                   augment: bool = False, max_images: int = 0, repeats: int = 3,
-                  log=print) -> dict:
+                  log=print, train_tfrecords: str = "") -> dict:
     """Times every loader on ``data_dir`` and returns the figures.
 
     Loaders are timed round-robin ``repeats`` times and each figure is the
@@ -332,6 +355,9 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
       max_images: when > 0, use at most this many files (balanced).
       repeats: rounds of timing (>= 1).
       log: called with one line per measurement (progress).
+      train_tfrecords: also time catdog reading these TFRecord shards (a
+        glob, as for training), e.g. written from ``data_dir`` by
+        ``build_tfrecords.py``; timed in every round like the other loaders.
 
     Returns:
       A dict with at least :data:`RESULT_KEYS`; rates are images per second,
@@ -353,12 +379,14 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
     try:
         if max_images:
             data_dir = _sample_folder(data_dir, max_images, workdir)
-        return _run(data_dir, image_size, batch_size, augment, repeats, log)
+        return _run(data_dir, image_size, batch_size, augment, repeats, log,
+                    train_tfrecords)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # only our own symlinks
 
 
-def _run(data_dir, image_size, batch_size, augment, repeats, log) -> dict:
+def _run(data_dir, image_size, batch_size, augment, repeats, log,
+         train_tfrecords="") -> dict:
     result = {"data_dir": data_dir, "image_size": list(image_size),
               "batch_size": batch_size, "repeats": repeats, "machine": machine(),
               "loadavg_start": _loadavg()}
@@ -411,6 +439,9 @@ def _run(data_dir, image_size, batch_size, augment, repeats, log) -> dict:
         dct_round,
         lambda: {"memcpy_img_per_s": time_memcpy(len(gpaths), image_size)},
     ]
+    if train_tfrecords:
+        loaders.append(lambda: time_catdog_tfrecords(train_tfrecords, image_size,
+                                                     batch_size))
     rounds = []
     for i in range(repeats):
         figures = {}
@@ -423,6 +454,9 @@ def _run(data_dir, image_size, batch_size, augment, repeats, log) -> dict:
     result["rounds"] = rounds
     for key in rounds[0]:
         values = [r[key] for r in rounds if r[key] is not None]
+        if key in ("tfrecords_shards", "tfrecords_examples"):
+            result[key] = rounds[0][key]
+            continue
         # Rates: the best round. Bytes: the largest (the most conservative).
         result[key] = max(values) if values else None
     result["catdog_cache_bytes"] = _cache_element_bytes(len(gpaths), image_size)
@@ -498,6 +532,12 @@ def format_table(r: dict) -> str:
          "entropy_floor_img_per_s"),
         ("memory copy of N uint8 images (cached-epoch limit)", "memcpy_img_per_s"),
     ]
+    if "catdog_tfrecords_first_epoch_img_per_s" in r:
+        rows += [(f"catdog from {r['tfrecords_shards']} TFRecord shards "
+                  f"({r['tfrecords_examples']} examples), first epoch",
+                  "catdog_tfrecords_first_epoch_img_per_s"),
+                 ("catdog from TFRecord shards, cached epoch",
+                  "catdog_tfrecords_cached_epoch_img_per_s")]
     if "idg_augment_img_per_s" in r:
         rows += [("ImageDataGenerator + flip/rotation 35/zoom 0.2", "idg_augment_img_per_s"),
                  ("catdog augmentation block (flip/rotation 0.1/zoom 0.2) on cached "

@@ -2,7 +2,8 @@ r"""Benchmark catdog's input pipeline against the stock Keras loaders.
 
 Times, in one run on the same folder: ImageDataGenerator, stock
 image_dataset_from_directory (plain and cached), catdog (first and cached
-epoch, the one-off file check apart) and the decode ceiling; prints a table
+epoch, the one-off file check apart; with --train_tfrecords also from
+shards) and the decode ceiling; prints a table
 with the ratios and writes the figures as JSON. The page cache is warmed
 first so every loader reads from memory. Other load on the machine skews
 the figures: compare ratios from one run, and rerun.
@@ -33,6 +34,9 @@ flags.DEFINE_integer("max_images", 0,
 flags.DEFINE_integer("repeats", 3,
                      "Timing rounds; loaders run round-robin and each figure is the "
                      "best round (other load only slows a loader down).")
+flags.DEFINE_string("train_tfrecords", None,
+                    "Also time catdog reading these TFRecord shards (a glob, as for "
+                    "training; e.g. written from --data_dir by build_tfrecords.py).")
 FLAGS = flags.FLAGS
 
 
@@ -48,6 +52,7 @@ def _run():
     result = benchmark.run_benchmark(FLAGS.data_dir, size, FLAGS.batch_size,
                                      augment=FLAGS.augment, max_images=FLAGS.max_images,
                                      repeats=FLAGS.repeats,
+                                     train_tfrecords=FLAGS.train_tfrecords or "",
                                      log=lambda line: print(line, flush=True))
     print("\n" + benchmark.format_table(result), flush=True)
     if FLAGS.json_out:

@@ -125,3 +125,22 @@ def test_benchmark_refuses_a_folder_whose_caches_do_not_fit(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="--max_images=7"):
         benchmark.check_memory(8, (64, 64), available=10 * per_image)
     benchmark.check_memory(10**9, (224, 224), available=0)  # unknown: no check
+
+
+def test_benchmark_times_tfrecord_shards_of_the_same_images(tmp_path):
+    from catdog import tfrecords  # pylint: disable=import-outside-toplevel
+    root = make_class_folder(tmp_path / "imgs", per_class=10, size=40)
+    tfrecords.write_tfrecords(root, str(tmp_path / "shards"), num_shards=3)
+    r = benchmark.run_benchmark(root, image_size=(32, 32), batch_size=4, repeats=2,
+                                train_tfrecords=str(tmp_path / "shards" / "*.tfrecord"),
+                                log=lambda line: None)
+    assert (r["tfrecords_shards"], r["tfrecords_examples"]) == (3, 20)
+    for key in ("catdog_tfrecords_first_epoch_img_per_s",
+                "catdog_tfrecords_cached_epoch_img_per_s"):
+        assert r[key] == max(round_[key] for round_ in r["rounds"]) > 0
+    assert "| catdog from 3 TFRecord shards (20 examples), first epoch |" in \
+        benchmark.format_table(r)
+    with pytest.raises(ValueError, match="train_tfrecords"):
+        benchmark.run_benchmark(root, image_size=(32, 32), batch_size=4, repeats=1,
+                                train_tfrecords=str(tmp_path / "none*.tfrecord"),
+                                log=lambda line: None)
