@@ -144,3 +144,25 @@ def test_benchmark_times_tfrecord_shards_of_the_same_images(tmp_path):
         benchmark.run_benchmark(root, image_size=(32, 32), batch_size=4, repeats=1,
                                 train_tfrecords=str(tmp_path / "none*.tfrecord"),
                                 log=lambda line: None)
+
+
+def test_benchmark_times_every_loader_on_the_usable_files_of_a_messy_folder(tmp_path):
+    """Stock Keras stops at the first corrupt file; the benchmark leaves the
+    unusable files out of every loader, says which, and touches nothing."""
+    import imagegen  # pylint: disable=import-outside-toplevel
+    root = make_class_folder(tmp_path / "imgs", per_class=8, size=40)
+    bad = [imagegen.write_truncated_jpeg(os.path.join(root, "cats", "cut.jpg")),
+           imagegen.write_html(os.path.join(root, "dogs", "page.jpg")),
+           imagegen.write_jpeg_bomb(os.path.join(root, "dogs", "bomb.jpg"))]
+    before = sorted(os.listdir(os.path.join(root, "cats")) + os.listdir(os.path.join(root, "dogs")))
+    r = benchmark.run_benchmark(root, image_size=(32, 32), batch_size=4, repeats=1,
+                                log=lambda line: None)
+    assert (r["files_checked"], r["images"], r["catdog_skipped_files"]) == (19, 16, 3)
+    assert sorted(s["path"] for s in r["skipped_files"]) == sorted(bad)
+    assert all(s["reason"] for s in r["skipped_files"])
+    for key in ("keras_img_per_s", "idg_img_per_s", "decode_ceiling_img_per_s",
+                "catdog_first_epoch_img_per_s"):
+        assert r[key] and r[key] > 0, key
+    assert "3 unusable, left out of every loader" in benchmark.format_table(r)
+    assert sorted(os.listdir(os.path.join(root, "cats")) +
+                  os.listdir(os.path.join(root, "dogs"))) == before
