@@ -255,25 +255,30 @@ def time_catdog(paths, labels, image_size, batch_size: int, dct_scaling: bool = 
     return out
 
 
-def time_catdog_tfrecords(pattern: str, image_size, batch_size: int) -> dict:
-    """catdog's training pipeline over TFRecord shards: first epoch, then cached.
+def _warm_page_cache(paths) -> int:
+    """Reads every file once (local or ``tf.io.gfile`` URL); returns the bytes read.
 
-    The shards' bytes are read once first, so like the folder loaders they
-    come from the page cache.
+    Afterwards every loader reads these files from memory, so none pays disk
+    reads another does not.
     """
-    from catdog import tfrecords  # pylint: disable=import-outside-toplevel
-    files, manifest, num_examples = tfrecords.resolve_shards(pattern, "train_tfrecords")
-    for path in files:
+    total = 0
+    for path in paths:
         with tf.io.gfile.GFile(path, "rb") as f:
-            while f.read(1 << 24):
-                pass
+            while chunk := f.read(1 << 24):
+                total += len(chunk)
+    return total
+
+
+def time_catdog_tfrecords(files, num_classes: int, num_examples: int, image_size,
+                          batch_size: int) -> dict:
+    """catdog's training pipeline over TFRecord shards: first epoch, then cached."""
+    from catdog import tfrecords  # pylint: disable=import-outside-toplevel
     ds = tfrecords.build_tfrecord_dataset(
-        files, num_classes=len(manifest["class_names"]), image_size=image_size,
+        files, num_classes=num_classes, image_size=image_size,
         batch_size=batch_size, training=True, num_examples=num_examples)
     n1, s1, cpu1 = _time_batches(ds)
     n2, s2, _ = _time_batches(ds)
-    return {"tfrecords_shards": len(files), "tfrecords_examples": num_examples,
-            "catdog_tfrecords_first_epoch_img_per_s": _rate(n1, s1),
+    return {"catdog_tfrecords_first_epoch_img_per_s": _rate(n1, s1),
             "catdog_tfrecords_first_epoch_img_per_cpu_s": _rate(n1, cpu1),
             "catdog_tfrecords_cached_epoch_img_per_s": _rate(n2, s2)}
 
@@ -299,9 +304,22 @@ def time_augmentation(paths, labels, image_size, batch_size: int) -> float:
     return _rate(n, time.perf_counter() - start)
 
 
-def _sample_folder(data_dir: str, max_images: int, workdir: str) -> str:
-    """A folder of symlinks to at most ``max_images`` files, classes kept balanced."""
-    paths, labels, class_names = scan.list_image_files(data_dir)
+def _symlink_folder(files, class_names, root: str) -> str:
+    """A class-folder tree at ``root`` of symlinks to ``files`` (``(path, label)``)."""
+    for i, (path, label) in enumerate(files):
+        folder = os.path.join(root, class_names[label])
+        os.makedirs(folder, exist_ok=True)
+        os.symlink(os.path.abspath(path),
+                   os.path.join(folder, f"{i:06d}{os.path.splitext(path)[1].lower()}"))
+    return root
+
+
+def _sample_folder(listing, max_images: int, workdir: str) -> str:
+    """A folder of symlinks to at most ``max_images`` files, classes kept balanced.
+
+    ``listing`` is ``scan.list_image_files``' ``(paths, labels, class_names)``.
+    """
+    paths, labels, class_names = listing
     per_class = {}
     for p, l in zip(paths, labels):
         per_class.setdefault(l, []).append(p)
@@ -310,14 +328,9 @@ def _sample_folder(data_dir: str, max_images: int, workdir: str) -> str:
         files = per_class[label]
         take = max(1, int(round(max_images * len(files) / len(paths))))
         step = len(files) / take
-        picked += [(label, files[int(i * step)]) for i in range(min(take, len(files)))]
-    root = os.path.join(workdir, "sample")
-    for i, (label, path) in enumerate(picked[:max_images]):
-        folder = os.path.join(root, class_names[label])
-        os.makedirs(folder, exist_ok=True)
-        os.symlink(os.path.abspath(path),
-                   os.path.join(folder, f"{i:06d}{os.path.splitext(path)[1]}"))
-    return root
+        picked += [(files[int(i * step)], label) for i in range(min(take, len(files)))]
+    return _symlink_folder(picked[:max_images], class_names,
+                           os.path.join(workdir, "sample"))
 
 
 def time_memcpy(n: int, image_size) -> float:
@@ -373,42 +386,28 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
         raise ValueError(f"`--repeats` must be >= 1. Received: repeats={repeats}")
     if max_images < 0:
         raise ValueError(f"`--max_images` must be >= 0. Received: max_images={max_images}")
-    count = len(scan.list_image_files(data_dir)[0])
+    listing = scan.list_image_files(data_dir)
+    count = len(listing[0])
     check_memory(min(count, max_images) if max_images else count, image_size)
     workdir = tempfile.mkdtemp(prefix="catdog-bench-")
     try:
         if max_images:
-            data_dir = _sample_folder(data_dir, max_images, workdir)
-        return _run(data_dir, image_size, batch_size, augment, repeats, log,
+            data_dir = _sample_folder(listing, max_images, workdir)
+            listing = scan.list_image_files(data_dir)
+        return _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
                     train_tfrecords, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # only our own symlinks
 
 
-def _usable_folder(good, class_names, workdir: str) -> str:
-    """A folder of symlinks to the usable files only, in their class folders."""
-    root = os.path.join(workdir, "usable")
-    for i, (path, label) in enumerate(good):
-        folder = os.path.join(root, class_names[label])
-        os.makedirs(folder, exist_ok=True)
-        os.symlink(os.path.abspath(path),
-                   os.path.join(folder, f"{i:06d}{os.path.splitext(path)[1].lower()}"))
-    return root
-
-
-def _run(data_dir, image_size, batch_size, augment, repeats, log,
+def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
          train_tfrecords, workdir) -> dict:
     result = {"data_dir": data_dir, "image_size": list(image_size),
               "batch_size": batch_size, "repeats": repeats, "machine": machine(),
               "loadavg_start": _loadavg()}
-    paths, labels, class_names = scan.list_image_files(data_dir)
-    # Warm the OS page cache: every loader below reads files that are in
-    # memory, so none pays disk reads another does not.
+    paths, labels, class_names = listing
     start = time.perf_counter()
-    total = 0
-    for p in paths:
-        with open(p, "rb") as f:
-            total += len(f.read())
+    total = _warm_page_cache(paths)
     result.update(images=len(paths), files_checked=len(paths), bytes_on_disk=total,
                   page_cache_warm_seconds=round(time.perf_counter() - start, 3),
                   class_names=class_names)
@@ -429,7 +428,7 @@ def _run(data_dir, image_size, batch_size, augment, repeats, log,
         # a folder of symlinks (the user's folder is never touched).
         result["skipped_files"] = [{"path": c.path, "reason": c.reason}
                                    for c in checks if not c.ok]
-        data_dir = _usable_folder(good, class_names, workdir)
+        data_dir = _symlink_folder(good, class_names, os.path.join(workdir, "usable"))
         paths = gpaths
         result["images"] = len(gpaths)
         log(f"{result['catdog_skipped_files']} unusable file(s) left out of every "
@@ -463,8 +462,13 @@ def _run(data_dir, image_size, batch_size, augment, repeats, log,
         lambda: {"memcpy_img_per_s": time_memcpy(len(gpaths), image_size)},
     ]
     if train_tfrecords:
-        loaders.append(lambda: time_catdog_tfrecords(train_tfrecords, image_size,
-                                                     batch_size))
+        from catdog import tfrecords  # pylint: disable=import-outside-toplevel
+        shards, manifest, examples = tfrecords.resolve_shards(train_tfrecords,
+                                                              "train_tfrecords")
+        _warm_page_cache(shards)
+        result.update(tfrecords_shards=len(shards), tfrecords_examples=examples)
+        loaders.append(lambda: time_catdog_tfrecords(
+            shards, len(manifest["class_names"]), examples, image_size, batch_size))
     rounds = []
     for i in range(repeats):
         figures = {}
@@ -477,9 +481,6 @@ def _run(data_dir, image_size, batch_size, augment, repeats, log,
     result["rounds"] = rounds
     for key in rounds[0]:
         values = [r[key] for r in rounds if r[key] is not None]
-        if key in ("tfrecords_shards", "tfrecords_examples"):
-            result[key] = rounds[0][key]
-            continue
         # Rates: the best round. Bytes: the largest (the most conservative).
         result[key] = max(values) if values else None
     result["catdog_cache_bytes"] = _cache_element_bytes(len(gpaths), image_size)

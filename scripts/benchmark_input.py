@@ -45,9 +45,6 @@ def _run():
     from catdog import config as config_lib
     if not FLAGS.data_dir:
         raise ValueError("`--data_dir` is required. Received: data_dir=None")
-    if FLAGS.max_images < 0:
-        raise ValueError(f"`--max_images` must be >= 0. Received: "
-                         f"max_images={FLAGS.max_images}")
     size = config_lib.parse_image_size(FLAGS.image_size)
     result = benchmark.run_benchmark(FLAGS.data_dir, size, FLAGS.batch_size,
                                      augment=FLAGS.augment, max_images=FLAGS.max_images,

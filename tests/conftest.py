@@ -1,5 +1,6 @@
 """Shared fixtures: tiny generated image folders, and global-state hygiene."""
 
+import hashlib
 import os
 import socket
 
@@ -38,6 +39,23 @@ def make_class_folder(root, classes=("cats", "dogs"), per_class=12, size=24,
             pixels[..., label % 3] += 120
             write_image(os.path.join(root, name, f"{name}_{i:03d}.jpg"), pixels)
     return str(root)
+
+
+def tree_state(root):
+    """Names, bytes and mtimes of everything under ``root``: equal before and
+    after a run means the run left the folder exactly as it was."""
+    state = {}
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            path = os.path.join(folder, name)
+            stat = os.lstat(path)
+            digest = None
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+            state[os.path.relpath(path, root)] = (stat.st_mtime_ns, stat.st_size, digest)
+    return state
 
 
 def free_ports(n):

@@ -5,7 +5,6 @@ Every image is generated (tests/imagegen.py) into a temporary folder; the
 scan cache goes to a per-test folder through $CATDOG_CACHE_DIR.
 """
 
-import hashlib
 import io
 import json
 import logging
@@ -24,6 +23,7 @@ import tensorflow as tf
 import imagegen
 from catdog import data
 from catdog import scan
+from conftest import tree_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEV_DATA = os.path.join(REPO, "..", "shared", "data", "catdog-dev")
@@ -54,22 +54,6 @@ def scan_decode_calls(monkeypatch):
 
     monkeypatch.setattr(data, "decode_and_resize", spy)
     return calls
-
-
-def _tree_state(root):
-    """Names, bytes and mtimes of everything under ``root``."""
-    state = {}
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(dirs + files):
-            path = os.path.join(folder, name)
-            stat = os.lstat(path)
-            digest = None
-            if os.path.isfile(path) and not os.path.islink(path):
-                with open(path, "rb") as f:
-                    digest = hashlib.sha256(f.read()).hexdigest()
-            state[os.path.relpath(path, root)] = (stat.st_mtime_ns, stat.st_size, digest)
-    return state
 
 
 def _write_kind(folder, kind):
@@ -470,12 +454,12 @@ def test_damaged_cache_entries_are_ignored(tmp_path, scan_cache_dir):
 def test_cache_is_never_written_inside_the_data_folder(tmp_path, caplog):
     root = tmp_path / "data"
     written = imagegen.write_tree(root, {"cats": ["jpeg"], "dogs": ["png"]})
-    before = _tree_state(root)
+    before = tree_state(root)
     with caplog.at_level(logging.WARNING, logger="catdog.scan"):
         checks = scan.check_files(written["cats"] + written["dogs"],
                                   cache_dir=str(root / "cats" / ".cache"))
     assert all(c.ok for c in checks)
-    assert _tree_state(root) == before
+    assert tree_state(root) == before
     assert "inside the data folder" in caplog.text
 
 
@@ -556,10 +540,10 @@ def test_scan_warns_when_the_classes_look_like_dataset_splits(tmp_path):
 
 def test_scan_never_modifies_the_scanned_folders(scan_messy_tree, scan_cache_dir):
     root, _, other = scan_messy_tree
-    before = _tree_state(root.parent)
+    before = tree_state(root.parent)
     scan.scan_directory(root, other_dirs=[other], progress=False)
     scan.scan_directory(root, other_dirs=[other], progress=False)  # From the cache.
-    after = _tree_state(root.parent)
+    after = tree_state(root.parent)
     cache_entries = {k for k in after if k.startswith("scan-cache")}
     assert cache_entries  # The cache was written, next to the data, not in it.
     assert {k: v for k, v in after.items() if k not in cache_entries} == before

@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, tree_state
 
 SCRIPTS = os.path.join(REPO, "scripts")
 
 
-def _run(script, *args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+def _run(script, *args, timeout=300, env=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO, **(env or {}))
     return subprocess.run([sys.executable, os.path.join(SCRIPTS, script), *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -105,20 +105,6 @@ def test_run_pipeline_small(tiny_folders, tmp_path):
     assert "| fine_tuning |" in proc.stdout
 
 
-def _tree_digest(root):
-    """{relative path: (sha256, size, mtime_ns)} of every file under ``root``."""
-    import hashlib  # pylint: disable=import-outside-toplevel
-    state = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
-            st = os.stat(path)
-            state[os.path.relpath(path, root)] = (digest, st.st_size, st.st_mtime_ns)
-    return state
-
-
 def test_scan_and_training_agree_file_by_file_on_a_salted_folder(tmp_path):
     """scan_data.py and a training run, each with its own check cache, skip
     exactly the same files for the same reasons (every bad kind, including a
@@ -133,22 +119,15 @@ def test_scan_and_training_agree_file_by_file_on_a_salted_folder(tmp_path):
     # Litter a real photo folder carries; neither tool counts it as an image.
     (root / "cats" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (root / "dogs" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
-    before = _tree_digest(root)
+    before = tree_state(root)
 
-    env_scan = {"CATDOG_CACHE_DIR": str(tmp_path / "cache-scan")}
-    env_train = {"CATDOG_CACHE_DIR": str(tmp_path / "cache-train")}
     scan_json = tmp_path / "scan.json"
-    old_env = dict(os.environ)
-    try:
-        os.environ.update(env_scan)
-        scan_proc = _run("scan_data.py", f"--data_dir={root}", f"--json_out={scan_json}")
-        os.environ.update(env_train)
-        train_proc = _run("train_baseline.py", f"--train_dir={root}", "--val_dir=",
-                          "--validation_split=0.25", "--image_size=32", "--batch_size=4",
-                          "--epochs=1", "--verbose=0", f"--model_dir={tmp_path}/run")
-    finally:
-        os.environ.clear()
-        os.environ.update(old_env)
+    scan_proc = _run("scan_data.py", f"--data_dir={root}", f"--json_out={scan_json}",
+                     env={"CATDOG_CACHE_DIR": str(tmp_path / "cache-scan")})
+    train_proc = _run("train_baseline.py", f"--train_dir={root}", "--val_dir=",
+                      "--validation_split=0.25", "--image_size=32", "--batch_size=4",
+                      "--epochs=1", "--verbose=0", f"--model_dir={tmp_path}/run",
+                      env={"CATDOG_CACHE_DIR": str(tmp_path / "cache-train")})
     assert scan_proc.returncode == 0, scan_proc.stderr[-3000:]
     assert train_proc.returncode == 0, train_proc.stderr[-3000:]
 
@@ -167,4 +146,4 @@ def test_scan_and_training_agree_file_by_file_on_a_salted_folder(tmp_path):
     usable = sum(len(v) for v in written.values()) - len(bad_kinds)
     assert scanned["num_usable"] == usable
     assert metrics["train_examples"] + metrics["val_examples"] == usable
-    assert _tree_digest(root) == before
+    assert tree_state(root) == before
