@@ -386,6 +386,10 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
         raise ValueError(f"`--repeats` must be >= 1. Received: repeats={repeats}")
     if max_images < 0:
         raise ValueError(f"`--max_images` must be >= 0. Received: max_images={max_images}")
+    shards = None
+    if train_tfrecords:  # a wrong glob fails here, before anything is timed
+        from catdog import tfrecords  # pylint: disable=import-outside-toplevel
+        shards = tfrecords.resolve_shards(train_tfrecords, "train_tfrecords")
     listing = scan.list_image_files(data_dir)
     count = len(listing[0])
     check_memory(min(count, max_images) if max_images else count, image_size)
@@ -395,13 +399,13 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
             data_dir = _sample_folder(listing, max_images, workdir)
             listing = scan.list_image_files(data_dir)
         return _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
-                    train_tfrecords, workdir)
+                    shards, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # only our own symlinks
 
 
 def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
-         train_tfrecords, workdir) -> dict:
+         shards, workdir) -> dict:
     result = {"data_dir": data_dir, "image_size": list(image_size),
               "batch_size": batch_size, "repeats": repeats, "machine": machine(),
               "loadavg_start": _loadavg()}
@@ -461,14 +465,12 @@ def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
         dct_round,
         lambda: {"memcpy_img_per_s": time_memcpy(len(gpaths), image_size)},
     ]
-    if train_tfrecords:
-        from catdog import tfrecords  # pylint: disable=import-outside-toplevel
-        shards, manifest, examples = tfrecords.resolve_shards(train_tfrecords,
-                                                              "train_tfrecords")
-        _warm_page_cache(shards)
-        result.update(tfrecords_shards=len(shards), tfrecords_examples=examples)
+    if shards:
+        files, manifest, examples = shards
+        _warm_page_cache(files)
+        result.update(tfrecords_shards=len(files), tfrecords_examples=examples)
         loaders.append(lambda: time_catdog_tfrecords(
-            shards, len(manifest["class_names"]), examples, image_size, batch_size))
+            files, len(manifest["class_names"]), examples, image_size, batch_size))
     rounds = []
     for i in range(repeats):
         figures = {}
@@ -592,9 +594,9 @@ def format_table(r: dict) -> str:
         f"- catdog cached / first epoch: {r['ratio_cached_vs_first']}x "
         f"(cached / memory copy: {r['ratio_cached_vs_memcpy']}x)",
         f"- one-off file check: {r['catdog_scan_seconds']} s for "
-        f"{r.get('files_checked', r['images'])} files"
-        + (f"; {len(r['skipped_files'])} unusable, left out of every loader"
-           if r.get("skipped_files") else ""),
+        f"{r['files_checked']} files"
+        + (f"; {r['catdog_skipped_files']} unusable, left out of every loader"
+           if r["catdog_skipped_files"] else ""),
         f"- catdog cache: {mb(r['catdog_cache_bytes'])} of uint8 elements = "
         f"{r['cache_bytes_vs_nhw3']} x N*H*W*3; process RSS grew "
         f"{mb(r['catdog_cache_rss_delta_bytes'])} ({r['cache_rss_vs_nhw3']} x) over the "
