@@ -41,8 +41,9 @@ def define_training_flags(flag_values=flags.FLAGS) -> None:
                         "Validation folder with the same class subfolders. When "
                         "unset, --validation_split of --train_dir is held out.", **fv)
     flags.DEFINE_float("validation_split", d.validation_split,
-                       "Fraction of --train_dir held out for validation when no "
-                       "--val_dir is given (split reproducibly with --seed).", **fv)
+                       "Fraction of each class of --train_dir held out for validation "
+                       "when no --val_dir is given (chosen by --seed; adding or removing "
+                       "a file moves at most one other file between the splits).", **fv)
     flags.DEFINE_list("class_names", None,
                       "Class subfolder names in label order (default: all "
                       "subfolders, alphanumeric order).", **fv)

@@ -34,8 +34,9 @@ class DataConfig:
       train_dir: folder with one subfolder per class (nested subfolders count).
       val_dir: validation folder with the same class subfolders; when empty,
         ``validation_split`` of ``train_dir`` is held out instead.
-      validation_split: fraction of ``train_dir`` held out for validation when
-        no ``val_dir`` is given (0 < split < 1); ignored with ``val_dir``.
+      validation_split: fraction of each class of ``train_dir`` held out for
+        validation when no ``val_dir`` is given (0 < split < 1; see
+        :func:`catdog.data.split_files`); ignored with ``val_dir``.
       class_names: explicit class order; default alphanumeric folder order.
       image_size: ``(height, width)`` every image is resized to.
       batch_size: GLOBAL batch size (summed over all replicas).

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import math
 import os
 from typing import Optional
 
@@ -129,7 +130,9 @@ def index_data(data_config, progress: bool = True) -> DataIndex:
     Classes follow ``keras.utils.image_dataset_from_directory``: one subfolder
     per class, alphanumeric order unless ``class_names`` is given, nested
     subfolders count for their top-level class. Every candidate file is
-    decode-checked first; bad ones are skipped and reported.
+    decode-checked first; bad ones are skipped and reported. Without
+    ``val_dir``, ``validation_split`` of each class is held out
+    (:func:`split_files`).
 
     Args:
       data_config: a :class:`catdog.config.DataConfig`.
@@ -161,8 +164,9 @@ def index_data(data_config, progress: bool = True) -> DataIndex:
         train, val = SplitFiles(paths, labels), SplitFiles(vpaths, vlabels)
     else:
         _require_every_class(labels, class_names, data_config.train_dir)
+        class_dirs = [os.path.join(data_config.train_dir, name) for name in class_names]
         train, val = split_files(paths, labels, data_config.validation_split,
-                                 data_config.seed)
+                                 data_config.seed, class_dirs=class_dirs)
         if not len(val) or not len(train):
             raise ValueError(
                 f"`--validation_split` {data_config.validation_split} of "
@@ -171,18 +175,62 @@ def index_data(data_config, progress: bool = True) -> DataIndex:
     return DataIndex(class_names, train, val, skipped)
 
 
-def split_files(paths, labels, validation_split: float, seed: int):
-    """Splits files into (train, val) reproducibly; no file lands in both.
+def split_files(paths, labels, validation_split: float, seed: int, class_dirs=None):
+    """Splits files into (train, val): stratified, stable and reproducible.
 
-    Shuffles with ``seed`` (numpy RandomState, as Keras does) and holds out the
-    last ``validation_split`` fraction.
+    Each class holds out ``validation_split`` of its own files, rounded to
+    the nearest file (the per-class split ``ImageDataGenerator`` made): the
+    first ones in the order of a seeded hash of each file's path relative to
+    its class folder. Which files are held out depends only on the seed and
+    the names within each class (not on their order or on where the folder
+    is), so adding or removing one file moves at most one other file between
+    the splits, and moving the whole data folder keeps the split. (``keras.utils.image_dataset_from_directory`` instead shuffles
+    the whole file list, so one new file reshuffles every split.)
+
+    Args:
+      paths: the usable files.
+      labels: their integer labels.
+      validation_split: fraction of each class held out, in (0, 1).
+      seed: seed of the hash order; another seed gives another split.
+      class_dirs: folder of each class, by label; file names are hashed
+        relative to it. Default: the paths as given.
+
+    Returns:
+      ``(train, val)`` :class:`SplitFiles`, each in the order of ``paths``;
+      no file is in both.
     """
-    order = np.random.RandomState(seed).permutation(len(paths))
-    n_val = int(round(validation_split * len(paths)))
-    cut = len(paths) - n_val
-    train_idx, val_idx = sorted(order[:cut]), sorted(order[cut:])
-    take = lambda idx: SplitFiles([paths[i] for i in idx], [labels[i] for i in idx])
-    return take(train_idx), take(val_idx)
+    members = collections.defaultdict(list)
+    for i, label in enumerate(labels):
+        members[label].append(i)
+    held_out = set()
+    for label, indices in members.items():
+        root = class_dirs[label] if class_dirs is not None else None
+        order = sorted(indices, key=lambda i: _hash_key(paths[i], root, seed))
+        held_out.update(order[:_num_held_out(len(indices), validation_split)])
+    take = lambda keep: SplitFiles([p for i, p in enumerate(paths) if keep(i)],
+                                   [l for i, l in enumerate(labels) if keep(i)])
+    return take(lambda i: i not in held_out), take(lambda i: i in held_out)
+
+
+def _num_held_out(n: int, fraction: float) -> int:
+    # Nearest file, halves up: never more than half a file from the fraction,
+    # and one file more in a class changes the count by at most one.
+    return int(math.floor(fraction * n + 0.5))
+
+
+def _relative(path: str, root: Optional[str]) -> str:
+    if root is None:
+        return path
+    prefix = root.rstrip("/") + "/"
+    if path.startswith(prefix) and "/./" not in path and "/../" not in path:
+        return path[len(prefix):]  # the usual case, without relpath's cost
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def _hash_key(path: str, root: Optional[str], seed: int):
+    name = _relative(path, root)
+    digest = hashlib.sha256(f"{int(seed)}\n{name}".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest(), name
 
 
 def _label_tensor(labels, num_classes):
