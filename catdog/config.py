@@ -269,6 +269,29 @@ def _validate_sources(config: Config) -> None:
 
 
 # --------------------------------------------------------------------------
+# Which settings shape a run: checked when fine-tuning and when resuming.
+# --------------------------------------------------------------------------
+
+def split_fields(data: DataConfig) -> tuple:
+    """The DataConfig fields that decide which examples are trained and validated on.
+
+    Fine-tuning must use the split of its ``init_from`` run, so these must
+    not differ from that run's. The seed and the fraction shape the split
+    only when it is held out of the training folder; ``max_pixels`` decides
+    which files of a folder are usable.
+    """
+    fields = ["train_dir", "val_dir", "train_tfrecords", "val_tfrecords", "tfds_name",
+              "class_names"]
+    if data.tfds_name:
+        fields += ["tfds_data_dir", "train_split", "val_split"]
+    elif not data.train_tfrecords:
+        fields.append("max_pixels")
+        if not data.val_dir:
+            fields += ["validation_split", "seed"]
+    return tuple(fields)
+
+
+# --------------------------------------------------------------------------
 # Stage presets. Each returns a fresh Config; callers override fields.
 # --------------------------------------------------------------------------
 

@@ -4,6 +4,8 @@
 :class:`catdog.config.Config` and writes into ``config.train.model_dir``:
 
 - ``config.json``: every setting, class names and library versions;
+- ``split.json``: the exact training and validation inputs (see
+  :func:`catdog.data.split_record`);
 - ``history.csv``: one row per epoch with every metric;
 - ``model.keras``: the best epoch by validation accuracy;
 - ``logs/``: TensorBoard logs;
@@ -44,6 +46,7 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
+SPLIT_FILE = "split.json"
 CURVES_FILE = "learning_curves.png"
 LOGS_DIR = "logs"
 BACKUP_DIR = "backup"
@@ -65,11 +68,27 @@ def versions() -> dict:
 
 
 def write_json(path: str, obj) -> None:
-    """Writes JSON atomically (temp file + rename), so readers never see half a file."""
+    """Writes JSON atomically (temp file + rename), so readers never see half a file.
+
+    Text is UTF-8; a file name that is not valid UTF-8 (held by Python as
+    surrogate escapes) makes the whole file ASCII with escapes instead, so
+    it stays valid JSON and reads back to the same name.
+    """
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, indent=2, ensure_ascii=True, default=_json_default)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, default=_json_default)
-        f.write("\n")
+        f.write(text + "\n")
+    os.replace(tmp, path)
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 
@@ -108,8 +127,16 @@ def summarize_history(rows: list) -> dict:
             "epochs_completed": len(rows)}
 
 
-def _resolve_fine_tuning(config: config_lib.Config) -> dict:
-    """Takes image size, backbone and head from the stage-3 run it starts from."""
+def _resolve_fine_tuning(config: config_lib.Config):
+    """Takes image size, backbone, head and the split from the stage-3 run it starts from.
+
+    Returns:
+      ``(init, split)``: the stage-3 ``config.json`` and ``split.json``.
+
+    Raises:
+      ValueError: ``init_from`` is not a finished feature_extraction run, or
+        a data setting of ``config`` would give another split than its own.
+    """
     init_dir = config.model.init_from
     path = os.path.join(init_dir, CONFIG_FILE)
     if not os.path.isfile(os.path.join(init_dir, MODEL_FILE)) or not os.path.isfile(path):
@@ -123,6 +150,16 @@ def _resolve_fine_tuning(config: config_lib.Config) -> dict:
         raise ValueError(
             f"`--init_from` {init_dir!r} holds a {init_cfg.model.stage!r} model; "
             "fine-tuning starts from a feature_extraction run.")
+    _require_same_split_settings(config.data, init_cfg.data,
+                                 init.get("class_names"), init_dir)
+    split_path = os.path.join(init_dir, SPLIT_FILE)
+    if not os.path.isfile(split_path):
+        raise ValueError(
+            f"`--init_from` {init_dir!r} has no {SPLIT_FILE} (it was trained by an "
+            "earlier catdog), so fine-tuning cannot validate on exactly its split. "
+            "Train feature_extraction again with this catdog.")
+    with open(split_path, encoding="utf-8") as f:
+        split = json.load(f)
     m = config.model
     for field in ("backbone", "backbone_alpha", "head"):
         setattr(m, field, getattr(init_cfg.model, field))
@@ -130,7 +167,30 @@ def _resolve_fine_tuning(config: config_lib.Config) -> dict:
         logging.warning("Fine-tuning uses the image size of %s: %s (not %s).",
                         init_dir, init_cfg.data.image_size, config.data.image_size)
         config.data.image_size = tuple(init_cfg.data.image_size)
-    return init
+    return init, split
+
+
+def _require_same_split_settings(data, init_data, init_class_names, init_dir) -> None:
+    """Refuses data settings that would not give the split of the init_from run."""
+    def same(field):
+        ours, theirs = getattr(data, field), getattr(init_data, field)
+        if field == "class_names":
+            # An explicit list equal to the classes the init run resolved is the same.
+            return (tuple(ours or ()) == tuple(theirs or ()) or
+                    (ours is not None and list(ours) == list(init_class_names or [])))
+        if field in ("train_dir", "val_dir") and ours and theirs:
+            return os.path.normpath(ours) == os.path.normpath(theirs)
+        return ours == theirs
+
+    differ = [f for f in config_lib.split_fields(init_data) if not same(f)]
+    if differ:
+        given = ", ".join(f"`--{f}` {getattr(data, f)!r} (there: {getattr(init_data, f)!r})"
+                          for f in differ)
+        raise ValueError(
+            f"Fine-tuning validates on exactly the split of --init_from {init_dir!r}, "
+            f"but {given} would give another split, and validation accuracy would be "
+            "measured on images that run trained on. Leave these flags out (they are "
+            "then taken from that run) or give its values.")
 
 
 def _shard_policies(data_config):
@@ -154,12 +214,13 @@ class RunResult:
 
 
 def run(config: config_lib.Config, progress: bool = True,
-        weights_note: str = "") -> RunResult:
+        weights_note: str = "", extra_files: Optional[dict] = None) -> RunResult:
     """Trains one stage end to end and writes its artifacts.
 
     Rerunning the same config into the same ``model_dir`` resumes from the
     last completed epoch (a finished run trains nothing more); a second live
-    run into the same ``model_dir`` is refused.
+    run into the same ``model_dir`` is refused. Fine-tuning uses exactly the
+    split of its ``init_from`` run (its ``split.json``).
 
     Args:
       config: the run's settings; ``config.train.model_dir`` receives results.
@@ -167,6 +228,8 @@ def run(config: config_lib.Config, progress: bool = True,
         ``config.train.verbose``).
       weights_note: recorded in ``metrics.json`` (e.g. why a backbone runs
         without pretrained weights).
+      extra_files: ``{file name: text}`` written into ``model_dir`` with
+        ``config.json`` once the run is accepted (the scripts' ``flags.txt``).
 
     Returns:
       A :class:`RunResult`.
@@ -186,12 +249,20 @@ def run(config: config_lib.Config, progress: bool = True,
     strategy = distribute.build_strategy(config.train.strategy, tpu=config.train.tpu or None)
     distribute.apply_keras_multiworker_fix(strategy)
     distribute.global_batch_check(config.data.batch_size, strategy)
-    init = _resolve_fine_tuning(config) if config.stage == "fine_tuning" else None
+    init, init_split = (_resolve_fine_tuning(config) if config.stage == "fine_tuning"
+                        else (None, None))
     model_dir = config.train.model_dir
     os.makedirs(model_dir, exist_ok=True)
 
     keras.utils.set_random_seed(config.data.seed)
-    index = data_lib.index_source(config.data, progress=progress)
+    if init is not None:
+        where = f"--init_from {config.model.init_from!r}"
+        index = data_lib.index_from_split(config.data, init_split, where, progress=progress)
+        logging.info("Fine-tuning on the split of %s (its %s): %d training and %d "
+                     "validation inputs.", config.model.init_from, SPLIT_FILE,
+                     len(index.train), len(index.val))
+    else:
+        index = data_lib.index_source(config.data, progress=progress)
     if init is not None and list(init.get("class_names", [])) != list(index.class_names):
         raise ValueError(
             f"Classes {index.class_names} differ from those of --init_from "
@@ -210,7 +281,7 @@ def run(config: config_lib.Config, progress: bool = True,
         out = distribute.artifact_dir(model_dir, strategy)
         try:
             result = _fit_and_write(config, index, train_ds, val_ds, strategy, policy,
-                                    out, start, weights_note)
+                                    out, start, weights_note, extra_files or {})
         finally:
             distribute.cleanup_artifact_dir(out, model_dir)
     if chief:
@@ -221,21 +292,17 @@ def run(config: config_lib.Config, progress: bool = True,
 
 
 def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
-                   start, weights_note) -> RunResult:
+                   start, weights_note, extra_files) -> RunResult:
     """Builds, compiles and fits under the strategy; writes artifacts into ``out``.
 
     ``out`` is ``model_dir`` on the chief and a private scratch folder on
     other workers (every worker saves, since saving may involve collectives;
-    only the chief's files are kept).
+    only the chief's files are kept). Nothing is written before the model is
+    built.
     """
     model_dir = config.train.model_dir
     replicas = strategy.num_replicas_in_sync
-    record = config.to_dict()
-    record.update(stage=config.stage, class_names=index.class_names,
-                  versions=versions(), dtype_policy=policy,
-                  strategy=type(strategy).__name__, replicas=replicas,
-                  argv=list(sys.argv))
-    write_json(os.path.join(out, CONFIG_FILE), record)
+    split = data_lib.split_record(config.data, index)
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
     with precision.policy_scope(policy), strategy.scope():
@@ -251,6 +318,15 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         models.compile_model(train_model, index.num_classes,
                              config.train.learning_rate, jit_compile=jit)
     logging.info("%s", xla_note)
+    record = config.to_dict()
+    record.update(stage=config.stage, class_names=index.class_names,
+                  versions=versions(), dtype_policy=policy,
+                  strategy=type(strategy).__name__, replicas=replicas,
+                  argv=list(sys.argv))
+    write_json(os.path.join(out, CONFIG_FILE), record)
+    write_json(os.path.join(out, SPLIT_FILE), split)
+    for name, text in extra_files.items():
+        _write_text(os.path.join(out, name), text)
     callbacks = [
         # First, so it stops before any other callback sees a partial epoch.
         resilience.PreemptionCallback(strategy),
