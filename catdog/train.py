@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -218,9 +219,12 @@ def run(config: config_lib.Config, progress: bool = True,
     """Trains one stage end to end and writes its artifacts.
 
     Rerunning the same config into the same ``model_dir`` resumes from the
-    last completed epoch (a finished run trains nothing more); a second live
-    run into the same ``model_dir`` is refused. Fine-tuning uses exactly the
-    split of its ``init_from`` run (its ``split.json``).
+    last completed epoch (a finished run trains nothing more; a larger
+    ``epochs`` trains the remaining ones). A rerun whose split or training
+    settings (:data:`catdog.config.RESUME_SETTINGS`) differ from the backup's
+    is refused before training, as is a second live run into the same
+    ``model_dir``. Fine-tuning uses exactly the split of its ``init_from``
+    run (its ``split.json``).
 
     Args:
       config: the run's settings; ``config.train.model_dir`` receives results.
@@ -235,7 +239,8 @@ def run(config: config_lib.Config, progress: bool = True,
       A :class:`RunResult`.
 
     Raises:
-      ValueError: bad settings or data, before any training.
+      ValueError: bad settings or data, or a backup of another training in
+        ``model_dir``, before any training.
       catdog.models.WeightsError: backbone weights cannot be obtained.
       catdog.resilience.ModelDirLockedError: another live run holds model_dir.
       catdog.resilience.TrainingPreempted: SIGTERM stopped training; rerun
@@ -291,6 +296,84 @@ def run(config: config_lib.Config, progress: bool = True,
     return result
 
 
+def _resume_problem(model_dir: str, fingerprint: dict, split: dict) -> Optional[str]:
+    """Why ``model_dir/backup`` cannot be resumed by this run, or None if it can."""
+    backup_dir = os.path.join(model_dir, BACKUP_DIR)
+    metadata = resilience.read_backup_metadata(backup_dir)
+    if metadata is None:
+        return None
+    old = metadata.get("fingerprint")
+    if not isinstance(old, dict):
+        logging.warning("%s was written without a record of its settings and split; "
+                        "resuming it unchecked.", backup_dir)
+        return None
+    changes = []
+    before, now = old.get("settings", {}), fingerprint["settings"]
+    for key in sorted(set(before) & set(now)):
+        if before[key] != now[key]:
+            changes.append(f"{key} {json.dumps(before[key])} -> {json.dumps(now[key])}")
+    if old.get("split_digest") != fingerprint["split_digest"]:
+        previous = _read_json(os.path.join(model_dir, SPLIT_FILE))
+        if previous and data_lib.split_digest(previous) == old.get("split_digest"):
+            what = data_lib.describe_split_change(previous, split)
+        else:
+            sizes = old.get("split_sizes", {})
+            what = (f"training {sizes.get('train')} -> {len(split['train'])}, "
+                    f"validation {sizes.get('val')} -> {len(split['val'])} inputs")
+        changes.append(f"the data: {what}")
+    if not changes:
+        return None
+    epochs = int(metadata.get("epoch", 0))
+    earlier = os.path.join(model_dir, "flags.txt")
+    earlier = f" (--flagfile={earlier})" if os.path.isfile(earlier) else ""
+    return (f"{model_dir} holds a backup of {epochs} epoch(s) trained with other settings "
+            f"or data, and resuming it would mix two trainings. Changed since: "
+            f"{'; '.join(changes)}. Either pass a new --model_dir for this run, or "
+            f"delete {backup_dir}/ to train from scratch in this model_dir; rerunning "
+            f"the earlier command{earlier} resumes the earlier run.")
+
+
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _check_resume(config, split: dict, policy: str, strategy):
+    """Refuses (ValueError) to resume a backup of another training.
+
+    Returns:
+      ``(fingerprint, resuming)``: what the backup records for this run, and
+      whether a backup exists to resume from.
+
+    Every worker of a multi-worker job decides the same: one that finds a
+    mismatch stops them all.
+    """
+    settings = config_lib.resume_settings(config)
+    settings["dtype_policy"] = policy
+    fingerprint = {
+        "settings": settings,
+        "settings_digest": hashlib.sha256(
+            json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest(),
+        "split_digest": data_lib.split_digest(split),
+        "split_sizes": {"train": len(split["train"]), "val": len(split["val"])},
+    }
+    try:
+        problem = _resume_problem(config.train.model_dir, fingerprint, split)
+    except ValueError as e:  # a corrupt backup: still agree before stopping
+        problem = str(e)
+    if resilience.any_worker(strategy, problem is not None) and problem is None:
+        problem = ("another worker of this job found that the backup in "
+                   f"{config.train.model_dir} belongs to another training (its log "
+                   "says what changed); stopping before training.")
+    if problem:
+        raise ValueError(problem)
+    backup_dir = os.path.join(config.train.model_dir, BACKUP_DIR)
+    return fingerprint, resilience.read_backup_metadata(backup_dir) is not None
+
+
 def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
                    start, weights_note, extra_files) -> RunResult:
     """Builds, compiles and fits under the strategy; writes artifacts into ``out``.
@@ -298,7 +381,7 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
     ``out`` is ``model_dir`` on the chief and a private scratch folder on
     other workers (every worker saves, since saving may involve collectives;
     only the chief's files are kept). Nothing is written before the model is
-    built.
+    built and the resume check has passed.
     """
     model_dir = config.train.model_dir
     replicas = strategy.num_replicas_in_sync
@@ -318,6 +401,9 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         models.compile_model(train_model, index.num_classes,
                              config.train.learning_rate, jit_compile=jit)
     logging.info("%s", xla_note)
+    # After the model is built (a missing-weights error comes first), before
+    # anything is written or trained.
+    fingerprint, resuming = _check_resume(config, split, policy, strategy)
     record = config.to_dict()
     record.update(stage=config.stage, class_names=index.class_names,
                   versions=versions(), dtype_policy=policy,
@@ -327,17 +413,19 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
     write_json(os.path.join(out, SPLIT_FILE), split)
     for name, text in extra_files.items():
         _write_text(os.path.join(out, name), text)
+    backup = resilience.ResumableBackupAndRestore(
+        os.path.join(model_dir, BACKUP_DIR), write_dir=os.path.join(out, BACKUP_DIR),
+        fingerprint=fingerprint, start_time=start)
     callbacks = [
         # First, so it stops before any other callback sees a partial epoch.
         resilience.PreemptionCallback(strategy),
         resilience.BestModelCheckpoint(os.path.join(out, MODEL_FILE),
                                        monitor="val_accuracy", mode="max",
-                                       model_to_save=model),
+                                       model_to_save=model, start_over=not resuming),
         resilience.ResumableCSVLogger(os.path.join(out, HISTORY_FILE)),
         keras.callbacks.TensorBoard(os.path.join(out, LOGS_DIR)),
         # Last: writing the backup is the commit point of an epoch.
-        resilience.ResumableBackupAndRestore(os.path.join(model_dir, BACKUP_DIR),
-                                             write_dir=os.path.join(out, BACKUP_DIR)),
+        backup,
     ]
     if config.train.fast_features and config.stage == "feature_extraction":
         # catdog.features: the frozen backbone runs once over the images
@@ -362,7 +450,9 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         "val_examples": len(index.val),
         "class_names": index.class_names,
         "skipped_files": index.skipped,
-        "seconds": round(time.time() - start, 2),
+        # Time up to the last committed epoch, summed over attempts: a rerun
+        # of a finished job adds nothing, a resumed one its own time.
+        "seconds": round(backup.seconds, 2),
         "backbone": config.model.backbone if config.stage in (
             "feature_extraction", "fine_tuning") else None,
         "weights": config.model.weights if config.stage == "feature_extraction" else (

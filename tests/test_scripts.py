@@ -172,3 +172,20 @@ def test_fine_tuning_script_validates_on_the_split_of_stage_3(tmp_path):
     assert split("ft")["train"] == split("fe")["train"]
     assert split("ft")["val"] == split("fe")["val"]
     assert f"--train_dir={root}" in (tmp_path / "ft" / "flags.txt").read_text()
+
+
+@pytest.mark.slow
+def test_rerun_with_other_settings_exits_2_and_leaves_the_run_alone(tiny_folders, tmp_path):
+    train_dir, val_dir = tiny_folders
+    args = [*_common(train_dir, val_dir), f"--model_dir={tmp_path}/m"]
+    first = _run("train_baseline.py", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = tree_state(tmp_path / "m")
+    second = _run("train_baseline.py", *args, "--learning_rate=0.01")
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert "learning_rate 0.001 -> 0.01" in second.stderr
+    assert "--model_dir" in second.stderr and "backup" in second.stderr
+    assert "Traceback" not in second.stderr
+    after = tree_state(tmp_path / "m")
+    assert {k: v for k, v in after.items() if ".catdog.lock" not in k} == \
+        {k: v for k, v in before.items() if ".catdog.lock" not in k}

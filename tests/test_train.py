@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -209,3 +210,99 @@ def test_fine_tuning_validates_on_exactly_the_split_of_init_from(tmp_path, caplo
     assert [s["path"] for s in ft.metrics["skipped_files"]] == [broken]
     assert ft.metrics["val_examples"] == len(before["val"])
     assert "split.json" in caplog.text and fe.train.model_dir in caplog.text
+
+
+def _artifacts(run):
+    names = ("history.csv", "metrics.json", "config.json", "split.json",
+             os.path.join("backup", "training_metadata.json"))
+    return {n: open(os.path.join(run, n), "rb").read() for n in names}
+
+
+def test_rerun_with_other_settings_or_data_is_refused_before_training(tmp_path):
+    root = make_class_folder(tmp_path / "photos", per_class=10)
+    run = str(tmp_path / "run")
+    c = _config("baseline", root, "", run)
+    c.data.validation_split, c.train.epochs = 0.25, 1
+    train.run(c)
+    before = _artifacts(run)
+
+    changed = copy.deepcopy(c)
+    changed.train.learning_rate, changed.data.batch_size = 0.01, 4
+    changed.train.epochs = 3
+    with pytest.raises(ValueError) as e:
+        train.run(changed)
+    msg = str(e.value)
+    assert "learning_rate 0.001 -> 0.01" in msg and "batch_size 8 -> 4" in msg
+    assert "epochs" not in msg.split("learning_rate")[0]  # more epochs is a resume
+    assert "--model_dir" in msg and os.path.join(run, "backup") in msg
+    assert _artifacts(run) == before
+
+    for i, name in enumerate(("cats", "dogs")):
+        write_image(os.path.join(root, name, f"new_{i}.jpg"),
+                    np.full((24, 24, 3), 60 * i, np.uint8))
+    os.remove(os.path.join(root, "dogs", "dogs_003.jpg"))
+    with pytest.raises(ValueError) as e:
+        train.run(c)
+    msg = str(e.value)
+    assert "2 files added, 1 removed" in msg
+    assert "--model_dir" in msg and os.path.join(run, "backup") in msg
+    assert _artifacts(run) == before
+
+
+def test_resume_ignores_what_does_not_shape_training(tmp_path):
+    """More epochs, a moved data folder, other output or speed settings: the
+    run resumes where it stopped."""
+    root = make_class_folder(tmp_path / "photos", per_class=10)
+    c = _config("baseline", root, "", tmp_path / "run")
+    c.data.validation_split, c.train.epochs = 0.25, 1
+    train.run(c)
+    moved = str(tmp_path / "elsewhere" / "photos")
+    shutil.copytree(root, moved)
+    again = copy.deepcopy(c)
+    again.data.train_dir, again.train.epochs = moved, 2
+    again.data.cache, again.data.deterministic = str(tmp_path / "cache"), True
+    again.train.jit_compile, again.train.mixed_precision = "false", "float32"
+    result = train.run(again)
+    with open(tmp_path / "run" / "history.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1"]
+    assert result.metrics["epochs_completed"] == 2
+
+
+def test_seconds_is_the_training_time_summed_over_attempts(tmp_path):
+    root = make_class_folder(tmp_path / "photos", per_class=10)
+    c = _config("baseline", root, "", tmp_path / "run")
+    c.data.validation_split, c.train.epochs = 0.25, 1
+    first = train.run(c).metrics["seconds"]
+    assert first > 0
+    # A rerun of the finished job trains nothing and adds nothing.
+    assert train.run(c).metrics["seconds"] == first
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["seconds"] == first
+    # A resumed run (one more epoch) adds its own time.
+    c.train.epochs = 2
+    start = time.time()
+    second = train.run(c).metrics["seconds"]
+    assert first < second <= first + (time.time() - start) + 0.01
+
+
+def test_training_from_scratch_after_the_backup_is_deleted_replaces_the_model(tmp_path):
+    """The way out of a refused resume: delete model_dir/backup and rerun.
+    The new training's best model replaces the earlier one even when that
+    one was better, so model.keras and metrics.json describe the same run."""
+    root = make_class_folder(tmp_path / "photos", per_class=10)
+    run = tmp_path / "run"
+    c = _config("baseline", root, "", run)
+    c.data.validation_split, c.train.epochs = 0.25, 1
+    train.run(c)
+    state = json.loads((run / "model.best.json").read_text())
+    state["best"] = 1.0  # the earlier run was perfect
+    (run / "model.best.json").write_text(json.dumps(state))
+    shutil.rmtree(run / "backup")
+    c.train.learning_rate = 0.01
+    result = train.run(c)
+    state = json.loads((run / "model.best.json").read_text())
+    assert state["best"] == pytest.approx(result.metrics["best_val_accuracy"])
+    assert state["best_epoch"] + 1 == result.metrics["best_epoch"]
+    saved = models.load_model(str(run))
+    for a, b in zip(saved.get_weights(), result.model.get_weights()):
+        np.testing.assert_allclose(a, b)
