@@ -424,13 +424,15 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
         name = f"ckpt-{self._saves}.weights.h5"
         self.model.save_weights(os.path.join(self.write_dir, name),
                                 overwrite=True)
-        seconds = self._seconds_before + time.time() - (self._start_time or time.time())
+        # Rounded once, here: a rerun reports exactly what was committed.
+        seconds = round(self._seconds_before + time.time() -
+                        (self._start_time or time.time()), 3)
         metadata = {
             "epoch": self._current_epoch,
             "batch": self._last_batch_seen,
             "weights": name,
             "save": self._saves,
-            "seconds": round(seconds, 3),
+            "seconds": seconds,
         }
         if self.fingerprint is not None:
             metadata["fingerprint"] = self.fingerprint
