@@ -291,29 +291,44 @@ def split_fields(data: DataConfig) -> tuple:
     return tuple(fields)
 
 
-#: Settings that shape what a run learns, by section. A rerun into a
-#: model_dir resumes from its backup only with the same values (train.run
-#: checks before training); which files are trained and validated on is
-#: checked through the split itself, so the data may move. Not listed, so
-#: free to change on a resume: epochs (a larger value trains the remaining
-#: epochs), where data and results live (train_dir, val_dir, the TFRecord
-#: globs, tfds_data_dir, cache, model_dir), deterministic, verbose, strategy,
-#: tpu and jit_compile. The dtype policy is checked as resolved, not as asked.
+#: Settings that shape what a run learns. A rerun into a model_dir resumes
+#: from its backup only with the same values (train.run checks before
+#: training); which files are trained and validated on is checked through the
+#: split itself, so the data may move. Model settings count only for the
+#: stages that use them (run_pipeline shares one config across stages), the
+#: augmentation strengths only with augmentation on. Not listed, so free to
+#: change on a resume: epochs (a larger value trains the remaining epochs),
+#: where data and results live (train_dir, val_dir, the TFRecord globs,
+#: tfds_data_dir, cache, model_dir), deterministic, verbose, strategy, tpu
+#: and jit_compile. The dtype policy is checked as resolved, not as asked.
 RESUME_SETTINGS = {
     "data": ("image_size", "batch_size", "seed", "shuffle_buffer", "dct_scaling"),
-    "model": ("stage", "backbone", "backbone_alpha", "weights", "head", "dropout",
-              "augment", "flip", "rotation", "zoom", "fine_tune_layers", "init_from"),
-    "train": ("learning_rate", "fast_features"),
+    "train": ("learning_rate",),
+    "model": {
+        "baseline": ("stage", "dropout", "augment"),
+        "augmented": ("stage", "dropout", "augment"),
+        "feature_extraction": ("stage", "backbone", "backbone_alpha", "weights", "head",
+                               "dropout", "augment"),
+        # The rest of the model comes with init_from's model.keras.
+        "fine_tuning": ("stage", "backbone", "backbone_alpha", "head",
+                        "fine_tune_layers", "init_from"),
+    },
 }
+_AUGMENTATION_SETTINGS = ("flip", "rotation", "zoom")
 
 
 def resume_settings(config: Config) -> dict:
-    """``{field: value}`` of :data:`RESUME_SETTINGS`, JSON-ready (tuples as lists)."""
+    """``{field: value}`` of :data:`RESUME_SETTINGS` for ``config``'s stage (JSON-ready)."""
     record = config.to_dict()
-    out = {name: record[section][name]
-           for section, names in RESUME_SETTINGS.items() for name in names}
-    # Only stage 3 trains differently with fast features (the others ignore it).
-    out["fast_features"] = bool(out["fast_features"]) and config.stage == "feature_extraction"
+    out = {name: record["data"][name] for name in RESUME_SETTINGS["data"]}
+    out.update((name, record["train"][name]) for name in RESUME_SETTINGS["train"])
+    model = RESUME_SETTINGS["model"].get(config.stage, ())
+    if "augment" in model and config.model.augment:
+        model += _AUGMENTATION_SETTINGS
+    out.update((name, record["model"][name]) for name in model)
+    if config.stage == "feature_extraction":
+        # Only stage 3 trains differently with fast features (the others ignore it).
+        out["fast_features"] = bool(config.train.fast_features)
     return out
 
 

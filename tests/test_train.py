@@ -250,8 +250,9 @@ def test_rerun_with_other_settings_or_data_is_refused_before_training(tmp_path):
 
 
 def test_resume_ignores_what_does_not_shape_training(tmp_path):
-    """More epochs, a moved data folder, other output or speed settings: the
-    run resumes where it stopped."""
+    """More epochs, a moved data folder, other output or speed settings, model
+    flags the stage does not use (run_pipeline shares one config): the run
+    resumes where it stopped."""
     root = make_class_folder(tmp_path / "photos", per_class=10)
     c = _config("baseline", root, "", tmp_path / "run")
     c.data.validation_split, c.train.epochs = 0.25, 1
@@ -262,6 +263,8 @@ def test_resume_ignores_what_does_not_shape_training(tmp_path):
     again.data.train_dir, again.train.epochs = moved, 2
     again.data.cache, again.data.deterministic = str(tmp_path / "cache"), True
     again.train.jit_compile, again.train.mixed_precision = "false", "float32"
+    again.model.backbone, again.model.weights, again.model.head = "mobilenet", "none", "max"
+    again.model.fine_tune_layers, again.model.rotation = 3, 0.3  # baseline: no augmentation
     result = train.run(again)
     with open(tmp_path / "run" / "history.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1"]
