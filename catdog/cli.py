@@ -7,6 +7,8 @@ Nothing here runs at import: :func:`define_training_flags` defines the flags
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import sys
 import traceback
@@ -41,8 +43,9 @@ def define_training_flags(flag_values=flags.FLAGS) -> None:
                         "Validation folder with the same class subfolders. When "
                         "unset, --validation_split of --train_dir is held out.", **fv)
     flags.DEFINE_float("validation_split", d.validation_split,
-                       "Fraction of --train_dir held out for validation when no "
-                       "--val_dir is given (split reproducibly with --seed).", **fv)
+                       "Fraction of each class of --train_dir held out for validation "
+                       "when no --val_dir is given (chosen by --seed; adding or removing "
+                       "a file moves at most one other file between the splits).", **fv)
     flags.DEFINE_list("class_names", None,
                       "Class subfolder names in label order (default: all "
                       "subfolders, alphanumeric order).", **fv)
@@ -109,7 +112,8 @@ def define_training_flags(flag_values=flags.FLAGS) -> None:
                          "backbone's top block (vgg16: block5, its last 4 layers).", **fv)
     flags.DEFINE_string("init_from", None,
                         "fine_tuning: model_dir of the finished feature_extraction "
-                        "run to start from.", **fv)
+                        "run to start from. Its split (split.json) is used, and data "
+                        "flags not given take that run's values.", **fv)
     # Training.
     flags.DEFINE_string("model_dir", None,
                         "Folder for every result of the run (created if missing).", **fv)
@@ -140,8 +144,15 @@ def define_training_flags(flag_values=flags.FLAGS) -> None:
 
 
 def config_from_flags(stage: str, flag_values=flags.FLAGS) -> config_lib.Config:
-    """Builds the Config of ``stage`` from parsed flags (preset + overrides)."""
+    """Builds the Config of ``stage`` from parsed flags (preset + overrides).
+
+    For ``fine_tuning`` with ``--init_from``, every data flag not given on
+    the command line first takes the value of that run (see
+    :func:`inherit_data_flags`).
+    """
     f = flag_values
+    if stage == "fine_tuning" and f.init_from:
+        inherit_data_flags(f.init_from, f)
     config = config_lib.for_stage(stage)
     d, m, t = config.data, config.model, config.train
     d.train_dir = f.train_dir or ""
@@ -185,9 +196,48 @@ def config_from_flags(stage: str, flag_values=flags.FLAGS) -> config_lib.Config:
     return config
 
 
-def write_flagfile(model_dir: str, flag_values=flags.FLAGS) -> str:
-    """Writes the run's flags so ``--flagfile=model_dir/flags.txt`` repeats it."""
-    path = os.path.join(model_dir, FLAGFILE)
+def inherit_data_flags(init_dir: str, flag_values=flags.FLAGS) -> list:
+    """Sets the data flags not given on the command line to those of ``init_dir``'s run.
+
+    Fine-tuning validates on exactly the split of the run it starts from, so
+    a user need not repeat that run's data flags; flags given explicitly keep
+    their value (and ``train.run`` refuses one that would change the split).
+    The flag values themselves change, so ``flags.txt`` records what the run
+    uses. A missing or unreadable ``config.json`` changes nothing (the
+    training run then says what ``--init_from`` must be).
+
+    Returns:
+      The names of the flags whose value was taken over.
+    """
+    try:
+        with open(os.path.join(init_dir, "config.json"), encoding="utf-8") as f:
+            data = json.load(f).get("data") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    taken = []
+    for field in dataclasses.fields(config_lib.DataConfig):
+        name = field.name
+        if name not in flag_values or flag_values[name].present or name not in data:
+            continue
+        value = data[name]
+        if name == "image_size":
+            value = ",".join(str(v) for v in value)
+        elif name == "class_names":
+            value = list(value) if value else None
+        elif value == "" and flag_values[name].default is None:
+            value = None
+        if value == flag_values[name].value:
+            continue
+        setattr(flag_values, name, value)
+        taken.append(name)
+    if taken:
+        logging.info("Data flags taken from --init_from %s: %s", init_dir,
+                     " ".join(flag_values[n].serialize() or f"--{n}" for n in taken))
+    return taken
+
+
+def flagfile_text(flag_values=flags.FLAGS) -> str:
+    """The run's flags as ``--flagfile`` text: catdog's and the script's own."""
     # Only catdog's own flags and the script's: flags other libraries define
     # at import time are not known to a fresh process reading the file.
     ours = []
@@ -197,9 +247,15 @@ def write_flagfile(model_dir: str, flag_values=flags.FLAGS) -> str:
             ours.extend(module_flags)
     lines = sorted({flag.serialize() for flag in ours
                     if flag.value is not None and flag.name not in ("flagfile", "undefok")})
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def write_flagfile(model_dir: str, flag_values=flags.FLAGS) -> str:
+    """Writes the run's flags so ``--flagfile=model_dir/flags.txt`` repeats it."""
+    path = os.path.join(model_dir, FLAGFILE)
     os.makedirs(model_dir, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(line for line in lines if line) + "\n")
+        f.write(flagfile_text(flag_values))
     return path
 
 
@@ -239,8 +295,9 @@ def train_stage(stage: str, flag_values=flags.FLAGS) -> None:
     from catdog import train  # heavy import only when training
     config = config_from_flags(stage, flag_values)
     config.validate()
-    write_flagfile(config.train.model_dir, flag_values)
-    train.run(config)
+    # flags.txt is written by the run once accepted: a refused rerun leaves
+    # the flags of the run the model_dir holds.
+    train.run(config, extra_files={FLAGFILE: flagfile_text(flag_values)})
 
 
 def refuse_positional(argv):

@@ -34,8 +34,9 @@ class DataConfig:
       train_dir: folder with one subfolder per class (nested subfolders count).
       val_dir: validation folder with the same class subfolders; when empty,
         ``validation_split`` of ``train_dir`` is held out instead.
-      validation_split: fraction of ``train_dir`` held out for validation when
-        no ``val_dir`` is given (0 < split < 1); ignored with ``val_dir``.
+      validation_split: fraction of each class of ``train_dir`` held out for
+        validation when no ``val_dir`` is given (0 < split < 1; see
+        :func:`catdog.data.split_files`); ignored with ``val_dir``.
       class_names: explicit class order; default alphanumeric folder order.
       image_size: ``(height, width)`` every image is resized to.
       batch_size: GLOBAL batch size (summed over all replicas).
@@ -265,6 +266,70 @@ def _validate_sources(config: Config) -> None:
         _fail("val_split" if d.train_split else "train_split",
               d.val_split if d.train_split else d.train_split,
               "must be a TFDS split such as 'train[:80%]' with --tfds_name")
+
+
+# --------------------------------------------------------------------------
+# Which settings shape a run: checked when fine-tuning and when resuming.
+# --------------------------------------------------------------------------
+
+def split_fields(data: DataConfig) -> tuple:
+    """The DataConfig fields that decide which examples are trained and validated on.
+
+    Fine-tuning must use the split of its ``init_from`` run, so these must
+    not differ from that run's. The seed and the fraction shape the split
+    only when it is held out of the training folder; ``max_pixels`` decides
+    which files of a folder are usable.
+    """
+    fields = ["train_dir", "val_dir", "train_tfrecords", "val_tfrecords", "tfds_name",
+              "class_names"]
+    if data.tfds_name:
+        fields += ["tfds_data_dir", "train_split", "val_split"]
+    elif not data.train_tfrecords:
+        fields.append("max_pixels")
+        if not data.val_dir:
+            fields += ["validation_split", "seed"]
+    return tuple(fields)
+
+
+#: Settings that shape what a run learns. A rerun into a model_dir resumes
+#: from its backup only with the same values (train.run checks before
+#: training); which files are trained and validated on is checked through the
+#: split itself, so the data may move. Model settings count only for the
+#: stages that use them (run_pipeline shares one config across stages), the
+#: augmentation strengths only with augmentation on. Not listed, so free to
+#: change on a resume: epochs (a larger value trains the remaining epochs),
+#: where data and results live (train_dir, val_dir, the TFRecord globs,
+#: tfds_data_dir, cache, model_dir), deterministic, verbose, strategy, tpu
+#: and jit_compile. The dtype policy is checked as resolved, not as asked.
+RESUME_SETTINGS = {
+    "data": ("image_size", "batch_size", "seed", "shuffle_buffer", "dct_scaling"),
+    "train": ("learning_rate",),
+    "model": {
+        "baseline": ("stage", "dropout", "augment"),
+        "augmented": ("stage", "dropout", "augment"),
+        "feature_extraction": ("stage", "backbone", "backbone_alpha", "weights", "head",
+                               "dropout", "augment"),
+        # The rest of the model comes with init_from's model.keras.
+        "fine_tuning": ("stage", "backbone", "backbone_alpha", "head",
+                        "fine_tune_layers", "init_from"),
+    },
+}
+_AUGMENTATION_SETTINGS = ("flip", "rotation", "zoom")
+
+
+def resume_settings(config: Config) -> dict:
+    """``{field: value}`` of :data:`RESUME_SETTINGS` for ``config``'s stage (JSON-ready)."""
+    record = config.to_dict()
+    out = {name: record["data"][name] for name in RESUME_SETTINGS["data"]}
+    out.update((name, record["train"][name]) for name in RESUME_SETTINGS["train"])
+    model = RESUME_SETTINGS["model"].get(config.stage, ())
+    if "augment" in model and config.model.augment:
+        model += _AUGMENTATION_SETTINGS
+    out.update((name, record["model"][name]) for name in model)
+    if config.stage == "feature_extraction":
+        # Only stage 3 trains differently with fast features (the others ignore it).
+        out["fast_features"] = bool(config.train.fast_features)
+    return out
 
 
 # --------------------------------------------------------------------------

@@ -49,6 +49,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import weakref
 
 import keras
@@ -338,6 +339,11 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
     On restart, ``on_train_begin`` restores weights and optimizer state and
     sets the epoch fit() continues from. Put this callback LAST in the list.
 
+    The metadata also records ``seconds``, the wall time of every attempt up
+    to its last committed epoch, summed over attempts (:attr:`seconds`), and
+    optionally a ``fingerprint`` of what the run trains, which a caller
+    compares before resuming (:func:`read_backup_metadata`).
+
     Keras 3 restores only the epoch, not the step: a mid-epoch backup
     (``save_freq=<int>``) makes the resumed run repeat that whole epoch on
     weights that have already seen part of it. Keep the default
@@ -351,17 +357,42 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
         workers save, only the chief's copy is kept).
       save_freq: ``"epoch"`` or a number of steps.
       delete_checkpoint: delete the backup when training ends.
+      fingerprint: JSON-ready dict saved with every commit (what the run
+        trains: settings, split), for the check before a resume.
+      start_time: ``time.time()`` when this attempt started (default: when
+        training begins); each commit adds the time since to :attr:`seconds`.
     """
 
     _METADATA = "training_metadata.json"
 
     def __init__(self, backup_dir: str, write_dir: str | None = None,
-                 save_freq="epoch", delete_checkpoint: bool = False):
+                 save_freq="epoch", delete_checkpoint: bool = False,
+                 fingerprint: dict | None = None,
+                 start_time: float | None = None):
         super().__init__(backup_dir=backup_dir, save_freq=save_freq,
                          double_checkpoint=False,
                          delete_checkpoint=delete_checkpoint)
         self.write_dir = write_dir or backup_dir
+        self.fingerprint = fingerprint
+        self._start_time = start_time
         self._saves = 0
+        self._seconds_before = 0.0  # committed by earlier attempts
+        self._seconds = 0.0
+
+    @property
+    def seconds(self) -> float:
+        """Wall time up to the last committed epoch, summed over attempts.
+
+        A resumed attempt adds its own time up to its last commit; an attempt
+        that commits nothing (a rerun of a finished job, or one killed before
+        its first epoch ended) adds nothing.
+        """
+        return self._seconds
+
+    def on_train_begin(self, logs=None):
+        if self._start_time is None:
+            self._start_time = time.time()
+        super().on_train_begin(logs)
 
     def _load_model(self):
         metadata_path = os.path.join(self.backup_dir, self._METADATA)
@@ -380,6 +411,7 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.model.load_weights(weights_path)
         self.model._initial_epoch = metadata["epoch"]  # pylint: disable=protected-access
         self._saves = int(metadata.get("save", 0))
+        self._seconds_before = self._seconds = float(metadata.get("seconds", 0.0))
         _log.info("Resuming from backup %s: epoch %d.", weights_path,
                   metadata["epoch"])
 
@@ -392,14 +424,61 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
         name = f"ckpt-{self._saves}.weights.h5"
         self.model.save_weights(os.path.join(self.write_dir, name),
                                 overwrite=True)
-        _write_atomic(metadata_path, json.dumps({
+        # Rounded once, here: a rerun reports exactly what was committed.
+        seconds = round(self._seconds_before + time.time() -
+                        (self._start_time or time.time()), 3)
+        metadata = {
             "epoch": self._current_epoch,
             "batch": self._last_batch_seen,
             "weights": name,
             "save": self._saves,
-        }))
+            "seconds": seconds,
+        }
+        if self.fingerprint is not None:
+            metadata["fingerprint"] = self.fingerprint
+        _write_atomic(metadata_path, json.dumps(metadata))
+        self._seconds = seconds
         if old and old != name:
             _remove(os.path.join(self.write_dir, old))
+
+
+def read_backup_metadata(backup_dir: str) -> dict | None:
+    """The committed metadata of the backup in ``backup_dir``, or None without one.
+
+    Written by :class:`ResumableBackupAndRestore` (or stock Keras, whose
+    metadata has only ``epoch`` and ``batch``).
+
+    Raises:
+      ValueError: the metadata file is not JSON (the message says what to do).
+    """
+    path = os.path.join(backup_dir, ResumableBackupAndRestore._METADATA)  # pylint: disable=protected-access
+    raw = _read_text(path)
+    if raw is None:
+        return None
+    try:
+        metadata = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"Corrupt backup metadata {path}: {e}. Delete {backup_dir} "
+                         "to train from scratch, or use another --model_dir.") from None
+    return metadata if isinstance(metadata, dict) else None
+
+
+def any_worker(strategy, flag: bool) -> bool:
+    """Whether ``flag`` is true on any worker: one all-reduce under multi-worker.
+
+    Every worker of the job must call it at the same point; without a
+    multi-worker strategy it returns ``flag``.
+    """
+    if strategy is None or not distribute.is_multi_worker(strategy):
+        return bool(flag)
+
+    @tf.function
+    def total(value):
+        per_replica = strategy.run(tf.identity, args=(value,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    with strategy.scope():
+        return bool(total(tf.constant(1.0 if flag else 0.0)) > 0)
 
 
 # --------------------------------------------------------------------------
@@ -428,6 +507,9 @@ class BestModelCheckpoint(keras.callbacks.Callback):
       mode: ``"max"`` or ``"min"``: whether larger values are better.
       state_path: the json state; defaults to ``<filepath stem>.best.json``.
       model_to_save: the model to write (default: the model being fit).
+      start_over: forget the best of an earlier run in the same place: for
+        a run that trains from scratch (no backup to resume), whose best
+        model must replace the earlier run's even if that one was better.
 
     Attributes:
       best: best monitored value so far (``None`` before the first), counting
@@ -437,7 +519,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, filepath: str, monitor: str = "val_accuracy",
                  mode: str = "max", state_path: str | None = None,
-                 model_to_save=None):
+                 model_to_save=None, start_over: bool = False):
         super().__init__()
         # The model written to ``filepath``; by default the one being fit.
         # Training may fit a wrapper that shares its weights (XLA), while the
@@ -455,6 +537,11 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         self.state_path = str(state_path or f"{stem}.best.json")
         self.pending_path = f"{stem}.pending.keras"
         self._state = self._load_state()
+        if start_over and (self._state["best"] is not None or self._state["pending"]):
+            _log.info("Training from scratch: %s=%s of an earlier run in %s no longer "
+                      "counts; this run's best model replaces it.", self.monitor,
+                      self._state["best"], self.filepath)
+            self._state.update(best=None, best_epoch=None, pending=None)
         self._resumed = False
 
     @property

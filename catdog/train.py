@@ -4,6 +4,8 @@
 :class:`catdog.config.Config` and writes into ``config.train.model_dir``:
 
 - ``config.json``: every setting, class names and library versions;
+- ``split.json``: the exact training and validation inputs (see
+  :func:`catdog.data.split_record`);
 - ``history.csv``: one row per epoch with every metric;
 - ``model.keras``: the best epoch by validation accuracy;
 - ``logs/``: TensorBoard logs;
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -44,6 +47,7 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
+SPLIT_FILE = "split.json"
 CURVES_FILE = "learning_curves.png"
 LOGS_DIR = "logs"
 BACKUP_DIR = "backup"
@@ -65,11 +69,27 @@ def versions() -> dict:
 
 
 def write_json(path: str, obj) -> None:
-    """Writes JSON atomically (temp file + rename), so readers never see half a file."""
+    """Writes JSON atomically (temp file + rename), so readers never see half a file.
+
+    Text is UTF-8; a file name that is not valid UTF-8 (held by Python as
+    surrogate escapes) makes the whole file ASCII with escapes instead, so
+    it stays valid JSON and reads back to the same name.
+    """
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, indent=2, ensure_ascii=True, default=_json_default)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, default=_json_default)
-        f.write("\n")
+        f.write(text + "\n")
+    os.replace(tmp, path)
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 
@@ -108,8 +128,16 @@ def summarize_history(rows: list) -> dict:
             "epochs_completed": len(rows)}
 
 
-def _resolve_fine_tuning(config: config_lib.Config) -> dict:
-    """Takes image size, backbone and head from the stage-3 run it starts from."""
+def _resolve_fine_tuning(config: config_lib.Config):
+    """Takes image size, backbone, head and the split from the stage-3 run it starts from.
+
+    Returns:
+      ``(init, split)``: the stage-3 ``config.json`` and ``split.json``.
+
+    Raises:
+      ValueError: ``init_from`` is not a finished feature_extraction run, or
+        a data setting of ``config`` would give another split than its own.
+    """
     init_dir = config.model.init_from
     path = os.path.join(init_dir, CONFIG_FILE)
     if not os.path.isfile(os.path.join(init_dir, MODEL_FILE)) or not os.path.isfile(path):
@@ -123,6 +151,16 @@ def _resolve_fine_tuning(config: config_lib.Config) -> dict:
         raise ValueError(
             f"`--init_from` {init_dir!r} holds a {init_cfg.model.stage!r} model; "
             "fine-tuning starts from a feature_extraction run.")
+    _require_same_split_settings(config.data, init_cfg.data,
+                                 init.get("class_names"), init_dir)
+    split_path = os.path.join(init_dir, SPLIT_FILE)
+    if not os.path.isfile(split_path):
+        raise ValueError(
+            f"`--init_from` {init_dir!r} has no {SPLIT_FILE} (it was trained by an "
+            "earlier catdog), so fine-tuning cannot validate on exactly its split. "
+            "Train feature_extraction again with this catdog.")
+    with open(split_path, encoding="utf-8") as f:
+        split = json.load(f)
     m = config.model
     for field in ("backbone", "backbone_alpha", "head"):
         setattr(m, field, getattr(init_cfg.model, field))
@@ -130,7 +168,30 @@ def _resolve_fine_tuning(config: config_lib.Config) -> dict:
         logging.warning("Fine-tuning uses the image size of %s: %s (not %s).",
                         init_dir, init_cfg.data.image_size, config.data.image_size)
         config.data.image_size = tuple(init_cfg.data.image_size)
-    return init
+    return init, split
+
+
+def _require_same_split_settings(data, init_data, init_class_names, init_dir) -> None:
+    """Refuses data settings that would not give the split of the init_from run."""
+    def same(field):
+        ours, theirs = getattr(data, field), getattr(init_data, field)
+        if field == "class_names":
+            # An explicit list equal to the classes the init run resolved is the same.
+            return (tuple(ours or ()) == tuple(theirs or ()) or
+                    (ours is not None and list(ours) == list(init_class_names or [])))
+        if field in ("train_dir", "val_dir") and ours and theirs:
+            return os.path.normpath(ours) == os.path.normpath(theirs)
+        return ours == theirs
+
+    differ = [f for f in config_lib.split_fields(init_data) if not same(f)]
+    if differ:
+        given = ", ".join(f"`--{f}` {getattr(data, f)!r} (there: {getattr(init_data, f)!r})"
+                          for f in differ)
+        raise ValueError(
+            f"Fine-tuning validates on exactly the split of --init_from {init_dir!r}, "
+            f"but {given} would give another split, and validation accuracy would be "
+            "measured on images that run trained on. Leave these flags out (they are "
+            "then taken from that run) or give its values.")
 
 
 def _shard_policies(data_config):
@@ -154,12 +215,16 @@ class RunResult:
 
 
 def run(config: config_lib.Config, progress: bool = True,
-        weights_note: str = "") -> RunResult:
+        weights_note: str = "", extra_files: Optional[dict] = None) -> RunResult:
     """Trains one stage end to end and writes its artifacts.
 
     Rerunning the same config into the same ``model_dir`` resumes from the
-    last completed epoch (a finished run trains nothing more); a second live
-    run into the same ``model_dir`` is refused.
+    last completed epoch (a finished run trains nothing more; a larger
+    ``epochs`` trains the remaining ones). A rerun whose split or training
+    settings (:data:`catdog.config.RESUME_SETTINGS`) differ from the backup's
+    is refused before training, as is a second live run into the same
+    ``model_dir``. Fine-tuning uses exactly the split of its ``init_from``
+    run (its ``split.json``).
 
     Args:
       config: the run's settings; ``config.train.model_dir`` receives results.
@@ -167,12 +232,15 @@ def run(config: config_lib.Config, progress: bool = True,
         ``config.train.verbose``).
       weights_note: recorded in ``metrics.json`` (e.g. why a backbone runs
         without pretrained weights).
+      extra_files: ``{file name: text}`` written into ``model_dir`` with
+        ``config.json`` once the run is accepted (the scripts' ``flags.txt``).
 
     Returns:
       A :class:`RunResult`.
 
     Raises:
-      ValueError: bad settings or data, before any training.
+      ValueError: bad settings or data, or a backup of another training in
+        ``model_dir``, before any training.
       catdog.models.WeightsError: backbone weights cannot be obtained.
       catdog.resilience.ModelDirLockedError: another live run holds model_dir.
       catdog.resilience.TrainingPreempted: SIGTERM stopped training; rerun
@@ -186,12 +254,20 @@ def run(config: config_lib.Config, progress: bool = True,
     strategy = distribute.build_strategy(config.train.strategy, tpu=config.train.tpu or None)
     distribute.apply_keras_multiworker_fix(strategy)
     distribute.global_batch_check(config.data.batch_size, strategy)
-    init = _resolve_fine_tuning(config) if config.stage == "fine_tuning" else None
+    init, init_split = (_resolve_fine_tuning(config) if config.stage == "fine_tuning"
+                        else (None, None))
     model_dir = config.train.model_dir
     os.makedirs(model_dir, exist_ok=True)
 
     keras.utils.set_random_seed(config.data.seed)
-    index = data_lib.index_source(config.data, progress=progress)
+    if init is not None:
+        where = f"--init_from {config.model.init_from!r}"
+        index = data_lib.index_from_split(config.data, init_split, where, progress=progress)
+        logging.info("Fine-tuning on the split of %s (its %s): %d training and %d "
+                     "validation inputs.", config.model.init_from, SPLIT_FILE,
+                     len(index.train), len(index.val))
+    else:
+        index = data_lib.index_source(config.data, progress=progress)
     if init is not None and list(init.get("class_names", [])) != list(index.class_names):
         raise ValueError(
             f"Classes {index.class_names} differ from those of --init_from "
@@ -210,7 +286,7 @@ def run(config: config_lib.Config, progress: bool = True,
         out = distribute.artifact_dir(model_dir, strategy)
         try:
             result = _fit_and_write(config, index, train_ds, val_ds, strategy, policy,
-                                    out, start, weights_note)
+                                    out, start, weights_note, extra_files or {})
         finally:
             distribute.cleanup_artifact_dir(out, model_dir)
     if chief:
@@ -220,22 +296,96 @@ def run(config: config_lib.Config, progress: bool = True,
     return result
 
 
+def _resume_problem(model_dir: str, fingerprint: dict, split: dict) -> Optional[str]:
+    """Why ``model_dir/backup`` cannot be resumed by this run, or None if it can."""
+    backup_dir = os.path.join(model_dir, BACKUP_DIR)
+    metadata = resilience.read_backup_metadata(backup_dir)
+    if metadata is None:
+        return None
+    old = metadata.get("fingerprint")
+    if not isinstance(old, dict):
+        logging.warning("%s was written without a record of its settings and split; "
+                        "resuming it unchecked.", backup_dir)
+        return None
+    changes = []
+    before, now = old.get("settings", {}), fingerprint["settings"]
+    for key in sorted(set(before) & set(now)):
+        if before[key] != now[key]:
+            changes.append(f"{key} {json.dumps(before[key])} -> {json.dumps(now[key])}")
+    if old.get("split_digest") != fingerprint["split_digest"]:
+        previous = _read_json(os.path.join(model_dir, SPLIT_FILE))
+        if previous and data_lib.split_digest(previous) == old.get("split_digest"):
+            what = data_lib.describe_split_change(previous, split)
+        else:
+            sizes = old.get("split_sizes", {})
+            what = (f"training {sizes.get('train')} -> {len(split['train'])}, "
+                    f"validation {sizes.get('val')} -> {len(split['val'])} inputs")
+        changes.append(f"the data: {what}")
+    if not changes:
+        return None
+    epochs = int(metadata.get("epoch", 0))
+    earlier = os.path.join(model_dir, "flags.txt")
+    earlier = f" (--flagfile={earlier})" if os.path.isfile(earlier) else ""
+    return (f"{model_dir} holds a backup of {epochs} epoch(s) trained with other settings "
+            f"or data, and resuming it would mix two trainings. Changed since: "
+            f"{'; '.join(changes)}. Either pass a new --model_dir for this run, or "
+            f"delete {backup_dir}/ to train from scratch in this model_dir; rerunning "
+            f"the earlier command{earlier} resumes the earlier run.")
+
+
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _check_resume(config, split: dict, policy: str, strategy):
+    """Refuses (ValueError) to resume a backup of another training.
+
+    Returns:
+      ``(fingerprint, resuming)``: what the backup records for this run, and
+      whether a backup exists to resume from.
+
+    Every worker of a multi-worker job decides the same: one that finds a
+    mismatch stops them all.
+    """
+    settings = config_lib.resume_settings(config)
+    settings["dtype_policy"] = policy
+    fingerprint = {
+        "settings": settings,
+        "settings_digest": hashlib.sha256(
+            json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest(),
+        "split_digest": data_lib.split_digest(split),
+        "split_sizes": {"train": len(split["train"]), "val": len(split["val"])},
+    }
+    try:
+        problem = _resume_problem(config.train.model_dir, fingerprint, split)
+    except ValueError as e:  # a corrupt backup: still agree before stopping
+        problem = str(e)
+    if resilience.any_worker(strategy, problem is not None) and problem is None:
+        problem = ("another worker of this job found that the backup in "
+                   f"{config.train.model_dir} belongs to another training (its log "
+                   "says what changed); stopping before training.")
+    if problem:
+        raise ValueError(problem)
+    backup_dir = os.path.join(config.train.model_dir, BACKUP_DIR)
+    return fingerprint, resilience.read_backup_metadata(backup_dir) is not None
+
+
 def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
-                   start, weights_note) -> RunResult:
+                   start, weights_note, extra_files) -> RunResult:
     """Builds, compiles and fits under the strategy; writes artifacts into ``out``.
 
     ``out`` is ``model_dir`` on the chief and a private scratch folder on
     other workers (every worker saves, since saving may involve collectives;
-    only the chief's files are kept).
+    only the chief's files are kept). Nothing is written before the model is
+    built and the resume check has passed.
     """
     model_dir = config.train.model_dir
     replicas = strategy.num_replicas_in_sync
-    record = config.to_dict()
-    record.update(stage=config.stage, class_names=index.class_names,
-                  versions=versions(), dtype_policy=policy,
-                  strategy=type(strategy).__name__, replicas=replicas,
-                  argv=list(sys.argv))
-    write_json(os.path.join(out, CONFIG_FILE), record)
+    split = data_lib.split_record(config.data, index)
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
     with precision.policy_scope(policy), strategy.scope():
@@ -251,17 +401,31 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         models.compile_model(train_model, index.num_classes,
                              config.train.learning_rate, jit_compile=jit)
     logging.info("%s", xla_note)
+    # After the model is built (a missing-weights error comes first), before
+    # anything is written or trained.
+    fingerprint, resuming = _check_resume(config, split, policy, strategy)
+    record = config.to_dict()
+    record.update(stage=config.stage, class_names=index.class_names,
+                  versions=versions(), dtype_policy=policy,
+                  strategy=type(strategy).__name__, replicas=replicas,
+                  argv=list(sys.argv))
+    write_json(os.path.join(out, CONFIG_FILE), record)
+    write_json(os.path.join(out, SPLIT_FILE), split)
+    for name, text in extra_files.items():
+        _write_text(os.path.join(out, name), text)
+    backup = resilience.ResumableBackupAndRestore(
+        os.path.join(model_dir, BACKUP_DIR), write_dir=os.path.join(out, BACKUP_DIR),
+        fingerprint=fingerprint, start_time=start)
     callbacks = [
         # First, so it stops before any other callback sees a partial epoch.
         resilience.PreemptionCallback(strategy),
         resilience.BestModelCheckpoint(os.path.join(out, MODEL_FILE),
                                        monitor="val_accuracy", mode="max",
-                                       model_to_save=model),
+                                       model_to_save=model, start_over=not resuming),
         resilience.ResumableCSVLogger(os.path.join(out, HISTORY_FILE)),
         keras.callbacks.TensorBoard(os.path.join(out, LOGS_DIR)),
         # Last: writing the backup is the commit point of an epoch.
-        resilience.ResumableBackupAndRestore(os.path.join(model_dir, BACKUP_DIR),
-                                             write_dir=os.path.join(out, BACKUP_DIR)),
+        backup,
     ]
     if config.train.fast_features and config.stage == "feature_extraction":
         # catdog.features: the frozen backbone runs once over the images
@@ -286,7 +450,9 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         "val_examples": len(index.val),
         "class_names": index.class_names,
         "skipped_files": index.skipped,
-        "seconds": round(time.time() - start, 2),
+        # Time up to the last committed epoch, summed over attempts: a rerun
+        # of a finished job adds nothing, a resumed one its own time.
+        "seconds": round(backup.seconds, 2),
         "backbone": config.model.backbone if config.stage in (
             "feature_extraction", "fine_tuning") else None,
         "weights": config.model.weights if config.stage == "feature_extraction" else (

@@ -1,9 +1,12 @@
 r"""Stage 4: stage 3's model with the backbone's top block unfrozen (needs --init_from).
 
 Example:
-  python scripts/train_fine_tuning.py --train_dir=training_set --val_dir=test_set \
-      --model_dir=runs/fine_tuning \
+  python scripts/train_fine_tuning.py --model_dir=runs/fine_tuning \
       --init_from=runs/feature_extraction
+
+It validates on exactly the split of --init_from (its split.json); data flags
+not given take that run's values, and one that would change the split is
+refused (exit code 2).
 
 Every flag: --help. Results: see README.md ("Outputs").
 """

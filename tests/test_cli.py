@@ -1,3 +1,6 @@
+import json
+import os
+
 from absl import flags
 import pytest
 
@@ -56,3 +59,40 @@ def test_run_main_maps_errors_to_exit_codes(error, code, capsys):
     assert cli.run_main(lambda: None) == cli.EXIT_OK
     if code in (cli.EXIT_USAGE, resilience.EXIT_LOCKED):
         assert "Traceback" not in capsys.readouterr().err
+
+
+def _stage3_dir(tmp_path, **data):
+    """A feature_extraction model dir's config.json, as train.run writes it."""
+    from catdog import config as config_lib  # pylint: disable=import-outside-toplevel
+    c = config_lib.feature_extraction()
+    for k, v in data.items():
+        setattr(c.data, k, v)
+    c.train.model_dir = str(tmp_path / "fe")
+    os.makedirs(c.train.model_dir)
+    with open(os.path.join(c.train.model_dir, "config.json"), "w") as f:
+        json.dump({**c.to_dict(), "class_names": ["dogs", "cats"]}, f)
+    return c.train.model_dir
+
+
+def test_fine_tuning_takes_the_data_flags_it_is_not_given_from_init_from(fv, tmp_path):
+    fe = _stage3_dir(tmp_path, train_dir="photos", validation_split=0.3, seed=7,
+                     batch_size=4, image_size=(48, 40), class_names=("dogs", "cats"),
+                     max_pixels=10**6)
+    fv(["prog", f"--init_from={fe}", "--model_dir=ft", "--batch_size=8"])
+    c = cli.config_from_flags("fine_tuning", fv)
+    d = c.data
+    assert (d.train_dir, d.val_dir, d.validation_split, d.seed) == ("photos", "", 0.3, 7)
+    assert d.class_names == ("dogs", "cats") and d.max_pixels == 10**6
+    assert d.image_size == (48, 40)
+    assert d.batch_size == 8  # given on the command line: the flag wins
+    # flags.txt records what the run uses, so --flagfile repeats it.
+    text = open(cli.write_flagfile(str(tmp_path / "ft"), fv)).read()
+    assert "--train_dir=photos" in text and "--seed=7" in text and "--batch_size=8" in text
+    # An explicit value stays as given (train.run then refuses a split change).
+    fv(["prog", f"--init_from={fe}", "--model_dir=ft", "--seed=9"])
+    assert cli.config_from_flags("fine_tuning", fv).data.seed == 9
+    # Other stages never read init_from.
+    fresh = flags.FlagValues()
+    cli.define_training_flags(fresh)
+    fresh(["prog", f"--init_from={fe}", "--model_dir=m"])
+    assert cli.config_from_flags("baseline", fresh).data.train_dir == ""

@@ -86,6 +86,37 @@ def test_two_workers_on_loopback(tiny_folders, tmp_path):
     assert json.loads((model_dir / "metrics.json").read_text())["replicas"] == 2
 
 
+@pytest.mark.slow
+def test_workers_agree_to_refuse_a_resume_whose_settings_changed(tiny_folders, tmp_path):
+    """Only worker 1 is given another learning rate: both workers stop with
+    exit 2 before training (none waits for the other in fit)."""
+    train_dir, val_dir = tiny_folders
+    model_dir = tmp_path / "m"
+
+    def job(epochs, extra):
+        ports = free_ports(2)
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        procs = []
+        for i in range(2):
+            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            procs.append(subprocess.Popen(
+                [sys.executable, WORKER, str(tmp_path / f"r{i}.json"), "--",
+                 *_flags(train_dir, val_dir, model_dir, epochs=epochs),
+                 "--strategy=multi_worker", *extra[i]],
+                env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True))
+        errs = [p.communicate(timeout=400)[1] for p in procs]
+        return [(p.returncode, err) for p, err in zip(procs, errs)]
+
+    for code, err in job(1, [[], []]):
+        assert code == 0, err[-3000:]
+    results = job(2, [[], ["--learning_rate=0.01"]])
+    assert [code for code, _ in results] == [2, 2], [e[-2000:] for _, e in results]
+    assert "learning_rate 0.001 -> 0.01" in results[1][1]
+    assert "another worker" in results[0][1]
+    assert len(_history(model_dir)) == 1
+
+
 def _start(flags_):
     return subprocess.Popen([sys.executable, SCRIPT, *flags_], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

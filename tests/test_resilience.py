@@ -399,6 +399,38 @@ def test_non_chief_restores_from_backup_dir_but_writes_elsewhere(tmp_path):
         own_dir, "training_metadata.json")).read())["epoch"] == 4
 
 
+def test_backup_records_fingerprint_and_seconds_summed_over_attempts(tmp_path):
+    x, y = _data()
+    backup_dir = str(tmp_path / "backup")
+    fingerprint = {"settings": {"learning_rate": 0.01}, "split_digest": "abc"}
+    first = resilience.ResumableBackupAndRestore(backup_dir, fingerprint=fingerprint,
+                                                 start_time=time.time() - 100)
+    with pytest.raises(RuntimeError):
+        _model().fit(x, y, batch_size=8, epochs=4, verbose=0,
+                     callbacks=[_StopAt(2), first])
+    metadata = resilience.read_backup_metadata(backup_dir)
+    assert metadata["fingerprint"] == fingerprint and metadata["epoch"] == 2
+    assert 100 <= metadata["seconds"] < 130  # counted from the attempt's start
+    assert first.seconds == pytest.approx(metadata["seconds"], abs=1e-3)
+    # The resumed attempt adds its own time; a rerun of the finished job adds nothing.
+    second = resilience.ResumableBackupAndRestore(backup_dir, start_time=time.time() - 50)
+    _model().fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[second])
+    assert metadata["seconds"] + 50 <= second.seconds < metadata["seconds"] + 80
+    third = resilience.ResumableBackupAndRestore(backup_dir, start_time=time.time() - 50)
+    assert _model().fit(x, y, batch_size=8, epochs=4, verbose=0,
+                        callbacks=[third]).epoch == []
+    assert third.seconds == pytest.approx(second.seconds, abs=1e-3)
+    assert resilience.read_backup_metadata(str(tmp_path / "none")) is None
+    (tmp_path / "backup" / "training_metadata.json").write_text("{not json")
+    with pytest.raises(ValueError, match="Delete"):
+        resilience.read_backup_metadata(backup_dir)
+
+
+def test_any_worker_is_the_flag_itself_without_multi_worker():
+    assert resilience.any_worker(None, True) is True
+    assert resilience.any_worker(tf.distribute.get_strategy(), False) is False
+
+
 # --------------------------------------------------------------------------
 # PreemptionCallback, in process
 

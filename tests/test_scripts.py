@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, tree_state
+from conftest import REPO, make_class_folder, tree_state
 
 SCRIPTS = os.path.join(REPO, "scripts")
 
@@ -147,3 +147,45 @@ def test_scan_and_training_agree_file_by_file_on_a_salted_folder(tmp_path):
     assert scanned["num_usable"] == usable
     assert metrics["train_examples"] + metrics["val_examples"] == usable
     assert tree_state(root) == before
+
+
+@pytest.mark.slow
+def test_fine_tuning_script_validates_on_the_split_of_stage_3(tmp_path):
+    """Stage 3 holds out --validation_split; stage 4 called with only
+    --init_from and --model_dir uses exactly that split, and a --seed that
+    would give another split is refused before training."""
+    root = make_class_folder(tmp_path / "photos", per_class=12)
+    fe = _run("train_feature_extraction.py", f"--train_dir={root}", "--validation_split=0.25",
+              "--image_size=32", "--batch_size=8", "--epochs=1", "--verbose=0",
+              "--backbone=mobilenet", "--backbone_alpha=0.25", "--weights=none",
+              f"--model_dir={tmp_path}/fe")
+    assert fe.returncode == 0, fe.stderr[-3000:]
+    stage4 = [f"--init_from={tmp_path}/fe", f"--model_dir={tmp_path}/ft", "--epochs=1",
+              "--verbose=0"]
+    refused = _run("train_fine_tuning.py", *stage4, "--seed=7")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "--seed" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "ft" / "model.keras").exists()
+    ft = _run("train_fine_tuning.py", *stage4)
+    assert ft.returncode == 0, ft.stderr[-3000:]
+    split = lambda d: json.loads((tmp_path / d / "split.json").read_text())
+    assert split("ft")["train"] == split("fe")["train"]
+    assert split("ft")["val"] == split("fe")["val"]
+    assert f"--train_dir={root}" in (tmp_path / "ft" / "flags.txt").read_text()
+
+
+@pytest.mark.slow
+def test_rerun_with_other_settings_exits_2_and_leaves_the_run_alone(tiny_folders, tmp_path):
+    train_dir, val_dir = tiny_folders
+    args = [*_common(train_dir, val_dir), f"--model_dir={tmp_path}/m"]
+    first = _run("train_baseline.py", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = tree_state(tmp_path / "m")
+    second = _run("train_baseline.py", *args, "--learning_rate=0.01")
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert "learning_rate 0.001 -> 0.01" in second.stderr
+    assert "--model_dir" in second.stderr and "backup" in second.stderr
+    assert "Traceback" not in second.stderr
+    after = tree_state(tmp_path / "m")
+    assert {k: v for k, v in after.items() if ".catdog.lock" not in k} == \
+        {k: v for k, v in before.items() if ".catdog.lock" not in k}

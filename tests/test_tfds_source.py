@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -87,3 +88,8 @@ def test_train_run_end_to_end_on_mock_tfds(tmp_path):
     assert result.metrics["train_examples"] == 8
     assert result.metrics["class_names"] == ["cat", "dog"]
     assert os.path.isfile(os.path.join(config.train.model_dir, "model.keras"))
+    with open(os.path.join(config.train.model_dir, "split.json")) as f:
+        split = json.load(f)
+    assert (split["source"], split["tfds_name"]) == ("tfds", "cats_vs_dogs")
+    assert (split["train"], split["val"]) == (["train[:80%]"], ["train[80%:]"])
+    assert split["train_examples"] == 8 and split["class_names"] == ["cat", "dog"]

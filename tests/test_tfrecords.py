@@ -187,3 +187,25 @@ def test_script_writes_shards(tmp_path):
         [sys.executable, os.path.join(REPO, "scripts", "build_tfrecords.py"),
          f"--output_dir={out}"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--data_dir" in proc.stderr
+
+
+def test_split_record_lists_the_shards_and_fine_tuning_needs_the_same(
+        folder_with_bad_files, tmp_path):
+    out_train, out_val = str(tmp_path / "st"), str(tmp_path / "sv")
+    tfrecords.write_tfrecords(folder_with_bad_files, out_train, num_shards=2, progress=False)
+    tfrecords.write_tfrecords(folder_with_bad_files, out_val, num_shards=1, progress=False)
+    _, cfg = _configs(folder_with_bad_files, out_train, out_val)
+    index = data.index_source(cfg)
+    record = data.split_record(cfg, index)
+    assert record["source"] == "tfrecords" and record["class_names"] == ["cats", "dogs"]
+    assert record["train"] == sorted(str(p) for p in (tmp_path / "st").glob("*.tfrecord"))
+    assert record["val"] == [str(p) for p in (tmp_path / "sv").glob("*.tfrecord")]
+    assert record["train_examples"] == record["val_examples"] == 19
+    again = data.index_from_split(cfg, record, "the stage-3 run")
+    assert again.train.source == record["train"] and len(again.val) == 19
+    # A run that trained on the first shard only: the second is new since.
+    earlier = dict(record, train=record["train"][:1],
+                   train_examples=record["train_examples"] - 9)
+    with pytest.raises(ValueError, match=r"1 shard file added.*" +
+                       os.path.basename(record["train"][1])):
+        data.index_from_split(cfg, earlier, "the stage-3 run")

@@ -1,13 +1,19 @@
+import copy
 import csv
 import json
+import logging
 import os
+import shutil
+import time
 
 import numpy as np
 import pytest
 
 from catdog import config as C
+from catdog import data
 from catdog import models
 from catdog import train
+from conftest import make_class_folder, write_image
 
 
 def _config(stage, train_dir, val_dir, model_dir, **model):
@@ -73,6 +79,12 @@ def test_fine_tuning_starts_from_feature_extraction(tiny_folders, tmp_path):
     assert cfg["model"]["backbone"] == "mobilenet"
     assert cfg["data"]["image_size"] == [32, 32]
     assert ft.model.optimizer.learning_rate.numpy() == pytest.approx(1e-4)
+    # With --val_dir the folders fix the split, so another seed is fine.
+    seeded = _config("fine_tuning", train_dir, val_dir, tmp_path / "ft-seed",
+                     init_from=str(tmp_path / "fe"))
+    seeded.data.seed, seeded.train.epochs = 99, 1
+    train.run(seeded)
+    assert _split(tmp_path / "ft-seed")["val"] == _split(tmp_path / "fe")["val"]
 
 
 def test_fine_tuning_rejects_a_non_stage3_init(tiny_folders, tmp_path):
@@ -96,3 +108,204 @@ def test_mixed_precision_run_restores_policy(tiny_folders, tmp_path):
     assert keras.mixed_precision.global_policy().name == "float32"
     assert result.metrics["dtype_policy"] == "mixed_float16"
     assert result.model.get_layer("predictions").compute_dtype == "float32"
+
+
+def _split(model_dir):
+    with open(os.path.join(model_dir, "split.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _broken(path):
+    with open(path, "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 truncated")
+
+
+def test_run_writes_its_split(tmp_path):
+    root = make_class_folder(tmp_path / "photos", per_class=10)
+    bad = os.path.join(root, "cats", "broken.jpg")
+    _broken(bad)
+    c = _config("baseline", root, "", tmp_path / "run")
+    c.data.validation_split, c.train.epochs = 0.3, 1
+    result = train.run(c)
+    split = _split(tmp_path / "run")
+    index = data.index_source(c.data)
+    assert split["train"] == index.train.paths and split["val"] == index.val.paths
+    assert split["train_labels"] == index.train.labels
+    assert split["val_labels"] == index.val.labels
+    assert split["class_names"] == ["cats", "dogs"] and split["source"] == "folder"
+    assert bad not in split["train"] + split["val"]
+    assert len(split["train"]) == result.metrics["train_examples"] == 14
+    assert len(split["val"]) == result.metrics["val_examples"] == 6
+    assert not [n for n in os.listdir(tmp_path / "run") if ".tmp" in n]
+
+
+def test_split_json_keeps_a_file_name_that_is_not_utf8(tmp_path):
+    root = make_class_folder(tmp_path / "photos", per_class=6)
+    odd = os.path.join(root, "cats", os.fsdecode(b"caf\xe9.jpg"))
+    with open(os.path.join(root, "cats", "cats_000.jpg"), "rb") as src, \
+            open(os.fsencode(odd), "wb") as dst:
+        dst.write(src.read())
+    c = _config("baseline", root, "", tmp_path / "run")
+    c.data.validation_split, c.train.epochs = 0.25, 1
+    train.run(c)
+    split = _split(tmp_path / "run")  # valid JSON, read back as UTF-8
+    assert odd in split["train"] + split["val"]
+
+
+@pytest.fixture(scope="module")
+def stage3(tmp_path_factory):
+    """A finished feature_extraction run that held out --validation_split of
+    its folder, plus a validation folder and a copy of the photos."""
+    base = tmp_path_factory.mktemp("stage3")
+    root = make_class_folder(base / "photos", per_class=12, seed=3)
+    shutil.copytree(root, base / "copy")
+    val_root = make_class_folder(base / "valid", per_class=4, seed=4)
+    c = _config("feature_extraction", root, "", base / "fe", backbone="mobilenet",
+                backbone_alpha=0.25, weights="none")
+    c.data.validation_split, c.data.seed, c.train.epochs = 0.25, 5, 1
+    train.run(c)
+    return c, {"val_dir": val_root, "train_dir": str(base / "copy")}
+
+
+def _fine_tuning_of(fe, model_dir):
+    c = C.fine_tuning()
+    c.data = copy.deepcopy(fe.data)
+    c.model.init_from = fe.train.model_dir
+    c.train.model_dir, c.train.epochs, c.train.verbose = str(model_dir), 1, 0
+    return c
+
+
+@pytest.mark.parametrize("field,value", [
+    ("seed", 6), ("validation_split", 0.3), ("val_dir", "VAL_DIR"),
+    ("train_dir", "TRAIN_DIR"), ("class_names", ("dogs", "cats")), ("max_pixels", 10**6)])
+def test_fine_tuning_refuses_a_config_that_changes_the_split(stage3, tmp_path, field, value):
+    fe, dirs = stage3
+    c = _fine_tuning_of(fe, tmp_path / "ft")
+    value = {"VAL_DIR": dirs["val_dir"], "TRAIN_DIR": dirs["train_dir"]}.get(value, value)
+    setattr(c.data, field, value)
+    with pytest.raises(ValueError, match=f"`--{field}`") as e:
+        train.run(c)
+    assert fe.train.model_dir in str(e.value)
+    assert not os.path.exists(tmp_path / "ft" / "model.keras")
+
+
+def test_fine_tuning_validates_on_exactly_the_split_of_init_from(tmp_path, caplog):
+    root = make_class_folder(tmp_path / "photos", per_class=12, seed=3)
+    fe = _config("feature_extraction", root, "", tmp_path / "fe", backbone="mobilenet",
+                 backbone_alpha=0.25, weights="none")
+    fe.data.validation_split, fe.data.seed, fe.train.epochs = 0.25, 5, 1
+    train.run(fe)
+    before = _split(tmp_path / "fe")
+    # The folder changes after stage 3: new photos, and one training photo breaks.
+    for i, name in enumerate(("cats", "dogs")):
+        write_image(os.path.join(root, name, f"new_{i}.jpg"),
+                    np.full((24, 24, 3), 60 * i, np.uint8))
+    broken = before["train"][0]
+    _broken(broken)
+    with caplog.at_level(logging.INFO):
+        ft = train.run(_fine_tuning_of(fe, tmp_path / "ft"))
+    after = _split(tmp_path / "ft")
+    assert after["val"] == before["val"] and after["val_labels"] == before["val_labels"]
+    assert after["train"] == before["train"][1:]
+    assert [s["path"] for s in ft.metrics["skipped_files"]] == [broken]
+    assert ft.metrics["val_examples"] == len(before["val"])
+    assert "split.json" in caplog.text and fe.train.model_dir in caplog.text
+
+
+def _artifacts(run):
+    names = ("history.csv", "metrics.json", "config.json", "split.json",
+             os.path.join("backup", "training_metadata.json"))
+    return {n: open(os.path.join(run, n), "rb").read() for n in names}
+
+
+def test_rerun_with_other_settings_or_data_is_refused_before_training(tmp_path):
+    root = make_class_folder(tmp_path / "photos", per_class=10)
+    run = str(tmp_path / "run")
+    c = _config("baseline", root, "", run)
+    c.data.validation_split, c.train.epochs = 0.25, 1
+    train.run(c)
+    before = _artifacts(run)
+
+    changed = copy.deepcopy(c)
+    changed.train.learning_rate, changed.data.batch_size = 0.01, 4
+    changed.train.epochs = 3
+    with pytest.raises(ValueError) as e:
+        train.run(changed)
+    msg = str(e.value)
+    assert "learning_rate 0.001 -> 0.01" in msg and "batch_size 8 -> 4" in msg
+    assert "epochs" not in msg.split("learning_rate")[0]  # more epochs is a resume
+    assert "--model_dir" in msg and os.path.join(run, "backup") in msg
+    assert _artifacts(run) == before
+
+    for i, name in enumerate(("cats", "dogs")):
+        write_image(os.path.join(root, name, f"new_{i}.jpg"),
+                    np.full((24, 24, 3), 60 * i, np.uint8))
+    os.remove(os.path.join(root, "dogs", "dogs_003.jpg"))
+    with pytest.raises(ValueError) as e:
+        train.run(c)
+    msg = str(e.value)
+    assert "2 files added, 1 removed" in msg
+    assert "--model_dir" in msg and os.path.join(run, "backup") in msg
+    assert _artifacts(run) == before
+
+
+def test_resume_ignores_what_does_not_shape_training(tmp_path):
+    """More epochs, a moved data folder, other output or speed settings, model
+    flags the stage does not use (run_pipeline shares one config): the run
+    resumes where it stopped."""
+    root = make_class_folder(tmp_path / "photos", per_class=10)
+    c = _config("baseline", root, "", tmp_path / "run")
+    c.data.validation_split, c.train.epochs = 0.25, 1
+    train.run(c)
+    moved = str(tmp_path / "elsewhere" / "photos")
+    shutil.copytree(root, moved)
+    again = copy.deepcopy(c)
+    again.data.train_dir, again.train.epochs = moved, 2
+    again.data.cache, again.data.deterministic = str(tmp_path / "cache"), True
+    again.train.jit_compile, again.train.mixed_precision = "false", "float32"
+    again.model.backbone, again.model.weights, again.model.head = "mobilenet", "none", "max"
+    again.model.fine_tune_layers, again.model.rotation = 3, 0.3  # baseline: no augmentation
+    result = train.run(again)
+    with open(tmp_path / "run" / "history.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1"]
+    assert result.metrics["epochs_completed"] == 2
+
+
+def test_seconds_is_the_training_time_summed_over_attempts(tmp_path):
+    root = make_class_folder(tmp_path / "photos", per_class=10)
+    c = _config("baseline", root, "", tmp_path / "run")
+    c.data.validation_split, c.train.epochs = 0.25, 1
+    first = train.run(c).metrics["seconds"]
+    assert first > 0
+    # A rerun of the finished job trains nothing and adds nothing.
+    assert train.run(c).metrics["seconds"] == first
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["seconds"] == first
+    # A resumed run (one more epoch) adds its own time.
+    c.train.epochs = 2
+    start = time.time()
+    second = train.run(c).metrics["seconds"]
+    assert first < second <= first + (time.time() - start) + 0.01
+
+
+def test_training_from_scratch_after_the_backup_is_deleted_replaces_the_model(tmp_path):
+    """The way out of a refused resume: delete model_dir/backup and rerun.
+    The new training's best model replaces the earlier one even when that
+    one was better, so model.keras and metrics.json describe the same run."""
+    root = make_class_folder(tmp_path / "photos", per_class=10)
+    run = tmp_path / "run"
+    c = _config("baseline", root, "", run)
+    c.data.validation_split, c.train.epochs = 0.25, 1
+    train.run(c)
+    state = json.loads((run / "model.best.json").read_text())
+    state["best"] = 1.0  # the earlier run was perfect
+    (run / "model.best.json").write_text(json.dumps(state))
+    shutil.rmtree(run / "backup")
+    c.train.learning_rate = 0.01
+    result = train.run(c)
+    state = json.loads((run / "model.best.json").read_text())
+    assert state["best"] == pytest.approx(result.metrics["best_val_accuracy"])
+    assert state["best_epoch"] + 1 == result.metrics["best_epoch"]
+    saved = models.load_model(str(run))
+    for a, b in zip(saved.get_weights(), result.model.get_weights()):
+        np.testing.assert_allclose(a, b)
