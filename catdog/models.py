@@ -373,6 +373,52 @@ def count_params(weights) -> int:
 
 
 # ---------------------------------------------------------------------------
+# Empty per-replica batches.
+# ---------------------------------------------------------------------------
+
+class _EmptyBatchSafeModel(keras.Model):
+    """A functional model whose inference short-circuits an empty batch.
+
+    oneDNN on some CPUs cannot convolve or multiply zero images (the op
+    fails with a shape error instead of returning an empty result).
+    Training batches are never empty; under a multi-replica strategy a
+    validation batch smaller than the number of replicas leaves some
+    replica with zero images.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        run = super().call
+        if training:
+            return run(inputs, training=training, mask=mask)
+        import tensorflow as tf  # catdog's models are TF-backend models
+        first = keras.tree.flatten(inputs)[0]
+
+        def empty():
+            outputs = [tf.zeros([0, *t.shape[1:]], t.dtype) for t in self.outputs]
+            # As Functional.call: a single output is returned bare.
+            return outputs[0] if len(outputs) == 1 else outputs
+
+        return tf.cond(tf.shape(first)[0] > 0,
+                       lambda: run(inputs, training=training, mask=mask), empty)
+
+
+def empty_batch_safe(model: keras.Model) -> keras.Model:
+    """Returns ``model``'s graph as a model that answers an empty batch.
+
+    The returned model shares ``model``'s layers and weights (and so the
+    same weight file layout); its evaluation and prediction return empty
+    outputs for a batch of zero examples without running any layer, so
+    metrics count exactly the real examples. Training calls are unchanged.
+    Training-only: save ``model`` itself.
+
+    Args:
+      model: a functional catdog model with fully defined output shapes
+        after the batch axis.
+    """
+    return _EmptyBatchSafeModel(model.inputs, model.outputs, name=model.name)
+
+
+# ---------------------------------------------------------------------------
 # XLA: compile the network after augmentation.
 # ---------------------------------------------------------------------------
 

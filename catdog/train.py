@@ -248,6 +248,10 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
             model = models.build_model(config, index.num_classes)
         train_model, jit, xla_note = models.xla_training_model(
             model, config.train.jit_compile, gpu, replicas)
+        if replicas > 1:
+            # A last validation batch smaller than the replicas leaves some
+            # replica with zero images; they must not reach the network.
+            train_model = models.empty_batch_safe(train_model)
         models.compile_model(train_model, index.num_classes,
                              config.train.learning_rate, jit_compile=jit)
     logging.info("%s", xla_note)

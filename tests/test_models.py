@@ -215,3 +215,33 @@ def test_xla_choices_without_augmentation_and_off():
     assert jit is False
     same, jit, _ = models.xla_training_model(m, "false", gpu=True, replicas=1)
     assert jit is False
+
+
+def test_empty_batch_safe_model_evaluates_zero_images_and_shares_weights(tmp_path):
+    # A replica of a multi-replica validation can get zero images; oneDNN on
+    # some CPUs cannot convolve them. The wrapper answers without the network.
+    import tensorflow as tf
+    m = models.build_model(_cfg("baseline"), num_classes=2)
+    safe = models.empty_batch_safe(m)
+    assert [id(w) for w in safe.weights] == [id(w) for w in m.weights]
+    out = safe(np.zeros((0, 32, 32, 3), np.float32))
+    assert tuple(out.shape) == (0, 1) and out.dtype == "float32"
+    x = np.random.RandomState(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    y = np.array([[0], [1], [1], [0]], np.float32)
+    models.compile_model(safe, 2, 1e-3)
+    with_empty = (tf.data.Dataset.from_tensors((x, y))
+                  .concatenate(tf.data.Dataset.from_tensors((x[:0], y[:0]))))
+    got = safe.evaluate(with_empty, verbose=0, return_dict=True)
+    want = safe.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)
+    for name in ("loss", "accuracy", "auc"):
+        assert got[name] == pytest.approx(want[name], rel=1e-6), name
+    np.testing.assert_allclose(safe.predict(x, verbose=0), m.predict(x, verbose=0))
+    # Training goes through unchanged and moves the shared weights; the
+    # weight files are interchangeable with the plain model's.
+    before = m.get_layer("block1_conv").kernel.numpy().copy()
+    safe.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert not np.allclose(before, m.get_layer("block1_conv").kernel.numpy())
+    safe.save_weights(str(tmp_path / "w.weights.h5"))
+    other = models.build_model(_cfg("baseline"), num_classes=2)
+    other.load_weights(str(tmp_path / "w.weights.h5"))
+    np.testing.assert_allclose(other.predict(x, verbose=0), m.predict(x, verbose=0), rtol=1e-6)

@@ -96,3 +96,43 @@ def test_mixed_precision_run_restores_policy(tiny_folders, tmp_path):
     assert keras.mixed_precision.global_policy().name == "float32"
     assert result.metrics["dtype_policy"] == "mixed_float16"
     assert result.model.get_layer("predictions").compute_dtype == "float32"
+
+
+@pytest.mark.slow  # a TensorFlow start-up with two logical CPUs (~30 s)
+def test_mirrored_validation_whose_last_batch_leaves_a_replica_empty(tmp_path):
+    # 9 validation images in batches of 8 over 2 replicas: the last batch is
+    # one image, so one replica validates on zero images, which oneDNN on
+    # some CPUs cannot convolve. The run must finish and report the metrics
+    # of exactly the 9 images.
+    import subprocess
+    import sys
+    from conftest import REPO, make_class_folder
+    from catdog import evaluate
+    train_dir = make_class_folder(tmp_path / "train", per_class=8, size=24, seed=1)
+    val_dir = make_class_folder(tmp_path / "valid", per_class=5, size=24, seed=2)
+    os.remove(os.path.join(val_dir, "dogs", "dogs_004.jpg"))
+    model_dir = tmp_path / "m"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    env.pop("TF_CONFIG", None)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tests", "_stage_worker.py"),
+         str(tmp_path / "r.json"), "--logical_cpus", "2", "--",
+         f"--train_dir={train_dir}", f"--val_dir={val_dir}", "--image_size=24",
+         "--batch_size=8", "--epochs=1", "--verbose=0", f"--model_dir={model_dir}",
+         "--strategy=mirrored"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["replicas"] == 2 and metrics["val_examples"] == 9
+    with open(model_dir / "history.csv") as f:
+        row = next(csv.DictReader(f))
+    # The same model on one device, through catdog's evaluation.
+    result = evaluate.evaluate(str(model_dir), val_dir, out_dir=str(tmp_path / "eval"))
+    assert result["num_examples"] == 9
+    assert float(row["val_accuracy"]) == pytest.approx(result["metrics"]["accuracy"], abs=1e-6)
+    p = np.clip([r["probability"] for r in evaluate.read_predictions_csv(
+        result["files"]["predictions.csv"])], 1e-7, 1 - 1e-7)
+    y = np.array([r["label"] == "dogs" for r in evaluate.read_predictions_csv(
+        result["files"]["predictions.csv"])], np.float64)
+    loss = float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
+    assert float(row["val_loss"]) == pytest.approx(loss, rel=1e-3, abs=1e-4)
