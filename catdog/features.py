@@ -44,7 +44,7 @@ _HOOKS = ("on_batch_begin", "on_batch_end", "on_epoch_begin", "on_epoch_end",
 def split_transfer_model(model: keras.Model):
     """Splits a stage-3 model into a feature model and a head model.
 
-    The feature model is ``preprocess -> backbone(training=False)`` followed
+    The feature model is ``preprocess -> backbone`` (in inference mode) followed
     by the weightless, deterministic layers right after the backbone (the
     global pooling, or the flatten), so what is cached is as small as the
     head allows. The augmentation block is left out. The head model is the
@@ -61,7 +61,7 @@ def split_transfer_model(model: keras.Model):
     Raises:
       ValueError: ``model`` has no nested backbone.
     """
-    backbone = models.find_backbone(model)
+    backbone = models.backbone_layer(model)
     layers = model.layers
     start = layers.index(backbone)
     pre = [layer for layer in layers[1:start]

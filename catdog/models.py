@@ -69,6 +69,28 @@ class Preprocess(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package="catdog")
+class InferenceBackbone(keras.layers.Wrapper):
+    """Runs a nested backbone in inference mode, whatever the training flag.
+
+    Keras 3's ``Functional.call`` hands the outer ``training`` flag to the
+    layers it calls, so ``base(x, training=False)`` inside a functional model
+    is overridden by ``fit``: a frozen backbone's Dropout (EfficientNet has
+    one per block) would be active while the head trains. This layer's own
+    ``call`` passes ``training=False`` to the backbone, so its BatchNorm and
+    Dropout always infer, in stage 3 and in fine-tuning alike; gradients
+    still reach the layers fine-tuning unfreezes. A registered layer, so a
+    saved model loads in safe mode.
+    """
+
+    def call(self, inputs, training=None):
+        del training  # the backbone always infers
+        return self.layer(inputs, training=False)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+
 @dataclasses.dataclass(frozen=True)
 class Backbone:
     """A registered ImageNet backbone.
@@ -257,9 +279,9 @@ def build_transfer(image_size, num_classes: int, backbone_name: str = "vgg16",
                    name: str = "feature_extraction") -> keras.Model:
     """Stage 3: [augmentation] -> preprocess -> frozen backbone -> new head.
 
-    The backbone is frozen and called with ``training=False`` so its
-    BatchNormalization layers stay in inference mode, also after fine-tuning
-    unfreezes the top block.
+    The backbone is frozen and runs inside an :class:`InferenceBackbone`, so
+    its BatchNormalization and Dropout layers stay in inference mode during
+    ``fit``, also after fine-tuning unfreezes the top block.
     """
     spec = get_backbone(backbone_name)
     base = build_backbone(backbone_name, image_size, weights, alpha)
@@ -269,7 +291,9 @@ def build_transfer(image_size, num_classes: int, backbone_name: str = "vgg16",
     if augmentation is not None:
         x = augmentation(x)
     x = Preprocess(spec.preprocess, name=PREPROCESS_NAME)(x)
-    x = base(x, training=False)
+    wrapper = InferenceBackbone(base, name=BACKBONE_NAME)
+    wrapper.trainable = False
+    x = wrapper(x)
     outputs = _head(x, num_classes, dropout, pooling, zero_init=True)
     return keras.Model(inputs, outputs, name=name)
 
@@ -287,13 +311,24 @@ def build_model(config: config_lib.Config, num_classes: int) -> keras.Model:
                      "starts from a finished model (load_for_fine_tuning).")
 
 
-def find_backbone(model: keras.Model) -> keras.Model:
-    """Returns the nested backbone of a transfer model; ValueError if none."""
+def backbone_layer(model: keras.Model) -> keras.layers.Layer:
+    """Returns the layer of ``model`` that runs the backbone; ValueError if none.
+
+    That is the :class:`InferenceBackbone` of a transfer model, or the nested
+    backbone model itself in a model saved by an earlier catdog.
+    """
     for layer in model.layers:
-        if layer.name == BACKBONE_NAME and isinstance(layer, keras.Model):
+        if layer.name == BACKBONE_NAME and isinstance(
+                layer, (InferenceBackbone, keras.Model)):
             return layer
     raise ValueError(f"Model {model.name!r} has no nested '{BACKBONE_NAME}' model; "
                      "fine-tuning needs a feature_extraction model.")
+
+
+def find_backbone(model: keras.Model) -> keras.Model:
+    """Returns the nested backbone model of a transfer model; ValueError if none."""
+    layer = backbone_layer(model)
+    return layer.layer if isinstance(layer, InferenceBackbone) else layer
 
 
 def unfreeze_top(model: keras.Model, backbone_name: str,
@@ -310,7 +345,7 @@ def unfreeze_top(model: keras.Model, backbone_name: str,
       The number of backbone layers made trainable (BatchNorm excluded).
       Recompile the model afterwards: Keras reads ``trainable`` at compile.
     """
-    base = find_backbone(model)
+    outer, base = backbone_layer(model), find_backbone(model)
     names = [layer.name for layer in base.layers]
     if num_layers <= 0:
         start_name = get_backbone(backbone_name).top_block_start
@@ -320,6 +355,7 @@ def unfreeze_top(model: keras.Model, backbone_name: str,
         start = names.index(start_name)
     else:
         start = max(0, len(names) - num_layers)
+    outer.trainable = True  # (also sets every layer of the backbone)
     base.trainable = True
     count = 0
     for i, layer in enumerate(base.layers):

@@ -245,3 +245,90 @@ def test_empty_batch_safe_model_evaluates_zero_images_and_shares_weights(tmp_pat
     other = models.build_model(_cfg("baseline"), num_classes=2)
     other.load_weights(str(tmp_path / "w.weights.h5"))
     np.testing.assert_allclose(other.predict(x, verbose=0), m.predict(x, verbose=0), rtol=1e-6)
+
+
+_ALPHA = {"mobilenet": 0.25, "mobilenet_v2": 0.35}
+
+
+def _backbone_probe(model):
+    """The whole model's graph up to the backbone output (same layers)."""
+    return keras.Model(model.inputs, model.get_layer("head_pool").input)
+
+
+@pytest.mark.parametrize("name", sorted(models.BACKBONES))
+def test_backbone_runs_in_inference_mode_when_the_model_trains(name):
+    # Keras 3's Functional.call hands the outer training flag to nested
+    # models, which would switch on e.g. EfficientNet's per-block Dropout in
+    # fit: the backbone must compute the same features in training.
+    m = models.build_transfer((32, 32), 2, name, weights="none",
+                              alpha=_ALPHA.get(name, 1.0), dropout=0.0)
+    probe = _backbone_probe(m)
+    x = np.random.RandomState(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    reference = probe(x, training=False).numpy()
+    assert np.abs(reference).max() > 0
+    np.testing.assert_array_equal(probe(x, training=True).numpy(), reference)
+    np.testing.assert_array_equal(probe(x, training=True).numpy(), reference)
+    np.testing.assert_array_equal(m(x, training=True).numpy(), m(x, training=True).numpy())
+    # Also once fine-tuning has unfrozen the top block.
+    models.unfreeze_top(m, name)
+    np.testing.assert_array_equal(probe(x, training=True).numpy(), reference)
+
+
+def test_saved_transfer_model_keeps_its_backbone_in_inference_mode(tmp_path):
+    m = models.build_transfer((32, 32), 2, "efficientnet_b0", weights="none", dropout=0.0)
+    m.save(str(tmp_path / "model.keras"))
+    loaded = models.load_model(str(tmp_path))
+    assert models.find_backbone(loaded).name == models.BACKBONE_NAME
+    assert isinstance(models.find_backbone(loaded), keras.Model)
+    x = np.random.RandomState(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    probe = _backbone_probe(loaded)
+    np.testing.assert_array_equal(probe(x, training=True).numpy(),
+                                  probe(x, training=False).numpy())
+    np.testing.assert_allclose(loaded(x).numpy(), m(x).numpy(), rtol=1e-6)
+
+
+def _top_and_rest(m, name):
+    base = models.find_backbone(m)
+    start = [l.name for l in base.layers].index(models.BACKBONES[name].top_block_start)
+    top = [l for l in base.layers[start:] if l.trainable and l.weights]
+    below = [l for l in base.layers[:start] if l.weights]
+    bns = [l for l in base.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert top and below and bns
+    return top, below, bns
+
+
+@pytest.mark.skipif(not os.path.exists(MOBILENET), reason="shared weights absent")
+def test_fine_tuning_trains_the_unfrozen_top_block_only():
+    # Real weights: a random MobileNet's features at this size are ~1e-16 and
+    # its gradients too small for Adam to move a float32 weight.
+    m = models.build_transfer((64, 64), 2, "mobilenet", weights=MOBILENET, alpha=0.25)
+    models.unfreeze_top(m, "mobilenet")
+    top, below, bns = _top_and_rest(m, "mobilenet")
+    snapshot = lambda layers: [w.numpy().copy() for l in layers for w in l.weights]
+    top0, below0, bn0 = snapshot(top), snapshot(below), snapshot(bns)
+    models.compile_model(m, 2, 1e-3)
+    x = np.random.RandomState(0).uniform(0, 255, (8, 64, 64, 3)).astype("float32")
+    y = np.array([[0], [1]] * 4, np.float32)
+    # The head starts at zero, so the backbone gets gradient from step 2 on.
+    m.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert all(not np.array_equal(a, b) for a, b in zip(top0, snapshot(top)))
+    assert all(np.array_equal(a, b) for a, b in zip(below0, snapshot(below)))
+    assert all(np.array_equal(a, b) for a, b in zip(bn0, snapshot(bns)))
+
+
+def test_fine_tuned_efficientnet_top_block_gets_gradients():
+    import tensorflow as tf
+    m = models.build_transfer((32, 32), 2, "efficientnet_b0", weights="none")
+    models.unfreeze_top(m, "efficientnet_b0")
+    top, below, _ = _top_and_rest(m, "efficientnet_b0")
+    trainable = {id(w) for w in m.trainable_weights}
+    assert {id(w) for l in top for w in l.weights if w.trainable} <= trainable
+    assert not {id(w) for l in below for w in l.weights} & trainable
+    head = m.get_layer("predictions")
+    head.kernel.assign(np.random.RandomState(1).normal(size=head.kernel.shape))
+    x = np.random.RandomState(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    with tf.GradientTape() as tape:
+        loss = keras.losses.binary_crossentropy(np.ones((4, 1)), m(x, training=True))
+    weights = [w for l in top for w in l.trainable_weights]
+    grads = tape.gradient(loss, weights)
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
