@@ -12,9 +12,11 @@ still returns float32 probabilities.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Callable
+import warnings
 
 from absl import logging
 import keras
@@ -112,14 +114,19 @@ class Backbone:
     has_alpha: bool = False
 
 
+def _square_rows(size, allowed):
+    # As keras.applications: square sizes it has weights for, else 224.
+    return size[0] if size[0] == size[1] and size[0] in allowed else 224
+
+
 def _mobilenet_file(alpha, size):
     alpha_text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}.get(alpha, str(alpha))
-    rows = size[0] if size[0] in (128, 160, 192, 224) else 224
+    rows = _square_rows(size, (128, 160, 192, 224))
     return f"mobilenet_{alpha_text}_{rows}_tf_no_top.h5"
 
 
 def _mobilenet_v2_file(alpha, size):
-    rows = size[0] if size[0] in (96, 128, 160, 192, 224) else 224
+    rows = _square_rows(size, (96, 128, 160, 192, 224))
     return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
 
 
@@ -177,17 +184,17 @@ def build_backbone(name: str, image_size, weights: str = "imagenet",
     if min(image_size) < 32:
         raise ValueError(f"Backbone {name!r} needs images of at least 32x32. "
                          f"Received: image_size={image_size}")
-    kwargs = dict(include_top=False, input_shape=(*image_size, 3), name=BACKBONE_NAME)
+    kwargs = dict(include_top=False, input_shape=(*image_size, 3))
     if spec.has_alpha:
         kwargs["alpha"] = alpha
     elif alpha != 1.0:
         logging.warning("--backbone_alpha=%s is ignored by backbone %s.", alpha, name)
     weights = weights or "none"
     if weights.lower() == "none":
-        return spec.constructor(weights=None, **kwargs)
+        return _construct(spec, None, kwargs)
     if weights == "imagenet":
         try:
-            return spec.constructor(weights="imagenet", **kwargs)
+            return _construct(spec, "imagenet", kwargs)
         except Exception as e:  # download failures come as many exception types
             fname = spec.weights_file(alpha, image_size)
             raise WeightsError(
@@ -200,9 +207,8 @@ def build_backbone(name: str, image_size, weights: str = "imagenet",
     if not os.path.isfile(path):
         raise WeightsError(f"`--weights` file not found: {weights!r}. Pass "
                            "'imagenet', 'none' or the path of a weights file.")
-    model = spec.constructor(weights=None, **kwargs)
     try:
-        model.load_weights(path)
+        model, asked = _construct_from_file(spec, path, kwargs)
     except Exception as e:
         raise WeightsError(
             f"Weights file {weights!r} does not match backbone {name!r}"
@@ -210,7 +216,83 @@ def build_backbone(name: str, image_size, weights: str = "imagenet",
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. Expected "
             f"a no-top ImageNet file such as {spec.weights_file(alpha, image_size)}."
         ) from e
+    if asked is not None and not asked:
+        raise RuntimeError(f"{spec.constructor.__name__} loaded no weights file; "
+                           "this Keras version fetches weights another way.")
     return model
+
+
+def _construct(spec: Backbone, weights, kwargs) -> keras.Model:
+    """Calls the application, then names the model ``"backbone"``.
+
+    Named afterwards: EfficientNet derives the ImageNet file it downloads
+    from the model name (``efficientnetb0_notop.h5``).
+    """
+    model = spec.constructor(weights=weights, **kwargs)
+    model.name = BACKBONE_NAME
+    return model
+
+
+@contextlib.contextmanager
+def _keras_download_answered_by(path: str):
+    """Makes ``keras.applications`` take ``path`` for the file it would download.
+
+    Every application module fetches its weights through
+    ``keras.src.utils.file_utils.get_file``; for the block, that function
+    returns ``path`` instead (and records the file names asked for).
+    Process-global while it lasts; restored even on error.
+
+    Yields:
+      The list of file names Keras asked for.
+    """
+    from keras.src.utils import file_utils  # pylint: disable=import-outside-toplevel
+    original = file_utils.get_file
+    asked = []
+
+    def get_file(fname=None, *args, **kwargs):
+        del args, kwargs
+        asked.append(fname)
+        return path
+
+    file_utils.get_file = get_file
+    try:
+        yield asked
+    finally:
+        file_utils.get_file = original
+
+
+def _construct_from_file(spec: Backbone, path: str, kwargs):
+    """Builds the ``imagenet`` network of ``spec`` with the weights of ``path``.
+
+    The ``imagenet`` route is not ``weights=None`` plus ``load_weights``:
+    EfficientNet adds its input normalisation fix (``Rescaling`` by
+    ``1/sqrt(variance)``) only for ``weights="imagenet"``. So the
+    application builds its ``imagenet`` network and loads ``path`` where it
+    would load the downloaded file. Settings for which Keras has no ImageNet
+    weights (e.g. MobileNet widths other than 0.25-1.0), refused before any
+    file is asked for, build the ``weights=None`` network, which for those
+    backbones is the same, and load the file into it.
+
+    Returns:
+      ``(model, asked)``: ``asked`` lists the files the ``imagenet`` route
+      asked for, None when it was refused.
+    """
+    with warnings.catch_warnings():
+        # MobileNets warn that the 224x224 file is loaded for other sizes:
+        # true of the download only, not of the user's file.
+        warnings.filterwarnings("ignore", message=r"`input_shape` is undefined or non-square")
+        with _keras_download_answered_by(path) as asked:
+            try:
+                model = _construct(spec, "imagenet", kwargs)
+            except ValueError:
+                if asked:
+                    raise
+                model = None
+    if model is None:
+        model = _construct(spec, None, kwargs)
+        model.load_weights(path)
+        return model, None
+    return model, asked
 
 
 def _head(x, num_classes: int, dropout: float, pooling: str,
