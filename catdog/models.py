@@ -27,6 +27,8 @@ from catdog import config as config_lib
 
 BACKBONE_NAME = "backbone"
 PREPROCESS_NAME = "preprocess"
+#: The last Dense layer; it computes in float32 under every dtype policy.
+HEAD_NAME = "predictions"
 KERAS_CACHE = os.path.join("~", ".keras", "models")
 
 
@@ -85,9 +87,9 @@ class InferenceBackbone(keras.layers.Wrapper):
     saved model loads in safe mode.
     """
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None):
         del training  # the backbone always infers
-        return self.layer(inputs, training=False)
+        return self.layer(inputs, training=False, mask=mask)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
@@ -312,9 +314,9 @@ def _head(x, num_classes: int, dropout: float, pooling: str,
     init = "zeros" if zero_init else "glorot_uniform"
     if num_classes == 2:
         return keras.layers.Dense(1, activation="sigmoid", dtype="float32",
-                                  kernel_initializer=init, name="predictions")(x)
+                                  kernel_initializer=init, name=HEAD_NAME)(x)
     return keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
-                              kernel_initializer=init, name="predictions")(x)
+                              kernel_initializer=init, name=HEAD_NAME)(x)
 
 
 def _inputs(image_size):
@@ -483,6 +485,101 @@ def load_model(path: str) -> keras.Model:
         raise ValueError(f"{path!r} is not a loadable catdog Keras model: "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
                          ) from e
+
+
+def load_for_fine_tuning(path: str, dtype_policy: str | None = None) -> keras.Model:
+    """Loads a finished stage-3 (or stage-4) model to train under ``dtype_policy``.
+
+    A saved model keeps the per-layer dtype policies it was built with, so
+    a stage-3 model trained under ``mixed_float16`` would compute in float16
+    in a float32 fine-tuning run (without loss scaling), and a float32 one
+    would ignore ``mixed_float16``. The architecture is rebuilt from the
+    saved config with every layer under ``dtype_policy``, except the layers
+    catdog always keeps float32 (the head and the augmentation transforms),
+    and the weights are copied over. A backbone saved bare by an earlier
+    catdog is put inside an :class:`InferenceBackbone`.
+
+    Args:
+      path: a model dir or its ``model.keras``.
+      dtype_policy: a Keras dtype policy name; None means the global policy.
+
+    Returns:
+      The model, with the saved weights and ``trainable`` flags.
+    """
+    loaded = load_model(path)
+    policy = dtype_policy or keras.config.dtype_policy().name
+    config = keras.saving.serialize_keras_object(loaded)
+    config["config"]["layers"] = [_wrap_bare_backbone(layer)
+                                  for layer in config["config"]["layers"]]
+    _set_dtype_policies(config, policy)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)  # the policy of the outer model itself
+    try:
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    model.set_weights(loaded.get_weights())
+    return model
+
+
+def _wrap_bare_backbone(layer_config: dict) -> dict:
+    if layer_config.get("class_name") not in ("Functional", "Model") or \
+            layer_config.get("config", {}).get("name") != BACKBONE_NAME:
+        return layer_config
+    inner = {k: v for k, v in layer_config.items() if k not in ("inbound_nodes", "name")}
+    return {"module": InferenceBackbone.__module__, "class_name": "InferenceBackbone",
+            "registered_name": keras.saving.get_registered_name(InferenceBackbone),
+            "config": {"name": BACKBONE_NAME,
+                       "trainable": layer_config["config"].get("trainable", True),
+                       "dtype": None, "layer": inner},
+            "name": BACKBONE_NAME, "inbound_nodes": layer_config["inbound_nodes"]}
+
+
+def _set_dtype_policies(node: dict, policy: str, float32: bool = False) -> None:
+    """Sets the ``dtype`` of every layer config under ``node`` (in place).
+
+    Mirrors how catdog builds: everything under the global ``policy``,
+    except the head and the layers inside the augmentation block, which are
+    created with ``dtype="float32"``. Input layers keep their data dtype.
+    """
+    config = node.get("config")
+    if not isinstance(config, dict):
+        return
+    name = config.get("name")
+    if "dtype" in config and node.get("class_name") != "InputLayer":
+        config["dtype"] = "float32" if float32 or name == HEAD_NAME else policy
+    inside = float32 or name == augment.AUGMENTATION_NAME
+    children = list(config.get("layers") or [])
+    if isinstance(config.get("layer"), dict):
+        children.append(config["layer"])
+    for child in children:
+        if isinstance(child, dict):
+            _set_dtype_policies(child, policy, inside)
+
+
+def _layers_and_float32(layer, float32: bool = False):
+    """``(layer, catdog keeps it float32)`` for every layer nested in ``layer``."""
+    inner = list(getattr(layer, "layers", None) or [])
+    if isinstance(layer, keras.layers.Wrapper):
+        inner.append(layer.layer)
+    inside = float32 or layer.name == augment.AUGMENTATION_NAME
+    for sub in inner:
+        if isinstance(sub, keras.layers.InputLayer):
+            continue
+        yield sub, inside or sub.name == HEAD_NAME
+        yield from _layers_and_float32(sub, inside)
+
+
+def dtype_policy_name(model: keras.Model) -> str:
+    """The dtype policy ``model``'s layers compute under, read from the layers.
+
+    The layers catdog always keeps float32 (the head, the augmentation
+    transforms) are left out. Layers under different policies give the
+    names joined with ``", "``.
+    """
+    names = {layer.dtype_policy.name for layer, float32 in _layers_and_float32(model)
+             if not float32}
+    return ", ".join(sorted(names)) if names else model.dtype_policy.name
 
 
 def count_params(weights) -> int:

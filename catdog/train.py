@@ -240,7 +240,7 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
     gpu = bool(tf.config.list_physical_devices("GPU"))
     with precision.policy_scope(policy), strategy.scope():
         if config.stage == "fine_tuning":
-            model = models.load_model(config.model.init_from)
+            model = models.load_for_fine_tuning(config.model.init_from, policy)
             unfrozen = models.unfreeze_top(model, config.model.backbone,
                                            config.model.fine_tune_layers)
             logging.info("Fine-tuning: %d backbone layers unfrozen.", unfrozen)
@@ -298,7 +298,7 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         "weights_note": weights_note,
         "trainable_params": models.count_params(model.trainable_weights),
         "total_params": models.count_params(model.weights),
-        "dtype_policy": policy,
+        "dtype_policy": models.dtype_policy_name(model),  # what the layers use
         "strategy": type(strategy).__name__,
         "replicas": replicas,
         "xla": xla_note,

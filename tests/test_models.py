@@ -425,3 +425,64 @@ def test_weights_file_errors_restore_keras_download(tmp_path, keras_download):
     for a, b in zip(loaded.get_weights(), source.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert file_utils.get_file is fake and keras_download["asked"] == []
+
+
+def _stage3(policy, tmp_path):
+    from catdog import augment, precision
+    with precision.policy_scope(policy):
+        m = models.build_transfer((32, 32), 2, "mobilenet", weights="none", alpha=0.25,
+                                  augmentation=augment.build_augmentation(seed=1))
+    head = m.get_layer("predictions")
+    head.kernel.assign(np.random.RandomState(2).normal(size=head.kernel.shape))
+    m.save(str(tmp_path / "model.keras"))
+    return m
+
+
+@pytest.mark.parametrize("saved, wanted", [("mixed_float16", "float32"),
+                                           ("float32", "mixed_float16"),
+                                           ("float32", "mixed_bfloat16")])
+def test_load_for_fine_tuning_computes_under_the_requested_policy(saved, wanted, tmp_path):
+    from catdog import precision
+    original = _stage3(saved, tmp_path)
+    with precision.policy_scope("float32"):  # whatever the global policy
+        m = models.load_for_fine_tuning(str(tmp_path), wanted)
+    compute = wanted.replace("mixed_", "") if wanted != "float32" else "float32"
+    assert m.dtype_policy.name == wanted
+    assert models.dtype_policy_name(m) == wanted
+    assert m.get_layer("preprocess").compute_dtype == compute
+    assert models.find_backbone(m).get_layer("conv_pw_13").compute_dtype == compute
+    assert m.get_layer("predictions").compute_dtype == "float32"
+    assert all(l.compute_dtype == "float32" for l in m.get_layer("augmentation").layers)
+    assert keras.backend.standardize_dtype(m.output.dtype) == "float32"
+    assert isinstance(models.backbone_layer(m), models.InferenceBackbone)
+    for a, b in zip(m.get_weights(), original.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    models.unfreeze_top(m, "mobilenet")
+    models.compile_model(m, 2, 1e-4)
+    assert isinstance(m.optimizer, keras.optimizers.LossScaleOptimizer) == (
+        wanted == "mixed_float16")
+    x = np.random.RandomState(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(m(x).numpy(), original(x).numpy(), atol=2e-2)
+
+
+def test_load_for_fine_tuning_wraps_a_bare_backbone(tmp_path):
+    # The layout earlier catdog saved: the backbone model called directly.
+    base = models.build_backbone("mobilenet", (32, 32), "none", alpha=0.25)
+    base.trainable = False
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = models.Preprocess("tf", name="preprocess")(inputs)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    out = keras.layers.Dense(1, activation="sigmoid", dtype="float32",
+                             name="predictions")(x)
+    old = keras.Model(inputs, out, name="feature_extraction")
+    old.get_layer("predictions").kernel.assign(np.random.RandomState(2).normal(size=(256, 1)))
+    old.save(str(tmp_path / "model.keras"))
+    assert models.backbone_layer(models.load_model(str(tmp_path))).__class__ is not \
+        models.InferenceBackbone
+    m = models.load_for_fine_tuning(str(tmp_path), "float32")
+    assert isinstance(models.backbone_layer(m), models.InferenceBackbone)
+    assert not models.find_backbone(m).trainable
+    x = np.random.RandomState(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(m(x).numpy(), old(x).numpy())
+    assert models.unfreeze_top(m, "mobilenet") == 2

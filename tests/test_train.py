@@ -136,3 +136,69 @@ def test_mirrored_validation_whose_last_batch_leaves_a_replica_empty(tmp_path):
         result["files"]["predictions.csv"])], np.float64)
     loss = float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
     assert float(row["val_loss"]) == pytest.approx(loss, rel=1e-3, abs=1e-4)
+
+
+def _every_layer(layer, prefix=""):
+    """``(path, layer)`` of the layers inside ``layer``, nested ones included."""
+    import keras
+    inner = list(getattr(layer, "layers", []))
+    if isinstance(layer, keras.layers.Wrapper):
+        inner.append(layer.layer)
+    for sub in inner:
+        path = f"{prefix}/{sub.name}"
+        yield path, sub
+        yield from _every_layer(sub, path)
+
+
+def _compute_dtypes(model, containers=True):
+    """{layer path: compute dtype} of every layer but the inputs.
+
+    Keras gives a loaded nested model (a container whose layers carry their
+    own policies) the global policy of the loading process: leave those
+    out of a reloaded model with ``containers=False``.
+    """
+    import keras
+    return {path: layer.compute_dtype for path, layer in _every_layer(model)
+            if not isinstance(layer, keras.layers.InputLayer)
+            and (containers or not isinstance(layer, keras.Model))}
+
+
+def _always_float32(path):
+    # The float32 head, and the augmentation block's image transforms.
+    return path.endswith("predictions") or "random_" in path
+
+
+@pytest.mark.slow  # two stage-3 and two stage-4 runs (~1 min each under load)
+@pytest.mark.parametrize("stage3, stage4", [("mixed_float16", "float32"),
+                                            ("float32", "mixed_float16")])
+def test_fine_tuning_computes_under_its_own_precision(tiny_folders, tmp_path, stage3, stage4):
+    import keras
+    train_dir, val_dir = tiny_folders
+    fe_cfg = _config("feature_extraction", train_dir, val_dir, tmp_path / "fe",
+                     backbone="mobilenet", backbone_alpha=0.25, weights="none")
+    fe_cfg.train.mixed_precision, fe_cfg.train.epochs = stage3, 1
+    fe = train.run(fe_cfg)
+    assert fe.model.get_layer("preprocess").compute_dtype == (
+        "float16" if stage3 == "mixed_float16" else "float32")
+    ft_cfg = _config("fine_tuning", train_dir, val_dir, tmp_path / "ft",
+                     init_from=str(tmp_path / "fe"))
+    ft_cfg.train.mixed_precision, ft_cfg.train.epochs = stage4, 1
+    ft = train.run(ft_cfg)
+
+    half = "float16" if stage4 == "mixed_float16" else "float32"
+    reloaded = models.load_model(str(tmp_path / "ft"))
+    for model, containers in ((ft.model, True), (reloaded, False)):
+        dtypes = _compute_dtypes(model, containers)
+        assert any("conv_pw_13" in p for p in dtypes) and any("random_flip" in p for p in dtypes)
+        wrong = {p: d for p, d in dtypes.items()
+                 if d != ("float32" if _always_float32(p) else half)}
+        assert not wrong, wrong
+        assert keras.backend.standardize_dtype(model.output.dtype) == "float32"
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert metrics["dtype_policy"] == stage4 == ft.metrics["dtype_policy"]
+    scaled = isinstance(ft.model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert scaled == (stage4 == "mixed_float16")
+    # Fine-tuning still starts from the stage-3 weights.
+    head = ft.model.get_layer("predictions").kernel.numpy()
+    assert head.shape == fe.model.get_layer("predictions").kernel.shape
+    assert keras.mixed_precision.global_policy().name == "float32"
