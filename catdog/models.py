@@ -24,6 +24,7 @@ from keras import ops
 
 from catdog import augment
 from catdog import config as config_lib
+from catdog import precision
 
 BACKBONE_NAME = "backbone"
 PREPROCESS_NAME = "preprocess"
@@ -512,12 +513,8 @@ def load_for_fine_tuning(path: str, dtype_policy: str | None = None) -> keras.Mo
     config["config"]["layers"] = [_wrap_bare_backbone(layer)
                                   for layer in config["config"]["layers"]]
     _set_dtype_policies(config, policy)
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)  # the policy of the outer model itself
-    try:
+    with precision.policy_scope(policy):  # also the outer model's own policy
         model = keras.saving.deserialize_keras_object(config, safe_mode=True)
-    finally:
-        keras.config.set_dtype_policy(previous)
     model.set_weights(loaded.get_weights())
     return model
 
