@@ -44,7 +44,7 @@ _HOOKS = ("on_batch_begin", "on_batch_end", "on_epoch_begin", "on_epoch_end",
 def split_transfer_model(model: keras.Model):
     """Splits a stage-3 model into a feature model and a head model.
 
-    The feature model is ``preprocess -> backbone(training=False)`` followed
+    The feature model is ``preprocess -> backbone`` (in inference mode) followed
     by the weightless, deterministic layers right after the backbone (the
     global pooling, or the flatten), so what is cached is as small as the
     head allows. The augmentation block is left out. The head model is the
@@ -61,7 +61,7 @@ def split_transfer_model(model: keras.Model):
     Raises:
       ValueError: ``model`` has no nested backbone.
     """
-    backbone = models.find_backbone(model)
+    backbone = models.backbone_layer(model)
     layers = model.layers
     start = layers.index(backbone)
     pre = [layer for layer in layers[1:start]
@@ -95,6 +95,8 @@ def extract_features(feature_model: keras.Model, dataset: tf.data.Dataset):
     Returns:
       ``(features, labels)`` numpy arrays; features are float32 whatever the
       dtype policy (the head computes in float32 at its last layer anyway).
+      Empty batches are skipped: oneDNN on some CPUs cannot convolve zero
+      images.
     """
     @tf.function(reduce_retracing=True)
     def step(images):
@@ -102,6 +104,8 @@ def extract_features(feature_model: keras.Model, dataset: tf.data.Dataset):
 
     feats, labels = [], []
     for images, y in dataset:
+        if images.shape[0] == 0:
+            continue
         feats.append(step(images).numpy())
         labels.append(y.numpy())
     if not feats:
@@ -191,6 +195,9 @@ def fit_head_on_features(model: keras.Model, train_images: tf.data.Dataset,
 
     jit = {"auto": "auto", "true": True, "false": False}[t.jit_compile]
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        # The last validation batch may leave a replica with zero features.
+        head_model = models.empty_batch_safe(head_model)
     with scope:
         models.compile_model(head_model, num_classes, t.learning_rate, jit_compile=jit)
 

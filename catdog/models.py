@@ -12,9 +12,11 @@ still returns float32 probabilities.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Callable
+import warnings
 
 from absl import logging
 import keras
@@ -22,9 +24,12 @@ from keras import ops
 
 from catdog import augment
 from catdog import config as config_lib
+from catdog import precision
 
 BACKBONE_NAME = "backbone"
 PREPROCESS_NAME = "preprocess"
+#: The last Dense layer; it computes in float32 under every dtype policy.
+HEAD_NAME = "predictions"
 KERAS_CACHE = os.path.join("~", ".keras", "models")
 
 
@@ -69,6 +74,28 @@ class Preprocess(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package="catdog")
+class InferenceBackbone(keras.layers.Wrapper):
+    """Runs a nested backbone in inference mode, whatever the training flag.
+
+    Keras 3's ``Functional.call`` hands the outer ``training`` flag to the
+    layers it calls, so ``base(x, training=False)`` inside a functional model
+    is overridden by ``fit``: a frozen backbone's Dropout (EfficientNet has
+    one per block) would be active while the head trains. This layer's own
+    ``call`` passes ``training=False`` to the backbone, so its BatchNorm and
+    Dropout always infer, in stage 3 and in fine-tuning alike; gradients
+    still reach the layers fine-tuning unfreezes. A registered layer, so a
+    saved model loads in safe mode.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        del training  # the backbone always infers
+        return self.layer(inputs, training=False, mask=mask)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+
 @dataclasses.dataclass(frozen=True)
 class Backbone:
     """A registered ImageNet backbone.
@@ -90,14 +117,19 @@ class Backbone:
     has_alpha: bool = False
 
 
+def _square_rows(size, allowed):
+    # As keras.applications: square sizes it has weights for, else 224.
+    return size[0] if size[0] == size[1] and size[0] in allowed else 224
+
+
 def _mobilenet_file(alpha, size):
     alpha_text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}.get(alpha, str(alpha))
-    rows = size[0] if size[0] in (128, 160, 192, 224) else 224
+    rows = _square_rows(size, (128, 160, 192, 224))
     return f"mobilenet_{alpha_text}_{rows}_tf_no_top.h5"
 
 
 def _mobilenet_v2_file(alpha, size):
-    rows = size[0] if size[0] in (96, 128, 160, 192, 224) else 224
+    rows = _square_rows(size, (96, 128, 160, 192, 224))
     return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
 
 
@@ -155,17 +187,17 @@ def build_backbone(name: str, image_size, weights: str = "imagenet",
     if min(image_size) < 32:
         raise ValueError(f"Backbone {name!r} needs images of at least 32x32. "
                          f"Received: image_size={image_size}")
-    kwargs = dict(include_top=False, input_shape=(*image_size, 3), name=BACKBONE_NAME)
+    kwargs = dict(include_top=False, input_shape=(*image_size, 3))
     if spec.has_alpha:
         kwargs["alpha"] = alpha
     elif alpha != 1.0:
         logging.warning("--backbone_alpha=%s is ignored by backbone %s.", alpha, name)
     weights = weights or "none"
     if weights.lower() == "none":
-        return spec.constructor(weights=None, **kwargs)
+        return _construct(spec, None, kwargs)
     if weights == "imagenet":
         try:
-            return spec.constructor(weights="imagenet", **kwargs)
+            return _construct(spec, "imagenet", kwargs)
         except Exception as e:  # download failures come as many exception types
             fname = spec.weights_file(alpha, image_size)
             raise WeightsError(
@@ -178,9 +210,8 @@ def build_backbone(name: str, image_size, weights: str = "imagenet",
     if not os.path.isfile(path):
         raise WeightsError(f"`--weights` file not found: {weights!r}. Pass "
                            "'imagenet', 'none' or the path of a weights file.")
-    model = spec.constructor(weights=None, **kwargs)
     try:
-        model.load_weights(path)
+        model, asked = _construct_from_file(spec, path, kwargs)
     except Exception as e:
         raise WeightsError(
             f"Weights file {weights!r} does not match backbone {name!r}"
@@ -188,7 +219,83 @@ def build_backbone(name: str, image_size, weights: str = "imagenet",
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. Expected "
             f"a no-top ImageNet file such as {spec.weights_file(alpha, image_size)}."
         ) from e
+    if asked is not None and not asked:
+        raise RuntimeError(f"{spec.constructor.__name__} loaded no weights file; "
+                           "this Keras version fetches weights another way.")
     return model
+
+
+def _construct(spec: Backbone, weights, kwargs) -> keras.Model:
+    """Calls the application, then names the model ``"backbone"``.
+
+    Named afterwards: EfficientNet derives the ImageNet file it downloads
+    from the model name (``efficientnetb0_notop.h5``).
+    """
+    model = spec.constructor(weights=weights, **kwargs)
+    model.name = BACKBONE_NAME
+    return model
+
+
+@contextlib.contextmanager
+def _keras_download_answered_by(path: str):
+    """Makes ``keras.applications`` take ``path`` for the file it would download.
+
+    Every application module fetches its weights through
+    ``keras.src.utils.file_utils.get_file``; for the block, that function
+    returns ``path`` instead (and records the file names asked for).
+    Process-global while it lasts; restored even on error.
+
+    Yields:
+      The list of file names Keras asked for.
+    """
+    from keras.src.utils import file_utils  # pylint: disable=import-outside-toplevel
+    original = file_utils.get_file
+    asked = []
+
+    def get_file(fname=None, *args, **kwargs):
+        del args, kwargs
+        asked.append(fname)
+        return path
+
+    file_utils.get_file = get_file
+    try:
+        yield asked
+    finally:
+        file_utils.get_file = original
+
+
+def _construct_from_file(spec: Backbone, path: str, kwargs):
+    """Builds the ``imagenet`` network of ``spec`` with the weights of ``path``.
+
+    The ``imagenet`` route is not ``weights=None`` plus ``load_weights``:
+    EfficientNet adds its input normalisation fix (``Rescaling`` by
+    ``1/sqrt(variance)``) only for ``weights="imagenet"``. So the
+    application builds its ``imagenet`` network and loads ``path`` where it
+    would load the downloaded file. Settings for which Keras has no ImageNet
+    weights (e.g. MobileNet widths other than 0.25-1.0), refused before any
+    file is asked for, build the ``weights=None`` network, which for those
+    backbones is the same, and load the file into it.
+
+    Returns:
+      ``(model, asked)``: ``asked`` lists the files the ``imagenet`` route
+      asked for, None when it was refused.
+    """
+    with warnings.catch_warnings():
+        # MobileNets warn that the 224x224 file is loaded for other sizes:
+        # true of the download only, not of the user's file.
+        warnings.filterwarnings("ignore", message=r"`input_shape` is undefined or non-square")
+        with _keras_download_answered_by(path) as asked:
+            try:
+                model = _construct(spec, "imagenet", kwargs)
+            except ValueError:
+                if asked:
+                    raise
+                model = None
+    if model is None:
+        model = _construct(spec, None, kwargs)
+        model.load_weights(path)
+        return model, None
+    return model, asked
 
 
 def _head(x, num_classes: int, dropout: float, pooling: str,
@@ -208,9 +315,9 @@ def _head(x, num_classes: int, dropout: float, pooling: str,
     init = "zeros" if zero_init else "glorot_uniform"
     if num_classes == 2:
         return keras.layers.Dense(1, activation="sigmoid", dtype="float32",
-                                  kernel_initializer=init, name="predictions")(x)
+                                  kernel_initializer=init, name=HEAD_NAME)(x)
     return keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
-                              kernel_initializer=init, name="predictions")(x)
+                              kernel_initializer=init, name=HEAD_NAME)(x)
 
 
 def _inputs(image_size):
@@ -257,9 +364,9 @@ def build_transfer(image_size, num_classes: int, backbone_name: str = "vgg16",
                    name: str = "feature_extraction") -> keras.Model:
     """Stage 3: [augmentation] -> preprocess -> frozen backbone -> new head.
 
-    The backbone is frozen and called with ``training=False`` so its
-    BatchNormalization layers stay in inference mode, also after fine-tuning
-    unfreezes the top block.
+    The backbone is frozen and runs inside an :class:`InferenceBackbone`, so
+    its BatchNormalization and Dropout layers stay in inference mode during
+    ``fit``, also after fine-tuning unfreezes the top block.
     """
     spec = get_backbone(backbone_name)
     base = build_backbone(backbone_name, image_size, weights, alpha)
@@ -269,7 +376,9 @@ def build_transfer(image_size, num_classes: int, backbone_name: str = "vgg16",
     if augmentation is not None:
         x = augmentation(x)
     x = Preprocess(spec.preprocess, name=PREPROCESS_NAME)(x)
-    x = base(x, training=False)
+    wrapper = InferenceBackbone(base, name=BACKBONE_NAME)
+    wrapper.trainable = False
+    x = wrapper(x)
     outputs = _head(x, num_classes, dropout, pooling, zero_init=True)
     return keras.Model(inputs, outputs, name=name)
 
@@ -287,13 +396,24 @@ def build_model(config: config_lib.Config, num_classes: int) -> keras.Model:
                      "starts from a finished model (load_for_fine_tuning).")
 
 
-def find_backbone(model: keras.Model) -> keras.Model:
-    """Returns the nested backbone of a transfer model; ValueError if none."""
+def backbone_layer(model: keras.Model) -> keras.layers.Layer:
+    """Returns the layer of ``model`` that runs the backbone; ValueError if none.
+
+    That is the :class:`InferenceBackbone` of a transfer model, or the nested
+    backbone model itself in a model saved by an earlier catdog.
+    """
     for layer in model.layers:
-        if layer.name == BACKBONE_NAME and isinstance(layer, keras.Model):
+        if layer.name == BACKBONE_NAME and isinstance(
+                layer, (InferenceBackbone, keras.Model)):
             return layer
     raise ValueError(f"Model {model.name!r} has no nested '{BACKBONE_NAME}' model; "
                      "fine-tuning needs a feature_extraction model.")
+
+
+def find_backbone(model: keras.Model) -> keras.Model:
+    """Returns the nested backbone model of a transfer model; ValueError if none."""
+    layer = backbone_layer(model)
+    return layer.layer if isinstance(layer, InferenceBackbone) else layer
 
 
 def unfreeze_top(model: keras.Model, backbone_name: str,
@@ -310,7 +430,7 @@ def unfreeze_top(model: keras.Model, backbone_name: str,
       The number of backbone layers made trainable (BatchNorm excluded).
       Recompile the model afterwards: Keras reads ``trainable`` at compile.
     """
-    base = find_backbone(model)
+    outer, base = backbone_layer(model), find_backbone(model)
     names = [layer.name for layer in base.layers]
     if num_layers <= 0:
         start_name = get_backbone(backbone_name).top_block_start
@@ -320,6 +440,7 @@ def unfreeze_top(model: keras.Model, backbone_name: str,
         start = names.index(start_name)
     else:
         start = max(0, len(names) - num_layers)
+    outer.trainable = True  # (also sets every layer of the backbone)
     base.trainable = True
     count = 0
     for i, layer in enumerate(base.layers):
@@ -367,9 +488,146 @@ def load_model(path: str) -> keras.Model:
                          ) from e
 
 
+def load_for_fine_tuning(path: str, dtype_policy: str | None = None) -> keras.Model:
+    """Loads a finished stage-3 (or stage-4) model to train under ``dtype_policy``.
+
+    A saved model keeps the per-layer dtype policies it was built with, so
+    a stage-3 model trained under ``mixed_float16`` would compute in float16
+    in a float32 fine-tuning run (without loss scaling), and a float32 one
+    would ignore ``mixed_float16``. The architecture is rebuilt from the
+    saved config with every layer under ``dtype_policy``, except the layers
+    catdog always keeps float32 (the head and the augmentation transforms),
+    and the weights are copied over. A backbone saved bare by an earlier
+    catdog is put inside an :class:`InferenceBackbone`.
+
+    Args:
+      path: a model dir or its ``model.keras``.
+      dtype_policy: a Keras dtype policy name; None means the global policy.
+
+    Returns:
+      The model, with the saved weights and ``trainable`` flags.
+    """
+    loaded = load_model(path)
+    policy = dtype_policy or keras.config.dtype_policy().name
+    config = keras.saving.serialize_keras_object(loaded)
+    config["config"]["layers"] = [_wrap_bare_backbone(layer)
+                                  for layer in config["config"]["layers"]]
+    _set_dtype_policies(config, policy)
+    with precision.policy_scope(policy):  # also the outer model's own policy
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    model.set_weights(loaded.get_weights())
+    return model
+
+
+def _wrap_bare_backbone(layer_config: dict) -> dict:
+    if layer_config.get("class_name") not in ("Functional", "Model") or \
+            layer_config.get("config", {}).get("name") != BACKBONE_NAME:
+        return layer_config
+    inner = {k: v for k, v in layer_config.items() if k not in ("inbound_nodes", "name")}
+    return {"module": InferenceBackbone.__module__, "class_name": "InferenceBackbone",
+            "registered_name": keras.saving.get_registered_name(InferenceBackbone),
+            "config": {"name": BACKBONE_NAME,
+                       "trainable": layer_config["config"].get("trainable", True),
+                       "dtype": None, "layer": inner},
+            "name": BACKBONE_NAME, "inbound_nodes": layer_config["inbound_nodes"]}
+
+
+def _set_dtype_policies(node: dict, policy: str, float32: bool = False) -> None:
+    """Sets the ``dtype`` of every layer config under ``node`` (in place).
+
+    Mirrors how catdog builds: everything under the global ``policy``,
+    except the head and the layers inside the augmentation block, which are
+    created with ``dtype="float32"``. Input layers keep their data dtype.
+    """
+    config = node.get("config")
+    if not isinstance(config, dict):
+        return
+    name = config.get("name")
+    if "dtype" in config and node.get("class_name") != "InputLayer":
+        config["dtype"] = "float32" if float32 or name == HEAD_NAME else policy
+    inside = float32 or name == augment.AUGMENTATION_NAME
+    children = list(config.get("layers") or [])
+    if isinstance(config.get("layer"), dict):
+        children.append(config["layer"])
+    for child in children:
+        if isinstance(child, dict):
+            _set_dtype_policies(child, policy, inside)
+
+
+def _layers_and_float32(layer, float32: bool = False):
+    """``(layer, catdog keeps it float32)`` for every layer nested in ``layer``."""
+    inner = list(getattr(layer, "layers", None) or [])
+    if isinstance(layer, keras.layers.Wrapper):
+        inner.append(layer.layer)
+    inside = float32 or layer.name == augment.AUGMENTATION_NAME
+    for sub in inner:
+        if isinstance(sub, keras.layers.InputLayer):
+            continue
+        yield sub, inside or sub.name == HEAD_NAME
+        yield from _layers_and_float32(sub, inside)
+
+
+def dtype_policy_name(model: keras.Model) -> str:
+    """The dtype policy ``model``'s layers compute under, read from the layers.
+
+    The layers catdog always keeps float32 (the head, the augmentation
+    transforms) are left out. Layers under different policies give the
+    names joined with ``", "``.
+    """
+    names = {layer.dtype_policy.name for layer, float32 in _layers_and_float32(model)
+             if not float32}
+    return ", ".join(sorted(names)) if names else model.dtype_policy.name
+
+
 def count_params(weights) -> int:
     """Number of scalars in a list of weights."""
     return int(sum(int(ops.size(w)) for w in weights))
+
+
+# ---------------------------------------------------------------------------
+# Empty per-replica batches.
+# ---------------------------------------------------------------------------
+
+class _EmptyBatchSafeModel(keras.Model):
+    """A functional model whose inference short-circuits an empty batch.
+
+    oneDNN on some CPUs cannot convolve or multiply zero images (the op
+    fails with a shape error instead of returning an empty result).
+    Training batches are never empty; under a multi-replica strategy a
+    validation batch smaller than the number of replicas leaves some
+    replica with zero images.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        run = super().call
+        if training:
+            return run(inputs, training=training, mask=mask)
+        import tensorflow as tf  # catdog's models are TF-backend models
+        first = keras.tree.flatten(inputs)[0]
+
+        def empty():
+            outputs = [tf.zeros([0, *t.shape[1:]], t.dtype) for t in self.outputs]
+            # As Functional.call: a single output is returned bare.
+            return outputs[0] if len(outputs) == 1 else outputs
+
+        return tf.cond(tf.shape(first)[0] > 0,
+                       lambda: run(inputs, training=training, mask=mask), empty)
+
+
+def empty_batch_safe(model: keras.Model) -> keras.Model:
+    """Returns ``model``'s graph as a model that answers an empty batch.
+
+    The returned model shares ``model``'s layers and weights (and so the
+    same weight file layout); its evaluation and prediction return empty
+    outputs for a batch of zero examples without running any layer, so
+    metrics count exactly the real examples. Training calls are unchanged.
+    Training-only: save ``model`` itself.
+
+    Args:
+      model: a functional catdog model with fully defined output shapes
+        after the batch axis.
+    """
+    return _EmptyBatchSafeModel(model.inputs, model.outputs, name=model.name)
 
 
 # ---------------------------------------------------------------------------

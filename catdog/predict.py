@@ -296,16 +296,23 @@ def probabilities_fn(model, num_classes: int):
     Returns:
       A function ``images -> float32 (N, num_classes)`` tensor. A sigmoid
       output ``p`` becomes ``[1 - p, p]`` so every model answers the same way.
+      An empty batch gives ``(0, num_classes)`` without running the model:
+      oneDNN on some CPUs cannot convolve or multiply zero images.
     """
     input_dtype = model.inputs[0].dtype
 
-    def probabilities(images):
+    def run_model(images):
         # The model rescales / preprocesses itself; it only needs its dtype.
         outputs = model(tf.cast(images, input_dtype), training=False)
         outputs = tf.cast(outputs, tf.float32)  # mixed-precision heads
         if num_classes == 2 and outputs.shape[-1] == 1:
             outputs = tf.concat([1.0 - outputs, outputs], axis=-1)
         return outputs
+
+    def probabilities(images):
+        images = tf.convert_to_tensor(images)
+        return tf.cond(tf.shape(images)[0] > 0, lambda: run_model(images),
+                       lambda: tf.zeros([0, num_classes], tf.float32))
 
     return probabilities
 

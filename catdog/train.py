@@ -390,7 +390,7 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
     gpu = bool(tf.config.list_physical_devices("GPU"))
     with precision.policy_scope(policy), strategy.scope():
         if config.stage == "fine_tuning":
-            model = models.load_model(config.model.init_from)
+            model = models.load_for_fine_tuning(config.model.init_from, policy)
             unfrozen = models.unfreeze_top(model, config.model.backbone,
                                            config.model.fine_tune_layers)
             logging.info("Fine-tuning: %d backbone layers unfrozen.", unfrozen)
@@ -398,6 +398,10 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
             model = models.build_model(config, index.num_classes)
         train_model, jit, xla_note = models.xla_training_model(
             model, config.train.jit_compile, gpu, replicas)
+        if replicas > 1:
+            # A last validation batch smaller than the replicas leaves some
+            # replica with zero images; they must not reach the network.
+            train_model = models.empty_batch_safe(train_model)
         models.compile_model(train_model, index.num_classes,
                              config.train.learning_rate, jit_compile=jit)
     logging.info("%s", xla_note)
@@ -460,7 +464,7 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         "weights_note": weights_note,
         "trainable_params": models.count_params(model.trainable_weights),
         "total_params": models.count_params(model.weights),
-        "dtype_policy": policy,
+        "dtype_policy": models.dtype_policy_name(model),  # what the layers use
         "strategy": type(strategy).__name__,
         "replicas": replicas,
         "xla": xla_note,

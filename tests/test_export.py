@@ -143,6 +143,25 @@ def test_empty_and_undecodable_requests(exported):
         serve(image_bytes=tf.constant([tinyruns.image_bytes(0), b"not an image"]))
 
 
+def test_empty_batch_through_serve_images_and_the_serving_functions(binary_run, exported):
+    # oneDNN on some CPUs cannot run a convolution or a matmul on zero images;
+    # an empty request must still answer, with outputs of the usual shapes.
+    loaded = tf.saved_model.load(exported)
+    out = loaded.signatures["serve_images"](images=tf.zeros([0, 32, 32, 3], tf.uint8))
+    assert out["probabilities"].dtype == tf.float32
+    assert out["probabilities"].shape == (0, 2)
+    assert out["classes"].shape == (0,) and out["class_names"].shape == (0, 2)
+    serving_default, serve_images = export.build_serving_functions(
+        binary_run[1], (32, 32), ["cats", "dogs"])
+    eager = serving_default(tf.zeros([0], tf.string))
+    assert eager["probabilities"].shape == (0, 2) and eager["classes"].shape == (0,)
+    traced = tf.function(serve_images)(tf.zeros([0, 32, 32, 3], tf.uint8))
+    assert traced["probabilities"].shape == (0, 2)
+    # A request with images still runs the network.
+    one = loaded.signatures["serve_images"](images=tf.fill([1, 32, 32, 3], tf.constant(200, tf.uint8)))
+    assert one["probabilities"].shape == (1, 2)
+
+
 def test_three_class_non_square_export(softmax_run, tmp_path):
     model_dir, model = softmax_run
     path = export.export_saved_model(model_dir, tmp_path / "serving", version=None)
@@ -239,6 +258,17 @@ def test_tflite_matches_keras(binary_run, exported):
     np.testing.assert_allclose(out["probabilities"],
                                _keras_probabilities(model, contents, (32, 32)), atol=1e-4)
     assert out["class_names"].shape == (len(contents), 2)
+
+
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
+def test_tflite_answers_an_empty_batch(exported):
+    interpreter = tf.lite.Interpreter(model_path=os.path.join(exported, "model.tflite"))
+    runner = interpreter.get_signature_runner("serve_images")
+    out = runner(images=np.zeros((0, 32, 32, 3), np.uint8))
+    assert out["probabilities"].shape == (0, 2)
+    assert out["class_names"].shape == (0, 2)
+    # The same interpreter still classifies real images afterwards.
+    assert runner(images=np.zeros((2, 32, 32, 3), np.uint8))["probabilities"].shape == (2, 2)
 
 
 def test_missing_tflite_converter_is_a_clear_error_and_leaves_nothing(

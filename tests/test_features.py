@@ -2,6 +2,7 @@ import json
 import logging
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -45,6 +46,35 @@ def test_split_reproduces_the_full_model(pooling):
     assert feats.dtype == np.float32 and feats.shape == (5, 256) and labels.shape == (5, 1)
     np.testing.assert_allclose(head_model(feats, training=False).numpy(), full,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_cached_features_are_what_the_head_sees_in_training():
+    # --fast_features trains the head on inference-mode features; the slow
+    # path must feed the head the same features inside fit (EfficientNet has
+    # Dropout in every block, which must stay off in the frozen backbone).
+    model = models.build_transfer((32, 32), 2, "efficientnet_b0", weights="none")
+    feature_model, _ = features.split_transfer_model(model)
+    in_training = keras.Model(model.inputs, model.get_layer("head_pool").output)
+    images = np.random.RandomState(0).randint(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    cached = feature_model(images, training=False).numpy()
+    np.testing.assert_array_equal(in_training(images, training=True).numpy(), cached)
+
+
+def test_extract_features_skips_empty_batches():
+    # An empty batch (a user's pre-batched data, a filtered split) never
+    # reaches the backbone: oneDNN on some CPUs cannot convolve zero images.
+    feature_model, _ = features.split_transfer_model(_transfer())
+    images = np.random.RandomState(0).randint(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    labels = np.ones((3, 1), np.float32)
+    empty = tf.data.Dataset.from_tensors((tf.zeros((0, 32, 32, 3), tf.uint8),
+                                          tf.zeros((0, 1), tf.float32)))
+    full = tf.data.Dataset.from_tensors((images, labels))
+    feats, got = features.extract_features(feature_model, empty.concatenate(full).concatenate(empty))
+    assert feats.shape == (3, 256) and got.shape == (3, 1)
+    np.testing.assert_allclose(feats, feature_model(images, training=False).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="No images"):
+        features.extract_features(feature_model, empty)
 
 
 def test_fast_features_run_saves_the_full_model(tiny_folders, tmp_path, caplog):

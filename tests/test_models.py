@@ -215,3 +215,274 @@ def test_xla_choices_without_augmentation_and_off():
     assert jit is False
     same, jit, _ = models.xla_training_model(m, "false", gpu=True, replicas=1)
     assert jit is False
+
+
+def test_empty_batch_safe_model_evaluates_zero_images_and_shares_weights(tmp_path):
+    # A replica of a multi-replica validation can get zero images; oneDNN on
+    # some CPUs cannot convolve them. The wrapper answers without the network.
+    import tensorflow as tf
+    m = models.build_model(_cfg("baseline"), num_classes=2)
+    safe = models.empty_batch_safe(m)
+    assert [id(w) for w in safe.weights] == [id(w) for w in m.weights]
+    out = safe(np.zeros((0, 32, 32, 3), np.float32))
+    assert tuple(out.shape) == (0, 1) and out.dtype == "float32"
+    x = np.random.RandomState(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    y = np.array([[0], [1], [1], [0]], np.float32)
+    models.compile_model(safe, 2, 1e-3)
+    with_empty = (tf.data.Dataset.from_tensors((x, y))
+                  .concatenate(tf.data.Dataset.from_tensors((x[:0], y[:0]))))
+    got = safe.evaluate(with_empty, verbose=0, return_dict=True)
+    want = safe.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)
+    for name in ("loss", "accuracy", "auc"):
+        assert got[name] == pytest.approx(want[name], rel=1e-6), name
+    np.testing.assert_allclose(safe.predict(x, verbose=0), m.predict(x, verbose=0))
+    # Training goes through unchanged and moves the shared weights; the
+    # weight files are interchangeable with the plain model's.
+    before = m.get_layer("block1_conv").kernel.numpy().copy()
+    safe.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert not np.allclose(before, m.get_layer("block1_conv").kernel.numpy())
+    safe.save_weights(str(tmp_path / "w.weights.h5"))
+    other = models.build_model(_cfg("baseline"), num_classes=2)
+    other.load_weights(str(tmp_path / "w.weights.h5"))
+    np.testing.assert_allclose(other.predict(x, verbose=0), m.predict(x, verbose=0), rtol=1e-6)
+
+
+_ALPHA = {"mobilenet": 0.25, "mobilenet_v2": 0.35}
+
+
+def _backbone_probe(model):
+    """The whole model's graph up to the backbone output (same layers)."""
+    return keras.Model(model.inputs, model.get_layer("head_pool").input)
+
+
+@pytest.mark.parametrize("name", sorted(models.BACKBONES))
+def test_backbone_runs_in_inference_mode_when_the_model_trains(name):
+    # Keras 3's Functional.call hands the outer training flag to nested
+    # models, which would switch on e.g. EfficientNet's per-block Dropout in
+    # fit: the backbone must compute the same features in training.
+    m = models.build_transfer((32, 32), 2, name, weights="none",
+                              alpha=_ALPHA.get(name, 1.0), dropout=0.0)
+    probe = _backbone_probe(m)
+    x = np.random.RandomState(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    reference = probe(x, training=False).numpy()
+    assert np.abs(reference).max() > 0
+    np.testing.assert_array_equal(probe(x, training=True).numpy(), reference)
+    np.testing.assert_array_equal(probe(x, training=True).numpy(), reference)
+    np.testing.assert_array_equal(m(x, training=True).numpy(), m(x, training=True).numpy())
+    # Also once fine-tuning has unfrozen the top block.
+    models.unfreeze_top(m, name)
+    np.testing.assert_array_equal(probe(x, training=True).numpy(), reference)
+
+
+def test_saved_transfer_model_keeps_its_backbone_in_inference_mode(tmp_path):
+    m = models.build_transfer((32, 32), 2, "efficientnet_b0", weights="none", dropout=0.0)
+    m.save(str(tmp_path / "model.keras"))
+    loaded = models.load_model(str(tmp_path))
+    assert models.find_backbone(loaded).name == models.BACKBONE_NAME
+    assert isinstance(models.find_backbone(loaded), keras.Model)
+    x = np.random.RandomState(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    probe = _backbone_probe(loaded)
+    np.testing.assert_array_equal(probe(x, training=True).numpy(),
+                                  probe(x, training=False).numpy())
+    np.testing.assert_allclose(loaded(x).numpy(), m(x).numpy(), rtol=1e-6)
+
+
+def _top_and_rest(m, name):
+    base = models.find_backbone(m)
+    start = [l.name for l in base.layers].index(models.BACKBONES[name].top_block_start)
+    top = [l for l in base.layers[start:] if l.trainable and l.weights]
+    below = [l for l in base.layers[:start] if l.weights]
+    bns = [l for l in base.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert top and below and bns
+    return top, below, bns
+
+
+@pytest.mark.skipif(not os.path.exists(MOBILENET), reason="shared weights absent")
+def test_fine_tuning_trains_the_unfrozen_top_block_only():
+    # Real weights: a random MobileNet's features at this size are ~1e-16 and
+    # its gradients too small for Adam to move a float32 weight.
+    m = models.build_transfer((64, 64), 2, "mobilenet", weights=MOBILENET, alpha=0.25)
+    models.unfreeze_top(m, "mobilenet")
+    top, below, bns = _top_and_rest(m, "mobilenet")
+    snapshot = lambda layers: [w.numpy().copy() for l in layers for w in l.weights]
+    top0, below0, bn0 = snapshot(top), snapshot(below), snapshot(bns)
+    models.compile_model(m, 2, 1e-3)
+    x = np.random.RandomState(0).uniform(0, 255, (8, 64, 64, 3)).astype("float32")
+    y = np.array([[0], [1]] * 4, np.float32)
+    # The head starts at zero, so the backbone gets gradient from step 2 on.
+    m.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert all(not np.array_equal(a, b) for a, b in zip(top0, snapshot(top)))
+    assert all(np.array_equal(a, b) for a, b in zip(below0, snapshot(below)))
+    assert all(np.array_equal(a, b) for a, b in zip(bn0, snapshot(bns)))
+
+
+def test_fine_tuned_efficientnet_top_block_gets_gradients():
+    import tensorflow as tf
+    m = models.build_transfer((32, 32), 2, "efficientnet_b0", weights="none")
+    models.unfreeze_top(m, "efficientnet_b0")
+    top, below, _ = _top_and_rest(m, "efficientnet_b0")
+    trainable = {id(w) for w in m.trainable_weights}
+    assert {id(w) for l in top for w in l.weights if w.trainable} <= trainable
+    assert not {id(w) for l in below for w in l.weights} & trainable
+    head = m.get_layer("predictions")
+    head.kernel.assign(np.random.RandomState(1).normal(size=head.kernel.shape))
+    x = np.random.RandomState(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    with tf.GradientTape() as tape:
+        loss = keras.losses.binary_crossentropy(np.ones((4, 1)), m(x, training=True))
+    weights = [w for l in top for w in l.trainable_weights]
+    grads = tape.gradient(loss, weights)
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+
+
+def _auto_named(layer):
+    # Layers Keras names itself ("rescaling_3") get a process-wide counter.
+    import re
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
+    return re.fullmatch(rf"{snake}(_\d+)?", layer.name) is not None
+
+
+def _network_summary(model):
+    """Names, classes, configs and weight shapes of every layer."""
+    import re
+    rows = []
+    for layer in model.layers:
+        config = dict(layer.get_config())
+        name = layer.name
+        if _auto_named(layer):
+            name = re.sub(r"_\d+$", "", name)
+        config["name"] = name
+        rows.append((name, type(layer).__name__, config,
+                     [tuple(w.shape) for w in layer.weights]))
+    return rows
+
+
+@pytest.fixture
+def keras_download(monkeypatch):
+    """Answers keras.applications' weight downloads from a local file (no network).
+
+    Returns a dict: set ``"file"`` to the path to answer with; ``"asked"``
+    lists the file names Keras asked for.
+    """
+    from keras.src.utils import file_utils
+    state = {"file": None, "asked": []}
+
+    def get_file(fname=None, origin=None, *args, **kwargs):
+        state["asked"].append(fname)
+        if state["file"] is None:
+            raise OSError(f"URL fetch failure on {origin}: no network in tests")
+        return state["file"]
+
+    monkeypatch.setattr(file_utils, "get_file", get_file)
+    return state
+
+
+@pytest.mark.parametrize("name", sorted(models.BACKBONES))
+def test_weights_file_builds_the_same_network_as_imagenet(name, tmp_path, keras_download):
+    alpha = _ALPHA.get(name, 1.0)
+    source = models.build_backbone(name, (32, 32), "none", alpha)
+    path = str(tmp_path / f"{name}.weights.h5")
+    source.save_weights(path)
+    keras_download["file"] = path
+    imagenet = models.build_backbone(name, (32, 32), "imagenet", alpha)
+    assert keras_download["asked"] == [models.BACKBONES[name].weights_file(alpha, (32, 32))]
+    from_file = models.build_backbone(name, (32, 32), path, alpha)
+    assert len(keras_download["asked"]) == 1  # the file route asks Keras for nothing
+    assert from_file.name == imagenet.name == models.BACKBONE_NAME
+    assert _network_summary(from_file) == _network_summary(imagenet)
+    for a, b in zip(from_file.get_weights(), imagenet.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.RandomState(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(from_file(x).numpy(), imagenet(x).numpy())
+
+
+@pytest.mark.parametrize("name, size", [
+    ("vgg16", (40, 48)), ("vgg19", (32, 32)), ("resnet50", (40, 48)),
+    ("mobilenet", (128, 128)), ("mobilenet", (160, 128)), ("mobilenet", (40, 40)),
+    ("mobilenet_v2", (96, 96)), ("mobilenet_v2", (96, 128)),
+    ("efficientnet_b0", (40, 48))])
+def test_offline_message_names_the_file_keras_looks_for(name, size, keras_download):
+    alpha = _ALPHA.get(name, 1.0)
+    with pytest.raises(models.WeightsError) as e:
+        models.build_backbone(name, size, "imagenet", alpha)
+    asked = keras_download["asked"]
+    assert len(asked) == 1 and f"Place the file {asked[0]} in" in str(e.value)
+
+
+def test_weights_file_errors_restore_keras_download(tmp_path, keras_download):
+    from keras.src.utils import file_utils
+    fake = file_utils.get_file
+    vgg = str(tmp_path / "vgg16.weights.h5")
+    models.build_backbone("vgg16", (32, 32), "none").save_weights(vgg)
+    with pytest.raises(models.WeightsError, match="does not match backbone 'efficientnet_b0'"):
+        models.build_backbone("efficientnet_b0", (32, 32), vgg)
+    assert file_utils.get_file is fake
+    # A width without ImageNet weights (MobileNet takes 0.25-1.0 for
+    # ImageNet) still loads a file of the same width.
+    own = str(tmp_path / "mobilenet035.weights.h5")
+    source = models.build_backbone("mobilenet", (32, 32), "none", alpha=0.35)
+    source.save_weights(own)
+    loaded = models.build_backbone("mobilenet", (32, 32), own, alpha=0.35)
+    for a, b in zip(loaded.get_weights(), source.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert file_utils.get_file is fake and keras_download["asked"] == []
+
+
+def _stage3(policy, tmp_path):
+    from catdog import augment, precision
+    with precision.policy_scope(policy):
+        m = models.build_transfer((32, 32), 2, "mobilenet", weights="none", alpha=0.25,
+                                  augmentation=augment.build_augmentation(seed=1))
+    head = m.get_layer("predictions")
+    head.kernel.assign(np.random.RandomState(2).normal(size=head.kernel.shape))
+    m.save(str(tmp_path / "model.keras"))
+    return m
+
+
+@pytest.mark.parametrize("saved, wanted", [("mixed_float16", "float32"),
+                                           ("float32", "mixed_float16"),
+                                           ("float32", "mixed_bfloat16")])
+def test_load_for_fine_tuning_computes_under_the_requested_policy(saved, wanted, tmp_path):
+    from catdog import precision
+    original = _stage3(saved, tmp_path)
+    with precision.policy_scope("float32"):  # whatever the global policy
+        m = models.load_for_fine_tuning(str(tmp_path), wanted)
+    compute = wanted.replace("mixed_", "") if wanted != "float32" else "float32"
+    assert m.dtype_policy.name == wanted
+    assert models.dtype_policy_name(m) == wanted
+    assert m.get_layer("preprocess").compute_dtype == compute
+    assert models.find_backbone(m).get_layer("conv_pw_13").compute_dtype == compute
+    assert m.get_layer("predictions").compute_dtype == "float32"
+    assert all(l.compute_dtype == "float32" for l in m.get_layer("augmentation").layers)
+    assert keras.backend.standardize_dtype(m.output.dtype) == "float32"
+    assert isinstance(models.backbone_layer(m), models.InferenceBackbone)
+    for a, b in zip(m.get_weights(), original.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    models.unfreeze_top(m, "mobilenet")
+    models.compile_model(m, 2, 1e-4)
+    assert isinstance(m.optimizer, keras.optimizers.LossScaleOptimizer) == (
+        wanted == "mixed_float16")
+    x = np.random.RandomState(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(m(x).numpy(), original(x).numpy(), atol=2e-2)
+
+
+def test_load_for_fine_tuning_wraps_a_bare_backbone(tmp_path):
+    # The layout earlier catdog saved: the backbone model called directly.
+    base = models.build_backbone("mobilenet", (32, 32), "none", alpha=0.25)
+    base.trainable = False
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = models.Preprocess("tf", name="preprocess")(inputs)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    out = keras.layers.Dense(1, activation="sigmoid", dtype="float32",
+                             name="predictions")(x)
+    old = keras.Model(inputs, out, name="feature_extraction")
+    old.get_layer("predictions").kernel.assign(np.random.RandomState(2).normal(size=(256, 1)))
+    old.save(str(tmp_path / "model.keras"))
+    assert models.backbone_layer(models.load_model(str(tmp_path))).__class__ is not \
+        models.InferenceBackbone
+    m = models.load_for_fine_tuning(str(tmp_path), "float32")
+    assert isinstance(models.backbone_layer(m), models.InferenceBackbone)
+    assert not models.find_backbone(m).trainable
+    x = np.random.RandomState(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(m(x).numpy(), old(x).numpy())
+    assert models.unfreeze_top(m, "mobilenet") == 2

@@ -137,6 +137,47 @@ def test_unreadable_files_get_error_rows_and_the_rest_still_run(binary_run, tmp_
     assert rows[0]["probability"] == pytest.approx(prob, abs=1e-5)
 
 
+@pytest.mark.parametrize("run", ["binary_run", "softmax_run"])
+def test_probabilities_of_an_empty_batch(run, request):
+    # oneDNN on some CPUs cannot run a convolution on zero images: the empty
+    # batch must never reach the network, eagerly or traced.
+    _, model = request.getfixturevalue(run)
+    num_classes = 2 if model.output.shape[-1] == 1 else model.output.shape[-1]
+    probabilities = predict.probabilities_fn(model, num_classes)
+    empty = tf.zeros((0, 32, 32, 3), tf.uint8)
+    traced = tf.function(probabilities, input_signature=[
+        tf.TensorSpec([None, 32, 32, 3], tf.uint8)])
+    for out in (probabilities(empty), traced(empty)):
+        assert out.dtype == tf.float32 and out.shape == (0, num_classes)
+    full = traced(tf.fill([2, 32, 32, 3], tf.constant(90, tf.uint8)))
+    assert full.shape == (2, num_classes)
+    np.testing.assert_allclose(full.numpy().sum(axis=1), 1, atol=1e-6)
+
+
+def test_predict_files_with_no_usable_file_never_calls_the_model(
+        binary_run, exported, tmp_path, monkeypatch):
+    model_dir, _ = binary_run
+    bad = [_write(tmp_path / "empty.jpg", b""), _write(tmp_path / "text.png", b"no")]
+    calls = []
+    make_predictor = predict._make_predictor
+
+    def spying_make_predictor(*args):
+        predict_batch, size = make_predictor(*args)
+
+        def spy(batch):
+            calls.append(len(batch))
+            return predict_batch(batch)
+        return spy, size
+
+    monkeypatch.setattr(predict, "_make_predictor", spying_make_predictor)
+    for source in (model_dir, exported):
+        assert predict.predict_files(source, []) == []
+        rows = predict.predict_files(source, bad + [str(tmp_path / "gone.jpg")])
+        assert [r["class"] for r in rows] == [None] * 3
+        assert all(r["error"] for r in rows)
+    assert calls == []
+
+
 def test_model_calls_are_batched_around_bad_files(binary_run, images, tmp_path, monkeypatch):
     model_dir, _ = binary_run
     _, paths = images
