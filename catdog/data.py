@@ -193,6 +193,13 @@ def _label_tensor(labels, num_classes):
     return np.asarray(labels, np.int32)
 
 
+def _split_name(split, share):
+    # Each worker of a multi-worker job caches its own share under its own name.
+    if share is None:
+        return split
+    return f"{split}-worker{share.index}of{len(share.sizes)}"
+
+
 def _cache_file(cache_dir, split, paths, image_size):
     # A file cache is only valid for exactly these files at this size: the
     # name carries a digest of both so a stale cache is never read.
@@ -205,7 +212,9 @@ def _cache_file(cache_dir, split, paths, image_size):
 def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: int,
                   training: bool, cache: str = "memory", seed: int = 1337,
                   shuffle_buffer: int = 0, deterministic: bool = False,
-                  split: str = "train", dct_scaling: bool = False) -> tf.data.Dataset:
+                  split: str = "train", dct_scaling: bool = False,
+                  input_context: Optional[tf.distribute.InputContext] = None
+                  ) -> tf.data.Dataset:
     """Builds the batched ``tf.data.Dataset`` of ``(uint8 images, labels)``.
 
     The order of operations is the point of this function:
@@ -232,6 +241,11 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
       split: name used for the cache file.
       dct_scaling: decode with :func:`decode_and_resize_scaled` instead of
         :func:`decode_and_resize` (faster on large JPEGs; not pixel-identical).
+      input_context: under ``strategy.distribute_datasets_from_function``,
+        the ``tf.distribute.InputContext`` of this worker: the dataset then
+        reads and decodes only this worker's share of the files (every
+        ``num_input_pipelines``-th file), yields per-replica batches, and
+        every worker runs the same number of steps.
 
     Returns:
       A dataset of ``(uint8 [B, H, W, 3], labels)`` batches.
@@ -240,6 +254,14 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
     # Unshuffled (evaluation) data keeps file order so outputs line up with
     # paths; only the training stream trades order for speed.
     deterministic = bool(deterministic) or not training
+    share = None
+    if input_context is not None:
+        # Shard the file list before anything is read: the workers' shares
+        # are a partition whatever order the parallel decode produces.
+        workers = int(input_context.num_input_pipelines)
+        share = _worker_share(input_context, _element_shares(len(paths), workers),
+                              batch_size, training, f"the {split} split")
+        paths, labels = list(paths)[share.index::workers], list(labels)[share.index::workers]
     ds = tf.data.Dataset.from_tensor_slices(
         # fsencode: a file name that is not valid UTF-8 still reaches the
         # file system byte for byte.
@@ -256,10 +278,11 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=deterministic)
     if cache and cache not in ("memory", "none"):
-        cache = _cache_file(cache, split, paths, image_size)
+        cache = _cache_file(cache, _split_name(split, share), paths, image_size)
     return batch_pipeline(ds, training=training, batch_size=batch_size,
                           num_examples=len(paths), cache=cache, seed=seed,
-                          shuffle_buffer=shuffle_buffer, deterministic=deterministic)
+                          shuffle_buffer=shuffle_buffer, deterministic=deterministic,
+                          share=share)
 
 
 def build_datasets(data_config, index: Optional[DataIndex] = None,
@@ -273,15 +296,20 @@ def build_datasets(data_config, index: Optional[DataIndex] = None,
     the model and is inactive at inference) and keeps its last partial batch.
     """
     index = index or index_source(data_config, progress=progress)
+    check_batch_size(data_config, index)
+    train_ds = build_split(data_config, index, "train", training=True)
+    val_ds = build_split(data_config, index, "val", training=False)
+    return train_ds, val_ds, index
+
+
+def check_batch_size(data_config, index: DataIndex) -> None:
+    """Raises ValueError (naming ``--batch_size``) when no training batch is left."""
     if len(index.train) < data_config.batch_size:
         raise ValueError(
             f"`--batch_size` {data_config.batch_size} is larger than the "
             f"{len(index.train)} usable training images; training drops the "
             "last partial batch, so no batch would be left. Use a smaller "
             f"--batch_size. Received: batch_size={data_config.batch_size}")
-    train_ds = build_split(data_config, index, "train", training=True)
-    val_ds = build_split(data_config, index, "val", training=False)
-    return train_ds, val_ds, index
 
 
 # ---------------------------------------------------------------------------
@@ -348,10 +376,104 @@ def decode_and_resize_scaled(contents: tf.Tensor, image_size) -> tf.Tensor:
     return image
 
 
+@dataclasses.dataclass(frozen=True)
+class _WorkerShare:
+    """One worker's part of a split under a multi-worker strategy.
+
+    Built by :func:`_worker_share`. Every worker computes the same shares (from
+    the same index), so all of them agree on the number of steps.
+
+    Attributes:
+      index: this worker's input pipeline id.
+      sizes: examples each worker holds, in worker order.
+      replicas: replicas this worker feeds.
+      batch_size: per-replica batch size.
+      global_batch: global batch size.
+    """
+
+    index: int
+    sizes: tuple
+    replicas: int
+    batch_size: int
+    global_batch: int
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.sizes[self.index])
+
+    def train_examples(self) -> int:
+        """Examples every worker uses per training epoch (the same on all).
+
+        The smallest share rounded down to whole steps: with uneven shares a
+        worker with more examples leaves a different few out each epoch
+        (after its shuffle), so every worker runs the same number of steps.
+        """
+        per_step = self.batch_size * self.replicas
+        return (min(self.sizes) // per_step) * per_step
+
+    def eval_batch_sizes(self) -> list:
+        """Per-replica batch sizes of this worker's validation share.
+
+        Every worker runs the same number of steps and every replica gets a
+        non-empty batch at every step (an empty batch fails in oneDNN on some
+        CPUs), so the sizes are as even as possible rather than a fixed
+        batch size with a short last batch.
+        """
+        total = sum(self.sizes)
+        steps = min(-(-total // self.global_batch), min(self.sizes) // self.replicas)
+        per_worker = steps * self.replicas
+        q, r = divmod(self.num_examples, per_worker)
+        return [q + 1] * r + [q] * (per_worker - r)
+
+
+def _element_shares(num_examples: int, num_workers: int) -> tuple:
+    """Sizes of ``Dataset.shard(num_workers, w)`` of ``num_examples`` elements."""
+    return tuple(len(range(w, int(num_examples), num_workers)) for w in range(num_workers))
+
+
+def _worker_share(input_context, sizes, batch_size: int, training: bool,
+                  what: str) -> Optional[_WorkerShare]:
+    """The :class:`_WorkerShare` of ``input_context``, or None without one.
+
+    Args:
+      input_context: a ``tf.distribute.InputContext`` (from
+        ``strategy.distribute_datasets_from_function``) or None.
+      sizes: examples each worker holds, in worker order.
+      batch_size: the GLOBAL batch size.
+      training: whether the split is used for training.
+      what: the split, for error messages.
+
+    Raises:
+      ValueError: a share too small for one step, naming ``--batch_size``.
+    """
+    if input_context is None:
+        return None
+    workers = int(input_context.num_input_pipelines)
+    replicas = int(input_context.num_replicas_in_sync)
+    share = _WorkerShare(index=int(input_context.input_pipeline_id),
+                         sizes=tuple(int(n) for n in sizes),
+                         replicas=max(1, replicas // workers),
+                         batch_size=int(input_context.get_per_replica_batch_size(batch_size)),
+                         global_batch=int(batch_size))
+    if training and not share.train_examples():
+        raise ValueError(
+            f"`--batch_size` {batch_size} is too large for {what} across {workers} "
+            f"workers: the smallest worker share holds {min(share.sizes)} examples, "
+            f"fewer than one step ({share.batch_size * share.replicas} per worker). "
+            f"Use a smaller --batch_size. Received: batch_size={batch_size}")
+    if not training and min(share.sizes) < share.replicas:
+        raise ValueError(
+            f"{what} has {sum(share.sizes)} examples, fewer than one per replica "
+            f"({replicas} replicas on {workers} workers); add examples or use "
+            "fewer workers.")
+    return share
+
+
 def batch_pipeline(ds: tf.data.Dataset, *, training: bool, batch_size: int,
                    num_examples: int, cache: str = "memory", seed: int = 1337,
                    shuffle_buffer: int = 0, deterministic: bool = False,
-                   options: Optional[tf.data.Options] = None) -> tf.data.Dataset:
+                   options: Optional[tf.data.Options] = None,
+                   share: Optional[_WorkerShare] = None) -> tf.data.Dataset:
     """The tail every source shares: cache -> shuffle -> batch -> prefetch.
 
     Args:
@@ -365,6 +487,9 @@ def batch_pipeline(ds: tf.data.Dataset, *, training: bool, batch_size: int,
       deterministic: keep element order fixed in parallel stages.
       options: extra ``tf.data.Options`` merged in (e.g. a source's
         auto-shard policy).
+      share: this worker's share of a multi-worker job (``ds`` then holds
+        only that share): batches are per replica, every worker runs the
+        same number of steps, and tf.distribute is told not to shard again.
 
     Returns:
       The batched, prefetched dataset.
@@ -376,8 +501,24 @@ def batch_pipeline(ds: tf.data.Dataset, *, training: bool, batch_size: int,
     if training:
         buffer = shuffle_buffer or max(1, int(num_examples))
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=training,
-                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if share is None:
+        ds = ds.batch(batch_size, drop_remainder=training,
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    elif training:
+        used = share.train_examples()
+        if used < share.num_examples:
+            # Leave out the excess AFTER the shuffle (a different few every
+            # epoch), reading to the end so a file cache upstream is completed.
+            ds = ds.enumerate().filter(lambda i, _: i < used).map(lambda _, e: e)
+        ds = ds.batch(share.batch_size, drop_remainder=True,
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(used // share.batch_size))
+    else:
+        sizes = share.eval_batch_sizes()
+        ds = ds.batch(max(sizes))
+        if min(sizes) != max(sizes):
+            ds = ds.rebatch(tf.constant(sizes, tf.int64))
+        ds = ds.apply(tf.data.experimental.assert_cardinality(len(sizes)))
     ds = ds.prefetch(tf.data.AUTOTUNE)
     base = tf.data.Options()
     base.deterministic = bool(deterministic)
@@ -385,6 +526,10 @@ def batch_pipeline(ds: tf.data.Dataset, *, training: bool, batch_size: int,
     base.experimental_optimization.map_parallelization = True
     if options is not None:
         base = base.merge(options)
+    if share is not None:
+        # Each worker already holds only its own share.
+        base.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF)
     return ds.with_options(base)
 
 
@@ -424,12 +569,18 @@ def index_source(data_config, progress: bool = True) -> DataIndex:
 
 
 def build_split(data_config, index: DataIndex, split: str,
-                training: bool) -> tf.data.Dataset:
+                training: bool,
+                input_context: Optional[tf.distribute.InputContext] = None
+                ) -> tf.data.Dataset:
     """The dataset of ``split`` (``"train"`` or ``"val"``) of any source.
 
     ``training`` decides shuffling and ``drop_remainder``, independently of
     the split (fast feature extraction reads the training split once,
-    unshuffled and complete).
+    unshuffled and complete). With ``input_context`` (under
+    ``strategy.distribute_datasets_from_function``) the dataset holds only
+    this worker's share, in per-replica batches: every training example is
+    used once per epoch across the workers, every validation example is
+    evaluated once, and all workers run the same number of steps.
     """
     files = index.train if split == "train" else index.val
     common = dict(num_classes=index.num_classes, image_size=data_config.image_size,
@@ -439,7 +590,8 @@ def build_split(data_config, index: DataIndex, split: str,
                   deterministic=data_config.deterministic,
                   # Validation always decodes exactly: the checkpoint is chosen
                   # on the pixels evaluation, prediction and export see.
-                  dct_scaling=data_config.dct_scaling and split == "train")
+                  dct_scaling=data_config.dct_scaling and split == "train",
+                  input_context=input_context)
     if data_config.train_tfrecords:
         from catdog import tfrecords  # pylint: disable=import-outside-toplevel
         return tfrecords.build_tfrecord_dataset(files.source, num_examples=len(files),

@@ -87,3 +87,23 @@ def test_train_run_end_to_end_on_mock_tfds(tmp_path):
     assert result.metrics["train_examples"] == 8
     assert result.metrics["class_names"] == ["cat", "dog"]
     assert os.path.isfile(os.path.join(config.train.model_dir, "model.keras"))
+
+
+def test_worker_shares_partition_the_split():
+    """Each worker keeps its own records of the same fixed-order read (before
+    decoding): the shares are disjoint, cover the split and run equal steps."""
+    with tfds.testing.mock_data(num_examples=21):
+        cfg = _cfg(batch_size=4, cache="none")
+        index = data.index_source(cfg)
+        whole = [x.tobytes() for b, _ in data.build_split(cfg, index, "train", training=False)
+                 for x in b.numpy()]
+        contexts = [tf.distribute.InputContext(2, w, 2) for w in range(2)]
+        for training in (True, False):
+            shares = [[[x.tobytes() for x in b.numpy()] for b, _ in
+                       data.build_split(cfg, index, "train", training, input_context=c)]
+                      for c in contexts]
+            assert len(shares[0]) == len(shares[1])
+            seen = [x for w in shares for step in w for x in step]
+            assert len(seen) == len(set(seen)) and set(seen) <= set(whole)
+            if not training:
+                assert sorted(seen) == sorted(whole)

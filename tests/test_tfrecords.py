@@ -10,7 +10,7 @@ import tensorflow as tf
 from catdog import config as C
 from catdog import data
 from catdog import tfrecords
-from conftest import REPO, make_class_folder, write_image
+from conftest import REPO, id_folder, image_ids, make_class_folder, write_image
 
 
 def _epochs(ds, n=2):
@@ -187,3 +187,37 @@ def test_script_writes_shards(tmp_path):
         [sys.executable, os.path.join(REPO, "scripts", "build_tfrecords.py"),
          f"--output_dir={out}"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--data_dir" in proc.stderr
+
+
+@pytest.mark.parametrize("num_shards", [1, 3, 4])
+def test_worker_shares_of_shards_partition_each_epoch(tmp_path, num_shards):
+    """With an InputContext each worker reads its own shard files (or, with
+    fewer files than workers, its own records), runs as many steps as the
+    other, and validation evaluates every record once."""
+    labels = id_folder(tmp_path / "src", [range(0, 13), range(100, 113)])
+    out = str(tmp_path / "shards")
+    tfrecords.write_tfrecords(str(tmp_path / "src"), out, num_shards=num_shards,
+                              progress=False)
+    files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
+    contexts = [tf.distribute.InputContext(2, w, 2) for w in range(2)]
+    build = lambda ctx, training: tfrecords.build_tfrecord_dataset(
+        files, num_classes=2, image_size=(16, 16), batch_size=4, training=training,
+        num_examples=n, input_context=ctx)
+    train = [build(ctx, True) for ctx in contexts]
+    for _ in range(2):
+        epoch = [[image_ids(x) for x, _ in ds] for ds in train]
+        assert len(epoch[0]) == len(epoch[1]) > 0
+        used = [i for w in epoch for step in w for i in step]
+        assert len(used) == len(set(used)) and set(used) <= set(labels)
+    val = [build(ctx, False) for ctx in contexts]
+    epoch = [[image_ids(x) for x, _ in ds] for ds in val]
+    assert len(epoch[0]) == len(epoch[1]) and all(s for w in epoch for s in w)
+    assert sorted(i for w in epoch for s in w for i in s) == sorted(labels)
+    assert (train[0].options().experimental_distribute.auto_shard_policy
+            == tf.data.experimental.AutoShardPolicy.OFF)
+
+
+def test_shard_files_are_dealt_by_example_count():
+    owned, load = tfrecords._assign_files(["a", "b", "c", "d", "e"], [10, 10, 9, 9, 1], 2)
+    assert load == [20, 19] and sorted(sum(owned, [])) == ["a", "b", "c", "d", "e"]
+    assert owned == [["a", "c", "e"], ["b", "d"]]  # largest first, to the lighter worker
