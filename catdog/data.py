@@ -200,11 +200,11 @@ def _split_name(split, share):
     return f"{split}-worker{share.index}of{len(share.sizes)}"
 
 
-def _cache_file(cache_dir, split, paths, image_size):
+def _cache_file(cache_dir, split, paths, image_size, layout=()):
     # A file cache is only valid for exactly these files at this size: the
     # name carries a digest of both so a stale cache is never read.
     digest = hashlib.sha1()
-    digest.update(repr((list(paths), tuple(image_size))).encode("utf-8"))
+    digest.update(repr((list(paths), tuple(image_size), tuple(layout))).encode("utf-8"))
     os.makedirs(cache_dir, exist_ok=True)
     return os.path.join(cache_dir, f"catdog-{split}-{digest.hexdigest()[:16]}")
 
@@ -227,6 +227,14 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
     remainder so every batch has the same static shape and divides evenly
     across replicas.
 
+    Memory: ``cache="memory"`` holds the whole split (decoded) and shuffles
+    all of it every epoch. Without it, training memory is bounded by the
+    shuffle buffer (default :data:`STREAM_SHUFFLE_BUFFER` images), not by
+    the split: ``"none"`` shuffles the file list before decoding, anew every
+    epoch; a file cache is written in chunks (the file list shuffled once
+    with ``seed``, ``shuffle_buffer / 4`` images per chunk) that every epoch
+    reads in a new random order, four at a time, into the buffer.
+
     Args:
       paths: image file paths.
       labels: integer labels, aligned with ``paths``.
@@ -236,7 +244,8 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
       training: shuffle and drop the remainder.
       cache: ``"memory"``, ``"none"`` or a folder for cache files.
       seed: shuffle seed.
-      shuffle_buffer: shuffle buffer size; 0 means the whole split.
+      shuffle_buffer: shuffle buffer of decoded images; 0 means the whole
+        split with ``cache="memory"``, else :data:`STREAM_SHUFFLE_BUFFER`.
       deterministic: keep element order fixed in parallel stages.
       split: name used for the cache file.
       dct_scaling: decode with :func:`decode_and_resize_scaled` instead of
@@ -262,11 +271,6 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
         share = _worker_share(input_context, _element_shares(len(paths), workers),
                               batch_size, training, f"the {split} split")
         paths, labels = list(paths)[share.index::workers], list(labels)[share.index::workers]
-    ds = tf.data.Dataset.from_tensor_slices(
-        # fsencode: a file name that is not valid UTF-8 still reaches the
-        # file system byte for byte.
-        (tf.constant([os.fsencode(p) for p in paths], tf.string),
-         _label_tensor(labels, num_classes)))
     decode = decode_and_resize_scaled if dct_scaling else decode_and_resize
 
     # Read and decode in one parallel map: a file's bytes go straight to the
@@ -275,10 +279,44 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
     def load(path, label):
         return decode(tf.io.read_file(path), image_size), label
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=deterministic)
-    if cache and cache not in ("memory", "none"):
-        cache = _cache_file(cache, _split_name(split, share), paths, image_size)
+    def records(paths, labels):
+        # fsencode: a file name that is not valid UTF-8 still reaches the
+        # file system byte for byte.
+        return (tf.constant([os.fsencode(p) for p in paths], tf.string),
+                _label_tensor(labels, num_classes))
+
+    file_cache = cache not in ("memory", "none")
+    if file_cache and training:
+        # The cache freezes the order it is written in: write it in chunks,
+        # from the file list shuffled once, and read the chunks in a new
+        # random order every epoch.
+        order = np.random.RandomState(seed).permutation(len(paths))
+        paths, labels = [paths[i] for i in order], [labels[i] for i in order]
+        size = _chunk_size(shuffle_buffer)
+        prefix = _cache_file(cache, _split_name(split, share), paths, image_size,
+                             layout=("chunks", size, bool(deterministic)))
+        all_paths, all_labels = (tf.constant(t) for t in records(paths, labels))
+
+        def chunk(k):
+            start = k * size
+            return tf.data.Dataset.from_tensor_slices(
+                (all_paths[start:start + size], all_labels[start:start + size])).map(
+                    load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+
+        ds = _cached_chunks(chunk, -(-len(paths) // size), prefix, seed=seed,
+                            deterministic=deterministic)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(len(paths)))
+        cache = "none"  # cached above, chunk by chunk
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(records(paths, labels))
+        if training and cache == "none":
+            # Shuffle the cheap file list before decoding, so memory holds only
+            # the buffer of decoded images behind it.
+            ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=deterministic)
+        if file_cache:
+            cache = _cache_file(cache, _split_name(split, share), paths, image_size)
     return batch_pipeline(ds, training=training, batch_size=batch_size,
                           num_examples=len(paths), cache=cache, seed=seed,
                           shuffle_buffer=shuffle_buffer, deterministic=deterministic,
@@ -374,6 +412,46 @@ def decode_and_resize_scaled(contents: tf.Tensor, image_size) -> tf.Tensor:
     image = tf.cond(tf.io.is_jpeg(contents), scaled_jpeg, exact)
     image.set_shape((height, width, 3))
     return image
+
+
+#: Default shuffle buffer (decoded images) without an in-memory cache: bounds
+#: training memory (about 150 MB at 224x224) whatever the size of the split.
+STREAM_SHUFFLE_BUFFER = 1024
+#: Cached chunks read at the same time when a file cache is shuffled.
+_CHUNK_CYCLE = 4
+
+
+def _chunk_size(shuffle_buffer: int) -> int:
+    # Chunks small enough that the buffer holds all the chunks being read,
+    # so every epoch mixes whole chunks, grouped anew.
+    return max(1, int(shuffle_buffer or STREAM_SHUFFLE_BUFFER) // _CHUNK_CYCLE)
+
+
+def _cached_chunks(chunk_fn, num_chunks: int, prefix: str, *, seed: int,
+                   deterministic: bool, cycle_length: int = _CHUNK_CYCLE
+                   ) -> tf.data.Dataset:
+    """Chunks of a split, each cached in its own file, read in a random order.
+
+    Args:
+      chunk_fn: ``k -> dataset`` of the decoded elements of chunk ``k``.
+      num_chunks: number of chunks.
+      prefix: cache file prefix; chunk ``k`` is cached at ``<prefix>-c<k>``.
+      seed: seed of the chunk order, drawn anew every epoch.
+      deterministic: fixed element order.
+      cycle_length: chunks read at the same time.
+
+    Returns:
+      The elements of every chunk once, ``cycle_length`` chunks interleaved.
+    """
+    order = tf.data.Dataset.range(num_chunks).shuffle(
+        num_chunks, seed=seed, reshuffle_each_iteration=True)
+
+    def cached(k):
+        return chunk_fn(k).cache(tf.strings.join([prefix, "-c", tf.strings.as_string(k)]))
+
+    return order.interleave(cached, cycle_length=min(cycle_length, num_chunks),
+                            block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=deterministic)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -483,7 +561,11 @@ def batch_pipeline(ds: tf.data.Dataset, *, training: bool, batch_size: int,
       num_examples: elements in ``ds`` (the default shuffle buffer).
       cache: ``"memory"``, ``"none"`` or a cache file path prefix.
       seed: shuffle seed.
-      shuffle_buffer: shuffle buffer size; 0 means ``num_examples``.
+      shuffle_buffer: shuffle buffer size; 0 means ``num_examples`` with
+        ``cache="memory"``, else at most :data:`STREAM_SHUFFLE_BUFFER` (memory
+        bounded by the buffer, not the split). Never less than the examples an
+        epoch leaves out plus two, so the shuffle reads ``ds`` to its end and
+        a cache in it is complete after the first epoch.
       deterministic: keep element order fixed in parallel stages.
       options: extra ``tf.data.Options`` merged in (e.g. a source's
         auto-shard policy).
@@ -499,7 +581,10 @@ def batch_pipeline(ds: tf.data.Dataset, *, training: bool, batch_size: int,
     elif cache and cache != "none":
         ds = ds.cache(cache)
     if training:
-        buffer = shuffle_buffer or max(1, int(num_examples))
+        n = max(1, int(num_examples))
+        buffer = shuffle_buffer or (n if cache == "memory" else min(n, STREAM_SHUFFLE_BUFFER))
+        used = share.train_examples() if share else (n // batch_size) * batch_size
+        buffer = min(n, max(int(buffer), n - used + 2))
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if share is None:
         ds = ds.batch(batch_size, drop_remainder=training,

@@ -136,7 +136,10 @@ def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
       num_examples: examples in the split (the default shuffle buffer).
       cache: ``"memory"``, ``"none"`` or a folder for cache files.
       seed: seed of the file and example shuffles.
-      shuffle_buffer: example shuffle buffer; 0 means ``num_examples``.
+      shuffle_buffer: example shuffle buffer; 0 means ``num_examples`` with
+        ``cache="memory"``, else :data:`catdog.data.STREAM_SHUFFLE_BUFFER`
+        (a file cache then keeps the order of its first epoch, shuffled
+        within that buffer).
       deterministic: fixed element order in the parallel stages.
       dct_scaling: decode with :func:`catdog.data.decode_and_resize_scaled`.
       input_context: the ``tf.distribute.InputContext`` of this worker under

@@ -325,7 +325,9 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
 
     ``list_files`` (shuffled with ``seed`` when training) -> parallel
     ``interleave`` of the shards -> parse -> decode + resize -> cache uint8
-    -> shuffle -> batch -> prefetch. The options set file-level auto-sharding
+    -> shuffle -> batch -> prefetch. A training file cache is written per
+    shard file, and the cached files are read in a new random order every
+    epoch (the shuffle buffer is bounded without ``cache="memory"``). The options set file-level auto-sharding
     (``AutoShardPolicy.FILE``) for a dataset handed to tf.distribute as it is.
     With ``input_context`` the dataset is this worker's share: its own shard
     files (dealt out by example count, see :func:`_assign_files`), or, with
@@ -341,7 +343,8 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
       num_examples: examples in ``files`` (the default shuffle buffer).
       cache: ``"memory"``, ``"none"`` or a folder for cache files.
       seed: seed of the file and example shuffles.
-      shuffle_buffer: example shuffle buffer; 0 means ``num_examples``.
+      shuffle_buffer: example shuffle buffer; 0 means ``num_examples`` with
+        ``cache="memory"``, else :data:`catdog.data.STREAM_SHUFFLE_BUFFER`.
       deterministic: fixed element order in the parallel stages.
       split: name of the cache file.
       dct_scaling: decode with :func:`catdog.data.decode_and_resize_scaled`.
@@ -369,19 +372,6 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
                     num_examples, workers), batch_size, training, what)
             record_shard = (workers, share.index)
         num_examples = share.num_examples
-    if record_shard:
-        # Fewer files than workers: every worker reads the records in the same
-        # fixed order and keeps its own, before anything is decoded.
-        ds = tf.data.Dataset.from_tensor_slices(files)
-        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
-                           block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
-                           deterministic=True)
-        ds = ds.shard(*record_shard)
-    else:
-        ds = tf.data.Dataset.list_files(files, shuffle=training, seed=seed)
-        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
-                           block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
-                           deterministic=deterministic)
     decode = (data_lib.decode_and_resize_scaled if dct_scaling
               else data_lib.decode_and_resize)
 
@@ -393,11 +383,42 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
             label = tf.cast(label, tf.int32)
         return decode(contents, image_size), label
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    if cache and cache not in ("memory", "none"):
-        cache = data_lib._cache_file(  # pylint: disable=protected-access
-            cache, data_lib._split_name(  # pylint: disable=protected-access
-                f"tfrecords-{split}", share), files, image_size)
+    file_cache = cache not in ("memory", "none")
+    name = data_lib._split_name(f"tfrecords-{split}", share)  # pylint: disable=protected-access
+    if file_cache and training and not record_shard:
+        # A file cache freezes the order it is written in: cache every shard
+        # file on its own and read them in a new random order every epoch.
+        prefix = data_lib._cache_file(  # pylint: disable=protected-access
+            cache, name, files, image_size, layout=("per-file", bool(deterministic)))
+        names = tf.constant(files)
+
+        def chunk(k):
+            return tf.data.TFRecordDataset(names[k]).map(
+                load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+
+        ds = data_lib._cached_chunks(  # pylint: disable=protected-access
+            chunk, len(files), prefix, seed=seed, deterministic=deterministic,
+            cycle_length=16)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
+        cache = "none"  # cached above, file by file
+    else:
+        if record_shard:
+            # Fewer files than workers: every worker reads the records in the
+            # same fixed order and keeps its own, before anything is decoded.
+            ds = tf.data.Dataset.from_tensor_slices(files)
+            ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+                               block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                               deterministic=True)
+            ds = ds.shard(*record_shard)
+        else:
+            ds = tf.data.Dataset.list_files(files, shuffle=training, seed=seed)
+            ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+                               block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                               deterministic=deterministic)
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        if file_cache:
+            cache = data_lib._cache_file(  # pylint: disable=protected-access
+                cache, name, files, image_size)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.FILE)

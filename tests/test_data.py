@@ -230,3 +230,96 @@ def test_worker_share_too_small_for_a_step_names_batch_size(tmp_path):
         data.build_dataset(paths, [0] * 6, num_classes=2, image_size=(16, 16),
                            batch_size=8, training=True,
                            input_context=_contexts(2)[0])
+
+
+def _spy_decodes(monkeypatch):
+    """Records the id of every image catdog decodes, in decode order."""
+    decoded = []
+    real = data.decode_and_resize
+
+    def note(image):
+        decoded.extend(image_ids(image.numpy()[None]))
+        return 0
+
+    def spy(contents, image_size):
+        image = real(contents, image_size)
+        done = tf.py_function(note, [image], tf.int64)
+        with tf.control_dependencies([done]):
+            return tf.identity(image)
+
+    monkeypatch.setattr(data, "decode_and_resize", spy)
+    return decoded
+
+
+def _id_paths(root, n):
+    labels = id_folder(root, [range(0, n // 2), range(n // 2, n)])
+    paths = sorted(str(p) for p in root.rglob("*.png"))
+    return paths, [labels[int(os.path.basename(p)[5:9])] for p in paths]
+
+
+def _epoch_ids(ds):
+    return [i for x, _ in ds for i in image_ids(x)]
+
+
+def _sequential(ds):
+    """The same pipeline on one thread: parallel maps then run (and a decode
+    spy records) the elements in their input order."""
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    return ds.with_options(options)
+
+
+def test_uncached_first_batch_waits_for_a_bounded_buffer_not_the_split(tmp_path,
+                                                                       monkeypatch):
+    """Without an in-memory cache the default shuffle buffer of decoded images
+    is bounded (data.STREAM_SHUFFLE_BUFFER): the first batch comes after about
+    that many decodes, not after decoding the whole split."""
+    assert data.STREAM_SHUFFLE_BUFFER == 1024  # the documented default
+    monkeypatch.setattr(data, "STREAM_SHUFFLE_BUFFER", 64, raising=False)
+    n = 400
+    paths, labels = _id_paths(tmp_path / "d", n)
+    decoded = _spy_decodes(monkeypatch)
+    ds = data.build_dataset(paths, labels, num_classes=2, image_size=(16, 16),
+                            batch_size=8, training=True, cache="none")
+    next(iter(ds))
+    assert len(decoded) <= 64 + 100 < n, len(decoded)
+
+
+def test_uncached_paths_are_shuffled_before_decoding_every_epoch(tmp_path, monkeypatch):
+    paths, labels = _id_paths(tmp_path / "d", 40)
+    decoded = _spy_decodes(monkeypatch)
+    build = lambda: data.build_dataset(paths, labels, num_classes=2, image_size=(16, 16),
+                                       batch_size=4, training=True, cache="none",
+                                       deterministic=True, seed=3)
+    ds = _sequential(build())
+    first, second = _epoch_ids(ds), _epoch_ids(ds)
+    assert sorted(first) == sorted(second) == list(range(40))  # each image once
+    order1, order2 = decoded[:40], decoded[40:]
+    assert sorted(order1) == sorted(order2) == list(range(40))
+    assert order1 != sorted(order1)  # the file list is shuffled before the decode
+    assert order1 != order2  # ... again every epoch
+    assert first != second
+    assert _epoch_ids(build()) == first  # --deterministic: same batches
+
+
+def test_file_cache_epochs_shuffle_within_bounded_memory(tmp_path, monkeypatch):
+    """A file cache freezes the order it was written in; catdog writes it in
+    chunks read in a new random order every epoch, so with a small buffer an
+    image's position in one epoch says little about the next."""
+    n = 240
+    paths, labels = _id_paths(tmp_path / "d", n)
+    decoded = _spy_decodes(monkeypatch)
+    build = lambda: data.build_dataset(
+        paths, labels, num_classes=2, image_size=(16, 16), batch_size=8,
+        training=True, cache=str(tmp_path / "cache"), shuffle_buffer=16,
+        deterministic=True, seed=5)
+    ds = build()
+    epochs = [_epoch_ids(ds) for _ in range(3)]
+    assert all(sorted(e) == list(range(n)) for e in epochs)  # each image once
+    assert len(decoded) == n  # decoded once, later epochs read the cache
+    for a, b in zip(epochs, epochs[1:]):
+        rank_a = np.argsort(np.argsort(a))
+        rank_b = np.array([b.index(i) for i in a])
+        assert abs(np.corrcoef(rank_a, rank_b)[0, 1]) < 0.5
+    assert [_epoch_ids(ds2) for ds2 in [build()]][0] == epochs[0]  # deterministic

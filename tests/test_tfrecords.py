@@ -221,3 +221,37 @@ def test_shard_files_are_dealt_by_example_count():
     owned, load = tfrecords._assign_files(["a", "b", "c", "d", "e"], [10, 10, 9, 9, 1], 2)
     assert load == [20, 19] and sorted(sum(owned, [])) == ["a", "b", "c", "d", "e"]
     assert owned == [["a", "c", "e"], ["b", "d"]]  # largest first, to the lighter worker
+
+
+@pytest.mark.parametrize("cache", ["none", "file"])
+def test_shards_without_memory_cache_shuffle_in_a_bounded_buffer(tmp_path, monkeypatch,
+                                                                 cache):
+    """Without an in-memory cache the first batch comes after about a buffer
+    of decodes, not the whole split; a file cache is written per shard file
+    and every epoch still uses each record once in a new order."""
+    monkeypatch.setattr(data, "STREAM_SHUFFLE_BUFFER", 16, raising=False)
+    labels = id_folder(tmp_path / "src", [range(0, 60), range(100, 160)])
+    out = str(tmp_path / "shards")
+    tfrecords.write_tfrecords(str(tmp_path / "src"), out, num_shards=4, progress=False)
+    files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
+    decoded = []
+    real = data.decode_and_resize
+
+    def spy(contents, image_size):
+        image = real(contents, image_size)
+        done = tf.py_function(lambda: decoded.append(1) or 0, [], tf.int64)
+        with tf.control_dependencies([done]):
+            return tf.identity(image)
+
+    monkeypatch.setattr(data, "decode_and_resize", spy)
+    cache_dir = tmp_path / "cache"
+    ds = tfrecords.build_tfrecord_dataset(
+        files, num_classes=2, image_size=(16, 16), batch_size=4, training=True,
+        num_examples=n, cache=str(cache_dir) if cache == "file" else "none")
+    next(iter(ds))
+    assert len(decoded) <= 16 + 50 < n, len(decoded)
+    epochs = [[i for x, _ in ds for i in image_ids(x)] for _ in range(2)]
+    assert all(sorted(e) == sorted(labels) for e in epochs)  # 120 = 30 batches of 4
+    assert epochs[0] != epochs[1]
+    if cache == "file":
+        assert len([f for f in os.listdir(cache_dir) if f.endswith(".index")]) == 4
