@@ -15,7 +15,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import json
 import os
+import re
 from typing import Optional
 
 from absl import logging
@@ -200,13 +202,147 @@ def _split_name(split, share):
     return f"{split}-worker{share.index}of{len(share.sizes)}"
 
 
-def _cache_file(cache_dir, split, paths, image_size, layout=()):
-    # A file cache is only valid for exactly these files at this size: the
-    # name carries a digest of both so a stale cache is never read.
-    digest = hashlib.sha1()
-    digest.update(repr((list(paths), tuple(image_size), tuple(layout))).encode("utf-8"))
-    os.makedirs(cache_dir, exist_ok=True)
-    return os.path.join(cache_dir, f"catdog-{split}-{digest.hexdigest()[:16]}")
+#: Version of the pixels catdog's decode produces. It is part of every file
+#: cache key, so a cache of older pixels is never read: bump it whenever
+#: decode_and_resize or decode_and_resize_scaled change a single pixel.
+DECODE_VERSION = 1
+#: Caches of one key that may be written at the same time by different runs.
+_CACHE_SLOTS = 8
+# Cache prefixes this process holds (prefix -> open lock file). The flock is
+# held until the process exits, so another run never clears files a live
+# one is writing, and the kernel releases it when the process dies.
+_held_caches: dict = {}
+
+
+def _file_stamps(paths, labels=None) -> list:
+    """``[path, size, mtime_ns(, label)]`` of each file, for a cache key."""
+    stamps = []
+    for i, path in enumerate(paths):
+        try:
+            size, mtime = scan._stat(path)  # pylint: disable=protected-access
+        except OSError as e:
+            raise ValueError(f"{path!r} cannot be read any more ({e}); it changed "
+                             "after the file check. Rerun the job.") from e
+        stamps.append([path, size, mtime] + ([int(labels[i])] if labels is not None else []))
+    return stamps
+
+
+def _cache_file(cache_dir, split, identity, num_chunks: int = 0):
+    """The file-cache prefix of ``identity`` under ``cache_dir``, claimed for this run.
+
+    The name carries a digest of everything that changes the cached pixels
+    and labels (``identity``: the files with their sizes and modification
+    times or the shard / TFDS files, labels, image size, decode options, the
+    layout; plus TensorFlow's version and :data:`DECODE_VERSION`), so a
+    changed file or setting never reads a stale cache. See
+    :func:`_claim_cache` for concurrent and killed runs.
+
+    Args:
+      cache_dir: the ``--cache`` folder (created).
+      split: split name (with the worker share, see :func:`_split_name`).
+      identity: JSON-serialisable description of the cached content.
+      num_chunks: chunks cached as ``<prefix>-c<k>`` (0: one cache file).
+
+    Returns:
+      The prefix to pass to ``Dataset.cache``, or None when every slot of
+      this key is being written by other live runs (then do not cache).
+    """
+    key = dict(identity, tensorflow=tf.__version__, decode_version=DECODE_VERSION)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode("utf-8"))
+    tf.io.gfile.makedirs(cache_dir)
+    base = os.path.join(cache_dir, f"catdog-{split}-{digest.hexdigest()[:16]}")
+    return _claim_cache(base, num_chunks)
+
+
+def _cache_parts(prefix: str) -> dict:
+    """``{part: [file names]}`` of the cache files of ``prefix`` in its folder.
+
+    A part is the prefix itself or one of its chunks ``<prefix>-c<k>``; its
+    files are the names TF 2.21's cache writer gives them: while writing
+    ``<part>_<n>.lockfile``, ``<part>_<n>.data-*-of-*.tempstate<id>`` and
+    ``<part>_<n>.index``; then ``<part>.data-*-of-*`` and ``<part>.index``
+    (merged), after which the ``_<n>`` files, lockfiles included, are deleted.
+    """
+    folder, stem = os.path.split(prefix)
+    pattern = re.compile("(" + re.escape(stem) + r"(?:-c\d+)?)"
+                         r"(?:_\d+\.|\.index|\.data-\d+-of-\d+)")
+    parts = collections.defaultdict(list)
+    for name in os.listdir(folder or "."):
+        match = pattern.match(name)
+        if match:
+            parts[match.group(1)].append(name)
+    return parts
+
+
+def _part_complete(part: str, names) -> bool:
+    # Merged and finished: the index exists and no writer's lockfile is left
+    # (the merged index is written in place, so a writer killed while merging
+    # leaves a truncated one, next to its lockfile).
+    stem = os.path.basename(part)
+    return f"{stem}.index" in names and not any(
+        re.fullmatch(re.escape(stem) + r"_\d+\.lockfile", n) for n in names)
+
+
+def _cache_complete(prefix: str, num_chunks: int) -> bool:
+    parts = _cache_parts(prefix)
+    wanted = [f"{prefix}-c{k}" for k in range(num_chunks)] if num_chunks else [prefix]
+    return all(_part_complete(p, parts.get(os.path.basename(p), ())) for p in wanted)
+
+
+def _claim_cache(base: str, num_chunks: int = 0):
+    """Picks the cache prefix for this run and clears what a dead run left.
+
+    Each prefix has a lock file ``<prefix>.lock`` on which the run that
+    writes (or may write) the cache holds an exclusive ``flock`` for the
+    rest of its life. Holding it means no live process writes this prefix,
+    so TensorFlow's lockfile and partial files under it are leftovers of a
+    killed run: they are deleted (only files of this prefix with the names
+    TensorFlow's cache writer gives them), else the next ``cache()`` would
+    fail with ``AlreadyExistsError``. When another live run holds the lock,
+    a complete cache is read without it; an incomplete one is left alone and
+    this run takes the next slot (``<base>-s1``, ...), writing a cache of its
+    own. Remote cache folders (``gs://``) are not locked.
+    """
+    if "://" in base:
+        logging.warning("File cache %s is not on a local disk: it is not locked, so "
+                        "a killed run's partial cache must be deleted by hand.", base)
+        return base
+    import fcntl  # pylint: disable=import-outside-toplevel
+    for slot in range(_CACHE_SLOTS):
+        prefix = base if not slot else f"{base}-s{slot}"
+        if prefix in _held_caches:
+            return prefix
+        lock = open(f"{prefix}.lock", "a", encoding="utf-8")  # pylint: disable=consider-using-with
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            if _cache_complete(prefix, num_chunks):
+                return prefix
+            logging.info("Cache %s is being written by another run; using the next slot.",
+                         prefix)
+            continue
+        _held_caches[prefix] = lock
+        _clear_partial_cache(prefix)
+        return prefix
+    logging.warning("Every slot of file cache %s is being written by another run; "
+                    "this run does not cache.", base)
+    return None
+
+
+def _clear_partial_cache(prefix: str) -> None:
+    """Deletes the incomplete parts a killed run left of the cache ``prefix``.
+
+    Only files with the names TensorFlow's cache writer gives them (see
+    :func:`_cache_parts`) are touched, and complete parts are kept. Call only
+    while holding the prefix's lock (no live run writes it).
+    """
+    folder = os.path.dirname(prefix)
+    for part, names in sorted(_cache_parts(prefix).items()):
+        if not _part_complete(part, names):
+            for name in sorted(names):
+                logging.info("Removing %s, left by a run killed while caching.", name)
+                os.remove(os.path.join(folder, name))
 
 
 def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: int,
@@ -285,7 +421,13 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
         return (tf.constant([os.fsencode(p) for p in paths], tf.string),
                 _label_tensor(labels, num_classes))
 
+    def identity(paths, labels):
+        return {"source": "files", "files": _file_stamps(paths, labels),
+                "num_classes": int(num_classes), "image_size": list(image_size),
+                "dct_scaling": bool(dct_scaling)}
+
     file_cache = cache not in ("memory", "none")
+    prefix = None
     if file_cache and training:
         # The cache freezes the order it is written in: write it in chunks,
         # from the file list shuffled once, and read the chunks in a new
@@ -293,8 +435,11 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
         order = np.random.RandomState(seed).permutation(len(paths))
         paths, labels = [paths[i] for i in order], [labels[i] for i in order]
         size = _chunk_size(shuffle_buffer)
-        prefix = _cache_file(cache, _split_name(split, share), paths, image_size,
-                             layout=("chunks", size, bool(deterministic)))
+        num_chunks = -(-len(paths) // size)
+        prefix = _cache_file(cache, _split_name(split, share), dict(
+            identity(paths, labels), layout=["chunks", size, bool(deterministic)]),
+            num_chunks)
+    if file_cache and training and prefix:
         all_paths, all_labels = (tf.constant(t) for t in records(paths, labels))
 
         def chunk(k):
@@ -303,11 +448,16 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
                 (all_paths[start:start + size], all_labels[start:start + size])).map(
                     load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
-        ds = _cached_chunks(chunk, -(-len(paths) // size), prefix, seed=seed,
+        ds = _cached_chunks(chunk, num_chunks, prefix, seed=seed,
                             deterministic=deterministic)
         ds = ds.apply(tf.data.experimental.assert_cardinality(len(paths)))
         cache = "none"  # cached above, chunk by chunk
     else:
+        if file_cache:
+            # (Training gets here only when every cache slot is busy.)
+            cache = (None if training else _cache_file(
+                cache, _split_name(split, share),
+                dict(identity(paths, labels), layout=["whole"]))) or "none"
         ds = tf.data.Dataset.from_tensor_slices(records(paths, labels))
         if training and cache == "none":
             # Shuffle the cheap file list before decoding, so memory holds only
@@ -315,8 +465,6 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
             ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE,
                     deterministic=deterministic)
-        if file_cache:
-            cache = _cache_file(cache, _split_name(split, share), paths, image_size)
     return batch_pipeline(ds, training=training, batch_size=batch_size,
                           num_examples=len(paths), cache=cache, seed=seed,
                           shuffle_buffer=shuffle_buffer, deterministic=deterministic,

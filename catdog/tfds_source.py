@@ -176,10 +176,19 @@ def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
         return decode(example["image"], image_size), label
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    if cache and cache not in ("memory", "none"):
+    if cache not in ("memory", "none"):
+        # The prepared data by version, folder and files (a rebuilt dataset is
+        # another cache), the split, and what decides a worker's share.
+        files = sorted(tf.io.gfile.glob(builder.data_dir.rstrip("/") + "/*"))
+        identity = {"source": "tfds", "name": data_config.tfds_name,
+                    "version": str(builder.info.version), "data_dir": builder.data_dir,
+                    "files": data_lib._file_stamps(files),  # pylint: disable=protected-access
+                    "split": split, "seed": int(seed), "shuffle_files": bool(training),
+                    "num_classes": int(num_classes), "image_size": list(image_size),
+                    "dct_scaling": bool(dct_scaling), "deterministic": bool(deterministic)}
         cache = data_lib._cache_file(  # pylint: disable=protected-access
             cache, data_lib._split_name("tfds", share),  # pylint: disable=protected-access
-            [data_config.tfds_name, data_config.tfds_data_dir, split], image_size)
+            identity) or "none"
     return data_lib.batch_pipeline(ds, training=training, batch_size=batch_size,
                                    num_examples=num_examples, cache=cache, seed=seed,
                                    shuffle_buffer=shuffle_buffer,

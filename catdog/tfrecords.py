@@ -385,11 +385,26 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
 
     file_cache = cache not in ("memory", "none")
     name = data_lib._split_name(f"tfrecords-{split}", share)  # pylint: disable=protected-access
-    if file_cache and training and not record_shard:
+    prefix = None
+    if file_cache:
+        # The shards by name, size and modification time (a rebuilt shard set
+        # is another cache), and the manifest that labels them.
+        folder = os.path.dirname(files[0])
+        identity = {"source": "tfrecords",
+                    "shards": data_lib._file_stamps(files),  # pylint: disable=protected-access
+                    "manifest": data_lib._file_stamps(  # pylint: disable=protected-access
+                        [_join(folder, MANIFEST)]),
+                    "record_shard": list(record_shard or ()),
+                    "num_classes": int(num_classes), "image_size": list(image_size),
+                    "dct_scaling": bool(dct_scaling)}
+        per_file = training and not record_shard
+        prefix = data_lib._cache_file(  # pylint: disable=protected-access
+            cache, name, dict(identity, layout=["per-file" if per_file else "whole",
+                                                bool(deterministic)]),
+            len(files) if per_file else 0)
+    if file_cache and training and not record_shard and prefix:
         # A file cache freezes the order it is written in: cache every shard
         # file on its own and read them in a new random order every epoch.
-        prefix = data_lib._cache_file(  # pylint: disable=protected-access
-            cache, name, files, image_size, layout=("per-file", bool(deterministic)))
         names = tf.constant(files)
 
         def chunk(k):
@@ -417,8 +432,7 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
                                deterministic=deterministic)
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
         if file_cache:
-            cache = data_lib._cache_file(  # pylint: disable=protected-access
-                cache, name, files, image_size)
+            cache = prefix or "none"
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.FILE)

@@ -107,3 +107,17 @@ def test_worker_shares_partition_the_split():
             assert len(seen) == len(set(seen)) and set(seen) <= set(whole)
             if not training:
                 assert sorted(seen) == sorted(whole)
+
+
+def test_tfds_file_cache_is_keyed_by_the_dataset_version(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cfg = _cfg(cache=str(cache))
+    with tfds.testing.mock_data(num_examples=6):
+        index = data.index_source(cfg)
+        for version in ("4.0.1", "9.9.9"):
+            builder = tfds_source.load_builder("cats_vs_dogs")
+            monkeypatch.setattr(type(builder.info), "version",
+                                property(lambda self, v=version: v), raising=False)
+            ds = data.build_split(cfg, index, "val", training=False)
+            assert sum(int(x.shape[0]) for x, _ in ds) == 6
+    assert len([n for n in os.listdir(cache) if n.endswith(".index")]) == 2

@@ -255,3 +255,24 @@ def test_shards_without_memory_cache_shuffle_in_a_bounded_buffer(tmp_path, monke
     assert epochs[0] != epochs[1]
     if cache == "file":
         assert len([f for f in os.listdir(cache_dir) if f.endswith(".index")]) == 4
+
+
+def test_file_cache_of_rebuilt_shards_is_not_reused(tmp_path):
+    """Shards rebuilt under the same names (other images) get a new cache."""
+    out = str(tmp_path / "shards")
+    cache = str(tmp_path / "cache")
+
+    def cached_ids(ids):
+        root = tmp_path / f"src{ids[0]}"
+        id_folder(root, [ids[: len(ids) // 2], ids[len(ids) // 2:]])
+        tfrecords.write_tfrecords(str(root), out, num_shards=2, prefix="train",
+                                  progress=False)
+        files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
+        ds = tfrecords.build_tfrecord_dataset(files, num_classes=2, image_size=(16, 16),
+                                              batch_size=4, training=False,
+                                              num_examples=n, cache=cache)
+        return sorted(i for x, _ in ds for i in image_ids(x))
+
+    assert cached_ids(list(range(0, 8))) == list(range(0, 8))
+    assert cached_ids(list(range(50, 58))) == list(range(50, 58))
+
