@@ -56,13 +56,18 @@ def define_training_flags(flag_values=flags.FLAGS) -> None:
                          "divide evenly by the number of replicas. The learning "
                          "rate is never rescaled for you.", **fv)
     flags.DEFINE_string("cache", d.cache,
-                        "Cache of decoded uint8 images: 'memory', 'none', or a "
-                        "folder for cache files (for data larger than memory).", **fv)
+                        "Cache of decoded uint8 images: 'memory' (the whole split in "
+                        "RAM), 'none' (decode every epoch), or a folder for cache "
+                        "files (for data larger than memory).", **fv)
     flags.DEFINE_integer("seed", d.seed,
                          "Seed for the validation split, shuffling, augmentation "
                          "and initialisation.", **fv)
     flags.DEFINE_integer("shuffle_buffer", d.shuffle_buffer,
-                         "Shuffle buffer in images; 0 shuffles the whole split.", **fv)
+                         "Shuffle buffer in decoded images. 0: the whole split with "
+                         "--cache=memory; otherwise 1024 images, so memory does not "
+                         "grow with the split (--cache=none shuffles the file list "
+                         "before decoding; a file cache is read in chunks in a new "
+                         "order every epoch).", **fv)
     flags.DEFINE_integer("max_pixels", d.max_pixels,
                          "Images whose header declares more pixels are skipped "
                          "(decompression-bomb guard).", **fv)

@@ -42,7 +42,9 @@ class DataConfig:
       batch_size: GLOBAL batch size (summed over all replicas).
       cache: ``"memory"``, ``"none"`` or a file path prefix for an on-disk cache.
       seed: seed for the split, the shuffling and the model initialisation.
-      shuffle_buffer: shuffle buffer in examples; 0 means the whole dataset.
+      shuffle_buffer: shuffle buffer in decoded examples; 0 means the whole
+        split with ``cache="memory"``, else ``catdog.data.STREAM_SHUFFLE_BUFFER``
+        (memory bounded by the buffer, not the split).
       max_pixels: images whose header says more pixels are skipped (bomb guard).
       deterministic: same batches in the same order on every run (slower).
       train_tfrecords, val_tfrecords: file patterns of TFRecord shards written
@@ -211,7 +213,8 @@ def validate(config: Config) -> None:
     if d.cache == "":
         _fail("cache", d.cache, "must be 'memory', 'none' or a file path prefix")
     if d.shuffle_buffer < 0:
-        _fail("shuffle_buffer", d.shuffle_buffer, "must be >= 0 (0: whole dataset)")
+        _fail("shuffle_buffer", d.shuffle_buffer,
+              "must be >= 0 (0: the default, see --help)")
     if d.max_pixels < 1:
         _fail("max_pixels", d.max_pixels, "must be a positive number of pixels")
     if m.head not in HEADS:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from typing import Optional
 
 from absl import logging
@@ -396,19 +397,162 @@ def _label_tensor(labels, num_classes):
     return np.asarray(labels, np.int32)
 
 
-def _cache_file(cache_dir, split, paths, image_size):
-    # A file cache is only valid for exactly these files at this size: the
-    # name carries a digest of both so a stale cache is never read.
-    digest = hashlib.sha1()
-    digest.update(repr((list(paths), tuple(image_size))).encode("utf-8"))
-    os.makedirs(cache_dir, exist_ok=True)
-    return os.path.join(cache_dir, f"catdog-{split}-{digest.hexdigest()[:16]}")
+def _split_name(split, share):
+    # Each worker of a multi-worker job caches its own share under its own name.
+    if share is None:
+        return split
+    return f"{split}-worker{share.index}of{len(share.sizes)}"
+
+
+#: Version of the pixels catdog's decode produces. It is part of every file
+#: cache key, so a cache of older pixels is never read: bump it whenever
+#: decode_and_resize or decode_and_resize_scaled change a single pixel.
+DECODE_VERSION = 1
+#: Caches of one key that may be written at the same time by different runs.
+_CACHE_SLOTS = 8
+# Cache prefixes this process holds (prefix -> open lock file). The flock is
+# held until the process exits, so another run never clears files a live
+# one is writing, and the kernel releases it when the process dies.
+_held_caches: dict = {}
+
+
+def _file_stamps(paths, labels=None) -> list:
+    """``[path, size, mtime_ns(, label)]`` of each file, for a cache key."""
+    stamps = []
+    for i, path in enumerate(paths):
+        try:
+            size, mtime = scan._stat(path)  # pylint: disable=protected-access
+        except OSError as e:
+            raise ValueError(f"{path!r} cannot be read any more ({e}); it changed "
+                             "after the file check. Rerun the job.") from e
+        stamps.append([path, size, mtime] + ([int(labels[i])] if labels is not None else []))
+    return stamps
+
+
+def _cache_file(cache_dir, split, identity, num_chunks: int = 0):
+    """The file-cache prefix of ``identity`` under ``cache_dir``, claimed for this run.
+
+    The name carries a digest of everything that changes the cached pixels
+    and labels (``identity``: the files with their sizes and modification
+    times or the shard / TFDS files, labels, image size, decode options, the
+    layout; plus TensorFlow's version and :data:`DECODE_VERSION`), so a
+    changed file or setting never reads a stale cache. See
+    :func:`_claim_cache` for concurrent and killed runs.
+
+    Args:
+      cache_dir: the ``--cache`` folder (created).
+      split: split name (with the worker share, see :func:`_split_name`).
+      identity: JSON-serialisable description of the cached content.
+      num_chunks: chunks cached as ``<prefix>-c<k>`` (0: one cache file).
+
+    Returns:
+      The prefix to pass to ``Dataset.cache``, or None when every slot of
+      this key is being written by other live runs (then do not cache).
+    """
+    key = dict(identity, tensorflow=tf.__version__, decode_version=DECODE_VERSION)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode("utf-8"))
+    tf.io.gfile.makedirs(cache_dir)
+    base = os.path.join(cache_dir, f"catdog-{split}-{digest.hexdigest()[:16]}")
+    return _claim_cache(base, num_chunks)
+
+
+def _cache_parts(prefix: str) -> dict:
+    """``{part: [file names]}`` of the cache files of ``prefix`` in its folder.
+
+    A part is the prefix itself or one of its chunks ``<prefix>-c<k>``; its
+    files are the names TF 2.21's cache writer gives them: while writing
+    ``<part>_<n>.lockfile``, ``<part>_<n>.data-*-of-*.tempstate<id>`` and
+    ``<part>_<n>.index``; then ``<part>.data-*-of-*`` and ``<part>.index``
+    (merged), after which the ``_<n>`` files, lockfiles included, are deleted.
+    """
+    folder, stem = os.path.split(prefix)
+    pattern = re.compile("(" + re.escape(stem) + r"(?:-c\d+)?)"
+                         r"(?:_\d+\.|\.index|\.data-\d+-of-\d+)")
+    parts = collections.defaultdict(list)
+    for name in os.listdir(folder or "."):
+        match = pattern.match(name)
+        if match:
+            parts[match.group(1)].append(name)
+    return parts
+
+
+def _part_complete(part: str, names) -> bool:
+    # Merged and finished: the index exists and no writer's lockfile is left
+    # (the merged index is written in place, so a writer killed while merging
+    # leaves a truncated one, next to its lockfile).
+    stem = os.path.basename(part)
+    return f"{stem}.index" in names and not any(
+        re.fullmatch(re.escape(stem) + r"_\d+\.lockfile", n) for n in names)
+
+
+def _cache_complete(prefix: str, num_chunks: int) -> bool:
+    parts = _cache_parts(prefix)
+    wanted = [f"{prefix}-c{k}" for k in range(num_chunks)] if num_chunks else [prefix]
+    return all(_part_complete(p, parts.get(os.path.basename(p), ())) for p in wanted)
+
+
+def _claim_cache(base: str, num_chunks: int = 0):
+    """Picks the cache prefix for this run and clears what a dead run left.
+
+    Each prefix has a lock file ``<prefix>.lock`` on which the run that
+    writes (or may write) the cache holds an exclusive ``flock`` for the
+    rest of its life. Holding it means no live process writes this prefix,
+    so TensorFlow's lockfile and partial files under it are leftovers of a
+    killed run: they are deleted (only files of this prefix with the names
+    TensorFlow's cache writer gives them), else the next ``cache()`` would
+    fail with ``AlreadyExistsError``. When another live run holds the lock,
+    a complete cache is read without it; an incomplete one is left alone and
+    this run takes the next slot (``<base>-s1``, ...), writing a cache of its
+    own. Remote cache folders (``gs://``) are not locked.
+    """
+    if "://" in base:
+        logging.warning("File cache %s is not on a local disk: it is not locked, so "
+                        "a killed run's partial cache must be deleted by hand.", base)
+        return base
+    import fcntl  # pylint: disable=import-outside-toplevel
+    for slot in range(_CACHE_SLOTS):
+        prefix = base if not slot else f"{base}-s{slot}"
+        if prefix in _held_caches:
+            return prefix
+        lock = open(f"{prefix}.lock", "a", encoding="utf-8")  # pylint: disable=consider-using-with
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            if _cache_complete(prefix, num_chunks):
+                return prefix
+            logging.info("Cache %s is being written by another run; using the next slot.",
+                         prefix)
+            continue
+        _held_caches[prefix] = lock
+        _clear_partial_cache(prefix)
+        return prefix
+    logging.warning("Every slot of file cache %s is being written by another run; "
+                    "this run does not cache.", base)
+    return None
+
+
+def _clear_partial_cache(prefix: str) -> None:
+    """Deletes the incomplete parts a killed run left of the cache ``prefix``.
+
+    Only files with the names TensorFlow's cache writer gives them (see
+    :func:`_cache_parts`) are touched, and complete parts are kept. Call only
+    while holding the prefix's lock (no live run writes it).
+    """
+    folder = os.path.dirname(prefix)
+    for part, names in sorted(_cache_parts(prefix).items()):
+        if not _part_complete(part, names):
+            for name in sorted(names):
+                logging.info("Removing %s, left by a run killed while caching.", name)
+                os.remove(os.path.join(folder, name))
 
 
 def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: int,
                   training: bool, cache: str = "memory", seed: int = 1337,
                   shuffle_buffer: int = 0, deterministic: bool = False,
-                  split: str = "train", dct_scaling: bool = False) -> tf.data.Dataset:
+                  split: str = "train", dct_scaling: bool = False,
+                  input_context: Optional[tf.distribute.InputContext] = None
+                  ) -> tf.data.Dataset:
     """Builds the batched ``tf.data.Dataset`` of ``(uint8 images, labels)``.
 
     The order of operations is the point of this function:
@@ -421,6 +565,14 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
     remainder so every batch has the same static shape and divides evenly
     across replicas.
 
+    Memory: ``cache="memory"`` holds the whole split (decoded) and shuffles
+    all of it every epoch. Without it, training memory is bounded by the
+    shuffle buffer (default :data:`STREAM_SHUFFLE_BUFFER` images), not by
+    the split: ``"none"`` shuffles the file list before decoding, anew every
+    epoch; a file cache is written in chunks (the file list shuffled once
+    with ``seed``, ``shuffle_buffer / 4`` images per chunk) that every epoch
+    reads in a new random order, four at a time, into the buffer.
+
     Args:
       paths: image file paths.
       labels: integer labels, aligned with ``paths``.
@@ -430,11 +582,17 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
       training: shuffle and drop the remainder.
       cache: ``"memory"``, ``"none"`` or a folder for cache files.
       seed: shuffle seed.
-      shuffle_buffer: shuffle buffer size; 0 means the whole split.
+      shuffle_buffer: shuffle buffer of decoded images; 0 means the whole
+        split with ``cache="memory"``, else :data:`STREAM_SHUFFLE_BUFFER`.
       deterministic: keep element order fixed in parallel stages.
       split: name used for the cache file.
       dct_scaling: decode with :func:`decode_and_resize_scaled` instead of
         :func:`decode_and_resize` (faster on large JPEGs; not pixel-identical).
+      input_context: under ``strategy.distribute_datasets_from_function``,
+        the ``tf.distribute.InputContext`` of this worker: the dataset then
+        reads and decodes only this worker's share of the files (every
+        ``num_input_pipelines``-th file), yields per-replica batches, and
+        every worker runs the same number of steps.
 
     Returns:
       A dataset of ``(uint8 [B, H, W, 3], labels)`` batches.
@@ -443,11 +601,14 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
     # Unshuffled (evaluation) data keeps file order so outputs line up with
     # paths; only the training stream trades order for speed.
     deterministic = bool(deterministic) or not training
-    ds = tf.data.Dataset.from_tensor_slices(
-        # fsencode: a file name that is not valid UTF-8 still reaches the
-        # file system byte for byte.
-        (tf.constant([os.fsencode(p) for p in paths], tf.string),
-         _label_tensor(labels, num_classes)))
+    share = None
+    if input_context is not None:
+        # Shard the file list before anything is read: the workers' shares
+        # are a partition whatever order the parallel decode produces.
+        workers = int(input_context.num_input_pipelines)
+        share = _worker_share(input_context, _element_shares(len(paths), workers),
+                              batch_size, training, f"the {split} split")
+        paths, labels = list(paths)[share.index::workers], list(labels)[share.index::workers]
     decode = decode_and_resize_scaled if dct_scaling else decode_and_resize
 
     # Read and decode in one parallel map: a file's bytes go straight to the
@@ -456,13 +617,60 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
     def load(path, label):
         return decode(tf.io.read_file(path), image_size), label
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=deterministic)
-    if cache and cache not in ("memory", "none"):
-        cache = _cache_file(cache, split, paths, image_size)
+    def records(paths, labels):
+        # fsencode: a file name that is not valid UTF-8 still reaches the
+        # file system byte for byte.
+        return (tf.constant([os.fsencode(p) for p in paths], tf.string),
+                _label_tensor(labels, num_classes))
+
+    def identity(paths, labels):
+        return {"source": "files", "files": _file_stamps(paths, labels),
+                "num_classes": int(num_classes), "image_size": list(image_size),
+                "dct_scaling": bool(dct_scaling)}
+
+    file_cache = cache not in ("memory", "none")
+    prefix = None
+    if file_cache and training:
+        # The cache freezes the order it is written in: write it in chunks,
+        # from the file list shuffled once, and read the chunks in a new
+        # random order every epoch.
+        order = np.random.RandomState(seed).permutation(len(paths))
+        paths, labels = [paths[i] for i in order], [labels[i] for i in order]
+        size = _chunk_size(shuffle_buffer)
+        num_chunks = -(-len(paths) // size)
+        prefix = _cache_file(cache, _split_name(split, share), dict(
+            identity(paths, labels), layout=["chunks", size, bool(deterministic)]),
+            num_chunks)
+    if file_cache and training and prefix:
+        all_paths, all_labels = (tf.constant(t) for t in records(paths, labels))
+
+        def chunk(k):
+            start = k * size
+            return tf.data.Dataset.from_tensor_slices(
+                (all_paths[start:start + size], all_labels[start:start + size])).map(
+                    load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+
+        ds = _cached_chunks(chunk, num_chunks, prefix, seed=seed,
+                            deterministic=deterministic)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(len(paths)))
+        cache = "none"  # cached above, chunk by chunk
+    else:
+        if file_cache:
+            # (Training gets here only when every cache slot is busy.)
+            cache = (None if training else _cache_file(
+                cache, _split_name(split, share),
+                dict(identity(paths, labels), layout=["whole"]))) or "none"
+        ds = tf.data.Dataset.from_tensor_slices(records(paths, labels))
+        if training and cache == "none":
+            # Shuffle the cheap file list before decoding, so memory holds only
+            # the buffer of decoded images behind it.
+            ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=deterministic)
     return batch_pipeline(ds, training=training, batch_size=batch_size,
                           num_examples=len(paths), cache=cache, seed=seed,
-                          shuffle_buffer=shuffle_buffer, deterministic=deterministic)
+                          shuffle_buffer=shuffle_buffer, deterministic=deterministic,
+                          share=share)
 
 
 def build_datasets(data_config, index: Optional[DataIndex] = None,
@@ -476,15 +684,20 @@ def build_datasets(data_config, index: Optional[DataIndex] = None,
     the model and is inactive at inference) and keeps its last partial batch.
     """
     index = index or index_source(data_config, progress=progress)
+    check_batch_size(data_config, index)
+    train_ds = build_split(data_config, index, "train", training=True)
+    val_ds = build_split(data_config, index, "val", training=False)
+    return train_ds, val_ds, index
+
+
+def check_batch_size(data_config, index: DataIndex) -> None:
+    """Raises ValueError (naming ``--batch_size``) when no training batch is left."""
     if len(index.train) < data_config.batch_size:
         raise ValueError(
             f"`--batch_size` {data_config.batch_size} is larger than the "
             f"{len(index.train)} usable training images; training drops the "
             "last partial batch, so no batch would be left. Use a smaller "
             f"--batch_size. Received: batch_size={data_config.batch_size}")
-    train_ds = build_split(data_config, index, "train", training=True)
-    val_ds = build_split(data_config, index, "val", training=False)
-    return train_ds, val_ds, index
 
 
 # ---------------------------------------------------------------------------
@@ -551,10 +764,144 @@ def decode_and_resize_scaled(contents: tf.Tensor, image_size) -> tf.Tensor:
     return image
 
 
+#: Default shuffle buffer (decoded images) without an in-memory cache: bounds
+#: training memory (about 150 MB at 224x224) whatever the size of the split.
+STREAM_SHUFFLE_BUFFER = 1024
+#: Cached chunks read at the same time when a file cache is shuffled.
+_CHUNK_CYCLE = 4
+
+
+def _chunk_size(shuffle_buffer: int) -> int:
+    # Chunks small enough that the buffer holds all the chunks being read,
+    # so every epoch mixes whole chunks, grouped anew.
+    return max(1, int(shuffle_buffer or STREAM_SHUFFLE_BUFFER) // _CHUNK_CYCLE)
+
+
+def _cached_chunks(chunk_fn, num_chunks: int, prefix: str, *, seed: int,
+                   deterministic: bool, cycle_length: int = _CHUNK_CYCLE
+                   ) -> tf.data.Dataset:
+    """Chunks of a split, each cached in its own file, read in a random order.
+
+    Args:
+      chunk_fn: ``k -> dataset`` of the decoded elements of chunk ``k``.
+      num_chunks: number of chunks.
+      prefix: cache file prefix; chunk ``k`` is cached at ``<prefix>-c<k>``.
+      seed: seed of the chunk order, drawn anew every epoch.
+      deterministic: fixed element order.
+      cycle_length: chunks read at the same time.
+
+    Returns:
+      The elements of every chunk once, ``cycle_length`` chunks interleaved.
+    """
+    order = tf.data.Dataset.range(num_chunks).shuffle(
+        num_chunks, seed=seed, reshuffle_each_iteration=True)
+
+    def cached(k):
+        return chunk_fn(k).cache(tf.strings.join([prefix, "-c", tf.strings.as_string(k)]))
+
+    return order.interleave(cached, cycle_length=min(cycle_length, num_chunks),
+                            block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=deterministic)
+
+
+@dataclasses.dataclass(frozen=True)
+class _WorkerShare:
+    """One worker's part of a split under a multi-worker strategy.
+
+    Built by :func:`_worker_share`. Every worker computes the same shares (from
+    the same index), so all of them agree on the number of steps.
+
+    Attributes:
+      index: this worker's input pipeline id.
+      sizes: examples each worker holds, in worker order.
+      replicas: replicas this worker feeds.
+      batch_size: per-replica batch size.
+      global_batch: global batch size.
+    """
+
+    index: int
+    sizes: tuple
+    replicas: int
+    batch_size: int
+    global_batch: int
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.sizes[self.index])
+
+    def train_examples(self) -> int:
+        """Examples every worker uses per training epoch (the same on all).
+
+        The smallest share rounded down to whole steps: with uneven shares a
+        worker with more examples leaves a different few out each epoch
+        (after its shuffle), so every worker runs the same number of steps.
+        """
+        per_step = self.batch_size * self.replicas
+        return (min(self.sizes) // per_step) * per_step
+
+    def eval_batch_sizes(self) -> list:
+        """Per-replica batch sizes of this worker's validation share.
+
+        Every worker runs the same number of steps and every replica gets a
+        non-empty batch at every step (an empty batch fails in oneDNN on some
+        CPUs), so the sizes are as even as possible rather than a fixed
+        batch size with a short last batch.
+        """
+        total = sum(self.sizes)
+        steps = min(-(-total // self.global_batch), min(self.sizes) // self.replicas)
+        per_worker = steps * self.replicas
+        q, r = divmod(self.num_examples, per_worker)
+        return [q + 1] * r + [q] * (per_worker - r)
+
+
+def _element_shares(num_examples: int, num_workers: int) -> tuple:
+    """Sizes of ``Dataset.shard(num_workers, w)`` of ``num_examples`` elements."""
+    return tuple(len(range(w, int(num_examples), num_workers)) for w in range(num_workers))
+
+
+def _worker_share(input_context, sizes, batch_size: int, training: bool,
+                  what: str) -> Optional[_WorkerShare]:
+    """The :class:`_WorkerShare` of ``input_context``, or None without one.
+
+    Args:
+      input_context: a ``tf.distribute.InputContext`` (from
+        ``strategy.distribute_datasets_from_function``) or None.
+      sizes: examples each worker holds, in worker order.
+      batch_size: the GLOBAL batch size.
+      training: whether the split is used for training.
+      what: the split, for error messages.
+
+    Raises:
+      ValueError: a share too small for one step, naming ``--batch_size``.
+    """
+    if input_context is None:
+        return None
+    workers = int(input_context.num_input_pipelines)
+    replicas = int(input_context.num_replicas_in_sync)
+    share = _WorkerShare(index=int(input_context.input_pipeline_id),
+                         sizes=tuple(int(n) for n in sizes),
+                         replicas=max(1, replicas // workers),
+                         batch_size=int(input_context.get_per_replica_batch_size(batch_size)),
+                         global_batch=int(batch_size))
+    if training and not share.train_examples():
+        raise ValueError(
+            f"`--batch_size` {batch_size} is too large for {what} across {workers} "
+            f"workers: the smallest worker share holds {min(share.sizes)} examples, "
+            f"fewer than one step ({share.batch_size * share.replicas} per worker). "
+            f"Use a smaller --batch_size. Received: batch_size={batch_size}")
+    if not training and min(share.sizes) < share.replicas:
+        raise ValueError(
+            f"{what} has {sum(share.sizes)} examples, fewer than one per replica "
+            f"({replicas} replicas on {workers} workers); add examples or use "
+            "fewer workers.")
+    return share
+
+
 def batch_pipeline(ds: tf.data.Dataset, *, training: bool, batch_size: int,
                    num_examples: int, cache: str = "memory", seed: int = 1337,
                    shuffle_buffer: int = 0, deterministic: bool = False,
-                   options: Optional[tf.data.Options] = None) -> tf.data.Dataset:
+                   options: Optional[tf.data.Options] = None,
+                   share: Optional[_WorkerShare] = None) -> tf.data.Dataset:
     """The tail every source shares: cache -> shuffle -> batch -> prefetch.
 
     Args:
@@ -564,10 +911,17 @@ def batch_pipeline(ds: tf.data.Dataset, *, training: bool, batch_size: int,
       num_examples: elements in ``ds`` (the default shuffle buffer).
       cache: ``"memory"``, ``"none"`` or a cache file path prefix.
       seed: shuffle seed.
-      shuffle_buffer: shuffle buffer size; 0 means ``num_examples``.
+      shuffle_buffer: shuffle buffer size; 0 means ``num_examples`` with
+        ``cache="memory"``, else at most :data:`STREAM_SHUFFLE_BUFFER` (memory
+        bounded by the buffer, not the split). Never less than the examples an
+        epoch leaves out plus two, so the shuffle reads ``ds`` to its end and
+        a cache in it is complete after the first epoch.
       deterministic: keep element order fixed in parallel stages.
       options: extra ``tf.data.Options`` merged in (e.g. a source's
         auto-shard policy).
+      share: this worker's share of a multi-worker job (``ds`` then holds
+        only that share): batches are per replica, every worker runs the
+        same number of steps, and tf.distribute is told not to shard again.
 
     Returns:
       The batched, prefetched dataset.
@@ -577,10 +931,29 @@ def batch_pipeline(ds: tf.data.Dataset, *, training: bool, batch_size: int,
     elif cache and cache != "none":
         ds = ds.cache(cache)
     if training:
-        buffer = shuffle_buffer or max(1, int(num_examples))
+        n = max(1, int(num_examples))
+        buffer = shuffle_buffer or (n if cache == "memory" else min(n, STREAM_SHUFFLE_BUFFER))
+        used = share.train_examples() if share else (n // batch_size) * batch_size
+        buffer = min(n, max(int(buffer), n - used + 2))
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=training,
-                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if share is None:
+        ds = ds.batch(batch_size, drop_remainder=training,
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    elif training:
+        used = share.train_examples()
+        if used < share.num_examples:
+            # Leave out the excess AFTER the shuffle (a different few every
+            # epoch), reading to the end so a file cache upstream is completed.
+            ds = ds.enumerate().filter(lambda i, _: i < used).map(lambda _, e: e)
+        ds = ds.batch(share.batch_size, drop_remainder=True,
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(used // share.batch_size))
+    else:
+        sizes = share.eval_batch_sizes()
+        ds = ds.batch(max(sizes))
+        if min(sizes) != max(sizes):
+            ds = ds.rebatch(tf.constant(sizes, tf.int64))
+        ds = ds.apply(tf.data.experimental.assert_cardinality(len(sizes)))
     ds = ds.prefetch(tf.data.AUTOTUNE)
     base = tf.data.Options()
     base.deterministic = bool(deterministic)
@@ -588,6 +961,10 @@ def batch_pipeline(ds: tf.data.Dataset, *, training: bool, batch_size: int,
     base.experimental_optimization.map_parallelization = True
     if options is not None:
         base = base.merge(options)
+    if share is not None:
+        # Each worker already holds only its own share.
+        base.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF)
     return ds.with_options(base)
 
 
@@ -627,12 +1004,18 @@ def index_source(data_config, progress: bool = True) -> DataIndex:
 
 
 def build_split(data_config, index: DataIndex, split: str,
-                training: bool) -> tf.data.Dataset:
+                training: bool,
+                input_context: Optional[tf.distribute.InputContext] = None
+                ) -> tf.data.Dataset:
     """The dataset of ``split`` (``"train"`` or ``"val"``) of any source.
 
     ``training`` decides shuffling and ``drop_remainder``, independently of
     the split (fast feature extraction reads the training split once,
-    unshuffled and complete).
+    unshuffled and complete). With ``input_context`` (under
+    ``strategy.distribute_datasets_from_function``) the dataset holds only
+    this worker's share, in per-replica batches: every training example is
+    used once per epoch across the workers, every validation example is
+    evaluated once, and all workers run the same number of steps.
     """
     files = index.train if split == "train" else index.val
     common = dict(num_classes=index.num_classes, image_size=data_config.image_size,
@@ -642,7 +1025,8 @@ def build_split(data_config, index: DataIndex, split: str,
                   deterministic=data_config.deterministic,
                   # Validation always decodes exactly: the checkpoint is chosen
                   # on the pixels evaluation, prediction and export see.
-                  dct_scaling=data_config.dct_scaling and split == "train")
+                  dct_scaling=data_config.dct_scaling and split == "train",
+                  input_context=input_context)
     if data_config.train_tfrecords:
         from catdog import tfrecords  # pylint: disable=import-outside-toplevel
         return tfrecords.build_tfrecord_dataset(files.source, num_examples=len(files),

@@ -26,10 +26,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from catdog import scan
 from catdog.data import decode_and_resize
 
 #: File extensions treated as images when a folder is expanded (lower case).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+IMAGE_EXTENSIONS = scan.IMAGE_EXTENSIONS
 
 #: Names of the files a training run writes into its model_dir.
 MODEL_FILENAME = "model.keras"
@@ -320,11 +321,13 @@ def probabilities_fn(model, num_classes: int):
 def expand_paths(paths: Iterable) -> list[tuple[str, str | None]]:
     """Expands files and folders to the image files to predict on.
 
-    Folders are walked recursively, in sorted order; only files whose
-    extension is in :data:`IMAGE_EXTENSIONS` (any case) are kept, and hidden
-    files and folders (``.DS_Store``, ``.ipynb_checkpoints``) are skipped. A
-    file named explicitly is always kept, whatever its extension, because the
-    user asked for it. Duplicates are dropped, keeping the first.
+    Folders are listed by :func:`catdog.scan.walk_image_files`, the walker
+    training uses: recursively, in sorted order, only files whose extension
+    is in :data:`IMAGE_EXTENSIONS` (any case), without hidden files and
+    folders, OS litter (``Thumbs.db``, ``__MACOSX``, ...) or symlinked
+    folders. A file named explicitly is always kept, whatever its
+    extension, because the user asked for it. Duplicates are dropped,
+    keeping the first.
 
     Args:
       paths: files and/or folders (local or any ``tf.io.gfile`` filesystem).
@@ -345,16 +348,9 @@ def expand_paths(paths: Iterable) -> list[tuple[str, str | None]]:
     for path in paths:
         path = os.fspath(path)
         if tf.io.gfile.isdir(path):
-            found = 0
-            # os.walk for local folders: it does not follow symlinked
-            # folders, so a link loop cannot make the walk endless.
-            walk = tf.io.gfile.walk if "://" in path else os.walk
-            for root, dirs, files in walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                        add(os.path.join(root, name))
-                        found += 1
+            found = scan.walk_image_files(path)
+            for name in found:
+                add(name)
             if not found:
                 add(path, "no image files (" + " ".join(IMAGE_EXTENSIONS) +
                     ") in this folder or its subfolders")

@@ -92,6 +92,7 @@ __all__ = [
     "list_image_files",
     "scan_directory",
     "sniff_header",
+    "walk_image_files",
 ]
 
 _log = logging.getLogger(__name__)
@@ -239,6 +240,27 @@ def _walk_files(directory: str, follow_links: bool) -> tuple[list[str], list[str
             elif not name.startswith(".") and name.lower() not in _IGNORED_FILE_NAMES:
                 ignored.append(_join(root, name))
     return candidates, ignored
+
+
+def walk_image_files(directory: str, follow_links: bool = False) -> list[str]:
+    """The image candidates under ``directory``, recursively, in sorted order.
+
+    The one folder walker of catdog: training's class folders, evaluation,
+    the scan, prediction and the augmentation pictures all list files with
+    it, so every entry point sees the same files. Candidates end in
+    :data:`IMAGE_EXTENSIONS` (any case); hidden files, ``.DS_Store``,
+    ``Thumbs.db``, ``desktop.ini``, AppleDouble ``._*`` files, hidden and
+    ``__MACOSX`` folders are skipped; symlinked folders are followed only
+    with ``follow_links``. Nothing is opened.
+
+    Args:
+      directory: a local folder or a ``tf.io.gfile`` URL.
+      follow_links: descend into symlinked subfolders.
+
+    Returns:
+      The candidate paths.
+    """
+    return _walk_files(directory, follow_links)[0]
 
 
 def _class_folders(directory: str) -> list[str]:

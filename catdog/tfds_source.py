@@ -122,8 +122,8 @@ def index_tfds(data_config) -> data_lib.DataIndex:
 def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
                        batch_size: int, training: bool, num_examples: int,
                        cache: str = "memory", seed: int = 1337, shuffle_buffer: int = 0,
-                       deterministic: bool = False,
-                       dct_scaling: bool = False) -> tf.data.Dataset:
+                       deterministic: bool = False, dct_scaling: bool = False,
+                       input_context=None) -> tf.data.Dataset:
     """Batches of ``(uint8 images, labels)`` from one TFDS split.
 
     Args:
@@ -136,16 +136,34 @@ def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
       num_examples: examples in the split (the default shuffle buffer).
       cache: ``"memory"``, ``"none"`` or a folder for cache files.
       seed: seed of the file and example shuffles.
-      shuffle_buffer: example shuffle buffer; 0 means ``num_examples``.
+      shuffle_buffer: example shuffle buffer; 0 means ``num_examples`` with
+        ``cache="memory"``, else :data:`catdog.data.STREAM_SHUFFLE_BUFFER`
+        (a file cache then keeps the order of its first epoch, shuffled
+        within that buffer).
       deterministic: fixed element order in the parallel stages.
       dct_scaling: decode with :func:`catdog.data.decode_and_resize_scaled`.
+      input_context: the ``tf.distribute.InputContext`` of this worker under
+        ``strategy.distribute_datasets_from_function``: every worker reads the
+        encoded records in the same order (fixed seed and interleave) and
+        keeps every ``num_input_pipelines``-th one before decoding, so the
+        shares are a partition.
 
     Returns:
       The batched dataset.
     """
     image_size = tuple(int(s) for s in image_size)
     builder = load_builder(data_config.tfds_name, data_config.tfds_data_dir)
-    ds = _read(builder, split, training, seed, deterministic)
+    share = None
+    if input_context is not None:
+        workers = int(input_context.num_input_pipelines)
+        share = data_lib._worker_share(  # pylint: disable=protected-access
+            input_context, data_lib._element_shares(  # pylint: disable=protected-access
+                num_examples, workers), batch_size, training, f"TFDS split {split!r}")
+        num_examples = share.num_examples
+        # The same record order on every worker, whatever its core count.
+        ds = _read(builder, split, training, seed, True).shard(workers, share.index)
+    else:
+        ds = _read(builder, split, training, seed, deterministic)
     decode = (data_lib.decode_and_resize_scaled if dct_scaling
               else data_lib.decode_and_resize)
 
@@ -158,11 +176,20 @@ def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
         return decode(example["image"], image_size), label
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    if cache and cache not in ("memory", "none"):
+    if cache not in ("memory", "none"):
+        # The prepared data by version, folder and files (a rebuilt dataset is
+        # another cache), the split, and what decides a worker's share.
+        files = sorted(tf.io.gfile.glob(builder.data_dir.rstrip("/") + "/*"))
+        identity = {"source": "tfds", "name": data_config.tfds_name,
+                    "version": str(builder.info.version), "data_dir": builder.data_dir,
+                    "files": data_lib._file_stamps(files),  # pylint: disable=protected-access
+                    "split": split, "seed": int(seed), "shuffle_files": bool(training),
+                    "num_classes": int(num_classes), "image_size": list(image_size),
+                    "dct_scaling": bool(dct_scaling), "deterministic": bool(deterministic)}
         cache = data_lib._cache_file(  # pylint: disable=protected-access
-            cache, "tfds", [data_config.tfds_name, data_config.tfds_data_dir, split],
-            image_size)
+            cache, data_lib._split_name("tfds", share),  # pylint: disable=protected-access
+            identity) or "none"
     return data_lib.batch_pipeline(ds, training=training, batch_size=batch_size,
                                    num_examples=num_examples, cache=cache, seed=seed,
                                    shuffle_buffer=shuffle_buffer,
-                                   deterministic=deterministic)
+                                   deterministic=deterministic, share=share)

@@ -289,19 +289,50 @@ def parse_example(serialized: tf.Tensor):
     return parsed["image/encoded"], parsed["image/class/label"]
 
 
+def _assign_files(files: Sequence[str], sizes: Sequence[int], num_workers: int):
+    """Deals shard files to workers so their example counts are as even as possible.
+
+    Largest shard first, each to the worker holding the fewest examples so
+    far (ties: the lower worker index). Deterministic, so every worker
+    computes the same assignment.
+
+    Returns:
+      ``(files of each worker, examples of each worker)``, files in input order.
+    """
+    owned = [[] for _ in range(num_workers)]
+    load = [0] * num_workers
+    for i in sorted(range(len(files)), key=lambda i: (-int(sizes[i]), i)):
+        w = min(range(num_workers), key=lambda w: (load[w], w))
+        owned[w].append(i)
+        load[w] += int(sizes[i])
+    return [[files[i] for i in sorted(ids)] for ids in owned], load
+
+
+def _file_sizes(files: Sequence[str]) -> list:
+    manifest = read_manifest(os.path.dirname(files[0]))
+    sizes = {s["file"]: int(s["num_examples"]) for s in manifest["shards"]}
+    return [sizes[os.path.basename(f)] for f in files]
+
+
 def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size,
                            batch_size: int, training: bool, num_examples: int,
                            cache: str = "memory", seed: int = 1337,
                            shuffle_buffer: int = 0, deterministic: bool = False,
-                           split: str = "train",
-                           dct_scaling: bool = False) -> tf.data.Dataset:
+                           split: str = "train", dct_scaling: bool = False,
+                           input_context: Optional[tf.distribute.InputContext] = None
+                           ) -> tf.data.Dataset:
     """Reads shards into batches of ``(uint8 images, labels)``.
 
     ``list_files`` (shuffled with ``seed`` when training) -> parallel
     ``interleave`` of the shards -> parse -> decode + resize -> cache uint8
-    -> shuffle -> batch -> prefetch. The options set file-level auto-sharding
-    (``AutoShardPolicy.FILE``): under a multi-worker strategy each worker
-    reads its own shards instead of reading all and discarding most.
+    -> shuffle -> batch -> prefetch. A training file cache is written per
+    shard file, and the cached files are read in a new random order every
+    epoch (the shuffle buffer is bounded without ``cache="memory"``). The options set file-level auto-sharding
+    (``AutoShardPolicy.FILE``) for a dataset handed to tf.distribute as it is.
+    With ``input_context`` the dataset is this worker's share: its own shard
+    files (dealt out by example count, see :func:`_assign_files`), or, with
+    fewer files than workers, every ``num_input_pipelines``-th record of a
+    fixed-order read, decoded by this worker only.
 
     Args:
       files: shard paths (:func:`resolve_shards`).
@@ -312,20 +343,35 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
       num_examples: examples in ``files`` (the default shuffle buffer).
       cache: ``"memory"``, ``"none"`` or a folder for cache files.
       seed: seed of the file and example shuffles.
-      shuffle_buffer: example shuffle buffer; 0 means ``num_examples``.
+      shuffle_buffer: example shuffle buffer; 0 means ``num_examples`` with
+        ``cache="memory"``, else :data:`catdog.data.STREAM_SHUFFLE_BUFFER`.
       deterministic: fixed element order in the parallel stages.
       split: name of the cache file.
       dct_scaling: decode with :func:`catdog.data.decode_and_resize_scaled`.
+      input_context: the ``tf.distribute.InputContext`` of this worker under
+        ``strategy.distribute_datasets_from_function`` (see
+        :func:`catdog.data.build_split`).
 
     Returns:
       The batched dataset.
     """
     image_size = tuple(int(s) for s in image_size)
     files = list(files)
-    ds = tf.data.Dataset.list_files(files, shuffle=training, seed=seed)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
-                       block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
-                       deterministic=deterministic)
+    share, record_shard = None, None
+    if input_context is not None:
+        workers = int(input_context.num_input_pipelines)
+        what = f"the {split} shards"
+        if len(files) >= workers:
+            owned, sizes = _assign_files(files, _file_sizes(files), workers)
+            share = data_lib._worker_share(  # pylint: disable=protected-access
+                input_context, sizes, batch_size, training, what)
+            files = owned[share.index]
+        else:
+            share = data_lib._worker_share(  # pylint: disable=protected-access
+                input_context, data_lib._element_shares(  # pylint: disable=protected-access
+                    num_examples, workers), batch_size, training, what)
+            record_shard = (workers, share.index)
+        num_examples = share.num_examples
     decode = (data_lib.decode_and_resize_scaled if dct_scaling
               else data_lib.decode_and_resize)
 
@@ -337,14 +383,61 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
             label = tf.cast(label, tf.int32)
         return decode(contents, image_size), label
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    if cache and cache not in ("memory", "none"):
-        cache = data_lib._cache_file(  # pylint: disable=protected-access
-            cache, f"tfrecords-{split}", files, image_size)
+    file_cache = cache not in ("memory", "none")
+    name = data_lib._split_name(f"tfrecords-{split}", share)  # pylint: disable=protected-access
+    prefix = None
+    if file_cache:
+        # The shards by name, size and modification time (a rebuilt shard set
+        # is another cache), and the manifest that labels them.
+        folder = os.path.dirname(files[0])
+        identity = {"source": "tfrecords",
+                    "shards": data_lib._file_stamps(files),  # pylint: disable=protected-access
+                    "manifest": data_lib._file_stamps(  # pylint: disable=protected-access
+                        [_join(folder, MANIFEST)]),
+                    "record_shard": list(record_shard or ()),
+                    "num_classes": int(num_classes), "image_size": list(image_size),
+                    "dct_scaling": bool(dct_scaling)}
+        per_file = training and not record_shard
+        prefix = data_lib._cache_file(  # pylint: disable=protected-access
+            cache, name, dict(identity, layout=["per-file" if per_file else "whole",
+                                                bool(deterministic)]),
+            len(files) if per_file else 0)
+    if file_cache and training and not record_shard and prefix:
+        # A file cache freezes the order it is written in: cache every shard
+        # file on its own and read them in a new random order every epoch.
+        names = tf.constant(files)
+
+        def chunk(k):
+            return tf.data.TFRecordDataset(names[k]).map(
+                load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+
+        ds = data_lib._cached_chunks(  # pylint: disable=protected-access
+            chunk, len(files), prefix, seed=seed, deterministic=deterministic,
+            cycle_length=16)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
+        cache = "none"  # cached above, file by file
+    else:
+        if record_shard:
+            # Fewer files than workers: every worker reads the records in the
+            # same fixed order and keeps its own, before anything is decoded.
+            ds = tf.data.Dataset.from_tensor_slices(files)
+            ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+                               block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                               deterministic=True)
+            ds = ds.shard(*record_shard)
+        else:
+            ds = tf.data.Dataset.list_files(files, shuffle=training, seed=seed)
+            ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+                               block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                               deterministic=deterministic)
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        if file_cache:
+            cache = prefix or "none"
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.FILE)
     return data_lib.batch_pipeline(ds, training=training, batch_size=batch_size,
                                    num_examples=num_examples, cache=cache, seed=seed,
                                    shuffle_buffer=shuffle_buffer,
-                                   deterministic=deterministic, options=options)
+                                   deterministic=deterministic, options=options,
+                                   share=share)

@@ -194,16 +194,29 @@ def _require_same_split_settings(data, init_data, init_class_names, init_dir) ->
             "then taken from that run) or give its values.")
 
 
-def _shard_policies(data_config):
-    """(train, val) auto-shard policies for a multi-worker job."""
-    if data_config.train_tfrecords:
-        cluster = distribute.parse_tf_config(os.environ.get("TF_CONFIG", "")).get("cluster", {})
-        workers = sum(len(cluster.get(k, [])) for k in ("chief", "worker")) or 1
-        return tuple(
-            distribute.shard_policy("tfrecord", len(tf.io.gfile.glob(pattern)), workers)
-            for pattern in (data_config.train_tfrecords, data_config.val_tfrecords))
-    source = "tfds" if data_config.tfds_name else "folder"
-    return distribute.shard_policy(source), distribute.shard_policy(source)
+def _fit_inputs(config: config_lib.Config, index, strategy):
+    """The (train, validation) inputs ``fit`` reads under ``strategy``.
+
+    Plain datasets, except in a multi-worker job: there each worker builds,
+    reads and decodes only its own share of each split
+    (``distribute_datasets_from_function`` hands catdog the worker's
+    ``InputContext``; the data is sharded before decoding and tf.distribute
+    does not shard again), so an epoch uses every training example once
+    across the workers and validation evaluates every example once.
+    """
+    if not distribute.is_multi_worker(strategy) or (
+            config.train.fast_features and config.stage == "feature_extraction"):
+        # Fast feature extraction reads both splits itself (features.py).
+        train_ds, val_ds, _ = data_lib.build_datasets(config.data, index)
+        return train_ds, val_ds
+    data_lib.check_batch_size(config.data, index)
+
+    def split_fn(split, training):
+        return lambda context: data_lib.build_split(config.data, index, split, training,
+                                                    input_context=context)
+
+    return (strategy.distribute_datasets_from_function(split_fn("train", True)),
+            strategy.distribute_datasets_from_function(split_fn("val", False)))
 
 
 @dataclasses.dataclass
@@ -272,13 +285,7 @@ def run(config: config_lib.Config, progress: bool = True,
         raise ValueError(
             f"Classes {index.class_names} differ from those of --init_from "
             f"{config.model.init_from!r}: {init.get('class_names')}.")
-    train_ds, val_ds, index = data_lib.build_datasets(config.data, index)
-    if distribute.is_multi_worker(strategy):
-        # Explicit input sharding: TFRecord shards by file (each worker reads
-        # its own files), folders and TFDS by element.
-        policies = _shard_policies(config.data)
-        train_ds = distribute.with_shard_policy(train_ds, policies[0])
-        val_ds = distribute.with_shard_policy(val_ds, policies[1])
+    train_ds, val_ds = _fit_inputs(config, index, strategy)
     policy = precision.resolve_policy(config.train.mixed_precision, strategy)
     chief = distribute.is_chief(strategy)
 

@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from conftest import REPO, free_ports
+from conftest import REPO, free_ports, id_folder
 
 WORKER = os.path.join(REPO, "tests", "_stage_worker.py")
+INPUT_WORKER = os.path.join(REPO, "tests", "_input_worker.py")
 SCRIPT = os.path.join(REPO, "scripts", "train_baseline.py")
 
 
@@ -115,6 +116,76 @@ def test_workers_agree_to_refuse_a_resume_whose_settings_changed(tiny_folders, t
     assert "learning_rate 0.001 -> 0.01" in results[1][1]
     assert "another worker" in results[0][1]
     assert len(_history(model_dir)) == 1
+
+
+def _run_two_workers(worker, tmp_path, flags_, timeout=400):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for i in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        procs.append(subprocess.Popen(
+            [sys.executable, worker, str(tmp_path / f"r{i}.json"), "--", *flags_,
+             "--strategy=multi_worker"],
+            env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    return [json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(2)]
+
+
+def _epochs_of(steps, mode):
+    """Splits a worker's recorded steps into epochs of ``mode`` ids."""
+    epochs, previous = [], None
+    for step_mode, ids in steps:
+        if step_mode == mode:
+            if previous != mode:
+                epochs.append([])
+            epochs[-1].extend(ids)
+        previous = step_mode
+    return epochs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["memory", "file"])
+def test_two_workers_partition_every_epoch(tmp_path, cache):
+    """Under MultiWorkerMirroredStrategy every training image is used exactly
+    once per epoch across the workers, every validation image is evaluated
+    exactly once, both workers run the same number of steps, and the order
+    still changes between epochs."""
+    train_labels = id_folder(tmp_path / "train", [range(0, 32), range(32, 64)])
+    # 9 validation images, global batch 8: the last global batch holds one.
+    val_labels = id_folder(tmp_path / "valid", [range(100, 105), range(105, 109)])
+    cache_flag = str(tmp_path / "cache") if cache == "file" else "memory"
+    flags_ = [f"--train_dir={tmp_path / 'train'}", f"--val_dir={tmp_path / 'valid'}",
+              "--image_size=16", "--batch_size=8", "--epochs=2", "--verbose=0",
+              "--jit_compile=false", f"--cache={cache_flag}",
+              f"--model_dir={tmp_path / 'm'}"]
+    results = _run_two_workers(INPUT_WORKER, tmp_path, flags_)
+    train_epochs = [_epochs_of(r["steps"], "train") for r in results]
+    val_epochs = [_epochs_of(r["steps"], "eval") for r in results]
+    assert [len(e) for e in train_epochs] == [2, 2]
+    assert [len(e) for e in val_epochs] == [2, 2]
+    for epoch in range(2):
+        a, b = train_epochs[0][epoch], train_epochs[1][epoch]
+        assert len(a) == len(b) == 32, (len(a), len(b))  # same steps on both
+        assert sorted(a + b) == sorted(train_labels), f"epoch {epoch}: {sorted(a + b)}"
+        va, vb = val_epochs[0][epoch], val_epochs[1][epoch]
+        assert sorted(va + vb) == sorted(val_labels), f"epoch {epoch}: {sorted(va + vb)}"
+    for worker in train_epochs:
+        assert worker[0] != worker[1]  # reshuffled every epoch
+    eval_steps = [[ids for mode, ids in r["steps"] if mode == "eval"] for r in results]
+    assert len(eval_steps[0]) == len(eval_steps[1])
+    assert all(ids for steps in eval_steps for ids in steps)  # no empty batch
+    metrics = results[0]["metrics"]
+    assert metrics["train_examples"] == 64 and metrics["val_examples"] == 9
 
 
 def _start(flags_):

@@ -86,6 +86,30 @@ def test_expand_paths_walks_folders_and_keeps_only_images(tmp_path):
     assert len(entries) == 8
 
 
+def test_expand_paths_walks_a_folder_with_the_rules_of_training(tmp_path):
+    """predict (and pictures, which calls expand_paths) lists a folder exactly
+    as training's scan does: same extensions, same ignored litter, hidden and
+    __MACOSX folders skipped, symlinked folders not followed."""
+    from catdog import scan  # pylint: disable=import-outside-toplevel
+    root = tmp_path / "photos"
+    for name in ["cats/a.jpg", "cats/sub/b.PNG", "dogs/c.jpeg", "dogs/d.gif",
+                 "dogs/e.bmp",
+                 # Litter training skips.
+                 "cats/__MACOSX/a.jpg", "dogs/__macosx/sub/f.jpg", "cats/._a.jpg",
+                 "cats/.DS_Store", "dogs/Thumbs.db", "dogs/desktop.ini",
+                 "dogs/.cache/g.png", "cats/notes.txt", "dogs/h.webp"]:
+        _write(root / name, b"x")
+    elsewhere = tmp_path / "elsewhere"
+    _write(elsewhere / "linked.jpg", b"x")
+    os.symlink(elsewhere, root / "cats" / "link")
+
+    training, _, _ = scan.list_image_files(str(root))
+    predicted = [path for path, error in predict.expand_paths([root]) if error is None]
+    assert predicted == training
+    assert not any("macosx" in p.lower() or "/." in p or "link" in p for p in predicted)
+    assert len(predicted) == 5
+
+
 # --- predict_files with a Keras model_dir ----------------------------------------
 
 @pytest.mark.parametrize("run", ["binary_run", "softmax_run"])

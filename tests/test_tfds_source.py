@@ -93,3 +93,37 @@ def test_train_run_end_to_end_on_mock_tfds(tmp_path):
     assert (split["source"], split["tfds_name"]) == ("tfds", "cats_vs_dogs")
     assert (split["train"], split["val"]) == (["train[:80%]"], ["train[80%:]"])
     assert split["train_examples"] == 8 and split["class_names"] == ["cat", "dog"]
+
+
+def test_worker_shares_partition_the_split():
+    """Each worker keeps its own records of the same fixed-order read (before
+    decoding): the shares are disjoint, cover the split and run equal steps."""
+    with tfds.testing.mock_data(num_examples=21):
+        cfg = _cfg(batch_size=4, cache="none")
+        index = data.index_source(cfg)
+        whole = [x.tobytes() for b, _ in data.build_split(cfg, index, "train", training=False)
+                 for x in b.numpy()]
+        contexts = [tf.distribute.InputContext(2, w, 2) for w in range(2)]
+        for training in (True, False):
+            shares = [[[x.tobytes() for x in b.numpy()] for b, _ in
+                       data.build_split(cfg, index, "train", training, input_context=c)]
+                      for c in contexts]
+            assert len(shares[0]) == len(shares[1])
+            seen = [x for w in shares for step in w for x in step]
+            assert len(seen) == len(set(seen)) and set(seen) <= set(whole)
+            if not training:
+                assert sorted(seen) == sorted(whole)
+
+
+def test_tfds_file_cache_is_keyed_by_the_dataset_version(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cfg = _cfg(cache=str(cache))
+    with tfds.testing.mock_data(num_examples=6):
+        index = data.index_source(cfg)
+        for version in ("4.0.1", "9.9.9"):
+            builder = tfds_source.load_builder("cats_vs_dogs")
+            monkeypatch.setattr(type(builder.info), "version",
+                                property(lambda self, v=version: v), raising=False)
+            ds = data.build_split(cfg, index, "val", training=False)
+            assert sum(int(x.shape[0]) for x, _ in ds) == 6
+    assert len([n for n in os.listdir(cache) if n.endswith(".index")]) == 2

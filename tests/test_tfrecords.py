@@ -10,7 +10,7 @@ import tensorflow as tf
 from catdog import config as C
 from catdog import data
 from catdog import tfrecords
-from conftest import REPO, make_class_folder, write_image
+from conftest import REPO, id_folder, image_ids, make_class_folder, write_image
 
 
 def _epochs(ds, n=2):
@@ -209,3 +209,92 @@ def test_split_record_lists_the_shards_and_fine_tuning_needs_the_same(
     with pytest.raises(ValueError, match=r"1 shard file added.*" +
                        os.path.basename(record["train"][1])):
         data.index_from_split(cfg, earlier, "the stage-3 run")
+
+
+@pytest.mark.parametrize("num_shards", [1, 3, 4])
+def test_worker_shares_of_shards_partition_each_epoch(tmp_path, num_shards):
+    """With an InputContext each worker reads its own shard files (or, with
+    fewer files than workers, its own records), runs as many steps as the
+    other, and validation evaluates every record once."""
+    labels = id_folder(tmp_path / "src", [range(0, 13), range(100, 113)])
+    out = str(tmp_path / "shards")
+    tfrecords.write_tfrecords(str(tmp_path / "src"), out, num_shards=num_shards,
+                              progress=False)
+    files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
+    contexts = [tf.distribute.InputContext(2, w, 2) for w in range(2)]
+    build = lambda ctx, training: tfrecords.build_tfrecord_dataset(
+        files, num_classes=2, image_size=(16, 16), batch_size=4, training=training,
+        num_examples=n, input_context=ctx)
+    train = [build(ctx, True) for ctx in contexts]
+    for _ in range(2):
+        epoch = [[image_ids(x) for x, _ in ds] for ds in train]
+        assert len(epoch[0]) == len(epoch[1]) > 0
+        used = [i for w in epoch for step in w for i in step]
+        assert len(used) == len(set(used)) and set(used) <= set(labels)
+    val = [build(ctx, False) for ctx in contexts]
+    epoch = [[image_ids(x) for x, _ in ds] for ds in val]
+    assert len(epoch[0]) == len(epoch[1]) and all(s for w in epoch for s in w)
+    assert sorted(i for w in epoch for s in w for i in s) == sorted(labels)
+    assert (train[0].options().experimental_distribute.auto_shard_policy
+            == tf.data.experimental.AutoShardPolicy.OFF)
+
+
+def test_shard_files_are_dealt_by_example_count():
+    owned, load = tfrecords._assign_files(["a", "b", "c", "d", "e"], [10, 10, 9, 9, 1], 2)
+    assert load == [20, 19] and sorted(sum(owned, [])) == ["a", "b", "c", "d", "e"]
+    assert owned == [["a", "c", "e"], ["b", "d"]]  # largest first, to the lighter worker
+
+
+@pytest.mark.parametrize("cache", ["none", "file"])
+def test_shards_without_memory_cache_shuffle_in_a_bounded_buffer(tmp_path, monkeypatch,
+                                                                 cache):
+    """Without an in-memory cache the first batch comes after about a buffer
+    of decodes, not the whole split; a file cache is written per shard file
+    and every epoch still uses each record once in a new order."""
+    monkeypatch.setattr(data, "STREAM_SHUFFLE_BUFFER", 16, raising=False)
+    labels = id_folder(tmp_path / "src", [range(0, 60), range(100, 160)])
+    out = str(tmp_path / "shards")
+    tfrecords.write_tfrecords(str(tmp_path / "src"), out, num_shards=4, progress=False)
+    files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
+    decoded = []
+    real = data.decode_and_resize
+
+    def spy(contents, image_size):
+        image = real(contents, image_size)
+        done = tf.py_function(lambda: decoded.append(1) or 0, [], tf.int64)
+        with tf.control_dependencies([done]):
+            return tf.identity(image)
+
+    monkeypatch.setattr(data, "decode_and_resize", spy)
+    cache_dir = tmp_path / "cache"
+    ds = tfrecords.build_tfrecord_dataset(
+        files, num_classes=2, image_size=(16, 16), batch_size=4, training=True,
+        num_examples=n, cache=str(cache_dir) if cache == "file" else "none")
+    next(iter(ds))
+    assert len(decoded) <= 16 + 50 < n, len(decoded)
+    epochs = [[i for x, _ in ds for i in image_ids(x)] for _ in range(2)]
+    assert all(sorted(e) == sorted(labels) for e in epochs)  # 120 = 30 batches of 4
+    assert epochs[0] != epochs[1]
+    if cache == "file":
+        assert len([f for f in os.listdir(cache_dir) if f.endswith(".index")]) == 4
+
+
+def test_file_cache_of_rebuilt_shards_is_not_reused(tmp_path):
+    """Shards rebuilt under the same names (other images) get a new cache."""
+    out = str(tmp_path / "shards")
+    cache = str(tmp_path / "cache")
+
+    def cached_ids(ids):
+        root = tmp_path / f"src{ids[0]}"
+        id_folder(root, [ids[: len(ids) // 2], ids[len(ids) // 2:]])
+        tfrecords.write_tfrecords(str(root), out, num_shards=2, prefix="train",
+                                  progress=False)
+        files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
+        ds = tfrecords.build_tfrecord_dataset(files, num_classes=2, image_size=(16, 16),
+                                              batch_size=4, training=False,
+                                              num_examples=n, cache=cache)
+        return sorted(i for x, _ in ds for i in image_ids(x))
+
+    assert cached_ids(list(range(0, 8))) == list(range(0, 8))
+    assert cached_ids(list(range(50, 58))) == list(range(50, 58))
+
