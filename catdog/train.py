@@ -67,10 +67,16 @@ def versions() -> dict:
 def write_json(path: str, obj) -> None:
     """Writes JSON atomically (temp file + rename), so readers never see half a file."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        # A failed write leaves the previous file and no stray temporary.
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _json_default(o):
