@@ -486,3 +486,46 @@ def test_mirrored_over_two_cpu_replicas(tmp_path):
         "multiple of 2")
     assert len(out["loss"]) == 2 and all(np.isfinite(out["loss"]))
     assert out["variable"] == "MirroredVariable"
+
+
+_MW_AUGMENT_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from catdog import distribute
+    strategy = distribute.build_strategy("multi_worker")
+    import numpy as np, tensorflow as tf
+    from catdog import augment
+    with strategy.scope():
+        block = augment.build_augmentation(seed=7)
+    x = np.random.RandomState(0).uniform(0, 255, (4, 24, 24, 3)).astype("float32")
+
+    @tf.function
+    def step(batch):
+        return strategy.run(lambda t: block(t, training=True), args=(batch,))
+
+    context = tf.distribute.get_replica_context
+    ids = strategy.run(lambda: context().replica_id_in_sync_group)
+    out = strategy.experimental_local_results(step(tf.constant(x)))[0].numpy()
+    np.save(sys.argv[1], out)
+    print("REPLICA", int(strategy.experimental_local_results(ids)[0]))
+""")
+
+
+def test_workers_draw_different_transforms(tmp_path):
+    """Each worker's replica folds its GLOBAL replica id into the augmentation
+    seeds: the same batch on two workers is augmented differently."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster,
+                                "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", _MW_AUGMENT_SCRIPT, str(tmp_path / f"w{index}.npy")],
+            env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert [o.split("REPLICA ")[-1].strip() for o, _ in outs] == ["0", "1"]
+    w0, w1 = (np.load(tmp_path / f"w{i}.npy") for i in range(2))
+    assert w0.shape == w1.shape == (4, 24, 24, 3)
+    assert not np.allclose(w0, w1)
