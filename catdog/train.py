@@ -183,6 +183,8 @@ def run(config: config_lib.Config, progress: bool = True,
       catdog.resilience.ModelDirLockedError: another live run holds model_dir.
       catdog.resilience.TrainingPreempted: SIGTERM stopped training; rerun
         the same command to resume.
+      catdog.resilience.WorkerLostError: another worker of a multi-worker
+        job is gone; rerun every worker to resume.
     """
     start = time.time()
     config = config_lib.Config.from_dict(config.to_dict())  # private copy
@@ -192,6 +194,10 @@ def run(config: config_lib.Config, progress: bool = True,
     strategy = distribute.build_strategy(config.train.strategy, tpu=config.train.tpu or None)
     distribute.apply_keras_multiworker_fix(strategy)
     distribute.global_batch_check(config.data.batch_size, strategy)
+    # From here to the end of fit: a worker of a multi-worker job that is gone
+    # stops this one within the timeout (exit 75), in whatever phase.
+    watchdog = resilience.WorkerWatchdog(
+        strategy, config.train.worker_timeout_seconds).start()
     init = _resolve_fine_tuning(config) if config.stage == "fine_tuning" else None
     model_dir = config.train.model_dir
     os.makedirs(model_dir, exist_ok=True)
@@ -212,11 +218,11 @@ def run(config: config_lib.Config, progress: bool = True,
     policy = precision.resolve_policy(config.train.mixed_precision, strategy)
     chief = distribute.is_chief(strategy)
 
-    with resilience.ModelDirLock(model_dir, task=distribute.task_name(strategy)):
+    with watchdog, resilience.ModelDirLock(model_dir, task=distribute.task_name(strategy)):
         out = distribute.artifact_dir(model_dir, strategy)
         try:
             result = _fit_and_write(config, index, train_ds, val_ds, strategy, policy,
-                                    out, start, weights_note)
+                                    out, start, weights_note, watchdog)
         finally:
             distribute.cleanup_artifact_dir(out, model_dir)
     if chief:
@@ -227,7 +233,7 @@ def run(config: config_lib.Config, progress: bool = True,
 
 
 def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
-                   start, weights_note) -> RunResult:
+                   start, weights_note, watchdog) -> RunResult:
     """Builds, compiles and fits under the strategy; writes artifacts into ``out``.
 
     ``out`` is ``model_dir`` on the chief and a private scratch folder on
@@ -260,6 +266,8 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
     callbacks = [
         # First, so it stops before any other callback sees a partial epoch.
         resilience.PreemptionCallback(strategy),
+        # Stops watching the other workers when fit ends (the last collective).
+        watchdog,
         resilience.BestModelCheckpoint(os.path.join(out, MODEL_FILE),
                                        monitor="val_accuracy", mode="max",
                                        model_to_save=model),

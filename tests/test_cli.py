@@ -47,6 +47,7 @@ def test_flagfile_holds_only_catdog_flags(fv, tmp_path):
     (FileNotFoundError("nope"), cli.EXIT_USAGE),
     (resilience.TrainingPreempted(2, 5), resilience.EXIT_PREEMPTED),
     (resilience.ModelDirLockedError("held"), resilience.EXIT_LOCKED),
+    (resilience.WorkerLostError("worker-1 is gone"), resilience.EXIT_PREEMPTED),
     (RuntimeError("boom"), cli.EXIT_FAILURE),
 ])
 def test_run_main_maps_errors_to_exit_codes(error, code, capsys):
@@ -54,5 +55,16 @@ def test_run_main_maps_errors_to_exit_codes(error, code, capsys):
         raise error
     assert cli.run_main(fail) == code
     assert cli.run_main(lambda: None) == cli.EXIT_OK
-    if code in (cli.EXIT_USAGE, resilience.EXIT_LOCKED):
+    if code in (cli.EXIT_USAGE, resilience.EXIT_LOCKED) or isinstance(
+            error, resilience.WorkerLostError):
         assert "Traceback" not in capsys.readouterr().err
+
+
+def test_worker_timeout_flag(fv):
+    fv(["prog", "--train_dir=t", "--model_dir=m"])
+    from catdog import config as config_lib
+    default = config_lib.TrainConfig().worker_timeout_seconds
+    assert 0 < default <= 300  # at most a few minutes
+    assert cli.config_from_flags("baseline", fv).train.worker_timeout_seconds == default
+    fv(["prog", "--worker_timeout_seconds=30"])
+    assert cli.config_from_flags("augmented", fv).train.worker_timeout_seconds == 30

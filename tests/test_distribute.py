@@ -510,6 +510,7 @@ _MW_AUGMENT_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_workers_draw_different_transforms(tmp_path):
     """Each worker's replica folds its GLOBAL replica id into the augmentation
     seeds: the same batch on two workers is augmented differently."""
@@ -529,3 +530,51 @@ def test_workers_draw_different_transforms(tmp_path):
     w0, w1 = (np.load(tmp_path / f"w{i}.npy") for i in range(2))
     assert w0.shape == w1.shape == (4, 24, 24, 3)
     assert not np.allclose(w0, w1)
+
+
+def _wait_for_file(path, procs, tmp_path, timeout=180):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, "\n".join(_logs(tmp_path))
+        assert all(p.poll() is None for p in procs), "\n".join(
+            l[-3000:] for l in _logs(tmp_path))
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_worker_outside_any_collective_exits_when_its_peer_is_gone(tmp_path):
+    # Worker 0 is in a long phase of its own (no collective to fail) when
+    # worker 1 is SIGKILLed: only the watchdog can end it within the bound.
+    procs = _start_two_workers(
+        tmp_path, "--epochs", "3", "--worker_timeout", "4", "--grace", "3",
+        "--stall_task", "0", "--stall_epoch", "0", "--stall_seconds", "300")
+    _wait_for_file(tmp_path / "results" / "stalling-0", procs, tmp_path)
+    procs[1].kill()
+    killed = time.monotonic()
+    try:
+        code = procs[0].wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        procs[0].kill()
+        pytest.fail("the survivor stayed in its 300 s phase:\n" + _logs(tmp_path)[0][-3000:])
+    waited = time.monotonic() - killed
+    print(f"worker-0 exited {waited:.1f} s after worker-1's SIGKILL")
+    log = _logs(tmp_path)[0]
+    assert code == 75, log[-3000:]
+    assert "worker-1 (127.0.0.1:" in log and "is gone" in log, log[-3000:]
+    assert waited < 4 + 5 + 3 + 10, waited
+
+
+@pytest.mark.slow
+def test_slow_phase_longer_than_the_timeout_is_not_a_lost_worker(tmp_path):
+    # Worker 1 spends 3x the timeout at an epoch end (as saving a large model
+    # or a long validation would) while worker 0 waits for it in a collective.
+    procs = _start_two_workers(
+        tmp_path, "--epochs", "2", "--worker_timeout", "4",
+        "--stall_task", "1", "--stall_epoch", "0", "--stall_seconds", "12")
+    codes = _wait(procs, tmp_path)
+    assert codes == [0, 0], "\n".join(l[-3000:] for l in _logs(tmp_path))
+    assert (tmp_path / "results" / "stalling-1").exists()
+    chief, worker = _results(tmp_path)
+    assert len(chief["history"]["loss"]) == 2
+    assert chief["weights_sha256"] == worker["weights_sha256"]
+    assert "is gone" not in "\n".join(_logs(tmp_path))
