@@ -860,7 +860,9 @@ class WorkerWatchdog(keras.callbacks.Callback):
     As a context manager it turns the collective errors a lost worker causes
     (``UnavailableError``, ``DeadlineExceededError``, raised after the abort
     or by TensorFlow's own detection) into a ``WorkerLostError`` that names
-    the workers that do not answer. As a Keras callback it stops watching
+    the workers that do not answer; the process then has ``grace_seconds`` to
+    end by itself (its collectives cannot run again) before the watchdog
+    ends it with ``EXIT_PREEMPTED``. As a Keras callback it stops watching
     when ``fit`` ends: after the last collective, a worker that finishes
     first and exits is not a lost one. Outside multi-worker jobs it does
     nothing::
@@ -989,8 +991,17 @@ class WorkerWatchdog(keras.callbacks.Callback):
             _log.warning("Could not abort collective ops: %s", e)
         # A main thread inside a collective raises now and exits by itself;
         # one in a phase of its own cannot be interrupted.
+        self._exit_after_grace(self._message)
+
+    def _exit_after_grace(self, message: str) -> None:
+        """Ends the process with ``EXIT_PREEMPTED`` in ``grace_seconds``.
+
+        Once a worker is gone this process's collectives are aborted for good
+        (TensorFlow: "restart your program"), so it must end; this bounds how
+        long its own shutdown may take.
+        """
         time.sleep(self.grace_seconds)
-        print(f"error: {self._message}", file=sys.stderr, flush=True)
+        print(f"error: {message}", file=sys.stderr, flush=True)
         _hard_exit(EXIT_PREEMPTED)
 
     def _lost_error(self, cause: BaseException) -> WorkerLostError:
@@ -1024,7 +1035,11 @@ class WorkerWatchdog(keras.callbacks.Callback):
     def __exit__(self, exc_type, exc, tb):
         self.stop()
         if self._peers and isinstance(exc, _COLLECTIVE_LOST):
-            raise self._lost_error(exc) from exc
+            error = self._lost_error(exc)
+            if not self._message:  # else the watchdog thread is already on it
+                threading.Thread(target=self._exit_after_grace, args=(str(error),),
+                                 daemon=True, name="catdog-worker-exit").start()
+            raise error from exc
         return False
 
     def on_train_end(self, logs=None):

@@ -712,13 +712,20 @@ def test_watchdog_stops_at_the_end_of_fit(peers):
 ])
 def test_collective_failure_names_the_worker_that_is_gone(peers, error):
     peers.down.add("/job:worker/replica:0/task:0")
-    watchdog = resilience.WorkerWatchdog(_TwoWorkerTask(1), 3600)
+    watchdog = resilience.WorkerWatchdog(_TwoWorkerTask(1), 3600, grace_seconds=0.3)
     with pytest.raises(resilience.WorkerLostError) as e:
         with watchdog:
             raise error
     assert "worker-0 (127.0.0.1:1)" in str(e.value) and "rerun" in str(e.value)
     assert e.value.__cause__ is error
     assert not watchdog.watching
+    # Its collectives are aborted for good: however long TensorFlow's
+    # shutdown takes, the process ends within the grace period.
+    assert peers.exits == []
+    deadline = time.monotonic() + 5
+    while not peers.exits and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert peers.exits == [resilience.EXIT_PREEMPTED]
 
 
 def test_other_errors_pass_through_the_watchdog(peers):
