@@ -4,6 +4,10 @@ Augmentation lives in the model, not in tf.data, so it runs on the
 accelerator with the rest of the network, travels with the exported model,
 and is inactive at inference by itself (Keras preprocessing layers only act
 when ``training=True``): validation data is never augmented.
+
+Under a multi-replica strategy every replica augments its own images
+differently: the block folds the (global) replica id into the seeds its
+layers draw, see :class:`_ReplicaSeedGenerator`.
 """
 
 from __future__ import annotations
@@ -11,8 +15,46 @@ from __future__ import annotations
 from typing import Optional
 
 import keras
+import tensorflow as tf
 
 AUGMENTATION_NAME = "augmentation"
+
+
+class _ReplicaSeedGenerator(keras.random.SeedGenerator):
+    """A ``SeedGenerator`` whose seeds differ from replica to replica.
+
+    Keras random layers draw every transform from their ``SeedGenerator``,
+    whose state is one variable. Created under a strategy it is mirrored:
+    every replica starts from the same state and advances it in step, so
+    image i of every replica's batch would get the same flip, rotation and
+    zoom. Here each seed handed out has the replica id folded in
+    (``tf.random.experimental.stateless_fold_in``); the state itself stays
+    identical on all replicas (and in checkpoints). With a single replica
+    the seeds are exactly Keras' own.
+    """
+
+    def next(self, ordered=True):
+        seed = super().next(ordered=ordered)
+        # Per thread and graph: each replica of MirroredStrategy traces its
+        # own call; MultiWorkerMirroredStrategy gives the id across workers.
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return seed
+        replica = tf.cast(context.replica_id_in_sync_group, seed.dtype)
+        return tf.random.experimental.stateless_fold_in(seed, replica)
+
+
+def _fold_replica_id_into_seeds(layer: keras.layers.Layer) -> None:
+    """Makes every seed generator of ``layer`` (and its sublayers) per replica.
+
+    The generators keep their identity, state variable and seed, so saved
+    weights, configs and each layer's transforms are unchanged; only the
+    seeds drawn under several replicas differ.
+    """
+    for sublayer in layer._flatten_layers(include_self=True, recursive=True):  # pylint: disable=protected-access
+        for generator in sublayer._seed_generators:  # pylint: disable=protected-access
+            if type(generator) is keras.random.SeedGenerator:  # pylint: disable=unidiomatic-typecheck
+                generator.__class__ = _ReplicaSeedGenerator
 
 
 @keras.saving.register_keras_serializable(package="catdog")
@@ -24,7 +66,16 @@ class Augmentation(keras.Sequential):
     This block defaults to ``training=False``: it augments only inside
     ``fit`` / ``train_step`` (or with an explicit ``training=True``), and
     evaluation, prediction and export see the images unchanged.
+
+    Under a strategy with several replicas (GPUs, workers) each replica draws
+    its own transforms, whatever random layers the block holds.
     """
+
+    def add(self, layer, rebuild=True):
+        # Every path that fills the block (the constructor, from_config when
+        # model.keras is loaded) adds its layers here.
+        super().add(layer, rebuild=rebuild)
+        _fold_replica_id_into_seeds(layer)
 
     def call(self, inputs, training=False, mask=None):
         return super().call(inputs, training=bool(training), mask=mask)

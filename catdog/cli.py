@@ -146,6 +146,11 @@ def define_training_flags(flag_values=flags.FLAGS) -> None:
                          "faster per epoch). The head then trains WITHOUT augmentation "
                          "(a warning says so); the saved model.keras is still the full "
                          "model, augmentation block included for fine-tuning.", **fv)
+    flags.DEFINE_float("worker_timeout_seconds", t.worker_timeout_seconds,
+                       "--strategy=multi_worker: seconds another worker may not "
+                       "answer before it counts as gone; this worker then stops "
+                       "with exit code 75 (rerun every worker to resume). A "
+                       "worker busy in a slow phase still answers.", **fv)
 
 
 def config_from_flags(stage: str, flag_values=flags.FLAGS) -> config_lib.Config:
@@ -198,6 +203,7 @@ def config_from_flags(stage: str, flag_values=flags.FLAGS) -> config_lib.Config:
     # Only stage 3 has a frozen backbone to extract features with; run_pipeline
     # shares one config across stages, so the other stages ignore the flag.
     t.fast_features = f.fast_features
+    t.worker_timeout_seconds = f.worker_timeout_seconds
     return config
 
 
@@ -268,8 +274,9 @@ def run_main(fn, *args, **kwargs) -> int:
     """Runs ``fn`` and maps failures to exit codes with a one-line message.
 
     ValueError / FileNotFoundError (bad flags or data: nothing was trained)
-    exit with :data:`EXIT_USAGE` and no traceback; preemption (SIGTERM) with
-    ``EXIT_PREEMPTED`` (75: rerun to resume); a model_dir held by a live run
+    exit with :data:`EXIT_USAGE` and no traceback; preemption (SIGTERM) and
+    a lost worker of a multi-worker job with ``EXIT_PREEMPTED`` (75: rerun to
+    resume); a model_dir held by a live run
     with ``EXIT_LOCKED`` (73); anything else with :data:`EXIT_FAILURE` and
     its traceback in the log.
     """
@@ -282,6 +289,9 @@ def run_main(fn, *args, **kwargs) -> int:
     except resilience.ModelDirLockedError as e:
         print(f"error: {e}", file=sys.stderr)
         return resilience.EXIT_LOCKED
+    except resilience.WorkerLostError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return resilience.EXIT_PREEMPTED
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -128,6 +128,9 @@ class TrainConfig:
       fast_features: feature_extraction only: run the frozen backbone once
         over the data and train the head on the cached features (no
         augmentation while the head trains; see :mod:`catdog.features`).
+      worker_timeout_seconds: multi-worker jobs: how long another worker may
+        not answer before it counts as gone and this worker stops with exit
+        code 75 (see :class:`catdog.resilience.WorkerWatchdog`).
     """
 
     model_dir: str = ""
@@ -139,6 +142,7 @@ class TrainConfig:
     jit_compile: str = "auto"
     verbose: int = 2
     fast_features: bool = False
+    worker_timeout_seconds: float = 120.0
 
 
 @dataclasses.dataclass
@@ -244,6 +248,12 @@ def validate(config: Config) -> None:
         _fail("jit_compile", t.jit_compile, f"must be one of {JIT_CHOICES}")
     if not t.model_dir:
         _fail("model_dir", t.model_dir, "must name a folder for the run's results")
+    if (isinstance(t.worker_timeout_seconds, bool)
+            or not isinstance(t.worker_timeout_seconds, (int, float))
+            or not math.isfinite(t.worker_timeout_seconds)
+            or t.worker_timeout_seconds <= 0):
+        _fail("worker_timeout_seconds", t.worker_timeout_seconds,
+              "must be a positive number of seconds")
     _validate_sources(config)
 
 

@@ -20,7 +20,6 @@ through the augmentation block the saved model still carries.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 
@@ -30,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from catdog import augment
+from catdog import distribute
 from catdog import models
 
 FEATURES_FILE = "fast_features.json"
@@ -163,7 +163,8 @@ def fit_head_on_features(model: keras.Model, train_images: tf.data.Dataset,
       strategy: the run's ``tf.distribute`` strategy (head compiled in its scope).
 
     Returns:
-      Timings and sizes, also written to ``model_dir/fast_features.json``:
+      Timings and sizes, also written to ``model_dir/fast_features.json``
+      (by the chief only, atomically):
       ``feature_seconds`` (one backbone pass over train + val),
       ``epoch_seconds`` (per head epoch), feature shape and bytes.
     """
@@ -220,9 +221,11 @@ def fit_head_on_features(model: keras.Model, train_images: tf.data.Dataset,
               "train_examples": int(len(train_x)), "val_examples": int(len(val_x)),
               "feature_shape": list(train_x.shape[1:]), "feature_bytes": nbytes,
               "augmented": False}
-    if t.model_dir:
-        with open(os.path.join(t.model_dir, FEATURES_FILE), "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+    if t.model_dir and distribute.is_chief(strategy):
+        # Only the chief writes into model_dir (every worker of a multi-worker
+        # job gets here), and atomically, like the run's other JSON files.
+        # Imported here because catdog.train imports this module.
+        from catdog import train  # pylint: disable=import-outside-toplevel
+        train.write_json(os.path.join(t.model_dir, FEATURES_FILE), report)
     return report
 

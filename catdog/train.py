@@ -81,9 +81,15 @@ def write_json(path: str, obj) -> None:
     except UnicodeEncodeError:
         text = json.dumps(obj, indent=2, ensure_ascii=True, default=_json_default)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        # A failed write leaves the previous file and no stray temporary.
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _write_text(path: str, text: str) -> None:
@@ -258,6 +264,8 @@ def run(config: config_lib.Config, progress: bool = True,
       catdog.resilience.ModelDirLockedError: another live run holds model_dir.
       catdog.resilience.TrainingPreempted: SIGTERM stopped training; rerun
         the same command to resume.
+      catdog.resilience.WorkerLostError: another worker of a multi-worker
+        job is gone; rerun every worker to resume.
     """
     start = time.time()
     config = config_lib.Config.from_dict(config.to_dict())  # private copy
@@ -267,6 +275,10 @@ def run(config: config_lib.Config, progress: bool = True,
     strategy = distribute.build_strategy(config.train.strategy, tpu=config.train.tpu or None)
     distribute.apply_keras_multiworker_fix(strategy)
     distribute.global_batch_check(config.data.batch_size, strategy)
+    # From here to the end of fit: a worker of a multi-worker job that is gone
+    # stops this one within the timeout (exit 75), in whatever phase.
+    watchdog = resilience.WorkerWatchdog(
+        strategy, config.train.worker_timeout_seconds).start()
     init, init_split = (_resolve_fine_tuning(config) if config.stage == "fine_tuning"
                         else (None, None))
     model_dir = config.train.model_dir
@@ -289,11 +301,12 @@ def run(config: config_lib.Config, progress: bool = True,
     policy = precision.resolve_policy(config.train.mixed_precision, strategy)
     chief = distribute.is_chief(strategy)
 
-    with resilience.ModelDirLock(model_dir, task=distribute.task_name(strategy)):
+    with watchdog, resilience.ModelDirLock(model_dir, task=distribute.task_name(strategy)):
         out = distribute.artifact_dir(model_dir, strategy)
         try:
             result = _fit_and_write(config, index, train_ds, val_ds, strategy, policy,
-                                    out, start, weights_note, extra_files or {})
+                                    out, start, weights_note, extra_files or {},
+                                    watchdog)
         finally:
             distribute.cleanup_artifact_dir(out, model_dir)
     if chief:
@@ -382,7 +395,7 @@ def _check_resume(config, split: dict, policy: str, strategy):
 
 
 def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
-                   start, weights_note, extra_files) -> RunResult:
+                   start, weights_note, extra_files, watchdog) -> RunResult:
     """Builds, compiles and fits under the strategy; writes artifacts into ``out``.
 
     ``out`` is ``model_dir`` on the chief and a private scratch folder on
@@ -430,6 +443,8 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
     callbacks = [
         # First, so it stops before any other callback sees a partial epoch.
         resilience.PreemptionCallback(strategy),
+        # Stops watching the other workers when fit ends (the last collective).
+        watchdog,
         resilience.BestModelCheckpoint(os.path.join(out, MODEL_FILE),
                                        monitor="val_accuracy", mode="max",
                                        model_to_save=model, start_over=not resuming),

@@ -8,7 +8,12 @@ whether it is the chief, where it stopped). Exits with the resilience exit
 codes.
 
 Usage: python _mw_worker.py MODEL_DIR RESULT_DIR [--fix full|build|none]
-           [--epochs N] [--step_sleep S]
+           [--epochs N] [--step_sleep S] [--worker_timeout S] [--grace S]
+           [--stall_task I --stall_epoch E --stall_seconds S]
+
+``--stall_*`` makes task I sleep S seconds at the end of epoch E (a slow
+phase outside any collective, like saving a large model), after writing
+``RESULT_DIR/stalling-<I>``.
 """
 
 import argparse
@@ -33,6 +38,11 @@ def main():
                         default="full")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--step_sleep", type=float, default=0.0)
+    parser.add_argument("--worker_timeout", type=float, default=120.0)
+    parser.add_argument("--grace", type=float, default=30.0)
+    parser.add_argument("--stall_task", type=int, default=-1)
+    parser.add_argument("--stall_epoch", type=int, default=0)
+    parser.add_argument("--stall_seconds", type=float, default=0.0)
     args = parser.parse_args()
 
     # The strategy must exist before any other TensorFlow op runs.
@@ -49,6 +59,9 @@ def main():
         from keras.src.backend.tensorflow import trainer  # pylint: disable=g-import-not-at-top
         trainer.reduce_per_replica = distribute._originals["reduce"]  # pylint: disable=protected-access
     distribute.global_batch_check(GLOBAL_BATCH, strategy)
+    # Watches the other worker from here on, as catdog.train.run does.
+    watchdog = resilience.WorkerWatchdog(strategy, args.worker_timeout,
+                                         grace_seconds=args.grace).start()
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 6)).astype("float32")
@@ -70,36 +83,49 @@ def main():
         model.compile(optimizer=keras.optimizers.SGD(0.1),
                       loss="binary_crossentropy", metrics=["accuracy"])
 
+    task_index = strategy.cluster_resolver.task_id
+
     class Sleep(keras.callbacks.Callback):
 
         def on_train_batch_end(self, batch, logs=None):
             time.sleep(args.step_sleep)
 
+        def on_epoch_end(self, epoch, logs=None):
+            if task_index == args.stall_task and epoch == args.stall_epoch:
+                open(os.path.join(args.result_dir, f"stalling-{task_index}"),
+                     "w").close()
+                time.sleep(args.stall_seconds)
+
     preemption = resilience.PreemptionCallback(strategy)
     stopped = None
-    # The scratch dir is only touched while holding the lock: a second job's
-    # task of the same name must not write into (or clean up) ours.
-    with resilience.ModelDirLock(args.model_dir,
-                                 task=distribute.task_name(strategy)):
-        out = distribute.artifact_dir(args.model_dir, strategy)
-        callbacks = [
-            preemption,
-            resilience.BestModelCheckpoint(os.path.join(out, "model.keras")),
-            resilience.ResumableCSVLogger(os.path.join(out, "history.csv")),
-            Sleep(),
-            resilience.ResumableBackupAndRestore(
-                os.path.join(args.model_dir, "backup"),
-                write_dir=os.path.join(out, "backup")),
-        ]
-        try:
-            history = model.fit(train, validation_data=val,
-                                epochs=args.epochs, callbacks=callbacks,
-                                verbose=0).history
-        except resilience.TrainingPreempted as e:
-            stopped, history = [e.epoch, e.step], {}
-        with open(os.path.join(out, "artifact.txt"), "w") as f:
-            f.write(distribute.task_name(strategy) or "single")
-        distribute.cleanup_artifact_dir(out, args.model_dir)
+    try:
+        # The scratch dir is only touched while holding the lock: a second
+        # job's task of the same name must not write into (or clean up) ours.
+        with watchdog, resilience.ModelDirLock(
+                args.model_dir, task=distribute.task_name(strategy)):
+            out = distribute.artifact_dir(args.model_dir, strategy)
+            callbacks = [
+                preemption,
+                watchdog,
+                resilience.BestModelCheckpoint(os.path.join(out, "model.keras")),
+                resilience.ResumableCSVLogger(os.path.join(out, "history.csv")),
+                Sleep(),
+                resilience.ResumableBackupAndRestore(
+                    os.path.join(args.model_dir, "backup"),
+                    write_dir=os.path.join(out, "backup")),
+            ]
+            try:
+                history = model.fit(train, validation_data=val,
+                                    epochs=args.epochs, callbacks=callbacks,
+                                    verbose=0).history
+            except resilience.TrainingPreempted as e:
+                stopped, history = [e.epoch, e.step], {}
+            with open(os.path.join(out, "artifact.txt"), "w") as f:
+                f.write(distribute.task_name(strategy) or "single")
+            distribute.cleanup_artifact_dir(out, args.model_dir)
+    except resilience.WorkerLostError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(resilience.EXIT_PREEMPTED)
 
     digest = hashlib.sha256()
     for w in model.get_weights():

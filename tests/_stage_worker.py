@@ -29,7 +29,10 @@ def main():
             tf.config.list_physical_devices("CPU")[0],
             [tf.config.LogicalDeviceConfiguration() for _ in range(cpus)])
     from absl import flags
+    import logging
     import numpy as np
+    # The cluster tests read catdog's own log lines (e.g. resuming a backup).
+    logging.getLogger("catdog").setLevel(logging.INFO)
     from catdog import cli, train
     cli.define_training_flags()
     flags.FLAGS(["stage_worker"] + argv)

@@ -50,6 +50,7 @@ def test_flagfile_holds_only_catdog_flags(fv, tmp_path):
     (FileNotFoundError("nope"), cli.EXIT_USAGE),
     (resilience.TrainingPreempted(2, 5), resilience.EXIT_PREEMPTED),
     (resilience.ModelDirLockedError("held"), resilience.EXIT_LOCKED),
+    (resilience.WorkerLostError("worker-1 is gone"), resilience.EXIT_PREEMPTED),
     (RuntimeError("boom"), cli.EXIT_FAILURE),
 ])
 def test_run_main_maps_errors_to_exit_codes(error, code, capsys):
@@ -57,7 +58,8 @@ def test_run_main_maps_errors_to_exit_codes(error, code, capsys):
         raise error
     assert cli.run_main(fail) == code
     assert cli.run_main(lambda: None) == cli.EXIT_OK
-    if code in (cli.EXIT_USAGE, resilience.EXIT_LOCKED):
+    if code in (cli.EXIT_USAGE, resilience.EXIT_LOCKED) or isinstance(
+            error, resilience.WorkerLostError):
         assert "Traceback" not in capsys.readouterr().err
 
 
@@ -96,3 +98,13 @@ def test_fine_tuning_takes_the_data_flags_it_is_not_given_from_init_from(fv, tmp
     cli.define_training_flags(fresh)
     fresh(["prog", f"--init_from={fe}", "--model_dir=m"])
     assert cli.config_from_flags("baseline", fresh).data.train_dir == ""
+
+
+def test_worker_timeout_flag(fv):
+    fv(["prog", "--train_dir=t", "--model_dir=m"])
+    from catdog import config as config_lib
+    default = config_lib.TrainConfig().worker_timeout_seconds
+    assert 0 < default <= 300  # at most a few minutes
+    assert cli.config_from_flags("baseline", fv).train.worker_timeout_seconds == default
+    fv(["prog", "--worker_timeout_seconds=30"])
+    assert cli.config_from_flags("augmented", fv).train.worker_timeout_seconds == 30

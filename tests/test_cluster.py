@@ -251,3 +251,67 @@ def test_second_live_run_is_refused(tiny_folders, tmp_path):
     finally:
         first.kill()
         first.communicate()
+
+
+def _start_workers(tmp_path, flags_, tag):
+    """Both workers of a 2-worker job on loopback, each logging to a file."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    procs = []
+    for i in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        with open(tmp_path / f"{tag}-{i}.log", "w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, WORKER, str(tmp_path / f"{tag}-{i}.json"), "--",
+                 *flags_, "--strategy=multi_worker"],
+                env=_env(TF_CONFIG=tf_config), stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0])  # 0: the chief, which also hosts
+def test_sigkilled_worker_ends_the_other_with_75_and_the_job_resumes(  # TF's
+        tiny_folders, tmp_path, victim):                               # coordination
+    train_dir, val_dir = tiny_folders
+    model_dir = tmp_path / "m"
+    survivor = 1 - victim
+    timeout = 10
+    flags_ = [*_flags(train_dir, val_dir, model_dir, epochs=40, batch=4),
+              f"--worker_timeout_seconds={timeout}"]
+    procs = _start_workers(tmp_path, flags_, "run")
+    try:
+        deadline = time.time() + 300
+        while len(_history(model_dir)) < 2:
+            assert time.time() < deadline, "no epoch finished"
+            assert all(p.poll() is None for p in procs), (
+                tmp_path / f"run-{survivor}.log").read_text()[-3000:]
+            time.sleep(0.1)
+        procs[victim].kill()  # SIGKILL: no handler runs, nothing is said
+        killed = time.monotonic()
+        # The bound: the timeout, one check interval and the grace period.
+        code = procs[survivor].wait(timeout=timeout + 5 + 30 + 15)
+        waited = time.monotonic() - killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    log = (tmp_path / f"run-{survivor}.log").read_text()
+    assert code == 75, log[-3000:]
+    assert f"worker-{victim} (127.0.0.1:" in log and "is gone" in log, log[-3000:]
+    assert "rerun every worker" in log
+    assert "Traceback" not in log
+    done = len(_history(model_dir))
+    assert 2 <= done < 40
+    print(f"worker-{survivor} exited {waited:.1f} s after worker-{victim}'s SIGKILL")
+
+    # Rerunning both workers resumes from the last completed epoch.
+    flags_ = [*_flags(train_dir, val_dir, model_dir, epochs=done + 2, batch=4),
+              f"--worker_timeout_seconds={timeout}"]
+    procs = _start_workers(tmp_path, flags_, "again")
+    codes = [p.wait(timeout=400) for p in procs]
+    assert codes == [0, 0], (tmp_path / "again-0.log").read_text()[-3000:]
+    assert [int(r["epoch"]) for r in _history(model_dir)] == list(range(done + 2))
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == done + 2
+    assert "Resuming from backup" in (tmp_path / "again-1.log").read_text()
+    assert not [d for d in os.listdir(model_dir) if d.startswith(".worker-")]

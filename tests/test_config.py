@@ -42,6 +42,8 @@ def test_presets_differ_where_the_recipe_says():
     ("train", "strategy", "horovod", "strategy"),
     ("train", "mixed_precision", "float16", "mixed_precision"),
     ("train", "model_dir", "", "model_dir"),
+    ("train", "worker_timeout_seconds", 0.0, "worker_timeout_seconds"),
+    ("train", "worker_timeout_seconds", float("nan"), "worker_timeout_seconds"),
 ])
 def test_out_of_range_values_name_the_flag_and_value(section, field, value, flag):
     c = _valid()

@@ -486,3 +486,95 @@ def test_mirrored_over_two_cpu_replicas(tmp_path):
         "multiple of 2")
     assert len(out["loss"]) == 2 and all(np.isfinite(out["loss"]))
     assert out["variable"] == "MirroredVariable"
+
+
+_MW_AUGMENT_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from catdog import distribute
+    strategy = distribute.build_strategy("multi_worker")
+    import numpy as np, tensorflow as tf
+    from catdog import augment
+    with strategy.scope():
+        block = augment.build_augmentation(seed=7)
+    x = np.random.RandomState(0).uniform(0, 255, (4, 24, 24, 3)).astype("float32")
+
+    @tf.function
+    def step(batch):
+        return strategy.run(lambda t: block(t, training=True), args=(batch,))
+
+    context = tf.distribute.get_replica_context
+    ids = strategy.run(lambda: context().replica_id_in_sync_group)
+    out = strategy.experimental_local_results(step(tf.constant(x)))[0].numpy()
+    np.save(sys.argv[1], out)
+    print("REPLICA", int(strategy.experimental_local_results(ids)[0]))
+""")
+
+
+@pytest.mark.slow
+def test_workers_draw_different_transforms(tmp_path):
+    """Each worker's replica folds its GLOBAL replica id into the augmentation
+    seeds: the same batch on two workers is augmented differently."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster,
+                                "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", _MW_AUGMENT_SCRIPT, str(tmp_path / f"w{index}.npy")],
+            env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert [o.split("REPLICA ")[-1].strip() for o, _ in outs] == ["0", "1"]
+    w0, w1 = (np.load(tmp_path / f"w{i}.npy") for i in range(2))
+    assert w0.shape == w1.shape == (4, 24, 24, 3)
+    assert not np.allclose(w0, w1)
+
+
+def _wait_for_file(path, procs, tmp_path, timeout=180):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, "\n".join(_logs(tmp_path))
+        assert all(p.poll() is None for p in procs), "\n".join(
+            l[-3000:] for l in _logs(tmp_path))
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_worker_outside_any_collective_exits_when_its_peer_is_gone(tmp_path):
+    # Worker 0 is in a long phase of its own (no collective to fail) when
+    # worker 1 is SIGKILLed: only the watchdog can end it within the bound.
+    procs = _start_two_workers(
+        tmp_path, "--epochs", "3", "--worker_timeout", "4", "--grace", "3",
+        "--stall_task", "0", "--stall_epoch", "0", "--stall_seconds", "300")
+    _wait_for_file(tmp_path / "results" / "stalling-0", procs, tmp_path)
+    procs[1].kill()
+    killed = time.monotonic()
+    try:
+        code = procs[0].wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        procs[0].kill()
+        pytest.fail("the survivor stayed in its 300 s phase:\n" + _logs(tmp_path)[0][-3000:])
+    waited = time.monotonic() - killed
+    print(f"worker-0 exited {waited:.1f} s after worker-1's SIGKILL")
+    log = _logs(tmp_path)[0]
+    assert code == 75, log[-3000:]
+    assert "worker-1 (127.0.0.1:" in log and "is gone" in log, log[-3000:]
+    assert waited < 4 + 5 + 3 + 10, waited
+
+
+@pytest.mark.slow
+def test_slow_phase_longer_than_the_timeout_is_not_a_lost_worker(tmp_path):
+    # Worker 1 spends 3x the timeout at an epoch end (as saving a large model
+    # or a long validation would) while worker 0 waits for it in a collective.
+    procs = _start_two_workers(
+        tmp_path, "--epochs", "2", "--worker_timeout", "4",
+        "--stall_task", "1", "--stall_epoch", "0", "--stall_seconds", "12")
+    codes = _wait(procs, tmp_path)
+    assert codes == [0, 0], "\n".join(l[-3000:] for l in _logs(tmp_path))
+    assert (tmp_path / "results" / "stalling-1").exists()
+    chief, worker = _results(tmp_path)
+    assert len(chief["history"]["loss"]) == 2
+    assert chief["weights_sha256"] == worker["weights_sha256"]
+    assert "is gone" not in "\n".join(_logs(tmp_path))

@@ -133,3 +133,70 @@ def test_other_stages_ignore_fast_features(tiny_folders, tmp_path):
     config.train.model_dir = str(tmp_path / "b")
     train.run(config, progress=False)
     assert not os.path.exists(os.path.join(config.train.model_dir, features.FEATURES_FILE))
+
+
+class _NonChief(tf.distribute.MultiWorkerMirroredStrategy):
+    """Task ``worker-1`` of a two-worker job, computing on the default strategy
+    (no TF servers): only which task this is matters here."""
+
+    def __init__(self):  # pylint: disable=super-init-not-called
+        self._resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec({"worker": ["127.0.0.1:1", "127.0.0.1:2"]}),
+            task_type="worker", task_id=1)
+
+    @property
+    def cluster_resolver(self):
+        return self._resolver
+
+    @property
+    def extended(self):
+        import types
+        return types.SimpleNamespace(_in_multi_worker_mode=lambda: True)
+
+    def scope(self):
+        return tf.distribute.get_strategy().scope()
+
+
+def _fit_head(model_dir, strategy=None):
+    model = _transfer()
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, (16, 32, 32, 3)).astype(np.uint8)
+    labels = (np.arange(16) % 2).astype(np.float32)[:, None]
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    config = C.feature_extraction()
+    config.data.batch_size = 8
+    config.train.epochs, config.train.verbose = 1, 0
+    config.train.model_dir = str(model_dir)
+    return features.fit_head_on_features(model, ds, ds, config, 2, strategy=strategy)
+
+
+def test_only_the_chief_writes_the_report(tmp_path):
+    worker_dir = tmp_path / "worker"
+    worker_dir.mkdir()
+    report = _fit_head(worker_dir, _NonChief())
+    assert report["train_examples"] == 16  # it trained...
+    assert os.listdir(worker_dir) == []    # ...and wrote nothing into model_dir
+    chief_dir = tmp_path / "chief"
+    chief_dir.mkdir()
+    report = _fit_head(chief_dir)
+    assert os.listdir(chief_dir) == [features.FEATURES_FILE]
+    assert json.loads((chief_dir / features.FEATURES_FILE).read_text()) == report
+
+
+def test_report_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / features.FEATURES_FILE
+    path.write_text('{"feature_seconds": 1.0}\n')
+    real_dump = json.dump
+
+    def dump_half_then_fail(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "epoch_seconds" in obj:
+            f.write('{"feature_seconds": ')
+            raise OSError(28, "No space left on device")
+        return real_dump(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(json, "dump", dump_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        _fit_head(tmp_path)
+    # Readers still see the previous complete file, and no temporary is left.
+    assert path.read_text() == '{"feature_seconds": 1.0}\n'
+    assert os.listdir(tmp_path) == [features.FEATURES_FILE]

@@ -638,3 +638,149 @@ def test_second_live_run_exits_locked_and_writes_nothing(tmp_path):
     assert _finish(first)[0] == resilience.EXIT_PREEMPTED
     rows = _rows(model_dir / "history.csv")
     assert [int(r["epoch"]) for r in rows] == list(range(len(rows)))
+
+
+# --------------------------------------------------------------------------
+# A worker of a multi-worker job that is gone (SIGKILL, crashed host)
+
+
+class _TwoWorkerTask(tf.distribute.MultiWorkerMirroredStrategy):
+    """Task ``worker-<task_id>`` of a two-worker job, without TF servers."""
+
+    def __init__(self, task_id=0):  # pylint: disable=super-init-not-called
+        self._resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec({"worker": ["127.0.0.1:1", "127.0.0.1:2"]}),
+            task_type="worker", task_id=task_id)
+
+    @property
+    def cluster_resolver(self):
+        return self._resolver
+
+    @property
+    def extended(self):
+        return types.SimpleNamespace(_in_multi_worker_mode=lambda: True)
+
+
+@pytest.fixture
+def peers(monkeypatch):
+    """Fakes the peer health checks and the actions of a firing watchdog."""
+    state = types.SimpleNamespace(down=set(), checked=[], aborted=[], exits=[])
+
+    def check(device, timeout_seconds):
+        state.checked.append(device)
+        if device in state.down:
+            raise tf.errors.UnavailableError(None, None, "Connection refused")
+
+    monkeypatch.setattr(resilience, "_check_peer", check)
+    monkeypatch.setattr(resilience, "_abort_collectives",
+                        lambda message: state.aborted.append(message))
+    monkeypatch.setattr(resilience, "_hard_exit",
+                        lambda code: state.exits.append(code))
+    return state
+
+
+def test_worker_lost_exits_75_to_be_rerun():
+    error = resilience.WorkerLostError("worker-1 is gone")
+    assert resilience.exit_code_for(error) == resilience.EXIT_PREEMPTED
+    assert "WorkerLostError" in resilience.__doc__
+
+
+def test_watchdog_does_nothing_outside_multi_worker(peers):
+    watchdog = resilience.WorkerWatchdog(tf.distribute.get_strategy(), 0.1)
+    with pytest.raises(tf.errors.UnavailableError):
+        with watchdog:
+            assert not watchdog.watching
+            raise tf.errors.UnavailableError(None, None, "not about workers")
+    assert peers.checked == []
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "60"])
+def test_watchdog_timeout_must_be_positive(bad):
+    with pytest.raises(ValueError, match="--worker_timeout_seconds"):
+        resilience.WorkerWatchdog(tf.distribute.get_strategy(), bad)
+
+
+def test_silent_worker_is_declared_gone_after_the_timeout(peers):
+    peers.down.add("/job:worker/replica:0/task:1")
+    watchdog = resilience.WorkerWatchdog(_TwoWorkerTask(0), 0.6,
+                                         grace_seconds=0.2).start()
+    try:
+        assert watchdog.watching
+        deadline = time.monotonic() + 10
+        while not peers.exits and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        watchdog.stop()
+    assert peers.exits == [resilience.EXIT_PREEMPTED]
+    assert len(peers.aborted) == 1
+    message = peers.aborted[0]
+    assert "worker-1 (127.0.0.1:2)" in message and "is gone" in message
+    assert "--worker_timeout_seconds" in message and "rerun" in message
+    assert watchdog.lost == ["worker-1"]
+
+
+def test_answering_worker_is_never_declared_gone(peers):
+    watchdog = resilience.WorkerWatchdog(_TwoWorkerTask(1), 0.3,
+                                         grace_seconds=0.1).start()
+    time.sleep(1.5)
+    watchdog.stop()
+    assert "/job:worker/replica:0/task:0" in peers.checked
+    assert "/job:worker/replica:0/task:1" not in peers.checked  # not itself
+    assert peers.aborted == [] and peers.exits == [] and watchdog.lost == []
+
+
+def test_watchdog_stops_at_the_end_of_fit(peers):
+    peers.down.add("/job:worker/replica:0/task:1")
+    watchdog = resilience.WorkerWatchdog(_TwoWorkerTask(0), 0.3,
+                                         grace_seconds=0.1).start()
+    watchdog.on_train_end()  # the last collective is behind: peers may exit
+    time.sleep(1.0)
+    assert not watchdog.watching and peers.exits == []
+
+
+@pytest.mark.parametrize("error", [
+    tf.errors.UnavailableError(None, None, "Collective ops is aborted by: Socket closed"),
+    tf.errors.DeadlineExceededError(None, None, "Collective ops is aborted by: Deadline Exceeded"),
+])
+def test_collective_failure_names_the_worker_that_is_gone(peers, error):
+    peers.down.add("/job:worker/replica:0/task:0")
+    watchdog = resilience.WorkerWatchdog(_TwoWorkerTask(1), 3600, grace_seconds=0.3)
+    with pytest.raises(resilience.WorkerLostError) as e:
+        with watchdog:
+            raise error
+    assert "worker-0 (127.0.0.1:1)" in str(e.value) and "rerun" in str(e.value)
+    assert e.value.__cause__ is error
+    assert not watchdog.watching
+    # Its collectives are aborted for good: however long TensorFlow's
+    # shutdown takes, the process ends within the grace period.
+    assert peers.exits == []
+    deadline = time.monotonic() + 5
+    while not peers.exits and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert peers.exits == [resilience.EXIT_PREEMPTED]
+
+
+def test_other_errors_pass_through_the_watchdog(peers):
+    with pytest.raises(ValueError, match="bad data"):
+        with resilience.WorkerWatchdog(_TwoWorkerTask(0), 3600):
+            raise ValueError("bad data")
+
+
+def test_one_failed_check_after_a_stall_is_not_a_lost_worker(peers, monkeypatch):
+    calls = []
+
+    def check(device, timeout_seconds):
+        calls.append(device)
+        if len(calls) == 1:
+            # This process could not run the check for longer than the
+            # timeout (busy, swapped out), and then one check fails.
+            time.sleep(1.0)
+            raise tf.errors.UnavailableError(None, None, "Connection reset")
+
+    monkeypatch.setattr(resilience, "_check_peer", check)
+    watchdog = resilience.WorkerWatchdog(_TwoWorkerTask(0), 0.6,
+                                         grace_seconds=0.1).start()
+    time.sleep(2.5)
+    watchdog.stop()
+    assert len(calls) > 3
+    assert peers.aborted == [] and peers.exits == [] and watchdog.lost == []
