@@ -153,6 +153,10 @@ class _NonChief(tf.distribute.MultiWorkerMirroredStrategy):
         import types
         return types.SimpleNamespace(_in_multi_worker_mode=lambda: True)
 
+    @property
+    def num_replicas_in_sync(self):
+        return 1  # computes on the default strategy
+
     def scope(self):
         return tf.distribute.get_strategy().scope()
 
@@ -186,15 +190,16 @@ def test_only_the_chief_writes_the_report(tmp_path):
 def test_report_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / features.FEATURES_FILE
     path.write_text('{"feature_seconds": 1.0}\n')
-    real_dump = json.dump
+    real_replace = os.replace
 
-    def dump_half_then_fail(obj, f, *args, **kwargs):
-        if isinstance(obj, dict) and "epoch_seconds" in obj:
-            f.write('{"feature_seconds": ')
+    def fail_to_publish(src, dst, *args, **kwargs):
+        # The new report is fully written to a temporary file; publishing it
+        # fails (as a full disk or a vanished folder would).
+        if os.path.basename(dst) == features.FEATURES_FILE:
             raise OSError(28, "No space left on device")
-        return real_dump(obj, f, *args, **kwargs)
+        return real_replace(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(json, "dump", dump_half_then_fail)
+    monkeypatch.setattr(os, "replace", fail_to_publish)
     with pytest.raises(OSError, match="No space left"):
         _fit_head(tmp_path)
     # Readers still see the previous complete file, and no temporary is left.
