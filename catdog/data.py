@@ -25,6 +25,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from catdog import fileio
 from catdog import scan
 
 
@@ -421,7 +422,7 @@ def _file_stamps(paths, labels=None) -> list:
     stamps = []
     for i, path in enumerate(paths):
         try:
-            size, mtime = scan._stat(path)  # pylint: disable=protected-access
+            size, mtime = fileio.stat(path)
         except OSError as e:
             raise ValueError(f"{path!r} cannot be read any more ({e}); it changed "
                              "after the file check. Rerun the job.") from e
@@ -505,7 +506,7 @@ def _claim_cache(base: str, num_chunks: int = 0):
     this run takes the next slot (``<base>-s1``, ...), writing a cache of its
     own. Remote cache folders (``gs://``) are not locked.
     """
-    if "://" in base:
+    if fileio.is_remote(base):
         logging.warning("File cache %s is not on a local disk: it is not locked, so "
                         "a killed run's partial cache must be deleted by hand.", base)
         return base

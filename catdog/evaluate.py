@@ -50,10 +50,10 @@ import numpy as np
 import tensorflow as tf
 
 from catdog import data as data_lib
+from catdog import fileio
 from catdog import pictures
 from catdog import predict as predict_lib
 from catdog import scan
-from catdog.train import write_json
 
 EVALUATION_DIR = "evaluation"
 JSON_FILE = "evaluation.json"
@@ -243,14 +243,12 @@ def prediction_rows(paths, labels, probabilities, class_names,
 
 def write_predictions_csv(rows, path: str) -> str:
     """Writes rows of :func:`prediction_rows` as CSV (atomically)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with fileio.atomic_open(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(PREDICTION_COLUMNS)
         for r in rows:
             writer.writerow([r["path"], r["label"], f"{r['probability']:.6f}",
                              r["predicted"], "true" if r["correct"] else "false"])
-    os.replace(tmp, path)
     return path
 
 
@@ -517,12 +515,9 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
         "out_dir": out_dir,
         "files": files,
     }
-    write_json(files[JSON_FILE], result)
+    fileio.write_json(files[JSON_FILE], result)
     report = format_report(result)
-    tmp = f"{files[MARKDOWN_FILE]}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(report + "\n")
-    os.replace(tmp, files[MARKDOWN_FILE])
+    fileio.write_text(files[MARKDOWN_FILE], report + "\n")
     logging.info("Evaluated %d images of %s: accuracy %.4f; results in %s",
                  len(paths), test_data, metrics["accuracy"], out_dir)
     return result

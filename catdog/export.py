@@ -48,6 +48,7 @@ import keras
 import tensorflow as tf
 
 import catdog
+from catdog import fileio
 from catdog import predict as _predict
 from catdog.data import decode_and_resize
 
@@ -257,7 +258,7 @@ def _write_metadata(saved_model_dir, metadata: dict) -> None:
 def _resolve_target(export_dir, version, overwrite):
     """Returns ``(parent folder, SavedModel folder)`` for an export."""
     export_dir = os.fspath(export_dir)
-    if "://" in export_dir:
+    if fileio.is_remote(export_dir):
         raise ValueError(
             f"export_dir must be a local folder (exports are made atomic with "
             f"a rename). Received: export_dir={export_dir!r}; export locally, "

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from catdog import augment
 from catdog import distribute
+from catdog import fileio
 from catdog import models
 
 FEATURES_FILE = "fast_features.json"
@@ -224,8 +225,6 @@ def fit_head_on_features(model: keras.Model, train_images: tf.data.Dataset,
     if t.model_dir and distribute.is_chief(strategy):
         # Only the chief writes into model_dir (every worker of a multi-worker
         # job gets here), and atomically, like the run's other JSON files.
-        # Imported here because catdog.train imports this module.
-        from catdog import train  # pylint: disable=import-outside-toplevel
-        train.write_json(os.path.join(t.model_dir, FEATURES_FILE), report)
+        fileio.write_json(os.path.join(t.model_dir, FEATURES_FILE), report)
     return report
 

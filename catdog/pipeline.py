@@ -15,6 +15,7 @@ import time
 from absl import logging
 
 from catdog import config as config_lib
+from catdog import fileio
 from catdog import models
 from catdog import plots
 from catdog import train
@@ -101,10 +102,10 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
         rows.append(_summary(stage, config, result.metrics, note))
     comparison = {"model_dir": model_dir, "seconds": round(time.time() - start, 1),
                   "stages": rows}
-    train.write_json(os.path.join(model_dir, COMPARISON_JSON), comparison)
+    fileio.write_json(os.path.join(model_dir, COMPARISON_JSON), comparison)
     table = format_table(rows)
-    with open(os.path.join(model_dir, COMPARISON_MD), "w", encoding="utf-8") as f:
-        f.write("# catdog stage comparison\n\n" + table + "\n")
+    fileio.write_text(os.path.join(model_dir, COMPARISON_MD),
+                      "# catdog stage comparison\n\n" + table + "\n")
     plots.comparison(histories, os.path.join(model_dir, COMPARISON_PNG))
     print("\n" + table + f"\n\nResults: {model_dir}/{{{COMPARISON_MD},"
           f"{COMPARISON_JSON},{COMPARISON_PNG}}}", flush=True)

@@ -13,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend chosen first)
 
+from catdog import fileio  # noqa: E402
+
 
 def _epochs(rows):
     return [int(r["epoch"]) + 1 for r in rows]
@@ -86,8 +88,9 @@ def comparison(histories: dict, path: str, title: str = "") -> str:
 def save_figure(fig, path: str) -> str:
     """Writes ``fig`` as PNG via a temp file and rename (never half a file), closes it."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with fileio.atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return path

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from catdog import fileio
 from catdog import scan
 from catdog.data import decode_and_resize
 
@@ -340,7 +341,7 @@ def expand_paths(paths: Iterable) -> list[tuple[str, str | None]]:
     seen = set()
 
     def add(path, error=None):
-        key = os.path.normpath(path) if "://" not in path else path
+        key = fileio.normpath(path)
         if key not in seen:
             seen.add(key)
             entries.append((path, error))

@@ -64,6 +64,7 @@ import tensorflow as tf
 
 from catdog import config as config_lib
 from catdog import distribute
+from catdog import fileio
 
 _log = logging.getLogger(__name__)
 
@@ -131,49 +132,6 @@ def exit_code_for(error: BaseException | None) -> int:
     if isinstance(error, ModelDirLockedError):
         return EXIT_LOCKED
     return EXIT_FAILURE
-
-
-# --------------------------------------------------------------------------
-# Small file helpers: local paths use os (atomic rename, fsync), remote paths
-# (gs://, ...) go through tf.io.gfile.
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in str(path)
-
-
-def _write_atomic(path: str, text: str) -> None:
-    """Replaces ``path`` with ``text`` so readers see old or new, never half."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    if _is_remote(path):
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(text)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-        return
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _read_text(path: str) -> str | None:
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path, "r") as f:
-        return f.read()
-
-
-def _rename(src: str, dst: str) -> None:
-    if _is_remote(src):
-        tf.io.gfile.rename(src, dst, overwrite=True)
-    else:
-        os.replace(src, dst)
-
-
-def _remove(path: str) -> None:
-    if tf.io.gfile.exists(path):
-        tf.io.gfile.remove(path)
 
 
 # --------------------------------------------------------------------------
@@ -252,7 +210,7 @@ class ModelDirLock:
         """
         if self._fd is not None:
             return self
-        if _is_remote(self.model_dir):
+        if fileio.is_remote(self.model_dir):
             _log.warning("Cannot lock remote model_dir %s; make sure no other "
                          "run writes into it.", self.model_dir)
             return self
@@ -420,7 +378,7 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _load_model(self):
         metadata_path = os.path.join(self.backup_dir, self._METADATA)
-        raw = _read_text(metadata_path)
+        raw = fileio.read_text(metadata_path)
         metadata = json.loads(raw) if raw else {}
         weights_name = metadata.get("weights")
         if not weights_name:
@@ -442,7 +400,7 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
     def _save_model(self):
         tf.io.gfile.makedirs(self.write_dir)
         metadata_path = os.path.join(self.write_dir, self._METADATA)
-        raw = _read_text(metadata_path)
+        raw = fileio.read_text(metadata_path)
         old = (json.loads(raw) if raw else {}).get("weights")
         self._saves += 1
         name = f"ckpt-{self._saves}.weights.h5"
@@ -460,10 +418,10 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
         }
         if self.fingerprint is not None:
             metadata["fingerprint"] = self.fingerprint
-        _write_atomic(metadata_path, json.dumps(metadata))
+        fileio.write_text(metadata_path, json.dumps(metadata))
         self._seconds = seconds
         if old and old != name:
-            _remove(os.path.join(self.write_dir, old))
+            fileio.remove(os.path.join(self.write_dir, old))
 
 
 def read_backup_metadata(backup_dir: str) -> dict | None:
@@ -476,7 +434,7 @@ def read_backup_metadata(backup_dir: str) -> dict | None:
       ValueError: the metadata file is not JSON (the message says what to do).
     """
     path = os.path.join(backup_dir, ResumableBackupAndRestore._METADATA)  # pylint: disable=protected-access
-    raw = _read_text(path)
+    raw = fileio.read_text(path)
     if raw is None:
         return None
     try:
@@ -579,7 +537,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         return pending["epoch"] if pending else self._state["best_epoch"]
 
     def _load_state(self) -> dict:
-        raw = _read_text(self.state_path)
+        raw = fileio.read_text(self.state_path)
         if raw is None:
             return {"monitor": self.monitor, "mode": self.mode, "best": None,
                     "best_epoch": None, "pending": None}
@@ -605,7 +563,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         return state
 
     def _write_state(self) -> None:
-        _write_atomic(self.state_path, json.dumps(self._state, indent=1))
+        fileio.write_text(self.state_path, json.dumps(self._state, indent=1))
 
     def _improved(self, value: float) -> bool:
         if math.isnan(value):
@@ -621,7 +579,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             return
         # The rename may already have happened if a run died right after it.
         if tf.io.gfile.exists(self.pending_path):
-            _rename(self.pending_path, self.filepath)
+            fileio.rename(self.pending_path, self.filepath)
         self._state.update(best=pending["value"], best_epoch=pending["epoch"],
                            pending=None)
         self._write_state()
@@ -631,7 +589,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         _log.info("Discarding the uncommitted best model of epoch %d (%s=%s); "
                   "that epoch runs again.", pending["epoch"], self.monitor,
                   pending["value"])
-        _remove(self.pending_path)
+        fileio.remove(self.pending_path)
         self._state["pending"] = None
         self._write_state()
 
@@ -696,7 +654,7 @@ class ResumableCSVLogger(keras.callbacks.Callback):
         self._rows = []
 
     def _read(self):
-        raw = _read_text(self.path)
+        raw = fileio.read_text(self.path)
         if not raw:
             return None, []
         reader = csv.DictReader(io.StringIO(raw))
@@ -708,7 +666,7 @@ class ResumableCSVLogger(keras.callbacks.Callback):
                                 lineterminator="\n")
         writer.writeheader()
         writer.writerows(self._rows)
-        _write_atomic(self.path, buf.getvalue())
+        fileio.write_text(self.path, buf.getvalue())
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._resumed:
@@ -744,7 +702,7 @@ class ResumableCSVLogger(keras.callbacks.Callback):
         buf = io.StringIO()
         csv.DictWriter(buf, fieldnames=self._fields, restval="",
                        lineterminator="\n").writerow(row)
-        if _is_remote(self.path):
+        if fileio.is_remote(self.path):
             self._write_all()  # GCS files cannot be appended to.
             return
         with open(self.path, "a", encoding="utf-8") as f:

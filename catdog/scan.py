@@ -70,13 +70,13 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 from typing import Callable, Iterable, Sequence, Union
 
 import tensorflow as tf
 
 from catdog import data as _data
+from catdog import fileio
 
 __all__ = [
     "ClassSummary",
@@ -133,71 +133,6 @@ class ScanInputError(ValueError):
 
 
 # --------------------------------------------------------------------------
-# File system: plain os for local paths, tf.io.gfile for "scheme://" paths.
-# --------------------------------------------------------------------------
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def _join(*parts: str) -> str:
-    if _is_remote(parts[0]):
-        return "/".join([parts[0].rstrip("/")] + [p.strip("/") for p in parts[1:]])
-    return os.path.join(*parts)
-
-
-def _isdir(path: str) -> bool:
-    return tf.io.gfile.isdir(path) if _is_remote(path) else os.path.isdir(path)
-
-
-def _exists(path: str) -> bool:
-    return tf.io.gfile.exists(path) if _is_remote(path) else os.path.exists(path)
-
-
-def _listdir(path: str) -> list[str]:
-    if _is_remote(path):
-        return [name.rstrip("/") for name in tf.io.gfile.listdir(path)]
-    return os.listdir(path)
-
-
-def _walk(path: str, follow_links: bool):
-    if _is_remote(path):
-        return tf.io.gfile.walk(path)
-    return os.walk(path, followlinks=follow_links)
-
-
-def _stat(path: str) -> tuple[int, int]:
-    """Returns ``(size_bytes, mtime_ns)``; raises ``OSError`` if unreadable."""
-    if _is_remote(path):
-        try:
-            stat = tf.io.gfile.stat(path)
-        except tf.errors.OpError as e:
-            raise OSError(e.message) from e
-        return int(stat.length), int(stat.mtime_nsec)
-    stat = os.stat(path)
-    return int(stat.st_size), int(stat.st_mtime_ns)
-
-
-def _open(path: str):
-    return tf.io.gfile.GFile(path, "rb") if _is_remote(path) else open(path, "rb")
-
-
-def _abspath(path: str) -> str:
-    return path if _is_remote(path) else os.path.abspath(path)
-
-
-def _tf_path(path: str) -> bytes:
-    """The path as bytes for TensorFlow ops.
-
-    ``os.fsencode`` gives back the exact on-disk bytes of a local name that is
-    not valid UTF-8 (common for archives made on Windows with a legacy code
-    page), which ``tf.constant(str)`` would refuse to encode.
-    """
-    return path.encode("utf-8") if _is_remote(path) else os.fsencode(path)
-
-
-# --------------------------------------------------------------------------
 # Indexing.
 # --------------------------------------------------------------------------
 
@@ -224,7 +159,7 @@ def _walk_files(directory: str, follow_links: bool) -> tuple[list[str], list[str
       hidden / ``__MACOSX`` directories appear in neither list.
     """
     walked = []
-    for root, dirs, files in _walk(directory, follow_links):
+    for root, dirs, files in fileio.walk(directory, follow_links):
         # Prune in place so hidden directories (.git, .ipynb_checkpoints, ...)
         # are not descended into.
         dirs[:] = sorted(d for d in dirs if not _is_ignored_dir(d.rstrip("/")))
@@ -236,9 +171,9 @@ def _walk_files(directory: str, follow_links: bool) -> tuple[list[str], list[str
     for root, files in walked:
         for name in files:
             if _is_candidate(name):
-                candidates.append(_join(root, name))
+                candidates.append(fileio.join(root, name))
             elif not name.startswith(".") and name.lower() not in _IGNORED_FILE_NAMES:
-                ignored.append(_join(root, name))
+                ignored.append(fileio.join(root, name))
     return candidates, ignored
 
 
@@ -265,8 +200,8 @@ def walk_image_files(directory: str, follow_links: bool = False) -> list[str]:
 
 def _class_folders(directory: str) -> list[str]:
     return sorted(
-        name for name in _listdir(directory)
-        if not _is_ignored_dir(name) and _isdir(_join(directory, name)))
+        name for name in fileio.listdir(directory)
+        if not _is_ignored_dir(name) and fileio.isdir(fileio.join(directory, name)))
 
 
 def _require_directory(directory, what: str) -> str:
@@ -274,10 +209,10 @@ def _require_directory(directory, what: str) -> str:
         directory = os.fspath(directory)
     if not isinstance(directory, str) or not directory:
         raise ScanInputError(f"{what} must be a folder path; got {directory!r}.")
-    if not _exists(directory):
+    if not fileio.exists(directory):
         raise ScanInputError(
             f"{what} {directory!r} does not exist; pass an existing folder.")
-    if not _isdir(directory):
+    if not fileio.isdir(directory):
         raise ScanInputError(f"{what} {directory!r} is a file, not a folder.")
     return directory
 
@@ -307,10 +242,10 @@ def _index(directory, class_names, follow_links):
         raise ScanInputError(
             f"{directory!r} must contain one subfolder per class, at least 2; "
             f"found {len(class_names)} class folder(s): {class_names}. Expected a "
-            f"layout like {_join(directory, 'cats')} and {_join(directory, 'dogs')}.")
+            f"layout like {fileio.join(directory, 'cats')} and {fileio.join(directory, 'dogs')}.")
     paths, labels, ignored = [], [], []
     for label, name in enumerate(class_names):
-        class_dir = _join(directory, name)
+        class_dir = fileio.join(directory, name)
         candidates, other = _walk_files(class_dir, follow_links)
         if not candidates:
             raise ScanInputError(
@@ -634,8 +569,8 @@ def sniff_header(path: str) -> ImageHeader:
     Raises:
       OSError: the file cannot be opened or read.
     """
-    size, _ = _stat(path)
-    with _open(path) as handle:
+    size, _ = fileio.stat(path)
+    with fileio.open_binary(path) as handle:
         return _sniff_open(handle, size)
 
 
@@ -702,8 +637,8 @@ def _check_header(path: str, max_pixels: int, stamp=None):
       error may be transient).
     """
     try:
-        stamp = stamp or _stat(path)
-        with _open(path) as handle:
+        stamp = stamp or fileio.stat(path)
+        with fileio.open_binary(path) as handle:
             header = _sniff_open(handle, stamp[0])
     except (OSError, tf.errors.OpError) as e:
         message = e.message if isinstance(e, tf.errors.OpError) else str(e)
@@ -732,7 +667,7 @@ def _clean_tf_message(message: str) -> str:
 def _decode_error(path: str) -> str | None:
     """Decodes one file eagerly; returns the error message or None."""
     try:
-        contents = tf.io.read_file(_tf_path(path))
+        contents = tf.io.read_file(fileio.tf_path(path))
     except tf.errors.OpError as e:
         return f"{_READ_ERROR}{_clean_tf_message(e.message)}"
     try:
@@ -754,7 +689,7 @@ def _decode_survivors(paths: Sequence[str], num_parallel, on_done) -> set[int]:
         return index, tf.reduce_max(image)
 
     indices = tf.range(len(paths), dtype=tf.int64)
-    names = tf.constant([_tf_path(p) for p in paths], tf.string)
+    names = tf.constant([fileio.tf_path(p) for p in paths], tf.string)
     dataset = tf.data.Dataset.from_tensor_slices((indices, names))
     dataset = dataset.map(
         decode, num_parallel_calls=num_parallel or tf.data.AUTOTUNE,
@@ -809,7 +744,7 @@ class _ScanCache:
         self.file = None
         self._entries: dict[str, list] = {}
         self._dirty = False
-        local = [os.path.abspath(p) for p in paths if not _is_remote(p)]
+        local = [os.path.abspath(p) for p in paths if not fileio.is_remote(p)]
         folders = sorted({os.path.dirname(p) for p in local})
         data_root = os.path.commonpath(folders) if folders else None
         key_root = data_root if data_root else (paths[0].rsplit("/", 1)[0] if paths else "")
@@ -842,7 +777,7 @@ class _ScanCache:
             return {}
 
     def get(self, path: str, stamp, max_pixels: int) -> FileCheck | None:
-        entry = self._entries.get(_abspath(path))
+        entry = self._entries.get(fileio.abspath(path))
         try:
             size, mtime_ns, limit, ok, reason, fmt, width, height = entry
         except (TypeError, ValueError):
@@ -856,7 +791,7 @@ class _ScanCache:
     def put(self, check: FileCheck, stamp, max_pixels: int) -> None:
         if check.reason and check.reason.startswith(_READ_ERROR):
             return
-        self._entries[_abspath(check.path)] = [
+        self._entries[fileio.abspath(check.path)] = [
             stamp[0], stamp[1], max_pixels, check.ok, check.reason, check.format,
             check.width, check.height]
         self._dirty = True
@@ -869,11 +804,8 @@ class _ScanCache:
         folder = os.path.dirname(self.file)
         try:
             os.makedirs(folder, exist_ok=True)
-            # Write then rename, so a concurrent reader never sees half a file.
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".scan-", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(content, f)
-            os.replace(tmp, self.file)
+            # Atomic, so a concurrent reader never sees half a file.
+            fileio.write_text(self.file, json.dumps(content))
         except OSError as e:
             _log.warning("Could not write scan cache %s: %s", self.file, e)
 
@@ -947,7 +879,7 @@ def _default_threads(paths: Sequence[str]) -> int:
     parsing holds the GIL: 2 threads beat 8 on 2 cores when measured);
     remote files wait on the network, where many threads hide the latency.
     """
-    if paths and _is_remote(paths[0]):
+    if paths and fileio.is_remote(paths[0]):
         return 32
     return min(8, os.cpu_count() or 1)
 
@@ -1002,7 +934,7 @@ def check_files(
             path = paths[index]
             if cache is not None:
                 try:
-                    stamp = _stat(path)
+                    stamp = fileio.stat(path)
                 except OSError:
                     stamp = None
                 cached = cache.get(path, stamp, max_pixels) if stamp else None
@@ -1254,7 +1186,7 @@ class ScanReport:
 
 def _file_digest(path: str) -> str:
     digest = hashlib.sha256()
-    with _open(path) as handle:
+    with fileio.open_binary(path) as handle:
         while True:
             chunk = handle.read(_CHUNK_BYTES)
             if not chunk:
@@ -1298,7 +1230,7 @@ def _split_like_warning(data_dir, paths, labels, names) -> tuple[str, ...]:
     """
     subfolders = [set() for _ in names]
     for path, label in zip(paths, labels):
-        relative = path[len(_join(data_dir, names[label])):].lstrip("/" + os.sep)
+        relative = path[len(fileio.join(data_dir, names[label])):].lstrip("/" + os.sep)
         parts = relative.replace(os.sep, "/").split("/")
         if len(parts) < 2:
             return ()  # A file directly in a class folder: a real class.
@@ -1307,7 +1239,7 @@ def _split_like_warning(data_dir, paths, labels, names) -> tuple[str, ...]:
         return ()
     return (f"every class folder {names} holds the same subfolders "
             f"{sorted(subfolders[0])}: these look like dataset splits, not classes; "
-            f"point at one split, e.g. {_join(data_dir, names[0])}",)
+            f"point at one split, e.g. {fileio.join(data_dir, names[0])}",)
 
 
 def scan_directory(
@@ -1363,13 +1295,13 @@ def scan_directory(
     # Tag each file with where it came from: ("class", label) or ("other", i).
     items = [(c.path, c.size_bytes, ("class", l))
              for c, l in zip(checks, labels) if c.ok]
-    scanned = {_abspath(c.path) for c in checks}
+    scanned = {fileio.abspath(c.path) for c in checks}
     for number, other in enumerate(other_dirs):
         for path in _walk_files(other, follow_links)[0]:
-            if _abspath(path) in scanned:
+            if fileio.abspath(path) in scanned:
                 continue  # other_dirs overlapping data_dir: a file is not its own copy.
             try:
-                items.append((path, _stat(path)[0], ("other", number)))
+                items.append((path, fileio.stat(path)[0], ("other", number)))
             except OSError:
                 pass  # Unreadable: not this folder's concern; its own scan says why.
     threads = num_parallel or _default_threads(paths)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import posixpath
 from typing import Optional, Sequence
 
 from absl import logging
@@ -33,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from catdog import data as data_lib
+from catdog import fileio
 from catdog import scan
 
 MANIFEST = "manifest.json"
@@ -57,12 +57,6 @@ def _bytes(value: bytes) -> tf.train.Feature:
 
 def _int64(value: int) -> tf.train.Feature:
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-
-
-def _join(directory: str, name: str) -> str:
-    # posixpath for URLs (gs://...), os.path for local folders.
-    return (posixpath.join(directory, name) if "://" in directory
-            else os.path.join(directory, name))
 
 
 def _reencode(contents: bytes, max_side: int, quality: int):
@@ -155,10 +149,9 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
     counts = collections.Counter()
     for shard in range(num_shards):
         name = f"{prefix}-{shard:05d}-of-{num_shards:05d}.tfrecord"
-        path = _join(output_dir, name)
-        tmp = f"{path}.tmp-{os.getpid()}"
+        path = fileio.join(output_dir, name)
         members = order[shard::num_shards]
-        with tf.io.TFRecordWriter(tmp) as writer:
+        with fileio.atomic_path(path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
             for i in members:
                 check, label = good[int(i)]
                 with tf.io.gfile.GFile(check.path, "rb") as f:
@@ -179,12 +172,11 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
                 }))
                 writer.write(example.SerializeToString())
                 counts[class_names[label]] += 1
-        tf.io.gfile.rename(tmp, path, overwrite=True)
         shards.append({"file": name, "num_examples": int(len(members))})
 
     manifest = {
         "format": MANIFEST_FORMAT,
-        "source_dir": os.path.abspath(data_dir) if "://" not in data_dir else data_dir,
+        "source_dir": fileio.abspath(data_dir),
         "class_names": list(class_names),
         "num_examples": int(sum(s["num_examples"] for s in shards)),
         "counts": {name: int(counts.get(name, 0)) for name in class_names},
@@ -193,21 +185,13 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
         "max_side": int(max_side),
         "jpeg_quality": int(jpeg_quality) if max_side else None,
     }
-    _write_text_atomic(_join(output_dir, MANIFEST),
-                       json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    fileio.write_json(fileio.join(output_dir, MANIFEST), manifest)
     return manifest
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def read_manifest(directory: str) -> dict:
     """Reads ``directory/manifest.json``; ValueError says how to get one."""
-    path = _join(directory, MANIFEST)
+    path = fileio.join(directory, MANIFEST)
     if not tf.io.gfile.exists(path):
         raise ValueError(
             f"No {MANIFEST} next to the shards in {directory!r}; catdog reads "
@@ -236,7 +220,7 @@ def resolve_shards(pattern: str, flag: str = "train_tfrecords"):
     """
     files = sorted({f for p in pattern.split(",") if p.strip()
                     for f in tf.io.gfile.glob(p.strip())})
-    files = [f for f in files if ".tmp-" not in f and not f.endswith(MANIFEST)]
+    files = [f for f in files if fileio.TMP_MARKER not in f and not f.endswith(MANIFEST)]
     if not files:
         raise ValueError(f"`--{flag}` matches no file. Received: {flag}={pattern!r}")
     folders = {os.path.dirname(f) for f in files}
@@ -393,7 +377,7 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
         identity = {"source": "tfrecords",
                     "shards": data_lib._file_stamps(files),  # pylint: disable=protected-access
                     "manifest": data_lib._file_stamps(  # pylint: disable=protected-access
-                        [_join(folder, MANIFEST)]),
+                        [fileio.join(folder, MANIFEST)]),
                     "record_shard": list(record_shard or ()),
                     "num_classes": int(num_classes), "image_size": list(image_size),
                     "dct_scaling": bool(dct_scaling)}

@@ -38,6 +38,7 @@ import catdog
 from catdog import config as config_lib
 from catdog import data as data_lib
 from catdog import distribute
+from catdog import fileio
 from catdog import models
 from catdog import plots
 from catdog import precision
@@ -66,47 +67,6 @@ def versions() -> dict:
         pass
     out["absl"] = getattr(absl, "__version__", "")
     return out
-
-
-def write_json(path: str, obj) -> None:
-    """Writes JSON atomically (temp file + rename), so readers never see half a file.
-
-    Text is UTF-8; a file name that is not valid UTF-8 (held by Python as
-    surrogate escapes) makes the whole file ASCII with escapes instead, so
-    it stays valid JSON and reads back to the same name.
-    """
-    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(obj, indent=2, ensure_ascii=True, default=_json_default)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        # A failed write leaves the previous file and no stray temporary.
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 def read_history(path: str) -> list:
@@ -333,7 +293,7 @@ def _resume_problem(model_dir: str, fingerprint: dict, split: dict) -> Optional[
         if before[key] != now[key]:
             changes.append(f"{key} {json.dumps(before[key])} -> {json.dumps(now[key])}")
     if old.get("split_digest") != fingerprint["split_digest"]:
-        previous = _read_json(os.path.join(model_dir, SPLIT_FILE))
+        previous = fileio.read_json(os.path.join(model_dir, SPLIT_FILE))
         if previous and data_lib.split_digest(previous) == old.get("split_digest"):
             what = data_lib.describe_split_change(previous, split)
         else:
@@ -351,14 +311,6 @@ def _resume_problem(model_dir: str, fingerprint: dict, split: dict) -> Optional[
             f"{'; '.join(changes)}. Either pass a new --model_dir for this run, or "
             f"delete {backup_dir}/ to train from scratch in this model_dir; rerunning "
             f"the earlier command{earlier} resumes the earlier run.")
-
-
-def _read_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def _check_resume(config, split: dict, policy: str, strategy):
@@ -433,10 +385,10 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
                   versions=versions(), dtype_policy=policy,
                   strategy=type(strategy).__name__, replicas=replicas,
                   argv=list(sys.argv))
-    write_json(os.path.join(out, CONFIG_FILE), record)
-    write_json(os.path.join(out, SPLIT_FILE), split)
+    fileio.write_json(os.path.join(out, CONFIG_FILE), record)
+    fileio.write_json(os.path.join(out, SPLIT_FILE), split)
     for name, text in extra_files.items():
-        _write_text(os.path.join(out, name), text)
+        fileio.write_text(os.path.join(out, name), text)
     backup = resilience.ResumableBackupAndRestore(
         os.path.join(model_dir, BACKUP_DIR), write_dir=os.path.join(out, BACKUP_DIR),
         fingerprint=fingerprint, start_time=start)
@@ -492,7 +444,7 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         "xla": xla_note,
         "final": rows[-1] if rows else {},
     }
-    write_json(os.path.join(out, METRICS_FILE), metrics)
+    fileio.write_json(os.path.join(out, METRICS_FILE), metrics)
     plots.learning_curves(rows, os.path.join(out, CURVES_FILE),
                           title=f"{config.stage} — {model_dir}")
     return RunResult(metrics, model)

@@ -22,6 +22,8 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from catdog import cli  # noqa: E402  (after the path set-up above)
+from catdog import fileio  # noqa: E402
+from catdog import scan  # noqa: E402
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None,
@@ -37,9 +39,6 @@ _CSV = flags.DEFINE_string(
     "error); an existing CSV file is replaced.")
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", 32, "Images per model call.", lower_bound=1)
-
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-
 
 def main(argv):
     paths = argv[1:]
@@ -103,7 +102,7 @@ def _csv_problem(csv_path, inputs):
         return "is a folder; pass a file name."
     is_input = os.path.exists(csv_path) and any(
         os.path.exists(p) and os.path.samefile(csv_path, p) for p in inputs)
-    if is_input or csv_path.lower().endswith(_IMAGE_EXTENSIONS):
+    if is_input or csv_path.lower().endswith(scan.IMAGE_EXTENSIONS):
         return "looks like an input image; refusing to overwrite it."
     parent = os.path.dirname(os.path.abspath(csv_path))
     if not os.path.isdir(parent):
@@ -112,13 +111,11 @@ def _csv_problem(csv_path, inputs):
 
 
 def _write_csv(csv_path, rows):
-    # Written next to the target, then renamed: a crash never leaves half a CSV.
-    staging = f"{csv_path}.tmp-{os.getpid()}"
-    with open(staging, "w", newline="", encoding="utf-8") as f:
+    # Atomic: a crash never leaves half a CSV.
+    with fileio.atomic_open(csv_path, newline="") as f:
         writer = csv.DictWriter(f, ["path", "class", "probability", "error"])
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(staging, csv_path)
 
 
 if __name__ == "__main__":
