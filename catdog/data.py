@@ -25,41 +25,12 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from catdog import decode
 from catdog import fileio
 from catdog import scan
-
-
-def decode_and_resize(contents: tf.Tensor, image_size) -> tf.Tensor:
-    """Decodes encoded image bytes and resizes them to ``image_size``.
-
-    The one decode function of catdog: training, evaluation, prediction and
-    the exported serving signature all call it, so they see the same pixels.
-
-    Args:
-      contents: scalar string tensor with JPEG, PNG, GIF (first frame) or BMP
-        bytes. Grayscale, RGBA and 16-bit images are converted to 8-bit RGB.
-      image_size: ``(height, width)`` of the output.
-
-    Returns:
-      A ``uint8`` tensor of shape ``(height, width, 3)``. Resizing is
-      bilinear, as in ``keras.utils.image_dataset_from_directory``.
-    """
-    height, width = int(image_size[0]), int(image_size[1])
-    image = tf.io.decode_image(
-        contents, channels=3, dtype=tf.uint8, expand_animations=False)
-    return _resize_to_uint8(image, height, width)
-
-
-def _resize_to_uint8(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
-    # Bilinear resize, rounded back to uint8. TF's bilinear kernel is ~0.1 ms
-    # per 224x224 image faster on float32 input than on uint8 (it converts
-    # either way, so the pixels are identical), and no clip is needed: every
-    # output is a convex combination of input values in [0, 255].
-    image = tf.image.resize(tf.cast(image, tf.float32), (height, width),
-                            method="bilinear")
-    image = tf.cast(tf.round(image), tf.uint8)
-    image.set_shape((height, width, 3))
-    return image
+# Public names of catdog.data that live in catdog.decode.
+from catdog.decode import (  # noqa: F401
+    DCT_RATIOS, DECODE_VERSION, decode_and_resize, decode_and_resize_scaled)
 
 
 # ---------------------------------------------------------------------------
@@ -405,10 +376,6 @@ def _split_name(split, share):
     return f"{split}-worker{share.index}of{len(share.sizes)}"
 
 
-#: Version of the pixels catdog's decode produces. It is part of every file
-#: cache key, so a cache of older pixels is never read: bump it whenever
-#: decode_and_resize or decode_and_resize_scaled change a single pixel.
-DECODE_VERSION = 1
 #: Caches of one key that may be written at the same time by different runs.
 _CACHE_SLOTS = 8
 # Cache prefixes this process holds (prefix -> open lock file). The flock is
@@ -450,7 +417,7 @@ def _cache_file(cache_dir, split, identity, num_chunks: int = 0):
       The prefix to pass to ``Dataset.cache``, or None when every slot of
       this key is being written by other live runs (then do not cache).
     """
-    key = dict(identity, tensorflow=tf.__version__, decode_version=DECODE_VERSION)
+    key = dict(identity, tensorflow=tf.__version__, decode_version=decode.DECODE_VERSION)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode("utf-8"))
     tf.io.gfile.makedirs(cache_dir)
     base = os.path.join(cache_dir, f"catdog-{split}-{digest.hexdigest()[:16]}")
@@ -610,13 +577,13 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
         share = _worker_share(input_context, _element_shares(len(paths), workers),
                               batch_size, training, f"the {split} split")
         paths, labels = list(paths)[share.index::workers], list(labels)[share.index::workers]
-    decode = decode_and_resize_scaled if dct_scaling else decode_and_resize
+    decode_image = decode.decoder(dct_scaling)
 
     # Read and decode in one parallel map: a file's bytes go straight to the
     # decoder on the same thread (no separate read stage to buffer), and with
     # deterministic=False a slow file does not hold up the ones behind it.
     def load(path, label):
-        return decode(tf.io.read_file(path), image_size), label
+        return decode_image(tf.io.read_file(path), image_size), label
 
     def records(paths, labels):
         # fsencode: a file name that is not valid UTF-8 still reaches the
@@ -704,66 +671,6 @@ def check_batch_size(data_config, index: DataIndex) -> None:
 # ---------------------------------------------------------------------------
 # Input sources, speed and the shared batching tail (folder, TFRecord, TFDS).
 # ---------------------------------------------------------------------------
-
-#: DCT scale-down factors libjpeg supports, largest first.
-DCT_RATIOS = (8, 4, 2)
-
-
-def decode_and_resize_scaled(contents: tf.Tensor, image_size) -> tf.Tensor:
-    """Like :func:`decode_and_resize`, but decodes large JPEGs at reduced scale.
-
-    Policy: a JPEG at least ``r`` times the target size on BOTH sides, for the
-    largest ``r`` in 8, 4, 2, is decoded at ``1/r`` scale in the DCT domain
-    (``tf.io.decode_jpeg(ratio=r, dct_method="INTEGER_FAST")``, dimensions
-    from the JPEG header) and then resized bilinearly like the exact path.
-    The scaled decode is never smaller than the target, so the image is only
-    ever downscaled, by less than 2x after the DCT step; libjpeg's scaled
-    IDCT averages each block, which also removes most of the aliasing a
-    plain bilinear downscale of a large image leaves. Everything else (PNG,
-    GIF, BMP, JPEGs smaller than 2x the target) goes through
-    :func:`decode_and_resize` unchanged, pixel for pixel.
-
-    Off by default because what it saves depends on the photos. Measured on
-    one CPU thread: 3000x2250 JPEGs cost about 3x fewer CPU-seconds per image
-    at 224x224 or 160x160; the ~450x374 photos of the cats-vs-dogs set gain
-    nothing (entropy decoding dominates small files and reading the header
-    costs ~0.3 ms), and at 224x224 only 7.5% of them are large enough.
-
-    This is a training-input option (``DataConfig.dct_scaling``, applied to
-    the training split only): the pixels of scaled JPEGs differ slightly from
-    :func:`decode_and_resize`, which validation during training, evaluation,
-    prediction and the exported model use.
-
-    Args:
-      contents: scalar string tensor of encoded image bytes.
-      image_size: ``(height, width)`` of the output.
-
-    Returns:
-      A ``uint8`` tensor of shape ``(height, width, 3)``.
-    """
-    height, width = int(image_size[0]), int(image_size[1])
-
-    def exact():
-        return decode_and_resize(contents, (height, width))
-
-    def scaled_jpeg():
-        shape = tf.io.extract_jpeg_shape(contents)
-
-        def at(ratio):
-            def decode():
-                image = tf.io.decode_jpeg(contents, channels=3, ratio=ratio,
-                                          dct_method="INTEGER_FAST")
-                return _resize_to_uint8(image, height, width)
-            return decode
-
-        fits = lambda r: tf.logical_and(shape[0] >= r * height, shape[1] >= r * width)
-        return tf.case([(fits(r), at(r)) for r in DCT_RATIOS], default=exact,
-                       exclusive=False)
-
-    image = tf.cond(tf.io.is_jpeg(contents), scaled_jpeg, exact)
-    image.set_shape((height, width, 3))
-    return image
-
 
 #: Default shuffle buffer (decoded images) without an in-memory cache: bounds
 #: training memory (about 150 MB at 224x224) whatever the size of the split.

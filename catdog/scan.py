@@ -75,7 +75,7 @@ from typing import Callable, Iterable, Sequence, Union
 
 import tensorflow as tf
 
-from catdog import data as _data
+from catdog import decode
 from catdog import fileio
 
 __all__ = [
@@ -671,7 +671,7 @@ def _decode_error(path: str) -> str | None:
     except tf.errors.OpError as e:
         return f"{_READ_ERROR}{_clean_tf_message(e.message)}"
     try:
-        _data.decode_and_resize(contents, _CHECK_IMAGE_SIZE)
+        decode.decode_and_resize(contents, _CHECK_IMAGE_SIZE)
     except tf.errors.OpError as e:
         return f"decode failed: {_clean_tf_message(e.message)}"
     return None
@@ -682,8 +682,8 @@ def _decode_survivors(paths: Sequence[str], num_parallel, on_done) -> set[int]:
     decoded. ``ignore_errors`` drops each failing element, so a failure costs
     nothing here; the caller re-decodes only the missing indices."""
 
-    def decode(index, path):
-        image = _data.decode_and_resize(tf.io.read_file(path), _CHECK_IMAGE_SIZE)
+    def decode_one(index, path):
+        image = decode.decode_and_resize(tf.io.read_file(path), _CHECK_IMAGE_SIZE)
         # Depend on the pixels: the resized shape is static, so returning only
         # the index would let the optimizer prune the decode away.
         return index, tf.reduce_max(image)
@@ -692,7 +692,7 @@ def _decode_survivors(paths: Sequence[str], num_parallel, on_done) -> set[int]:
     names = tf.constant([fileio.tf_path(p) for p in paths], tf.string)
     dataset = tf.data.Dataset.from_tensor_slices((indices, names))
     dataset = dataset.map(
-        decode, num_parallel_calls=num_parallel or tf.data.AUTOTUNE,
+        decode_one, num_parallel_calls=num_parallel or tf.data.AUTOTUNE,
         deterministic=False)
     dataset = dataset.ignore_errors().map(lambda index, _: index).batch(64)
     survivors = set()

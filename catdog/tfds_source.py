@@ -21,6 +21,7 @@ from absl import logging
 import tensorflow as tf
 
 from catdog import data as data_lib
+from catdog import decode
 
 
 def _tfds():
@@ -164,8 +165,7 @@ def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
         ds = _read(builder, split, training, seed, True).shard(workers, share.index)
     else:
         ds = _read(builder, split, training, seed, deterministic)
-    decode = (data_lib.decode_and_resize_scaled if dct_scaling
-              else data_lib.decode_and_resize)
+    decode_image = decode.decoder(dct_scaling)
 
     def load(example):
         label = example["label"]
@@ -173,7 +173,7 @@ def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
             label = tf.reshape(tf.cast(label, tf.float32), (1,))
         else:
             label = tf.cast(label, tf.int32)
-        return decode(example["image"], image_size), label
+        return decode_image(example["image"], image_size), label
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if cache not in ("memory", "none"):

@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from catdog import data as data_lib
+from catdog import decode
 from catdog import fileio
 from catdog import scan
 
@@ -356,8 +357,7 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
                     num_examples, workers), batch_size, training, what)
             record_shard = (workers, share.index)
         num_examples = share.num_examples
-    decode = (data_lib.decode_and_resize_scaled if dct_scaling
-              else data_lib.decode_and_resize)
+    decode_image = decode.decoder(dct_scaling)
 
     def load(serialized):
         contents, label = parse_example(serialized)
@@ -365,7 +365,7 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
             label = tf.reshape(tf.cast(label, tf.float32), (1,))
         else:
             label = tf.cast(label, tf.int32)
-        return decode(contents, image_size), label
+        return decode_image(contents, image_size), label
 
     file_cache = cache not in ("memory", "none")
     name = data_lib._split_name(f"tfrecords-{split}", share)  # pylint: disable=protected-access

@@ -8,7 +8,6 @@ import pytest
 import tensorflow as tf
 
 from catdog import benchmark
-from catdog import data
 from conftest import REPO, make_class_folder, write_image
 
 
@@ -60,55 +59,6 @@ def test_benchmark_rejects_a_missing_folder(tmp_path):
         benchmark.run_benchmark(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="repeats=0"):
         benchmark.run_benchmark(str(tmp_path), repeats=0)
-
-
-def test_dct_scaling_policy_eager_and_in_tf_data(tmp_path):
-    rng = np.random.RandomState(0)
-    smooth = tf.image.resize(rng.randint(0, 255, (8, 10, 3)).astype(np.float32),
-                             (96, 120)).numpy().astype(np.uint8)
-    big = write_image(str(tmp_path / "big.jpg"), smooth)             # >= 4x of 24x24
-    small = write_image(str(tmp_path / "small.jpg"), smooth[:40, :40])  # < 2x
-    png = write_image(str(tmp_path / "big.png"), smooth)
-    size = (24, 24)
-    read = lambda p: tf.io.read_file(p)
-    # Not scaled: pixel-identical to the exact decode.
-    for path in (small, png):
-        np.testing.assert_array_equal(data.decode_and_resize_scaled(read(path), size),
-                                      data.decode_and_resize(read(path), size))
-    # Scaled: close to the exact decode (a box-filtered downscale of a smooth image).
-    scaled = data.decode_and_resize_scaled(read(big), size).numpy()
-    exact = data.decode_and_resize(read(big), size).numpy()
-    assert scaled.shape == (24, 24, 3) and scaled.dtype == np.uint8
-    diff = np.abs(scaled.astype(int) - exact.astype(int)).mean()
-    assert 0 < diff < 6  # the DCT path was taken, and it stays close
-    graph = list(tf.data.Dataset.from_tensor_slices([big, small, png]).map(
-        lambda p: data.decode_and_resize_scaled(tf.io.read_file(p), size)))
-    np.testing.assert_array_equal(graph[0].numpy(), scaled)
-    ds = data.build_dataset([big, small], [0, 1], num_classes=2, image_size=size,
-                            batch_size=2, training=False, dct_scaling=True,
-                            deterministic=True)
-    np.testing.assert_array_equal(next(iter(ds))[0][0].numpy(), scaled)
-
-
-def test_dct_scaling_applies_to_the_training_split_only(tmp_path):
-    from catdog import config as C
-    rng = np.random.RandomState(1)
-    for name in ("a", "b"):
-        smooth = tf.image.resize(rng.randint(0, 255, (6, 6, 3)).astype(np.float32),
-                                 (64, 64)).numpy().astype(np.uint8)
-        write_image(str(tmp_path / "d" / name / f"{name}.jpg"), smooth)
-    root = str(tmp_path / "d")
-    cfg = C.DataConfig(train_dir=root, val_dir=root, image_size=(16, 16), batch_size=2,
-                       deterministic=True, dct_scaling=True)
-    train_ds, val_ds, index = data.build_datasets(cfg, progress=False)
-    read = lambda p: tf.io.read_file(p)
-    exact = [data.decode_and_resize(read(p), (16, 16)).numpy() for p in index.val.paths]
-    scaled = [data.decode_and_resize_scaled(read(p), (16, 16)).numpy()
-              for p in index.train.paths]
-    np.testing.assert_array_equal(next(iter(val_ds))[0].numpy(), np.stack(exact))
-    got = sorted(x.tobytes() for x in next(iter(train_ds))[0].numpy())
-    assert got == sorted(x.tobytes() for x in scaled)
-    assert got != sorted(x.tobytes() for x in exact)
 
 
 def test_benchmark_refuses_a_folder_whose_caches_do_not_fit(tmp_path, monkeypatch):

@@ -7,44 +7,13 @@ import tensorflow as tf
 
 from catdog import config as C
 from catdog import data
+from catdog import decode
 from conftest import id_folder, image_ids, make_class_folder, write_image
 
 
 def _data_config(train_dir, val_dir="", **kw):
     kw.setdefault("batch_size", 4)
     return C.DataConfig(train_dir=train_dir, val_dir=val_dir, image_size=(16, 16), **kw)
-
-
-def test_decode_and_resize_eager_and_in_tf_data(tmp_path):
-    pixels = np.random.RandomState(0).randint(0, 255, (30, 40, 3)).astype(np.uint8)
-    path = write_image(str(tmp_path / "a.png"), pixels)
-    eager = data.decode_and_resize(tf.io.read_file(path), (10, 20))
-    assert eager.dtype == tf.uint8 and eager.shape == (10, 20, 3)
-    ds = tf.data.Dataset.from_tensor_slices([path]).map(
-        lambda p: data.decode_and_resize(tf.io.read_file(p), (10, 20)))
-    graph = next(iter(ds))
-    np.testing.assert_array_equal(eager.numpy(), graph.numpy())
-    # Same size: resizing is the identity.
-    same = data.decode_and_resize(tf.io.read_file(path), (30, 40))
-    np.testing.assert_array_equal(same.numpy(), pixels)
-
-
-@pytest.mark.parametrize("size", [(24, 24), (17, 45), (96, 80)])
-def test_pixels_are_keras_bilinear_rounded_to_uint8(tmp_path, size):
-    """catdog's pixels are exactly what keras.utils.image_dataset_from_directory
-    computes (bilinear on the decoded image), rounded half-to-even to uint8:
-    downscaling, upscaling and every quirky valid format."""
-    import keras  # pylint: disable=import-outside-toplevel
-    import imagegen  # pylint: disable=import-outside-toplevel
-    root = tmp_path / "imgs"
-    imagegen.write_tree(root, {"a": sorted(imagegen.VALID), "b": ["jpeg", "png"]})
-    stock = keras.utils.image_dataset_from_directory(
-        str(root), image_size=size, batch_size=64, shuffle=False, verbose=False)
-    (images, _), = list(stock)
-    for path, expected in zip(stock.file_paths, images.numpy()):
-        ours = data.decode_and_resize(tf.io.read_file(path), size).numpy()
-        np.testing.assert_array_equal(
-            ours, np.clip(np.round(expected), 0, 255).astype(np.uint8), err_msg=path)
 
 
 def test_index_follows_keras_class_semantics(tmp_path):
@@ -164,6 +133,37 @@ def test_batch_larger_than_data_is_an_error(tiny_folders):
     train_dir, val_dir = tiny_folders
     with pytest.raises(ValueError, match="--batch_size"):
         data.build_datasets(_data_config(train_dir, val_dir, batch_size=64))
+
+
+def test_dct_scaling_reaches_the_folder_dataset(tmp_path):
+    from test_decode import dct_test_images  # pylint: disable=import-outside-toplevel
+    big, small, _ = dct_test_images(tmp_path)
+    size = (24, 24)
+    scaled = decode.decode_and_resize_scaled(tf.io.read_file(big), size).numpy()
+    ds = data.build_dataset([big, small], [0, 1], num_classes=2, image_size=size,
+                            batch_size=2, training=False, dct_scaling=True,
+                            deterministic=True)
+    np.testing.assert_array_equal(next(iter(ds))[0][0].numpy(), scaled)
+
+
+def test_dct_scaling_applies_to_the_training_split_only(tmp_path):
+    rng = np.random.RandomState(1)
+    for name in ("a", "b"):
+        smooth = tf.image.resize(rng.randint(0, 255, (6, 6, 3)).astype(np.float32),
+                                 (64, 64)).numpy().astype(np.uint8)
+        write_image(str(tmp_path / "d" / name / f"{name}.jpg"), smooth)
+    root = str(tmp_path / "d")
+    cfg = C.DataConfig(train_dir=root, val_dir=root, image_size=(16, 16), batch_size=2,
+                       deterministic=True, dct_scaling=True)
+    train_ds, val_ds, index = data.build_datasets(cfg, progress=False)
+    read = lambda p: tf.io.read_file(p)
+    exact = [decode.decode_and_resize(read(p), (16, 16)).numpy() for p in index.val.paths]
+    scaled = [decode.decode_and_resize_scaled(read(p), (16, 16)).numpy()
+              for p in index.train.paths]
+    np.testing.assert_array_equal(next(iter(val_ds))[0].numpy(), np.stack(exact))
+    got = sorted(x.tobytes() for x in next(iter(train_ds))[0].numpy())
+    assert got == sorted(x.tobytes() for x in scaled)
+    assert got != sorted(x.tobytes() for x in exact)
 
 
 # ---------------------------------------------------------------------------
@@ -329,7 +329,7 @@ def test_worker_share_too_small_for_a_step_names_batch_size(tmp_path):
 def _spy_decodes(monkeypatch):
     """Records the id of every image catdog decodes, in decode order."""
     decoded = []
-    real = data.decode_and_resize
+    real = decode.decode_and_resize
 
     def note(image):
         decoded.extend(image_ids(image.numpy()[None]))
@@ -341,7 +341,7 @@ def _spy_decodes(monkeypatch):
         with tf.control_dependencies([done]):
             return tf.identity(image)
 
-    monkeypatch.setattr(data, "decode_and_resize", spy)
+    monkeypatch.setattr(decode, "decode_and_resize", spy)
     return decoded
 
 
@@ -462,7 +462,7 @@ def test_file_cache_key_covers_labels_decode_and_versions(tmp_path, monkeypatch)
     _cached_epoch(paths, labels, cache, dct_scaling=True)
     monkeypatch.setattr(tf, "__version__", "0.0.0-other")
     _cached_epoch(paths, labels, cache)
-    monkeypatch.setattr(data, "DECODE_VERSION", -1, raising=False)
+    monkeypatch.setattr(decode, "DECODE_VERSION", -1, raising=False)
     _cached_epoch(paths, labels, cache)
     assert len(_cache_names(cache)) == 5
 

@@ -21,7 +21,7 @@ from PIL import Image
 import tensorflow as tf
 
 import imagegen
-from catdog import data
+from catdog import decode
 from catdog import scan
 from conftest import tree_state
 
@@ -40,19 +40,19 @@ def scan_cache_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def scan_decode_calls(monkeypatch):
-    """Counts calls of catdog.data.decode_and_resize made by the scan.
+    """Counts calls of catdog.decode.decode_and_resize made by the scan.
 
     An eager decode counts once per file; a tf.data map counts once per
     trace, so zero calls means nothing was decoded at all.
     """
     calls = []
-    real = data.decode_and_resize
+    real = decode.decode_and_resize
 
     def spy(contents, image_size):
         calls.append(image_size)
         return real(contents, image_size)
 
-    monkeypatch.setattr(data, "decode_and_resize", spy)
+    monkeypatch.setattr(decode, "decode_and_resize", spy)
     return calls
 
 
@@ -155,7 +155,7 @@ def test_korean_file_and_folder_names_work_through_tf_data(tmp_path):
     assert all(c.ok for c in scan.check_files(paths))
 
     dataset = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda p: data.decode_and_resize(tf.io.read_file(p), (8, 8)))
+        lambda p: decode.decode_and_resize(tf.io.read_file(p), (8, 8)))
     assert [image.shape for image in dataset.as_numpy_iterator()] == [(8, 8, 3)] * 2
 
 
@@ -299,10 +299,10 @@ def test_valid_quirky_images_pass_and_decode_eagerly_and_in_tf_data(tmp_path, ki
     assert check.ok and check.reason is None, check
     assert (check.width, check.height, check.size_bytes) == SIZE + (os.path.getsize(path),)
 
-    eager = data.decode_and_resize(tf.io.read_file(path), (20, 20))
+    eager = decode.decode_and_resize(tf.io.read_file(path), (20, 20))
     assert (eager.shape, eager.dtype) == ((20, 20, 3), tf.uint8)
     dataset = tf.data.Dataset.from_tensors(path).map(
-        lambda p: data.decode_and_resize(tf.io.read_file(p), (20, 20)))
+        lambda p: decode.decode_and_resize(tf.io.read_file(p), (20, 20)))
     in_graph = next(dataset.as_numpy_iterator())
     np.testing.assert_array_equal(in_graph, eager.numpy())
 
@@ -347,7 +347,7 @@ def test_decompression_bombs_are_rejected_from_the_header_alone(tmp_path, scan_d
 
 
 def test_png_bomb_generator_writes_a_valid_png():
-    image = data.decode_and_resize(tf.constant(imagegen.png_bomb_bytes(300, 200)), (10, 10))
+    image = decode.decode_and_resize(tf.constant(imagegen.png_bomb_bytes(300, 200)), (10, 10))
     assert image.shape == (10, 10, 3)
 
 

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from catdog import config as C
 from catdog import data
+from catdog import decode
 from catdog import tfrecords
 from conftest import REPO, id_folder, image_ids, make_class_folder, write_image
 
@@ -257,7 +258,7 @@ def test_shards_without_memory_cache_shuffle_in_a_bounded_buffer(tmp_path, monke
     tfrecords.write_tfrecords(str(tmp_path / "src"), out, num_shards=4, progress=False)
     files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
     decoded = []
-    real = data.decode_and_resize
+    real = decode.decode_and_resize
 
     def spy(contents, image_size):
         image = real(contents, image_size)
@@ -265,7 +266,7 @@ def test_shards_without_memory_cache_shuffle_in_a_bounded_buffer(tmp_path, monke
         with tf.control_dependencies([done]):
             return tf.identity(image)
 
-    monkeypatch.setattr(data, "decode_and_resize", spy)
+    monkeypatch.setattr(decode, "decode_and_resize", spy)
     cache_dir = tmp_path / "cache"
     ds = tfrecords.build_tfrecord_dataset(
         files, num_classes=2, image_size=(16, 16), batch_size=4, training=True,
