@@ -31,6 +31,7 @@ from catdog import scan
 # Public names of catdog.data that live in catdog.decode.
 from catdog.decode import (  # noqa: F401
     DCT_RATIOS, DECODE_VERSION, decode_and_resize, decode_and_resize_scaled)
+from catdog.scan import keep_usable
 
 
 # ---------------------------------------------------------------------------
@@ -68,25 +69,6 @@ class DataIndex:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-
-def keep_usable(paths, labels, max_pixels, progress=False):
-    """Checks every file as training does; returns (paths, labels, skipped).
-
-    ``skipped`` is ``[{"path", "reason"}]``; each skipped file is also logged.
-    Evaluation and TFRecord writing use the same function, so every entry
-    point skips the same files.
-    """
-    checks = scan.check_files(paths, max_pixels=max_pixels, progress=progress)
-    good_paths, good_labels, skipped = [], [], []
-    for check, label in zip(checks, labels):
-        if check.ok:
-            good_paths.append(check.path)
-            good_labels.append(label)
-        else:
-            skipped.append({"path": check.path, "reason": check.reason})
-            logging.warning("Skipping %s: %s", check.path, check.reason)
-    return good_paths, good_labels, skipped
 
 
 def _require_every_class(labels, class_names, where):

@@ -27,7 +27,6 @@ import json
 import os
 from typing import Optional, Sequence
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -128,14 +127,7 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
                          f"jpeg_quality={jpeg_quality}")
     paths, labels, class_names = scan.list_image_files(
         data_dir, class_names=list(class_names) if class_names else None)
-    checks = scan.check_files(paths, max_pixels=max_pixels, progress=progress)
-    good, skipped = [], []
-    for check, label in zip(checks, labels):
-        if check.ok:
-            good.append((check, label))
-        else:
-            skipped.append({"path": check.path, "reason": check.reason})
-            logging.warning("Skipping %s: %s", check.path, check.reason)
+    good, skipped = scan.usable_checks(paths, labels, max_pixels, progress)
     if not good:
         raise ValueError(f"No readable image in {data_dir!r}; nothing to write.")
     total_bytes = sum(int(c.size_bytes or 0) for c, _ in good)

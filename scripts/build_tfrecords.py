@@ -19,6 +19,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from catdog import cli  # noqa: E402  (after the path set-up above)
+from catdog.config import DEFAULT_MAX_PIXELS  # noqa: E402
 
 flags.DEFINE_string("data_dir", None,
                     "Folder with one subfolder of images per class.")
@@ -39,7 +40,7 @@ flags.DEFINE_list("class_names", None,
                   "alphanumeric order). Use the same list for train and val shards.")
 flags.DEFINE_string("prefix", "", "Shard file name prefix (default: the folder's name).")
 flags.DEFINE_integer("seed", 1337, "Seed of the order files are dealt into shards.")
-flags.DEFINE_integer("max_pixels", 89_478_485,
+flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS,
                      "Images whose header declares more pixels are skipped.")
 FLAGS = flags.FLAGS
 
