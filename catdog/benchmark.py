@@ -317,7 +317,7 @@ def _warm_page_cache(paths) -> int:
 def time_catdog_tfrecords(files, num_classes: int, num_examples: int, image_size,
                           batch_size: int) -> dict:
     """catdog's training pipeline over TFRecord shards: first epoch, then cached."""
-    from catdog import tfrecords  # pylint: disable=import-outside-toplevel
+    from catdog.sources import tfrecords  # pylint: disable=import-outside-toplevel
     ds = tfrecords.build_tfrecord_dataset(
         files, num_classes=num_classes, image_size=image_size,
         batch_size=batch_size, training=True, num_examples=num_examples)
@@ -433,7 +433,7 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
         raise ValueError(f"`--max_images` must be >= 0. Received: max_images={max_images}")
     shards = None
     if train_tfrecords:  # a wrong glob fails here, before anything is timed
-        from catdog import tfrecords  # pylint: disable=import-outside-toplevel
+        from catdog.sources import tfrecords  # pylint: disable=import-outside-toplevel
         shards = tfrecords.resolve_shards(train_tfrecords, "train_tfrecords")
     listing = scan.list_image_files(data_dir)
     count = len(listing[0])

@@ -46,17 +46,17 @@ FLAGS = flags.FLAGS
 
 
 def _build():
-    from catdog import tfrecords  # heavy import after flag parsing
+    from catdog.sources import tfrecord_writer  # heavy import after flag parsing
     if not FLAGS.data_dir or not FLAGS.output_dir:
         missing = "data_dir" if not FLAGS.data_dir else "output_dir"
         raise ValueError(f"`--{missing}` is required. Received: {missing}=None")
-    manifest = tfrecords.write_tfrecords(
+    manifest = tfrecord_writer.write_tfrecords(
         FLAGS.data_dir, FLAGS.output_dir, num_shards=FLAGS.num_shards,
         max_side=FLAGS.max_side, jpeg_quality=FLAGS.jpeg_quality,
         class_names=FLAGS.class_names, prefix=FLAGS.prefix, seed=FLAGS.seed,
         max_pixels=FLAGS.max_pixels)
     print(json.dumps({k: manifest[k] for k in ("class_names", "num_examples", "counts")}))
-    print(f"{len(manifest['shards'])} shard(s) and {tfrecords.MANIFEST} in "
+    print(f"{len(manifest['shards'])} shard(s) and {tfrecord_writer.MANIFEST} in "
           f"{FLAGS.output_dir}; {len(manifest['skipped'])} file(s) skipped"
           + (" (listed in the manifest)." if manifest["skipped"] else "."), flush=True)
 

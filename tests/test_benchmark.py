@@ -76,9 +76,9 @@ def test_benchmark_refuses_a_folder_whose_caches_do_not_fit(tmp_path, monkeypatc
 
 
 def test_benchmark_times_tfrecord_shards_of_the_same_images(tmp_path):
-    from catdog import tfrecords  # pylint: disable=import-outside-toplevel
+    from catdog.sources import tfrecord_writer  # pylint: disable=import-outside-toplevel
     root = make_class_folder(tmp_path / "imgs", per_class=10, size=40)
-    tfrecords.write_tfrecords(root, str(tmp_path / "shards"), num_shards=3)
+    tfrecord_writer.write_tfrecords(root, str(tmp_path / "shards"), num_shards=3)
     r = benchmark.run_benchmark(root, image_size=(32, 32), batch_size=4, repeats=2,
                                 train_tfrecords=str(tmp_path / "shards" / "*.tfrecord"),
                                 log=lambda line: None)

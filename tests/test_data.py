@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from catdog import config as C
+from catdog import batching
 from catdog import data
 from catdog import decode
 from conftest import id_folder, image_ids, make_class_folder, write_image
@@ -370,7 +371,7 @@ def test_uncached_first_batch_waits_for_a_bounded_buffer_not_the_split(tmp_path,
     is bounded (data.STREAM_SHUFFLE_BUFFER): the first batch comes after about
     that many decodes, not after decoding the whole split."""
     assert data.STREAM_SHUFFLE_BUFFER == 1024  # the documented default
-    monkeypatch.setattr(data, "STREAM_SHUFFLE_BUFFER", 64, raising=False)
+    monkeypatch.setattr(batching, "STREAM_SHUFFLE_BUFFER", 64, raising=False)
     n = 400
     paths, labels = _id_paths(tmp_path / "d", n)
     decoded = _spy_decodes(monkeypatch)
