@@ -160,7 +160,7 @@ def element_shares(num_examples: int, num_workers: int) -> tuple:
 
 
 def worker_share(input_context, sizes, batch_size: int, training: bool,
-                  what: str) -> Optional[WorkerShare]:
+                 what: str) -> Optional[WorkerShare]:
     """The :class:`WorkerShare` of ``input_context``, or None without one.
 
     Args:
@@ -179,10 +179,10 @@ def worker_share(input_context, sizes, batch_size: int, training: bool,
     workers = int(input_context.num_input_pipelines)
     replicas = int(input_context.num_replicas_in_sync)
     share = WorkerShare(index=int(input_context.input_pipeline_id),
-                         sizes=tuple(int(n) for n in sizes),
-                         replicas=max(1, replicas // workers),
-                         batch_size=int(input_context.get_per_replica_batch_size(batch_size)),
-                         global_batch=int(batch_size))
+                        sizes=tuple(int(n) for n in sizes),
+                        replicas=max(1, replicas // workers),
+                        batch_size=int(input_context.get_per_replica_batch_size(batch_size)),
+                        global_batch=int(batch_size))
     if training and not share.train_examples():
         raise ValueError(
             f"`--batch_size` {batch_size} is too large for {what} across {workers} "

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import subprocess
@@ -7,8 +8,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from catdog import benchmark
 from conftest import REPO, make_class_folder, write_image
+
+
+def _load_benchmarks():
+    # The benchmarks live in <repo>/benchmarks, outside the installed package.
+    spec = importlib.util.spec_from_file_location(
+        "benchmarks", os.path.join(REPO, "benchmarks", "__init__.py"))
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["benchmarks"] = package
+    spec.loader.exec_module(package)
+
+
+if "benchmarks" not in sys.modules:
+    _load_benchmarks()
+from benchmarks import input_benchmark as benchmark  # noqa: E402
+from benchmarks import input_memory  # noqa: E402
 
 
 def test_benchmark_script_writes_consistent_json(tmp_path):
@@ -65,14 +80,14 @@ def test_benchmark_refuses_a_folder_whose_caches_do_not_fit(tmp_path, monkeypatc
     root = make_class_folder(tmp_path / "imgs", per_class=10, size=16)
     per_image = 64 * 64 * 3 * 4
     # Room for 7 float32 images at 70%: 20 images are refused with the fix.
-    monkeypatch.setattr(benchmark, "available_memory_bytes", lambda: 10 * per_image)
+    monkeypatch.setattr(input_memory, "available_memory_bytes", lambda: 10 * per_image)
     with pytest.raises(ValueError, match=r"20 images at 64x64: .*--max_images=7 "):
         benchmark.run_benchmark(root, image_size=(64, 64), repeats=1)
     # A sample that fits passes the check (and is then timed as usual).
-    benchmark.check_memory(7, (64, 64), available=10 * per_image)
+    input_memory.check_memory(7, (64, 64), available=10 * per_image)
     with pytest.raises(ValueError, match="--max_images=7"):
-        benchmark.check_memory(8, (64, 64), available=10 * per_image)
-    benchmark.check_memory(10**9, (224, 224), available=0)  # unknown: no check
+        input_memory.check_memory(8, (64, 64), available=10 * per_image)
+    input_memory.check_memory(10**9, (224, 224), available=0)  # unknown: no check
 
 
 def test_benchmark_times_tfrecord_shards_of_the_same_images(tmp_path):
