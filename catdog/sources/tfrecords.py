@@ -157,8 +157,9 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
     ``interleave`` of the shards -> parse -> decode + resize -> cache uint8
     -> shuffle -> batch -> prefetch. A training file cache is written per
     shard file, and the cached files are read in a new random order every
-    epoch (the shuffle buffer is bounded without ``cache="memory"``). The options set file-level auto-sharding
-    (``AutoShardPolicy.FILE``) for a dataset handed to tf.distribute as it is.
+    epoch (the shuffle buffer is bounded without ``cache="memory"``). The
+    options set file-level auto-sharding (``AutoShardPolicy.FILE``) for a
+    dataset handed to tf.distribute as it is.
     With ``input_context`` the dataset is this worker's share: its own shard
     files (dealt out by example count, see :func:`_assign_files`), or, with
     fewer files than workers, every ``num_input_pipelines``-th record of a
