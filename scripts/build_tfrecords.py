@@ -19,6 +19,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from catdog import cli  # noqa: E402  (after the path set-up above)
+from catdog.config import DEFAULT_MAX_PIXELS  # noqa: E402
 
 flags.DEFINE_string("data_dir", None,
                     "Folder with one subfolder of images per class.")
@@ -39,23 +40,23 @@ flags.DEFINE_list("class_names", None,
                   "alphanumeric order). Use the same list for train and val shards.")
 flags.DEFINE_string("prefix", "", "Shard file name prefix (default: the folder's name).")
 flags.DEFINE_integer("seed", 1337, "Seed of the order files are dealt into shards.")
-flags.DEFINE_integer("max_pixels", 89_478_485,
+flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS,
                      "Images whose header declares more pixels are skipped.")
 FLAGS = flags.FLAGS
 
 
 def _build():
-    from catdog import tfrecords  # heavy import after flag parsing
+    from catdog.sources import tfrecord_writer  # heavy import after flag parsing
     if not FLAGS.data_dir or not FLAGS.output_dir:
         missing = "data_dir" if not FLAGS.data_dir else "output_dir"
         raise ValueError(f"`--{missing}` is required. Received: {missing}=None")
-    manifest = tfrecords.write_tfrecords(
+    manifest = tfrecord_writer.write_tfrecords(
         FLAGS.data_dir, FLAGS.output_dir, num_shards=FLAGS.num_shards,
         max_side=FLAGS.max_side, jpeg_quality=FLAGS.jpeg_quality,
         class_names=FLAGS.class_names, prefix=FLAGS.prefix, seed=FLAGS.seed,
         max_pixels=FLAGS.max_pixels)
     print(json.dumps({k: manifest[k] for k in ("class_names", "num_examples", "counts")}))
-    print(f"{len(manifest['shards'])} shard(s) and {tfrecords.MANIFEST} in "
+    print(f"{len(manifest['shards'])} shard(s) and {tfrecord_writer.MANIFEST} in "
           f"{FLAGS.output_dir}; {len(manifest['skipped'])} file(s) skipped"
           + (" (listed in the manifest)." if manifest["skipped"] else "."), flush=True)
 

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import subprocess
@@ -7,9 +8,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from catdog import benchmark
-from catdog import data
 from conftest import REPO, make_class_folder, write_image
+
+
+def _load_benchmarks():
+    # The benchmarks live in <repo>/benchmarks, outside the installed package.
+    spec = importlib.util.spec_from_file_location(
+        "benchmarks", os.path.join(REPO, "benchmarks", "__init__.py"))
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["benchmarks"] = package
+    spec.loader.exec_module(package)
+
+
+if "benchmarks" not in sys.modules:
+    _load_benchmarks()
+from benchmarks import input_benchmark as benchmark  # noqa: E402
+from benchmarks import input_memory  # noqa: E402
 
 
 def test_benchmark_script_writes_consistent_json(tmp_path):
@@ -62,73 +76,24 @@ def test_benchmark_rejects_a_missing_folder(tmp_path):
         benchmark.run_benchmark(str(tmp_path), repeats=0)
 
 
-def test_dct_scaling_policy_eager_and_in_tf_data(tmp_path):
-    rng = np.random.RandomState(0)
-    smooth = tf.image.resize(rng.randint(0, 255, (8, 10, 3)).astype(np.float32),
-                             (96, 120)).numpy().astype(np.uint8)
-    big = write_image(str(tmp_path / "big.jpg"), smooth)             # >= 4x of 24x24
-    small = write_image(str(tmp_path / "small.jpg"), smooth[:40, :40])  # < 2x
-    png = write_image(str(tmp_path / "big.png"), smooth)
-    size = (24, 24)
-    read = lambda p: tf.io.read_file(p)
-    # Not scaled: pixel-identical to the exact decode.
-    for path in (small, png):
-        np.testing.assert_array_equal(data.decode_and_resize_scaled(read(path), size),
-                                      data.decode_and_resize(read(path), size))
-    # Scaled: close to the exact decode (a box-filtered downscale of a smooth image).
-    scaled = data.decode_and_resize_scaled(read(big), size).numpy()
-    exact = data.decode_and_resize(read(big), size).numpy()
-    assert scaled.shape == (24, 24, 3) and scaled.dtype == np.uint8
-    diff = np.abs(scaled.astype(int) - exact.astype(int)).mean()
-    assert 0 < diff < 6  # the DCT path was taken, and it stays close
-    graph = list(tf.data.Dataset.from_tensor_slices([big, small, png]).map(
-        lambda p: data.decode_and_resize_scaled(tf.io.read_file(p), size)))
-    np.testing.assert_array_equal(graph[0].numpy(), scaled)
-    ds = data.build_dataset([big, small], [0, 1], num_classes=2, image_size=size,
-                            batch_size=2, training=False, dct_scaling=True,
-                            deterministic=True)
-    np.testing.assert_array_equal(next(iter(ds))[0][0].numpy(), scaled)
-
-
-def test_dct_scaling_applies_to_the_training_split_only(tmp_path):
-    from catdog import config as C
-    rng = np.random.RandomState(1)
-    for name in ("a", "b"):
-        smooth = tf.image.resize(rng.randint(0, 255, (6, 6, 3)).astype(np.float32),
-                                 (64, 64)).numpy().astype(np.uint8)
-        write_image(str(tmp_path / "d" / name / f"{name}.jpg"), smooth)
-    root = str(tmp_path / "d")
-    cfg = C.DataConfig(train_dir=root, val_dir=root, image_size=(16, 16), batch_size=2,
-                       deterministic=True, dct_scaling=True)
-    train_ds, val_ds, index = data.build_datasets(cfg, progress=False)
-    read = lambda p: tf.io.read_file(p)
-    exact = [data.decode_and_resize(read(p), (16, 16)).numpy() for p in index.val.paths]
-    scaled = [data.decode_and_resize_scaled(read(p), (16, 16)).numpy()
-              for p in index.train.paths]
-    np.testing.assert_array_equal(next(iter(val_ds))[0].numpy(), np.stack(exact))
-    got = sorted(x.tobytes() for x in next(iter(train_ds))[0].numpy())
-    assert got == sorted(x.tobytes() for x in scaled)
-    assert got != sorted(x.tobytes() for x in exact)
-
-
 def test_benchmark_refuses_a_folder_whose_caches_do_not_fit(tmp_path, monkeypatch):
     root = make_class_folder(tmp_path / "imgs", per_class=10, size=16)
     per_image = 64 * 64 * 3 * 4
     # Room for 7 float32 images at 70%: 20 images are refused with the fix.
-    monkeypatch.setattr(benchmark, "available_memory_bytes", lambda: 10 * per_image)
+    monkeypatch.setattr(input_memory, "available_memory_bytes", lambda: 10 * per_image)
     with pytest.raises(ValueError, match=r"20 images at 64x64: .*--max_images=7 "):
         benchmark.run_benchmark(root, image_size=(64, 64), repeats=1)
     # A sample that fits passes the check (and is then timed as usual).
-    benchmark.check_memory(7, (64, 64), available=10 * per_image)
+    input_memory.check_memory(7, (64, 64), available=10 * per_image)
     with pytest.raises(ValueError, match="--max_images=7"):
-        benchmark.check_memory(8, (64, 64), available=10 * per_image)
-    benchmark.check_memory(10**9, (224, 224), available=0)  # unknown: no check
+        input_memory.check_memory(8, (64, 64), available=10 * per_image)
+    input_memory.check_memory(10**9, (224, 224), available=0)  # unknown: no check
 
 
 def test_benchmark_times_tfrecord_shards_of_the_same_images(tmp_path):
-    from catdog import tfrecords  # pylint: disable=import-outside-toplevel
+    from catdog.sources import tfrecord_writer  # pylint: disable=import-outside-toplevel
     root = make_class_folder(tmp_path / "imgs", per_class=10, size=40)
-    tfrecords.write_tfrecords(root, str(tmp_path / "shards"), num_shards=3)
+    tfrecord_writer.write_tfrecords(root, str(tmp_path / "shards"), num_shards=3)
     r = benchmark.run_benchmark(root, image_size=(32, 32), batch_size=4, repeats=2,
                                 train_tfrecords=str(tmp_path / "shards" / "*.tfrecord"),
                                 log=lambda line: None)

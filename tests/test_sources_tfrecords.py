@@ -1,16 +1,18 @@
-import json
+"""The TFRecord source: resolving shards, reading them like the folder they came from."""
+
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from catdog import config as C
+from catdog import batching
 from catdog import data
-from catdog import tfrecords
-from conftest import REPO, id_folder, image_ids, make_class_folder, write_image
+from catdog import decode
+from catdog.sources import tfrecord_writer
+from catdog.sources import tfrecords
+from conftest import id_folder, image_ids, make_class_folder, write_image
 
 
 def _epochs(ds, n=2):
@@ -36,38 +38,10 @@ def folder_with_bad_files(tmp_path):
     return root
 
 
-def test_write_skips_bad_files_and_writes_manifest(folder_with_bad_files, tmp_path):
-    before = {p: os.path.getsize(os.path.join(r, p)) for r, _, fs in os.walk(folder_with_bad_files)
-              for p in fs}
-    out = str(tmp_path / "shards")
-    manifest = tfrecords.write_tfrecords(folder_with_bad_files, out, num_shards=3,
-                                         progress=False)
-    assert manifest["class_names"] == ["cats", "dogs"]
-    assert manifest["counts"] == {"cats": 9, "dogs": 10}
-    assert manifest["num_examples"] == 19
-    assert sorted(os.path.basename(s["path"]) for s in manifest["skipped"]) == [
-        "broken.jpg", "empty.jpg"]
-    assert all(s["reason"] for s in manifest["skipped"])
-    names = sorted(os.listdir(out))
-    assert names == ["manifest.json"] + [f"src-0000{i}-of-00003.tfrecord" for i in range(3)]
-    assert json.load(open(os.path.join(out, "manifest.json"))) == manifest
-    assert sum(s["num_examples"] for s in manifest["shards"]) == 19
-    # Shards are dealt from a shuffled order: each holds both classes.
-    files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
-    assert n == 19 and len(files) == 3
-    for f in files:
-        labels = {int(tfrecords.parse_example(r)[1]) for r in tf.data.TFRecordDataset(f)}
-        assert labels == {0, 1}
-    # The user's files are only read.
-    after = {p: os.path.getsize(os.path.join(r, p)) for r, _, fs in os.walk(folder_with_bad_files)
-             for p in fs}
-    assert after == before
-
-
 def test_parse_example_eager_and_in_tf_data(tmp_path):
     root = make_class_folder(tmp_path / "src", per_class=2, size=12)
     out = str(tmp_path / "shards")
-    tfrecords.write_tfrecords(root, out, num_shards=1, progress=False)
+    tfrecord_writer.write_tfrecords(root, out, num_shards=1, progress=False)
     shard = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))[0][0]
     records = list(tf.data.TFRecordDataset(shard))
     eager = [tfrecords.parse_example(r) for r in records]
@@ -89,7 +63,7 @@ def _configs(root, out_train, out_val, **kw):
 
 def test_shards_give_the_folder_pixels(folder_with_bad_files, tmp_path):
     out = str(tmp_path / "shards")
-    tfrecords.write_tfrecords(folder_with_bad_files, out, num_shards=2, progress=False)
+    tfrecord_writer.write_tfrecords(folder_with_bad_files, out, num_shards=2, progress=False)
     folder_cfg, shard_cfg = _configs(folder_with_bad_files, out, out)
     f_train, f_val, f_index = data.build_datasets(folder_cfg, progress=False)
     s_train, s_val, s_index = data.build_datasets(shard_cfg)
@@ -109,7 +83,7 @@ def test_shards_give_the_folder_pixels(folder_with_bad_files, tmp_path):
 @pytest.mark.parametrize("source", ["folder", "tfrecords"])
 def test_deterministic_runs_repeat_and_seeds_differ(folder_with_bad_files, tmp_path, source):
     out = str(tmp_path / "shards")
-    tfrecords.write_tfrecords(folder_with_bad_files, out, num_shards=3, progress=False)
+    tfrecord_writer.write_tfrecords(folder_with_bad_files, out, num_shards=3, progress=False)
 
     def train_ds(seed):
         folder_cfg, shard_cfg = _configs(folder_with_bad_files, out, out,
@@ -123,27 +97,7 @@ def test_deterministic_runs_repeat_and_seeds_differ(folder_with_bad_files, tmp_p
     assert first != other
 
 
-def test_max_side_reencodes_large_images(tmp_path):
-    root = str(tmp_path / "src")
-    write_image(os.path.join(root, "a", "wide.png"), np.full((30, 80, 3), 200, np.uint8))
-    write_image(os.path.join(root, "b", "small.jpg"), np.full((20, 10, 3), 50, np.uint8))
-    out = str(tmp_path / "shards")
-    manifest = tfrecords.write_tfrecords(root, out, num_shards=1, max_side=40,
-                                         jpeg_quality=90, progress=False)
-    assert manifest["max_side"] == 40 and manifest["jpeg_quality"] == 90
-    shard = tfrecords.resolve_shards(os.path.join(out, "*"))[0][0]
-    rows = {}
-    for r in tf.data.TFRecordDataset(shard):
-        p = tf.io.parse_single_example(r, tfrecords._FEATURES)
-        image = tf.io.decode_image(p["image/encoded"], channels=3)
-        rows[p["image/filename"].numpy().decode()] = (
-            p["image/format"].numpy().decode(), int(p["image/height"]),
-            int(p["image/width"]), tuple(image.shape[:2]))
-    assert rows[os.path.join("a", "wide.png")] == ("jpeg", 15, 40, (15, 40))
-    assert rows[os.path.join("b", "small.jpg")] == ("jpeg", 20, 10, (20, 10))
-
-
-def test_errors_name_the_flag_and_value(tmp_path):
+def test_reader_errors_name_the_flag_and_value(tmp_path):
     root = make_class_folder(tmp_path / "src", per_class=2, size=12)
     with pytest.raises(ValueError, match="train_tfrecords=.*nothing"):
         tfrecords.resolve_shards(str(tmp_path / "nothing-*.tfrecord"))
@@ -152,10 +106,6 @@ def test_errors_name_the_flag_and_value(tmp_path):
     (lonely / "x.tfrecord").write_bytes(b"")
     with pytest.raises(ValueError, match="No manifest.json.*build_tfrecords.py"):
         tfrecords.resolve_shards(str(lonely / "*.tfrecord"), "val_tfrecords")
-    with pytest.raises(ValueError, match="num_shards=-1"):
-        tfrecords.write_tfrecords(root, str(tmp_path / "o"), num_shards=-1)
-    with pytest.raises(ValueError, match="jpeg_quality=0"):
-        tfrecords.write_tfrecords(root, str(tmp_path / "o"), jpeg_quality=0)
     cfg = C.Config(data=C.DataConfig(train_tfrecords="a*"),
                    train=C.TrainConfig(model_dir=str(tmp_path / "m")))
     with pytest.raises(ValueError, match="--val_tfrecords.*val_tfrecords=''"):
@@ -164,36 +114,20 @@ def test_errors_name_the_flag_and_value(tmp_path):
     with pytest.raises(ValueError, match="exactly one input source"):
         cfg.validate()
     # Validation shards with other classes are refused.
-    tfrecords.write_tfrecords(root, str(tmp_path / "t"), num_shards=1, progress=False)
-    tfrecords.write_tfrecords(root, str(tmp_path / "v"), num_shards=1,
-                              class_names=["dogs", "cats"], progress=False)
+    tfrecord_writer.write_tfrecords(root, str(tmp_path / "t"), num_shards=1, progress=False)
+    tfrecord_writer.write_tfrecords(root, str(tmp_path / "v"), num_shards=1,
+                                    class_names=["dogs", "cats"], progress=False)
     bad = C.DataConfig(train_tfrecords=str(tmp_path / "t" / "*.tfrecord"),
                        val_tfrecords=str(tmp_path / "v" / "*.tfrecord"))
     with pytest.raises(ValueError, match="same classes"):
         data.index_source(bad)
 
 
-def test_script_writes_shards(tmp_path):
-    root = make_class_folder(tmp_path / "src", per_class=3, size=12)
-    out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "build_tfrecords.py"),
-         f"--data_dir={root}", f"--output_dir={out}", "--num_shards=2"],
-        capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert '"num_examples": 6' in proc.stdout
-    assert len(list(out.glob("*.tfrecord"))) == 2
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "build_tfrecords.py"),
-         f"--output_dir={out}"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--data_dir" in proc.stderr
-
-
 def test_split_record_lists_the_shards_and_fine_tuning_needs_the_same(
         folder_with_bad_files, tmp_path):
     out_train, out_val = str(tmp_path / "st"), str(tmp_path / "sv")
-    tfrecords.write_tfrecords(folder_with_bad_files, out_train, num_shards=2, progress=False)
-    tfrecords.write_tfrecords(folder_with_bad_files, out_val, num_shards=1, progress=False)
+    tfrecord_writer.write_tfrecords(folder_with_bad_files, out_train, num_shards=2, progress=False)
+    tfrecord_writer.write_tfrecords(folder_with_bad_files, out_val, num_shards=1, progress=False)
     _, cfg = _configs(folder_with_bad_files, out_train, out_val)
     index = data.index_source(cfg)
     record = data.split_record(cfg, index)
@@ -218,8 +152,8 @@ def test_worker_shares_of_shards_partition_each_epoch(tmp_path, num_shards):
     other, and validation evaluates every record once."""
     labels = id_folder(tmp_path / "src", [range(0, 13), range(100, 113)])
     out = str(tmp_path / "shards")
-    tfrecords.write_tfrecords(str(tmp_path / "src"), out, num_shards=num_shards,
-                              progress=False)
+    tfrecord_writer.write_tfrecords(str(tmp_path / "src"), out, num_shards=num_shards,
+                                    progress=False)
     files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
     contexts = [tf.distribute.InputContext(2, w, 2) for w in range(2)]
     build = lambda ctx, training: tfrecords.build_tfrecord_dataset(
@@ -251,13 +185,13 @@ def test_shards_without_memory_cache_shuffle_in_a_bounded_buffer(tmp_path, monke
     """Without an in-memory cache the first batch comes after about a buffer
     of decodes, not the whole split; a file cache is written per shard file
     and every epoch still uses each record once in a new order."""
-    monkeypatch.setattr(data, "STREAM_SHUFFLE_BUFFER", 16, raising=False)
+    monkeypatch.setattr(batching, "STREAM_SHUFFLE_BUFFER", 16, raising=False)
     labels = id_folder(tmp_path / "src", [range(0, 60), range(100, 160)])
     out = str(tmp_path / "shards")
-    tfrecords.write_tfrecords(str(tmp_path / "src"), out, num_shards=4, progress=False)
+    tfrecord_writer.write_tfrecords(str(tmp_path / "src"), out, num_shards=4, progress=False)
     files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
     decoded = []
-    real = data.decode_and_resize
+    real = decode.decode_and_resize
 
     def spy(contents, image_size):
         image = real(contents, image_size)
@@ -265,7 +199,7 @@ def test_shards_without_memory_cache_shuffle_in_a_bounded_buffer(tmp_path, monke
         with tf.control_dependencies([done]):
             return tf.identity(image)
 
-    monkeypatch.setattr(data, "decode_and_resize", spy)
+    monkeypatch.setattr(decode, "decode_and_resize", spy)
     cache_dir = tmp_path / "cache"
     ds = tfrecords.build_tfrecord_dataset(
         files, num_classes=2, image_size=(16, 16), batch_size=4, training=True,
@@ -287,8 +221,8 @@ def test_file_cache_of_rebuilt_shards_is_not_reused(tmp_path):
     def cached_ids(ids):
         root = tmp_path / f"src{ids[0]}"
         id_folder(root, [ids[: len(ids) // 2], ids[len(ids) // 2:]])
-        tfrecords.write_tfrecords(str(root), out, num_shards=2, prefix="train",
-                                  progress=False)
+        tfrecord_writer.write_tfrecords(str(root), out, num_shards=2, prefix="train",
+                                        progress=False)
         files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
         ds = tfrecords.build_tfrecord_dataset(files, num_classes=2, image_size=(16, 16),
                                               batch_size=4, training=False,

@@ -6,9 +6,9 @@ itself drops the 1,738 corrupt files of the original archive while it
 prepares the data). Class names come from ``info.features["label"].names``.
 
 Images are read as their ENCODED bytes (``tfds.decode.SkipDecoding``) and
-decoded with :func:`catdog.data.decode_and_resize`, the decode training,
+decoded with :func:`catdog.decode.decode_and_resize`, the decode training,
 evaluation, prediction and export share, then cached, shuffled and batched
-like every other source (:func:`catdog.data.batch_pipeline`).
+like every other source (:func:`catdog.batching.batch_pipeline`).
 
 Nothing is downloaded at import. :func:`index_tfds` prepares the dataset if
 it is not in the data dir yet; without network that fails with a message
@@ -20,7 +20,9 @@ from __future__ import annotations
 from absl import logging
 import tensorflow as tf
 
-from catdog import data as data_lib
+from catdog import batching
+from catdog import decode
+from catdog import file_cache
 
 
 def _tfds():
@@ -99,8 +101,8 @@ def _num_examples(builder, split: str, seed: int) -> int:
     return int(ds.reduce(0, lambda n, _: n + 1).numpy())
 
 
-def index_tfds(data_config) -> data_lib.DataIndex:
-    """The :class:`catdog.data.DataIndex` of ``tfds_name`` with its two splits."""
+def index_tfds(data_config) -> batching.DataIndex:
+    """The :class:`catdog.batching.DataIndex` of ``tfds_name`` with its two splits."""
     builder = load_builder(data_config.tfds_name, data_config.tfds_data_dir)
     class_names = list(builder.info.features["label"].names)
     if data_config.class_names and list(data_config.class_names) != class_names:
@@ -112,11 +114,11 @@ def index_tfds(data_config) -> data_lib.DataIndex:
     for flag, split in (("train_split", data_config.train_split),
                         ("val_split", data_config.val_split)):
         try:
-            splits.append(data_lib.SourceSplit(split, _num_examples(builder, split,
+            splits.append(batching.SourceSplit(split, _num_examples(builder, split,
                                                                      data_config.seed)))
         except ValueError as e:
             raise ValueError(f"`--{flag}`: {e} Received: {flag}={split!r}") from e
-    return data_lib.DataIndex(class_names, splits[0], splits[1], [])
+    return batching.DataIndex(class_names, splits[0], splits[1], [])
 
 
 def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
@@ -137,11 +139,11 @@ def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
       cache: ``"memory"``, ``"none"`` or a folder for cache files.
       seed: seed of the file and example shuffles.
       shuffle_buffer: example shuffle buffer; 0 means ``num_examples`` with
-        ``cache="memory"``, else :data:`catdog.data.STREAM_SHUFFLE_BUFFER`
+        ``cache="memory"``, else :data:`catdog.batching.STREAM_SHUFFLE_BUFFER`
         (a file cache then keeps the order of its first epoch, shuffled
         within that buffer).
       deterministic: fixed element order in the parallel stages.
-      dct_scaling: decode with :func:`catdog.data.decode_and_resize_scaled`.
+      dct_scaling: decode with :func:`catdog.decode.decode_and_resize_scaled`.
       input_context: the ``tf.distribute.InputContext`` of this worker under
         ``strategy.distribute_datasets_from_function``: every worker reads the
         encoded records in the same order (fixed seed and interleave) and
@@ -156,24 +158,19 @@ def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
     share = None
     if input_context is not None:
         workers = int(input_context.num_input_pipelines)
-        share = data_lib._worker_share(  # pylint: disable=protected-access
-            input_context, data_lib._element_shares(  # pylint: disable=protected-access
+        share = batching.worker_share(
+            input_context, batching.element_shares(
                 num_examples, workers), batch_size, training, f"TFDS split {split!r}")
         num_examples = share.num_examples
         # The same record order on every worker, whatever its core count.
         ds = _read(builder, split, training, seed, True).shard(workers, share.index)
     else:
         ds = _read(builder, split, training, seed, deterministic)
-    decode = (data_lib.decode_and_resize_scaled if dct_scaling
-              else data_lib.decode_and_resize)
+    decode_image = decode.decoder(dct_scaling)
 
     def load(example):
-        label = example["label"]
-        if num_classes == 2:
-            label = tf.reshape(tf.cast(label, tf.float32), (1,))
-        else:
-            label = tf.cast(label, tf.int32)
-        return decode(example["image"], image_size), label
+        return (decode_image(example["image"], image_size),
+                batching.encode_labels(example["label"], num_classes))
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if cache not in ("memory", "none"):
@@ -182,14 +179,14 @@ def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
         files = sorted(tf.io.gfile.glob(builder.data_dir.rstrip("/") + "/*"))
         identity = {"source": "tfds", "name": data_config.tfds_name,
                     "version": str(builder.info.version), "data_dir": builder.data_dir,
-                    "files": data_lib._file_stamps(files),  # pylint: disable=protected-access
+                    "files": file_cache.file_stamps(files),
                     "split": split, "seed": int(seed), "shuffle_files": bool(training),
                     "num_classes": int(num_classes), "image_size": list(image_size),
                     "dct_scaling": bool(dct_scaling), "deterministic": bool(deterministic)}
-        cache = data_lib._cache_file(  # pylint: disable=protected-access
-            cache, data_lib._split_name("tfds", share),  # pylint: disable=protected-access
+        cache = file_cache.cache_prefix(
+            cache, batching.split_name("tfds", share),
             identity) or "none"
-    return data_lib.batch_pipeline(ds, training=training, batch_size=batch_size,
+    return batching.batch_pipeline(ds, training=training, batch_size=batch_size,
                                    num_examples=num_examples, cache=cache, seed=seed,
                                    shuffle_buffer=shuffle_buffer,
                                    deterministic=deterministic, share=share)

@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 
 from catdog import config as C
 from catdog import data
-from catdog import tfds_source
+from catdog.sources import tfds as tfds_source
 from catdog import train
 
 

@@ -1,0 +1,9 @@
+"""Benchmarks of catdog's input pipeline (not part of the installed package).
+
+- ``python -m benchmarks`` (or ``scripts/benchmark_input.py``): catdog
+  against the stock Keras loaders (:mod:`benchmarks.input_benchmark`, the
+  loaders it times in :mod:`benchmarks.input_loaders`);
+- ``python -m benchmarks.measure_memory`` (or
+  ``scripts/measure_input_memory.py``): peak memory of one training epoch
+  (:mod:`benchmarks.input_memory`).
+"""

@@ -1,0 +1,64 @@
+r"""Benchmark catdog's input pipeline against the stock Keras loaders.
+
+Times, in one run on the same folder: ImageDataGenerator, stock
+image_dataset_from_directory (plain and cached), catdog (first and cached
+epoch, the one-off file check apart; with --train_tfrecords also from
+shards) and the decode ceiling; prints a table
+with the ratios and writes the figures as JSON. The page cache is warmed
+first so every loader reads from memory. Other load on the machine skews
+the figures: compare ratios from one run, and rerun.
+
+Example:
+  python scripts/benchmark_input.py --data_dir=training_set --json_out=bench.json --augment
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+# The repository root, so catdog and the benchmark modules are importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from catdog import cli  # noqa: E402  (after the path set-up above)
+
+flags.DEFINE_string("data_dir", None, "Folder with one subfolder of images per class.")
+flags.DEFINE_string("image_size", "224", "Image size: 'SIZE' or 'HEIGHT,WIDTH'.")
+flags.DEFINE_integer("batch_size", 32, "Batch size of every loader.")
+flags.DEFINE_string("json_out", None, "Write the figures to this JSON file.")
+flags.DEFINE_boolean("augment", False,
+                     "Also time ImageDataGenerator with flip/rotation/zoom and "
+                     "catdog's in-model augmentation block on the same CPU.")
+flags.DEFINE_integer("max_images", 0,
+                     "Use at most this many images (balanced over classes); 0: all.")
+flags.DEFINE_integer("repeats", 3,
+                     "Timing rounds; loaders run round-robin and each figure is the "
+                     "best round (other load only slows a loader down).")
+flags.DEFINE_string("train_tfrecords", None,
+                    "Also time catdog reading these TFRecord shards (a glob, as for "
+                    "training; e.g. written from --data_dir by build_tfrecords.py).")
+FLAGS = flags.FLAGS
+
+
+def _run():
+    from benchmarks import input_benchmark as benchmark  # heavy import after flag parsing
+    from catdog import config as config_lib
+    if not FLAGS.data_dir:
+        raise ValueError("`--data_dir` is required. Received: data_dir=None")
+    size = config_lib.parse_image_size(FLAGS.image_size)
+    result = benchmark.run_benchmark(FLAGS.data_dir, size, FLAGS.batch_size,
+                                     augment=FLAGS.augment, max_images=FLAGS.max_images,
+                                     repeats=FLAGS.repeats,
+                                     train_tfrecords=FLAGS.train_tfrecords or "",
+                                     log=lambda line: print(line, flush=True))
+    print("\n" + benchmark.format_table(result), flush=True)
+    if FLAGS.json_out:
+        with open(FLAGS.json_out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        print(f"\nFigures: {FLAGS.json_out}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(cli.script_main(_run), flags_parser=cli.parse_flags)

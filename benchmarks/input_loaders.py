@@ -1,0 +1,325 @@
+"""The loaders the input benchmark times, and the clock and probes it times them with.
+
+Stock ``ImageDataGenerator`` and ``image_dataset_from_directory``, catdog's
+pipeline from a folder and from TFRecord shards, the decode ceiling and
+floor, the augmentation block and a plain memory copy; each returns images
+per second (and per CPU-second where it matters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import platform
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from benchmarks import input_memory
+from catdog import data as data_lib
+
+
+def loadavg():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "tensorflow": tf.__version__,
+            "gpus": len(tf.config.list_physical_devices("GPU"))}
+
+
+def rate(n: int, seconds: float) -> float:
+    return round(n / seconds, 1) if seconds > 0 else float("inf")
+
+
+def ratio(a, b):
+    return round(a / b, 3) if a and b else None
+
+
+class Clock:
+    """Wall-clock and process CPU seconds (all threads) of a ``with`` block.
+
+    Wall-clock rates depend on how many cores the scheduler grants while
+    other processes compete; images per CPU-second measure the work a loader
+    does per image, which that competition barely changes.
+    """
+
+    def __enter__(self):
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+        return False
+
+
+def time_batches(batches) -> tuple:
+    """Iterates ``batches`` of ``(images, labels)``; returns (images, wall s, CPU s)."""
+    n = 0
+    with Clock() as clock:
+        for images, _ in batches:
+            n += int(images.shape[0])
+    return n, clock.wall, clock.cpu
+
+
+def _image_data_generator():
+    """Returns the ImageDataGenerator class and where it came from, or (None, reason)."""
+    try:
+        from tf_keras.preprocessing.image import ImageDataGenerator  # type: ignore
+        return ImageDataGenerator, "tf_keras"
+    except ImportError:
+        pass
+    try:
+        from keras.src.legacy.preprocessing.image import ImageDataGenerator
+        return ImageDataGenerator, "keras.src.legacy.preprocessing.image"
+    except ImportError:
+        return None, "unavailable"
+
+
+def time_idg(data_dir: str, image_size, batch_size: int, augment: bool = False):
+    """One pass of ``flow_from_directory``; returns (img/s, source, img/CPU-s).
+
+    The rates are None when no ImageDataGenerator is importable.
+    """
+    idg_class, source = _image_data_generator()
+    if idg_class is None:
+        return None, source, None
+    if augment and importlib.util.find_spec("scipy") is None:
+        # Its rotation and zoom call scipy.ndimage, which catdog does not need.
+        return None, "unavailable: ImageDataGenerator augmentation needs scipy", None
+    kwargs = dict(rescale=1.0 / 255)
+    if augment:
+        kwargs.update(horizontal_flip=True, rotation_range=35, zoom_range=0.2)
+    gen = idg_class(**kwargs).flow_from_directory(
+        data_dir, target_size=tuple(image_size), batch_size=batch_size,
+        class_mode="binary", shuffle=True, seed=0)
+    n = 0
+    with Clock() as clock:
+        for i in range(len(gen)):
+            n += int(gen[i][0].shape[0])
+    return rate(n, clock.wall), source, rate(n, clock.cpu)
+
+
+def time_keras(data_dir: str, image_size, batch_size: int) -> dict:
+    """Stock ``image_dataset_from_directory``: defaults, then cache+prefetch."""
+    import keras  # pylint: disable=import-outside-toplevel
+    make = lambda: keras.utils.image_dataset_from_directory(
+        data_dir, image_size=tuple(image_size), batch_size=batch_size, verbose=False)
+    n, s, cpu = time_batches(make())
+    cached = make().cache().prefetch(tf.data.AUTOTUNE)
+    n1, s1, _ = time_batches(cached)
+    n2, s2, _ = time_batches(cached)
+    return {"keras_img_per_s": rate(n, s), "keras_img_per_cpu_s": rate(n, cpu),
+            "keras_cached_first_epoch_img_per_s": rate(n1, s1),
+            "keras_cached_img_per_s": rate(n2, s2),
+            # Its cache holds float32 pixels.
+            "keras_cache_bytes": int(n1 * image_size[0] * image_size[1] * 3 * 4)}
+
+
+def time_decode_ceiling(paths, image_size, batch_size: int) -> dict:
+    """Parallel decode + resize of bytes already in memory (no file reads)."""
+    contents = [open(p, "rb").read() for p in paths]  # pylint: disable=consider-using-with
+    size = tuple(image_size)
+    source = tf.data.Dataset.from_tensor_slices(tf.constant(contents, tf.string))
+
+    def run(fn):
+        ds = (source.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+              .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+        n = 0
+        with Clock() as clock:
+            for batch in ds:
+                n += int(batch.shape[0])
+        return rate(n, clock.wall), rate(n, clock.cpu)
+
+    # decode_image dispatches on the bytes; the sizes after decode differ,
+    # so "decode alone" reduces each image to one number to batch it.
+    decode_only = lambda c: tf.reduce_max(
+        tf.io.decode_image(c, channels=3, expand_animations=False))
+    # The entropy-decoding floor: JPEGs decoded at 1/8 scale in the DCT
+    # domain still have every Huffman-coded bit read, the one part of a
+    # decode no loader that sees every pixel can skip (other formats are
+    # decoded in full).
+    floor = lambda c: tf.cond(
+        tf.io.is_jpeg(c),
+        lambda: tf.reduce_max(tf.io.decode_jpeg(c, channels=3, ratio=8)),
+        lambda: decode_only(c))
+    ceiling, ceiling_cpu = run(lambda c: data_lib.decode_and_resize(c, size))
+    floor_rate, floor_cpu = run(floor)
+    return {"decode_ceiling_img_per_s": ceiling,
+            "decode_ceiling_img_per_cpu_s": ceiling_cpu,
+            "decode_only_img_per_s": run(decode_only)[0],
+            "entropy_floor_img_per_s": floor_rate,
+            "entropy_floor_img_per_cpu_s": floor_cpu}
+
+
+def time_catdog(paths, labels, image_size, batch_size: int, dct_scaling: bool = False,
+                epochs: int = 2) -> dict:
+    """catdog's training pipeline: first epoch (decode + cache fill), then cached."""
+    ds = data_lib.build_dataset(paths, labels, num_classes=2, image_size=image_size,
+                                batch_size=batch_size, training=True, cache="memory",
+                                dct_scaling=dct_scaling)
+    rss0 = input_memory.rss_bytes()
+    n1, s1, cpu1 = time_batches(ds)
+    rss1 = input_memory.rss_bytes()
+    out = {"first_epoch_img_per_s": rate(n1, s1), "first_epoch_images": n1,
+           "first_epoch_img_per_cpu_s": rate(n1, cpu1),
+           "rss_delta_bytes": max(0, rss1 - rss0)}
+    if epochs > 1:
+        n2, s2, _ = time_batches(ds)
+        out["cached_epoch_img_per_s"] = rate(n2, s2)
+    return out
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux: ru_maxrss in KiB)."""
+    import resource  # pylint: disable=import-outside-toplevel
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def epoch_memory(paths, labels, image_size, batch_size: int, cache: str,
+                 shuffle_buffer: int = 0) -> dict:
+    """Peak memory of one training epoch of catdog's pipeline.
+
+    Run it in a fresh process per setting: the peak RSS is the process's
+    high-water mark, reported relative to the RSS just before the epoch
+    (TensorFlow itself, the file list).
+
+    Args:
+      paths, labels: the training files.
+      image_size: ``(height, width)``.
+      batch_size: batch size.
+      cache: ``"memory"``, ``"none"`` or a cache folder (emptied first).
+      shuffle_buffer: as ``--shuffle_buffer``.
+
+    Returns:
+      Images, seconds to the first batch and for the epoch, RSS before, peak
+      RSS and their difference (bytes).
+    """
+    if cache not in ("memory", "none") and os.path.isdir(cache):
+        shutil.rmtree(cache)
+    ds = data_lib.build_dataset(paths, labels, num_classes=2, image_size=image_size,
+                                batch_size=batch_size, training=True, cache=cache,
+                                shuffle_buffer=shuffle_buffer)
+    before = rss_bytes()
+    start = time.perf_counter()
+    images, first = 0, None
+    for x, _ in ds:
+        images += int(x.shape[0])
+        if first is None:
+            first = time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    peak = peak_rss_bytes()
+    return {"images": images, "image_size": list(image_size), "cache": cache,
+            "shuffle_buffer": shuffle_buffer, "first_batch_seconds": round(first or 0, 3),
+            "epoch_seconds": round(seconds, 2), "rss_before_bytes": before,
+            "peak_rss_bytes": peak, "peak_minus_before_bytes": max(0, peak - before)}
+
+
+def warm_page_cache(paths) -> int:
+    """Reads every file once (local or ``tf.io.gfile`` URL); returns the bytes read.
+
+    Afterwards every loader reads these files from memory, so none pays disk
+    reads another does not.
+    """
+    total = 0
+    for path in paths:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                total += len(chunk)
+    return total
+
+
+def time_catdog_tfrecords(files, num_classes: int, num_examples: int, image_size,
+                          batch_size: int) -> dict:
+    """catdog's training pipeline over TFRecord shards: first epoch, then cached."""
+    from catdog.sources import tfrecords  # pylint: disable=import-outside-toplevel
+    ds = tfrecords.build_tfrecord_dataset(
+        files, num_classes=num_classes, image_size=image_size,
+        batch_size=batch_size, training=True, num_examples=num_examples)
+    n1, s1, cpu1 = time_batches(ds)
+    n2, s2, _ = time_batches(ds)
+    return {"catdog_tfrecords_first_epoch_img_per_s": rate(n1, s1),
+            "catdog_tfrecords_first_epoch_img_per_cpu_s": rate(n1, cpu1),
+            "catdog_tfrecords_cached_epoch_img_per_s": rate(n2, s2)}
+
+
+def cache_element_bytes(n: int, image_size) -> int:
+    # What the cache holds: one uint8 HxWx3 image and one float32 label per file.
+    return int(n * (image_size[0] * image_size[1] * 3 + 4))
+
+
+def time_augmentation(paths, labels, image_size, batch_size: int) -> float:
+    """catdog's cached images through the in-model augmentation block (training=True)."""
+    from catdog import augment  # pylint: disable=import-outside-toplevel
+    block = augment.build_augmentation("horizontal", 0.1, 0.2, seed=0)
+    ds = data_lib.build_dataset(paths, labels, num_classes=2, image_size=image_size,
+                                batch_size=batch_size, training=True, cache="memory")
+    for _ in ds:  # fill the cache: only the augmentation is timed
+        pass
+    step = tf.function(lambda x: block(tf.cast(x, tf.float32), training=True))
+    n, start = 0, time.perf_counter()
+    for images, _ in ds:
+        step(images)
+        n += int(images.shape[0])
+    return rate(n, time.perf_counter() - start)
+
+
+def symlink_folder(files, class_names, root: str) -> str:
+    """A class-folder tree at ``root`` of symlinks to ``files`` (``(path, label)``)."""
+    for i, (path, label) in enumerate(files):
+        folder = os.path.join(root, class_names[label])
+        os.makedirs(folder, exist_ok=True)
+        os.symlink(os.path.abspath(path),
+                   os.path.join(folder, f"{i:06d}{os.path.splitext(path)[1].lower()}"))
+    return root
+
+
+def sample_folder(listing, max_images: int, workdir: str) -> str:
+    """A folder of symlinks to at most ``max_images`` files, classes kept balanced.
+
+    ``listing`` is ``scan.list_image_files``' ``(paths, labels, class_names)``.
+    """
+    paths, labels, class_names = listing
+    per_class = {}
+    for p, l in zip(paths, labels):
+        per_class.setdefault(l, []).append(p)
+    picked = []
+    for label in sorted(per_class):
+        files = per_class[label]
+        take = max(1, int(round(max_images * len(files) / len(paths))))
+        step = len(files) / take
+        picked += [(files[int(i * step)], label) for i in range(min(take, len(files)))]
+    return symlink_folder(picked[:max_images], class_names,
+                          os.path.join(workdir, "sample"))
+
+
+def time_memcpy(n: int, image_size) -> float:
+    """Images/s of a plain memory copy of ``n`` uint8 images: the cached-epoch limit.
+
+    A cached epoch that reshuffles every epoch must copy each cached image
+    into a new batch; this is that copy without tf.data around it. Both
+    buffers are touched first, so page faults are not timed.
+    """
+    src = np.ones((n, image_size[0], image_size[1], 3), np.uint8)
+    dst = np.zeros_like(src)
+    start = time.perf_counter()
+    np.copyto(dst, src)
+    seconds = time.perf_counter() - start
+    del src, dst
+    return rate(n, seconds)
+

@@ -1,0 +1,191 @@
+"""The training / validation split of a run and its record, split.json.
+
+:func:`split_files` holds out a stratified, stable, seeded share of each
+class; :func:`split_record` is what ``split.json`` stores of any source, and
+:func:`split_digest` / :func:`describe_split_change` compare two records
+independently of where the data lies (fine-tuning and resuming must read
+exactly the split of the run they continue).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import os
+from typing import Optional
+
+from catdog import batching
+
+
+def split_files(paths, labels, validation_split: float, seed: int, class_dirs=None):
+    """Splits files into (train, val): stratified, stable and reproducible.
+
+    Each class holds out ``validation_split`` of its own files, rounded to
+    the nearest file (the per-class split ``ImageDataGenerator`` made): the
+    first ones in the order of a seeded hash of each file's path relative to
+    its class folder. Which files are held out depends only on the seed and
+    the names within each class (not on their order or on where the folder
+    is), so adding or removing one file moves at most one other file between
+    the splits, and moving the whole data folder keeps the split.
+    (``keras.utils.image_dataset_from_directory`` instead shuffles the whole
+    file list, so one new file reshuffles every split.)
+
+    Args:
+      paths: the usable files.
+      labels: their integer labels.
+      validation_split: fraction of each class held out, in (0, 1).
+      seed: seed of the hash order; another seed gives another split.
+      class_dirs: folder of each class, by label; file names are hashed
+        relative to it. Default: the paths as given.
+
+    Returns:
+      ``(train, val)`` :class:`catdog.batching.SplitFiles`, each in the order of ``paths``;
+      no file is in both.
+    """
+    members = collections.defaultdict(list)
+    for i, label in enumerate(labels):
+        members[label].append(i)
+    held_out = set()
+    for label, indices in members.items():
+        root = class_dirs[label] if class_dirs is not None else None
+        order = sorted(indices, key=lambda i: _hash_key(paths[i], root, seed))
+        held_out.update(order[:_num_held_out(len(indices), validation_split)])
+    take = lambda keep: batching.SplitFiles([p for i, p in enumerate(paths) if keep(i)],
+                                            [l for i, l in enumerate(labels) if keep(i)])
+    return take(lambda i: i not in held_out), take(lambda i: i in held_out)
+
+
+def _num_held_out(n: int, fraction: float) -> int:
+    # Nearest file, halves up: never more than half a file from the fraction,
+    # and one file more in a class changes the count by at most one.
+    return int(math.floor(fraction * n + 0.5))
+
+
+def _relative(path: str, root: Optional[str]) -> str:
+    if root is None:
+        return path
+    prefix = root.rstrip("/") + "/"
+    if path.startswith(prefix) and "/./" not in path and "/../" not in path:
+        return path[len(prefix):]  # the usual case, without relpath's cost
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def _hash_key(path: str, root: Optional[str], seed: int):
+    name = _relative(path, root)
+    digest = hashlib.sha256(f"{int(seed)}\n{name}".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest(), name
+
+
+# ---------------------------------------------------------------------------
+# split.json: the exact inputs of a run, for fine-tuning and resuming.
+# ---------------------------------------------------------------------------
+
+SPLIT_FORMAT = "catdog-split-v1"
+
+
+def source_kind(data_config) -> str:
+    """``"folder"``, ``"tfrecords"`` or ``"tfds"``: the input source of a config."""
+    if data_config.train_tfrecords:
+        return "tfrecords"
+    if data_config.tfds_name:
+        return "tfds"
+    return "folder"
+
+
+def split_record(data_config, index: batching.DataIndex) -> dict:
+    """What ``split.json`` holds: the training and validation inputs of a run.
+
+    ``train`` and ``val`` are the file paths exactly as training reads them
+    (folders), the shard files (TFRecords) or the split strings (TFDS). A
+    folder record also has the labels and the folders the files came from,
+    so the split can be compared by paths relative to them.
+    """
+    kind = source_kind(data_config)
+    record = {"format": SPLIT_FORMAT, "source": kind,
+              "class_names": list(index.class_names)}
+    if kind == "folder":
+        record.update(
+            train=list(index.train.paths), val=list(index.val.paths),
+            train_labels=[int(l) for l in index.train.labels],
+            val_labels=[int(l) for l in index.val.labels],
+            # "val" is empty when validation is held out of the training folder.
+            roots={"train": data_config.train_dir, "val": data_config.val_dir})
+        return record
+    listed = ((lambda s: list(s.source)) if kind == "tfrecords" else
+              (lambda s: [s.source]))
+    record.update(train=listed(index.train), val=listed(index.val),
+                  train_examples=len(index.train), val_examples=len(index.val))
+    if kind == "tfds":
+        record["tfds_name"] = data_config.tfds_name
+    return record
+
+
+def _split_entries(record: dict) -> dict:
+    """``{input key: "train" | "val"}``, keyed independently of where the data lies.
+
+    Folder files are keyed by the folder they came from (training or
+    validation folder), class and path relative to the class folder; shards
+    by file name; TFDS splits by dataset and split string.
+    """
+    entries = {}
+    kind = record.get("source")
+    for side in ("train", "val"):
+        if kind == "folder":
+            roots = record["roots"]
+            origin = "val_dir" if side == "val" and roots["val"] else "train_dir"
+            root = roots["val"] if origin == "val_dir" else roots["train"]
+            names = record["class_names"]
+            for path, label in zip(record[side], record[f"{side}_labels"]):
+                name = names[label]
+                key = (origin, name, _relative(path, os.path.join(root, name)))
+                entries[key] = side
+        elif kind == "tfrecords":
+            for path in record[side]:
+                entries[("shard", os.path.basename(path))] = side
+        else:
+            for split in record[side]:
+                entries[("tfds", record.get("tfds_name", ""), split)] = side
+    return entries
+
+
+def split_digest(record: dict) -> str:
+    """A digest of a split that stays the same when the data folder moves."""
+    canonical = {"source": record.get("source"), "class_names": record.get("class_names"),
+                 "entries": sorted([*key, side] for key, side in _split_entries(record).items())}
+    for key in ("train_examples", "val_examples"):
+        if key in record:
+            canonical[key] = int(record[key])
+    text = json.dumps(canonical, sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def describe_split_change(old: dict, new: dict) -> str:
+    """How split ``new`` differs from ``old``, for an error message."""
+    unit = {"folder": "file", "tfrecords": "shard file", "tfds": "TFDS split"}.get(
+        new.get("source"), "input")
+    if old.get("source") != new.get("source"):
+        return f"the input source changed from {old.get('source')} to {new.get('source')}"
+    if old.get("class_names") != new.get("class_names"):
+        return f"the classes changed from {old.get('class_names')} to {new.get('class_names')}"
+    a, b = _split_entries(old), _split_entries(new)
+    added = sorted(set(b) - set(a))
+    removed = sorted(set(a) - set(b))
+    moved = sorted(k for k in set(a) & set(b) if a[k] != b[k])
+    plural = lambda n: f"{unit}{'' if n == 1 else 's'}"
+    text = (f"{len(added)} {plural(len(added))} added, {len(removed)} removed, "
+            f"{len(moved)} moved between training and validation")
+    example = lambda keys: ", ".join("/".join(k[1:]) for k in keys[:3])
+    for what, keys in (("added", added), ("removed", removed), ("moved", moved)):
+        if keys:
+            text += f"; {what}: {example(keys)}{', ...' if len(keys) > 3 else ''}"
+    counts = [(len(old.get(s, [])), len(new.get(s, []))) for s in ("train", "val")]
+    for key in ("train_examples", "val_examples"):
+        if key in old and old.get(key) != new.get(key):
+            text += f"; {key} {old.get(key)} -> {new.get(key)}"
+    if not (added or removed or moved):
+        text += (f" (training {counts[0][0]} -> {counts[0][1]}, validation "
+                 f"{counts[1][0]} -> {counts[1][1]} {unit}s)")
+    return text
+

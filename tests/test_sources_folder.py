@@ -1,0 +1,163 @@
+"""The folder source: indexing a class-folder tree and reading its files."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from catdog import config as C
+from catdog import data
+from catdog import decode
+from conftest import id_folder, image_ids, make_class_folder, write_image
+
+
+def _data_config(train_dir, val_dir="", **kw):
+    kw.setdefault("batch_size", 4)
+    return C.DataConfig(train_dir=train_dir, val_dir=val_dir, image_size=(16, 16), **kw)
+
+
+def test_index_follows_keras_class_semantics(tmp_path):
+    root = tmp_path / "d"
+    make_class_folder(root, classes=("dogs", "cats"), per_class=3)
+    write_image(str(root / "cats" / "nested" / "deep.jpg"),
+                np.zeros((8, 8, 3), np.uint8))
+    (root / "cats" / ".DS_Store").write_bytes(b"\0\1")
+    (root / "dogs" / "Thumbs.db").write_bytes(b"\0\1")
+    idx = data.index_data(_data_config(str(root), validation_split=0.25))
+    assert idx.class_names == ["cats", "dogs"]  # alphanumeric
+    all_paths = idx.train.paths + idx.val.paths
+    assert len(all_paths) == 7  # nested counts, junk ignored
+    assert any(p.endswith("deep.jpg") for p in all_paths)
+    labels = dict(zip(all_paths, idx.train.labels + idx.val.labels))
+    assert all(labels[p] == (0 if "/cats/" in p else 1) for p in all_paths)
+    explicit = data.index_data(_data_config(str(root), validation_split=0.25,
+                                            class_names=("dogs", "cats")))
+    assert explicit.class_names == ["dogs", "cats"]
+
+
+def test_validation_split_is_reproducible_and_disjoint(tmp_path):
+    root = make_class_folder(tmp_path / "d", per_class=10)
+    a = data.index_data(_data_config(root, validation_split=0.3, seed=7))
+    b = data.index_data(_data_config(root, validation_split=0.3, seed=7))
+    c = data.index_data(_data_config(root, validation_split=0.3, seed=8))
+    assert a.train.paths == b.train.paths and a.val.paths == b.val.paths
+    assert not set(a.train.paths) & set(a.val.paths)
+    assert len(a.val) == 6 and len(a.train) == 14
+    assert a.val.paths != c.val.paths
+
+
+def test_bad_files_are_skipped_reported_and_untouched(tmp_path):
+    root = make_class_folder(tmp_path / "d", per_class=5)
+    empty = tmp_path / "d" / "cats" / "empty.jpg"
+    empty.write_bytes(b"")
+    html = tmp_path / "d" / "dogs" / "page.jpg"
+    html.write_bytes(b"<!DOCTYPE html><html>not an image</html>")
+    idx = data.index_data(_data_config(root, validation_split=0.2))
+    skipped = {s["path"]: s["reason"] for s in idx.skipped}
+    assert set(skipped) == {str(empty), str(html)}
+    assert all(skipped.values())
+    assert str(empty) not in idx.train.paths + idx.val.paths
+    assert empty.exists() and html.read_bytes().startswith(b"<!DOCTYPE")
+    # And the pipeline runs over every remaining file without error.
+    train_ds, val_ds, _ = data.build_datasets(_data_config(root, validation_split=0.2),
+                                              idx)
+    assert sum(int(x.shape[0]) for x, _ in val_ds) == len(idx.val)
+
+
+def test_batches_are_uint8_static_and_drop_remainder(tiny_folders):
+    train_dir, val_dir = tiny_folders
+    cfg = _data_config(train_dir, val_dir, batch_size=5)
+    train_ds, val_ds, idx = data.build_datasets(cfg)
+    assert len(idx.train) == 32 and len(idx.val) == 12
+    assert train_ds.element_spec[0].shape.as_list() == [5, 16, 16, 3]
+    assert train_ds.element_spec[0].dtype == tf.uint8
+    assert train_ds.element_spec[1].shape.as_list() == [5, 1]
+    assert train_ds.element_spec[1].dtype == tf.float32
+    sizes = [int(x.shape[0]) for x, _ in train_ds]
+    assert sizes == [5] * 6  # 32 // 5, remainder dropped
+    val_sizes = [int(x.shape[0]) for x, _ in val_ds]
+    assert sum(val_sizes) == 12  # validation keeps every image
+
+
+def test_clear_errors_for_bad_folders(tmp_path):
+    with pytest.raises(ValueError, match="missing_dir"):
+        data.index_data(_data_config(str(tmp_path / "missing_dir")))
+    one = make_class_folder(tmp_path / "one", classes=("cats",), per_class=3)
+    with pytest.raises(ValueError, match="at least 2"):
+        data.index_data(_data_config(one))
+    root = make_class_folder(tmp_path / "d", per_class=3)
+    with pytest.raises(ValueError, match="horses"):
+        data.index_data(_data_config(root, class_names=("cats", "horses")))
+    bad = make_class_folder(tmp_path / "bad", per_class=3)
+    for f in os.listdir(os.path.join(bad, "dogs")):
+        with open(os.path.join(bad, "dogs", f), "wb") as fh:
+            fh.write(b"")
+    with pytest.raises(ValueError, match="dogs"):
+        data.index_data(_data_config(bad))
+
+
+def test_dct_scaling_reaches_the_folder_dataset(tmp_path):
+    from test_decode import dct_test_images  # pylint: disable=import-outside-toplevel
+    big, small, _ = dct_test_images(tmp_path)
+    size = (24, 24)
+    scaled = decode.decode_and_resize_scaled(tf.io.read_file(big), size).numpy()
+    ds = data.build_dataset([big, small], [0, 1], num_classes=2, image_size=size,
+                            batch_size=2, training=False, dct_scaling=True,
+                            deterministic=True)
+    np.testing.assert_array_equal(next(iter(ds))[0][0].numpy(), scaled)
+
+
+def _spy_decodes(monkeypatch):
+    """Records the id of every image catdog decodes, in decode order."""
+    decoded = []
+    real = decode.decode_and_resize
+
+    def note(image):
+        decoded.extend(image_ids(image.numpy()[None]))
+        return 0
+
+    def spy(contents, image_size):
+        image = real(contents, image_size)
+        done = tf.py_function(note, [image], tf.int64)
+        with tf.control_dependencies([done]):
+            return tf.identity(image)
+
+    monkeypatch.setattr(decode, "decode_and_resize", spy)
+    return decoded
+
+
+def _id_paths(root, n):
+    labels = id_folder(root, [range(0, n // 2), range(n // 2, n)])
+    paths = sorted(str(p) for p in root.rglob("*.png"))
+    return paths, [labels[int(os.path.basename(p)[5:9])] for p in paths]
+
+
+def _epoch_ids(ds):
+    return [i for x, _ in ds for i in image_ids(x)]
+
+
+def _sequential(ds):
+    """The same pipeline on one thread: parallel maps then run (and a decode
+    spy records) the elements in their input order."""
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    return ds.with_options(options)
+
+
+def test_uncached_paths_are_shuffled_before_decoding_every_epoch(tmp_path, monkeypatch):
+    paths, labels = _id_paths(tmp_path / "d", 40)
+    decoded = _spy_decodes(monkeypatch)
+    build = lambda: data.build_dataset(paths, labels, num_classes=2, image_size=(16, 16),
+                                       batch_size=4, training=True, cache="none",
+                                       deterministic=True, seed=3)
+    ds = _sequential(build())
+    first, second = _epoch_ids(ds), _epoch_ids(ds)
+    assert sorted(first) == sorted(second) == list(range(40))  # each image once
+    order1, order2 = decoded[:40], decoded[40:]
+    assert sorted(order1) == sorted(order2) == list(range(40))
+    assert order1 != sorted(order1)  # the file list is shuffled before the decode
+    assert order1 != order2  # ... again every epoch
+    assert first != second
+    assert _epoch_ids(build()) == first  # --deterministic: same batches

@@ -1,0 +1,87 @@
+"""Writing a class folder into TFRecord shards and their manifest."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from catdog.sources import tfrecord_writer
+from catdog.sources import tfrecords
+from conftest import REPO, make_class_folder, write_image
+from test_sources_tfrecords import folder_with_bad_files  # noqa: F401  (shared fixture)
+
+
+def test_write_skips_bad_files_and_writes_manifest(folder_with_bad_files, tmp_path):
+    before = {p: os.path.getsize(os.path.join(r, p)) for r, _, fs in os.walk(folder_with_bad_files)
+              for p in fs}
+    out = str(tmp_path / "shards")
+    manifest = tfrecord_writer.write_tfrecords(folder_with_bad_files, out, num_shards=3,
+                                               progress=False)
+    assert manifest["class_names"] == ["cats", "dogs"]
+    assert manifest["counts"] == {"cats": 9, "dogs": 10}
+    assert manifest["num_examples"] == 19
+    assert sorted(os.path.basename(s["path"]) for s in manifest["skipped"]) == [
+        "broken.jpg", "empty.jpg"]
+    assert all(s["reason"] for s in manifest["skipped"])
+    names = sorted(os.listdir(out))
+    assert names == ["manifest.json"] + [f"src-0000{i}-of-00003.tfrecord" for i in range(3)]
+    assert json.load(open(os.path.join(out, "manifest.json"))) == manifest
+    assert sum(s["num_examples"] for s in manifest["shards"]) == 19
+    # Shards are dealt from a shuffled order: each holds both classes.
+    files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
+    assert n == 19 and len(files) == 3
+    for f in files:
+        labels = {int(tfrecords.parse_example(r)[1]) for r in tf.data.TFRecordDataset(f)}
+        assert labels == {0, 1}
+    # The user's files are only read.
+    after = {p: os.path.getsize(os.path.join(r, p)) for r, _, fs in os.walk(folder_with_bad_files)
+             for p in fs}
+    assert after == before
+
+
+def test_max_side_reencodes_large_images(tmp_path):
+    root = str(tmp_path / "src")
+    write_image(os.path.join(root, "a", "wide.png"), np.full((30, 80, 3), 200, np.uint8))
+    write_image(os.path.join(root, "b", "small.jpg"), np.full((20, 10, 3), 50, np.uint8))
+    out = str(tmp_path / "shards")
+    manifest = tfrecord_writer.write_tfrecords(root, out, num_shards=1, max_side=40,
+                                               jpeg_quality=90, progress=False)
+    assert manifest["max_side"] == 40 and manifest["jpeg_quality"] == 90
+    shard = tfrecords.resolve_shards(os.path.join(out, "*"))[0][0]
+    rows = {}
+    for r in tf.data.TFRecordDataset(shard):
+        p = tf.io.parse_single_example(r, tfrecords._FEATURES)
+        image = tf.io.decode_image(p["image/encoded"], channels=3)
+        rows[p["image/filename"].numpy().decode()] = (
+            p["image/format"].numpy().decode(), int(p["image/height"]),
+            int(p["image/width"]), tuple(image.shape[:2]))
+    assert rows[os.path.join("a", "wide.png")] == ("jpeg", 15, 40, (15, 40))
+    assert rows[os.path.join("b", "small.jpg")] == ("jpeg", 20, 10, (20, 10))
+
+
+def test_writer_errors_name_the_flag_and_value(tmp_path):
+    root = make_class_folder(tmp_path / "src", per_class=2, size=12)
+    with pytest.raises(ValueError, match="num_shards=-1"):
+        tfrecord_writer.write_tfrecords(root, str(tmp_path / "o"), num_shards=-1)
+    with pytest.raises(ValueError, match="jpeg_quality=0"):
+        tfrecord_writer.write_tfrecords(root, str(tmp_path / "o"), jpeg_quality=0)
+
+
+def test_script_writes_shards(tmp_path):
+    root = make_class_folder(tmp_path / "src", per_class=3, size=12)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "build_tfrecords.py"),
+         f"--data_dir={root}", f"--output_dir={out}", "--num_shards=2"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert '"num_examples": 6' in proc.stdout
+    assert len(list(out.glob("*.tfrecord"))) == 2
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "build_tfrecords.py"),
+         f"--output_dir={out}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--data_dir" in proc.stderr
