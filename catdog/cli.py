@@ -283,25 +283,19 @@ def run_main(fn, *args, **kwargs) -> int:
     from catdog import resilience  # exit codes of preemption and locking
     try:
         fn(*args, **kwargs)
-    except resilience.TrainingPreempted as e:
-        print(f"preempted: {e}. Rerun the same command to resume.", file=sys.stderr)
-        return resilience.EXIT_PREEMPTED
-    except resilience.ModelDirLockedError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return resilience.EXIT_LOCKED
-    except resilience.WorkerLostError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return resilience.EXIT_PREEMPTED
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("interrupted", file=sys.stderr)
-        return EXIT_FAILURE
-    except Exception as e:  # the job failed; say what and where
-        traceback.print_exc()
-        logging.error("failed: %s", e)
-        return EXIT_FAILURE
+        return resilience.exit_code_for(e)
+    except Exception as e:  # pylint: disable=broad-except
+        code = resilience.exit_code_for(e)
+        if isinstance(e, resilience.TrainingPreempted):
+            print(f"preempted: {e}. Rerun the same command to resume.", file=sys.stderr)
+        elif code == EXIT_FAILURE:  # the job failed; say what and where
+            traceback.print_exc()
+            logging.error("failed: %s", e)
+        else:
+            print(f"error: {e}", file=sys.stderr)
+        return code
     return EXIT_OK
 
 

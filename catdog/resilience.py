@@ -123,7 +123,9 @@ def exit_code_for(error: BaseException | None) -> int:
       error: the exception that ended training, or ``None`` for success.
 
     Returns:
-      ``EXIT_OK``, ``EXIT_PREEMPTED``, ``EXIT_LOCKED`` or ``EXIT_FAILURE``.
+      ``EXIT_OK``; ``EXIT_PREEMPTED`` (SIGTERM, or another worker is gone);
+      ``EXIT_LOCKED``; ``EXIT_USAGE`` for a ValueError or FileNotFoundError
+      (bad flags or data, raised before training); else ``EXIT_FAILURE``.
     """
     if error is None:
         return EXIT_OK
@@ -131,6 +133,8 @@ def exit_code_for(error: BaseException | None) -> int:
         return EXIT_PREEMPTED
     if isinstance(error, ModelDirLockedError):
         return EXIT_LOCKED
+    if isinstance(error, (ValueError, FileNotFoundError)):
+        return EXIT_USAGE
     return EXIT_FAILURE
 
 

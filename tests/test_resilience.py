@@ -32,6 +32,10 @@ def test_exit_codes_are_distinct_and_documented():
     assert resilience.exit_code_for(
         resilience.ModelDirLockedError("x")) == 73
     assert resilience.exit_code_for(RuntimeError("x")) == 1
+    # What the scripts exit with: bad flags or data, found before training.
+    assert resilience.exit_code_for(ValueError("x")) == 2
+    assert resilience.exit_code_for(FileNotFoundError("x")) == 2
+    assert resilience.exit_code_for(KeyboardInterrupt()) == 1
     for name in ("EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_LOCKED",
                  "EXIT_PREEMPTED"):
         assert name in resilience.__doc__
