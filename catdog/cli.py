@@ -17,11 +17,9 @@ from absl import flags
 from absl import logging
 
 from catdog import config as config_lib
-
-# Exit codes a scheduler can act on (documented in README.md).
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+from catdog import errors
+# Exit codes a scheduler can act on (documented in README.md and catdog.errors).
+from catdog.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE  # noqa: F401
 
 FLAGFILE = "flags.txt"
 
@@ -280,15 +278,14 @@ def run_main(fn, *args, **kwargs) -> int:
     with ``EXIT_LOCKED`` (73); anything else with :data:`EXIT_FAILURE` and
     its traceback in the log.
     """
-    from catdog import resilience  # exit codes of preemption and locking
     try:
         fn(*args, **kwargs)
     except KeyboardInterrupt as e:
         print("interrupted", file=sys.stderr)
-        return resilience.exit_code_for(e)
+        return errors.exit_code_for(e)
     except Exception as e:  # pylint: disable=broad-except
-        code = resilience.exit_code_for(e)
-        if isinstance(e, resilience.TrainingPreempted):
+        code = errors.exit_code_for(e)
+        if isinstance(e, errors.TrainingPreempted):
             print(f"preempted: {e}. Rerun the same command to resume.", file=sys.stderr)
         elif code == EXIT_FAILURE:  # the job failed; say what and where
             traceback.print_exc()

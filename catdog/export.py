@@ -48,6 +48,7 @@ import keras
 import tensorflow as tf
 
 import catdog
+from catdog import errors
 from catdog import fileio
 from catdog import predict as _predict
 from catdog.data import decode_and_resize
@@ -240,7 +241,7 @@ def _write_tflite(saved_model_dir) -> str:
     except Exception as error:
         raise RuntimeError(
             f"TFLite conversion of the {_predict.IMAGES_SIGNATURE!r} signature "
-            f"failed: {_predict._first_line(error)}. Export without tflite=True "
+            f"failed: {errors.first_line(error)}. Export without tflite=True "
             "(--tflite) to get the SavedModel alone.") from error
     with open(os.path.join(saved_model_dir, TFLITE_FILENAME), "wb") as f:
         f.write(content)

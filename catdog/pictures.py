@@ -8,13 +8,13 @@ by :func:`catdog.data.decode_and_resize`: the pixels the model sees.
 from __future__ import annotations
 
 import os
-import re
 from typing import Optional, Sequence
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from catdog import errors
 from catdog import plots  # also selects the Agg backend before pyplot
 from catdog import predict as predict_lib
 from catdog.data import decode_and_resize
@@ -26,13 +26,6 @@ _CELL = 2.0
 
 def _load(path: str, image_size) -> np.ndarray:
     return decode_and_resize(tf.io.read_file(path), image_size).numpy()
-
-
-def _reason(error) -> str:
-    """First line of a TF error, without its graph-node prefix."""
-    message = getattr(error, "message", None) or str(error) or type(error).__name__
-    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message).strip()
-    return message.splitlines()[0] if message else type(error).__name__
 
 
 def _pick_images(image_paths_or_folder, n_images: int) -> list:
@@ -120,7 +113,7 @@ def augmentation_grid(image_paths_or_folder, path: str, *, image_size=(160, 160)
             names.append(file)
         except tf.errors.OpError as e:
             logging.warning("Skipping %s: cannot decode (%s)", file,
-                            _reason(e))
+                            errors.first_line(e))
     if not images:
         raise ValueError(f"None of the images in {image_paths_or_folder!r} could "
                          "be decoded.")

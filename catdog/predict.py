@@ -19,13 +19,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 from typing import Iterable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from catdog import errors
 from catdog import fileio
 from catdog import scan
 from catdog.data import decode_and_resize
@@ -91,7 +91,7 @@ def load_catdog_model(model_dir) -> tuple[keras.Model, dict]:
     except Exception as error:  # Keras raises many types for a bad file.
         raise ValueError(
             f"{model_path!r} is not a loadable Keras model: "
-            f"{_first_line(error)}. Re-run training to write it again; models "
+            f"{errors.first_line(error)}. Re-run training to write it again; models "
             "with Lambda layers are refused because they are loaded with "
             "safe_mode=True.") from error
     if not isinstance(model, keras.Model):
@@ -185,7 +185,7 @@ def load_saved_model(saved_model_dir):
         loaded = tf.saved_model.load(resolved)
     except Exception as error:  # TF raises several types for a bad SavedModel.
         raise ValueError(
-            f"{resolved!r} is not a loadable SavedModel: {_first_line(error)}. "
+            f"{resolved!r} is not a loadable SavedModel: {errors.first_line(error)}. "
             "Export it again with scripts/export.py.") from error
     if IMAGES_SIGNATURE not in getattr(loaded, "signatures", {}):
         raise ValueError(
@@ -434,14 +434,14 @@ def _read_and_decode(path: str, image_size):
         with tf.io.gfile.GFile(path, "rb") as f:
             contents = f.read()
     except (OSError, tf.errors.OpError) as error:
-        return None, f"cannot read file: {_first_line(error)}"
+        return None, f"cannot read file: {errors.first_line(error)}"
     if not contents:
         return None, "empty file (0 bytes)"
     try:
         return decode_and_resize(tf.constant(contents), image_size).numpy(), None
     except tf.errors.OpError as error:
         return None, (f"not a readable JPEG/PNG/GIF/BMP image ({len(contents)} "
-                      f"bytes): {_first_line(error)}")
+                      f"bytes): {errors.first_line(error)}")
 
 
 def _make_predictor(model_or_saved_model, image_size, class_names):
@@ -578,10 +578,3 @@ def _register_catdog_layers() -> None:
     """
     if importlib.util.find_spec("catdog.models") is not None:
         importlib.import_module("catdog.models")
-
-
-def _first_line(error: BaseException) -> str:
-    """Returns the first line of an error message, minus TF graph node noise."""
-    message = getattr(error, "message", None) or str(error) or type(error).__name__
-    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message).strip()
-    return message.splitlines()[0] if message else type(error).__name__

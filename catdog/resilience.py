@@ -51,7 +51,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import socket
 import sys
@@ -65,78 +64,11 @@ import tensorflow as tf
 from catdog import config as config_lib
 from catdog import distribute
 from catdog import fileio
+from catdog.errors import (EXIT_FAILURE, EXIT_LOCKED, EXIT_OK, EXIT_PREEMPTED,  # noqa: F401
+                           EXIT_USAGE, ModelDirLockedError, TrainingPreempted,
+                           WorkerLostError, exit_code_for, first_line)
 
 _log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_LOCKED = 73
-EXIT_PREEMPTED = 75
-
-
-class ModelDirLockedError(RuntimeError):
-    """Another live run holds the model_dir (exit with ``EXIT_LOCKED``)."""
-
-
-class WorkerLostError(RuntimeError):
-    """Another worker of a multi-worker job is gone (exit with ``EXIT_PREEMPTED``).
-
-    Raised by ``WorkerWatchdog``. The job cannot go on without the worker;
-    rerunning every worker resumes from the last completed epoch.
-
-    Attributes:
-      workers: names of the tasks that do not answer (e.g. ``["worker-1"]``);
-        empty when a collective failed but every worker still answers.
-    """
-
-    def __init__(self, message, workers=()):
-        super().__init__(message)
-        self.workers = list(workers)
-
-
-class TrainingPreempted(Exception):
-    """Training stopped on a preemption signal (exit with ``EXIT_PREEMPTED``).
-
-    Raised out of ``model.fit`` by ``PreemptionCallback``; the last committed
-    epoch-end backup is the state to resume from.
-
-    Attributes:
-      epoch: the epoch that was running (0-based).
-      step: the last finished step of that epoch, or ``None`` when stopped
-        between epochs.
-    """
-
-    def __init__(self, epoch, step=None):
-        self.epoch, self.step = epoch, step
-        where = (f"before epoch {epoch}" if step is None else
-                 f"after step {step} of epoch {epoch}")
-        super().__init__(
-            f"Training preempted {where}; rerun the same command to resume "
-            f"from the last completed epoch (exit code {EXIT_PREEMPTED}).")
-
-
-def exit_code_for(error: BaseException | None) -> int:
-    """Maps how training ended to a documented exit code.
-
-    Args:
-      error: the exception that ended training, or ``None`` for success.
-
-    Returns:
-      ``EXIT_OK``; ``EXIT_PREEMPTED`` (SIGTERM, or another worker is gone);
-      ``EXIT_LOCKED``; ``EXIT_USAGE`` for a ValueError or FileNotFoundError
-      (bad flags or data, raised before training); else ``EXIT_FAILURE``.
-    """
-    if error is None:
-        return EXIT_OK
-    if isinstance(error, (TrainingPreempted, WorkerLostError)):
-        return EXIT_PREEMPTED
-    if isinstance(error, ModelDirLockedError):
-        return EXIT_LOCKED
-    if isinstance(error, (ValueError, FileNotFoundError)):
-        return EXIT_USAGE
-    return EXIT_FAILURE
-
 
 # --------------------------------------------------------------------------
 # One run per model_dir
@@ -876,13 +808,6 @@ _PEER_DOWN = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
 _COLLECTIVE_LOST = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)
 
 
-def _first_line(error: BaseException) -> str:
-    """The first line of an error, without TensorFlow's ``{{function_node ...}}``."""
-    text = (getattr(error, "message", None) or str(error)).strip()
-    line = text.splitlines()[0] if text else type(error).__name__
-    return re.sub(r"^(\{\{[^}]*\}\}\s*)+", "", line)
-
-
 class WorkerWatchdog(keras.callbacks.Callback):
     """Stops this worker within a bounded time when another worker is gone.
 
@@ -1024,7 +949,7 @@ class WorkerWatchdog(keras.callbacks.Callback):
     def _declare_gone(self, gone, last_error):
         self.lost = [name for name, _, _ in gone]
         who = ", ".join(f"{name} ({address})" for name, address, _ in gone)
-        reasons = "; ".join(_first_line(last_error[p]) for p in gone
+        reasons = "; ".join(first_line(last_error[p]) for p in gone
                             if p in last_error)
         self._message = (
             f"{who} of this multi-worker job {'is' if len(gone) == 1 else 'are'} "
@@ -1069,12 +994,12 @@ class WorkerWatchdog(keras.callbacks.Callback):
         if not gone:
             return WorkerLostError(
                 "Lost contact with the other workers of this multi-worker job "
-                f"({_first_line(cause)}). {rerun}")
+                f"({first_line(cause)}). {rerun}")
         who = ", ".join(f"{name} ({address})" for (name, address, _), _ in gone)
-        reasons = "; ".join(_first_line(e) for _, e in gone)
+        reasons = "; ".join(first_line(e) for _, e in gone)
         return WorkerLostError(
             f"{who} of this multi-worker job {'is' if len(gone) == 1 else 'are'} "
-            f"gone: no answer ({reasons}); TensorFlow: {_first_line(cause)}. "
+            f"gone: no answer ({reasons}); TensorFlow: {first_line(cause)}. "
             f"{rerun}", [p[0] for p, _ in gone])
 
     def __enter__(self):

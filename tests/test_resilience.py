@@ -788,3 +788,15 @@ def test_one_failed_check_after_a_stall_is_not_a_lost_worker(peers, monkeypatch)
     watchdog.stop()
     assert len(calls) > 3
     assert peers.aborted == [] and peers.exits == [] and watchdog.lost == []
+
+
+def test_lost_worker_message_keeps_the_reason_of_a_multi_line_tf_error(peers):
+    # TensorFlow puts the function name in front, sometimes on a line of its own.
+    peers.down.add("/job:worker/replica:0/task:0")
+    error = tf.errors.UnavailableError(
+        None, None, "{{function_node __inference_step_42}}\n"
+                    "Collective ops is aborted by: Socket closed\n[[{{node x}}]]")
+    with pytest.raises(resilience.WorkerLostError) as e:
+        with resilience.WorkerWatchdog(_TwoWorkerTask(1), 3600, grace_seconds=0.1):
+            raise error
+    assert "TensorFlow: Collective ops is aborted by: Socket closed." in str(e.value)
