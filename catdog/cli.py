@@ -8,7 +8,6 @@ Nothing here runs at import: :func:`define_training_flags` defines the flags
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import traceback
@@ -18,10 +17,9 @@ from absl import logging
 
 from catdog import config as config_lib
 from catdog import errors
+from catdog import rundir
 # Exit codes a scheduler can act on (documented in README.md and catdog.errors).
 from catdog.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE  # noqa: F401
-
-FLAGFILE = "flags.txt"
 
 
 def define_training_flags(flag_values=flags.FLAGS) -> None:
@@ -219,8 +217,7 @@ def inherit_data_flags(init_dir: str, flag_values=flags.FLAGS) -> list:
       The names of the flags whose value was taken over.
     """
     try:
-        with open(os.path.join(init_dir, "config.json"), encoding="utf-8") as f:
-            data = json.load(f).get("data") or {}
+        data = rundir.read_config(init_dir).get("data") or {}
     except (OSError, ValueError, AttributeError):
         return []
     taken = []
@@ -261,7 +258,7 @@ def flagfile_text(flag_values=flags.FLAGS) -> str:
 
 def write_flagfile(model_dir: str, flag_values=flags.FLAGS) -> str:
     """Writes the run's flags so ``--flagfile=model_dir/flags.txt`` repeats it."""
-    path = os.path.join(model_dir, FLAGFILE)
+    path = os.path.join(model_dir, rundir.FLAGS_FILE)
     os.makedirs(model_dir, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write(flagfile_text(flag_values))
@@ -303,7 +300,7 @@ def train_stage(stage: str, flag_values=flags.FLAGS) -> None:
     config.validate()
     # flags.txt is written by the run once accepted: a refused rerun leaves
     # the flags of the run the model_dir holds.
-    train.run(config, extra_files={FLAGFILE: flagfile_text(flag_values)})
+    train.run(config, extra_files={rundir.FLAGS_FILE: flagfile_text(flag_values)})
 
 
 def refuse_positional(argv):

@@ -224,6 +224,24 @@ def is_chief(strategy) -> bool:
     return task_type == "worker" and task_id == 0 and not has_chief
 
 
+def any_worker(strategy, flag: bool) -> bool:
+    """Whether ``flag`` is true on any worker: one all-reduce under multi-worker.
+
+    Every worker of the job must call it at the same point; without a
+    multi-worker strategy it returns ``flag``.
+    """
+    if strategy is None or not is_multi_worker(strategy):
+        return bool(flag)
+
+    @tf.function
+    def total(value):
+        per_replica = strategy.run(tf.identity, args=(value,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    with strategy.scope():
+        return bool(total(tf.constant(1.0 if flag else 0.0)) > 0)
+
+
 def artifact_dir(model_dir: str, strategy) -> str:
     """Returns where this process may write model files, logs and backups.
 

@@ -18,6 +18,7 @@ from catdog import config as config_lib
 from catdog import fileio
 from catdog import models
 from catdog import plots
+from catdog import rundir
 from catdog import train
 
 COMPARISON_MD = "comparison.md"
@@ -97,8 +98,8 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
                   "RANDOM initialisation and are marked as such.", flush=True)
             base.model.weights = config.model.weights = "none"
             result = train.run(config, weights_note=note)
-        histories[stage] = train.read_history(
-            os.path.join(config.train.model_dir, train.HISTORY_FILE))
+        histories[stage] = rundir.read_history(
+            os.path.join(config.train.model_dir, rundir.HISTORY_FILE))
         rows.append(_summary(stage, config, result.metrics, note))
     comparison = {"model_dir": model_dir, "seconds": round(time.time() - start, 1),
                   "stages": rows}

@@ -19,22 +19,19 @@ a private scratch folder that is removed at the end.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
 import os
-import platform
 import sys
 import time
 from typing import Optional
 
 from absl import logging
 import keras
-import numpy as np
 import tensorflow as tf
 
-import catdog
+from catdog import callbacks as callbacks_lib
 from catdog import config as config_lib
 from catdog import data as data_lib
 from catdog import distribute
@@ -42,56 +39,8 @@ from catdog import fileio
 from catdog import models
 from catdog import plots
 from catdog import precision
-from catdog import resilience
-
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "history.csv"
-MODEL_FILE = "model.keras"
-METRICS_FILE = "metrics.json"
-SPLIT_FILE = "split.json"
-CURVES_FILE = "learning_curves.png"
-LOGS_DIR = "logs"
-BACKUP_DIR = "backup"
-
-
-def versions() -> dict:
-    """Versions of the libraries a result depends on."""
-    import absl
-    out = {"catdog": catdog.__version__, "python": platform.python_version(),
-           "tensorflow": tf.__version__, "keras": keras.__version__,
-           "numpy": np.__version__}
-    try:
-        import tensorflow_datasets as tfds
-        out["tensorflow_datasets"] = tfds.__version__
-    except Exception:  # optional at run time
-        pass
-    out["absl"] = getattr(absl, "__version__", "")
-    return out
-
-
-def read_history(path: str) -> list:
-    """Reads ``history.csv`` into a list of dicts with float values."""
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = []
-        for row in csv.DictReader(f):
-            rows.append({k: (int(v) if k == "epoch" else float(v))
-                         for k, v in row.items() if v not in (None, "")})
-        return rows
-
-
-def summarize_history(rows: list) -> dict:
-    """Best and final validation accuracy and the best epoch (1-based)."""
-    if not rows:
-        return {"best_val_accuracy": None, "best_epoch": None,
-                "final_val_accuracy": None, "epochs_completed": 0}
-    accs = [r.get("val_accuracy", float("nan")) for r in rows]
-    best = int(np.nanargmax(accs)) if not all(np.isnan(accs)) else len(rows) - 1
-    return {"best_val_accuracy": float(accs[best]),
-            "best_epoch": int(rows[best]["epoch"]) + 1,
-            "final_val_accuracy": float(accs[-1]),
-            "epochs_completed": len(rows)}
+from catdog import rundir
+from catdog import watchdog as watchdog_lib
 
 
 def _resolve_fine_tuning(config: config_lib.Config):
@@ -105,11 +54,11 @@ def _resolve_fine_tuning(config: config_lib.Config):
         a data setting of ``config`` would give another split than its own.
     """
     init_dir = config.model.init_from
-    path = os.path.join(init_dir, CONFIG_FILE)
-    if not os.path.isfile(os.path.join(init_dir, MODEL_FILE)) or not os.path.isfile(path):
+    path = os.path.join(init_dir, rundir.CONFIG_FILE)
+    if not os.path.isfile(os.path.join(init_dir, rundir.MODEL_FILE)) or not os.path.isfile(path):
         raise ValueError(
             f"`--init_from` must be the model_dir of a finished feature_extraction "
-            f"run (with {MODEL_FILE} and {CONFIG_FILE}). Received: init_from={init_dir!r}")
+            f"run (with {rundir.MODEL_FILE} and {rundir.CONFIG_FILE}). Received: init_from={init_dir!r}")
     with open(path, encoding="utf-8") as f:
         init = json.load(f)
     init_cfg = config_lib.Config.from_dict(init)
@@ -119,10 +68,10 @@ def _resolve_fine_tuning(config: config_lib.Config):
             "fine-tuning starts from a feature_extraction run.")
     _require_same_split_settings(config.data, init_cfg.data,
                                  init.get("class_names"), init_dir)
-    split_path = os.path.join(init_dir, SPLIT_FILE)
+    split_path = os.path.join(init_dir, rundir.SPLIT_FILE)
     if not os.path.isfile(split_path):
         raise ValueError(
-            f"`--init_from` {init_dir!r} has no {SPLIT_FILE} (it was trained by an "
+            f"`--init_from` {init_dir!r} has no {rundir.SPLIT_FILE} (it was trained by an "
             "earlier catdog), so fine-tuning cannot validate on exactly its split. "
             "Train feature_extraction again with this catdog.")
     with open(split_path, encoding="utf-8") as f:
@@ -221,10 +170,10 @@ def run(config: config_lib.Config, progress: bool = True,
       ValueError: bad settings or data, or a backup of another training in
         ``model_dir``, before any training.
       catdog.models.WeightsError: backbone weights cannot be obtained.
-      catdog.resilience.ModelDirLockedError: another live run holds model_dir.
-      catdog.resilience.TrainingPreempted: SIGTERM stopped training; rerun
+      catdog.errors.ModelDirLockedError: another live run holds model_dir.
+      catdog.errors.TrainingPreempted: SIGTERM stopped training; rerun
         the same command to resume.
-      catdog.resilience.WorkerLostError: another worker of a multi-worker
+      catdog.errors.WorkerLostError: another worker of a multi-worker
         job is gone; rerun every worker to resume.
     """
     start = time.time()
@@ -237,7 +186,7 @@ def run(config: config_lib.Config, progress: bool = True,
     distribute.global_batch_check(config.data.batch_size, strategy)
     # From here to the end of fit: a worker of a multi-worker job that is gone
     # stops this one within the timeout (exit 75), in whatever phase.
-    watchdog = resilience.WorkerWatchdog(
+    watchdog = watchdog_lib.WorkerWatchdog(
         strategy, config.train.worker_timeout_seconds).start()
     init, init_split = (_resolve_fine_tuning(config) if config.stage == "fine_tuning"
                         else (None, None))
@@ -249,7 +198,7 @@ def run(config: config_lib.Config, progress: bool = True,
         where = f"--init_from {config.model.init_from!r}"
         index = data_lib.index_from_split(config.data, init_split, where, progress=progress)
         logging.info("Fine-tuning on the split of %s (its %s): %d training and %d "
-                     "validation inputs.", config.model.init_from, SPLIT_FILE,
+                     "validation inputs.", config.model.init_from, rundir.SPLIT_FILE,
                      len(index.train), len(index.val))
     else:
         index = data_lib.index_source(config.data, progress=progress)
@@ -261,7 +210,7 @@ def run(config: config_lib.Config, progress: bool = True,
     policy = precision.resolve_policy(config.train.mixed_precision, strategy)
     chief = distribute.is_chief(strategy)
 
-    with watchdog, resilience.ModelDirLock(model_dir, task=distribute.task_name(strategy)):
+    with watchdog, rundir.ModelDirLock(model_dir, task=distribute.task_name(strategy)):
         out = distribute.artifact_dir(model_dir, strategy)
         try:
             result = _fit_and_write(config, index, train_ds, val_ds, strategy, policy,
@@ -278,8 +227,8 @@ def run(config: config_lib.Config, progress: bool = True,
 
 def _resume_problem(model_dir: str, fingerprint: dict, split: dict) -> Optional[str]:
     """Why ``model_dir/backup`` cannot be resumed by this run, or None if it can."""
-    backup_dir = os.path.join(model_dir, BACKUP_DIR)
-    metadata = resilience.read_backup_metadata(backup_dir)
+    backup_dir = os.path.join(model_dir, rundir.BACKUP_DIR)
+    metadata = callbacks_lib.read_backup_metadata(backup_dir)
     if metadata is None:
         return None
     old = metadata.get("fingerprint")
@@ -293,7 +242,7 @@ def _resume_problem(model_dir: str, fingerprint: dict, split: dict) -> Optional[
         if before[key] != now[key]:
             changes.append(f"{key} {json.dumps(before[key])} -> {json.dumps(now[key])}")
     if old.get("split_digest") != fingerprint["split_digest"]:
-        previous = fileio.read_json(os.path.join(model_dir, SPLIT_FILE))
+        previous = fileio.read_json(os.path.join(model_dir, rundir.SPLIT_FILE))
         if previous and data_lib.split_digest(previous) == old.get("split_digest"):
             what = data_lib.describe_split_change(previous, split)
         else:
@@ -304,7 +253,7 @@ def _resume_problem(model_dir: str, fingerprint: dict, split: dict) -> Optional[
     if not changes:
         return None
     epochs = int(metadata.get("epoch", 0))
-    earlier = os.path.join(model_dir, "flags.txt")
+    earlier = os.path.join(model_dir, rundir.FLAGS_FILE)
     earlier = f" (--flagfile={earlier})" if os.path.isfile(earlier) else ""
     return (f"{model_dir} holds a backup of {epochs} epoch(s) trained with other settings "
             f"or data, and resuming it would mix two trainings. Changed since: "
@@ -336,14 +285,14 @@ def _check_resume(config, split: dict, policy: str, strategy):
         problem = _resume_problem(config.train.model_dir, fingerprint, split)
     except ValueError as e:  # a corrupt backup: still agree before stopping
         problem = str(e)
-    if resilience.any_worker(strategy, problem is not None) and problem is None:
+    if distribute.any_worker(strategy, problem is not None) and problem is None:
         problem = ("another worker of this job found that the backup in "
                    f"{config.train.model_dir} belongs to another training (its log "
                    "says what changed); stopping before training.")
     if problem:
         raise ValueError(problem)
-    backup_dir = os.path.join(config.train.model_dir, BACKUP_DIR)
-    return fingerprint, resilience.read_backup_metadata(backup_dir) is not None
+    backup_dir = os.path.join(config.train.model_dir, rundir.BACKUP_DIR)
+    return fingerprint, callbacks_lib.read_backup_metadata(backup_dir) is not None
 
 
 def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
@@ -382,26 +331,26 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
     fingerprint, resuming = _check_resume(config, split, policy, strategy)
     record = config.to_dict()
     record.update(stage=config.stage, class_names=index.class_names,
-                  versions=versions(), dtype_policy=policy,
+                  versions=rundir.versions(), dtype_policy=policy,
                   strategy=type(strategy).__name__, replicas=replicas,
                   argv=list(sys.argv))
-    fileio.write_json(os.path.join(out, CONFIG_FILE), record)
-    fileio.write_json(os.path.join(out, SPLIT_FILE), split)
+    fileio.write_json(os.path.join(out, rundir.CONFIG_FILE), record)
+    fileio.write_json(os.path.join(out, rundir.SPLIT_FILE), split)
     for name, text in extra_files.items():
         fileio.write_text(os.path.join(out, name), text)
-    backup = resilience.ResumableBackupAndRestore(
-        os.path.join(model_dir, BACKUP_DIR), write_dir=os.path.join(out, BACKUP_DIR),
+    backup = callbacks_lib.ResumableBackupAndRestore(
+        os.path.join(model_dir, rundir.BACKUP_DIR), write_dir=os.path.join(out, rundir.BACKUP_DIR),
         fingerprint=fingerprint, start_time=start)
     callbacks = [
         # First, so it stops before any other callback sees a partial epoch.
-        resilience.PreemptionCallback(strategy),
+        callbacks_lib.PreemptionCallback(strategy),
         # Stops watching the other workers when fit ends (the last collective).
         watchdog,
-        resilience.BestModelCheckpoint(os.path.join(out, MODEL_FILE),
+        callbacks_lib.BestModelCheckpoint(os.path.join(out, rundir.MODEL_FILE),
                                        monitor="val_accuracy", mode="max",
                                        model_to_save=model, start_over=not resuming),
-        resilience.ResumableCSVLogger(os.path.join(out, HISTORY_FILE)),
-        keras.callbacks.TensorBoard(os.path.join(out, LOGS_DIR)),
+        callbacks_lib.ResumableCSVLogger(os.path.join(out, rundir.HISTORY_FILE)),
+        keras.callbacks.TensorBoard(os.path.join(out, rundir.LOGS_DIR)),
         # Last: writing the backup is the commit point of an epoch.
         backup,
     ]
@@ -419,10 +368,10 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
                         callbacks=callbacks, verbose=config.train.verbose,
                         shuffle=False)  # the dataset shuffles itself
 
-    rows = read_history(os.path.join(out, HISTORY_FILE))
+    rows = rundir.read_history(os.path.join(out, rundir.HISTORY_FILE))
     metrics = {
         "stage": config.stage,
-        **summarize_history(rows),
+        **rundir.summarize_history(rows),
         "epochs_requested": config.train.epochs,
         "train_examples": len(index.train),
         "val_examples": len(index.val),
@@ -444,7 +393,7 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         "xla": xla_note,
         "final": rows[-1] if rows else {},
     }
-    fileio.write_json(os.path.join(out, METRICS_FILE), metrics)
-    plots.learning_curves(rows, os.path.join(out, CURVES_FILE),
+    fileio.write_json(os.path.join(out, rundir.METRICS_FILE), metrics)
+    plots.learning_curves(rows, os.path.join(out, rundir.CURVES_FILE),
                           title=f"{config.stage} — {model_dir}")
     return RunResult(metrics, model)

@@ -187,6 +187,11 @@ def test_cleanup_refuses_anything_but_a_worker_dir(tmp_path):
     assert data.exists()
 
 
+def test_any_worker_is_the_flag_itself_without_multi_worker():
+    assert distribute.any_worker(None, True) is True
+    assert distribute.any_worker(tf.distribute.get_strategy(), False) is False
+
+
 # --------------------------------------------------------------------------
 # global batch size
 
