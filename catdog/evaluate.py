@@ -51,7 +51,7 @@ import tensorflow as tf
 
 from catdog import data as data_lib
 from catdog import fileio
-from catdog import pictures
+from catdog import figures
 from catdog import predict as predict_lib
 from catdog import scan
 
@@ -493,11 +493,11 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
     files = {name: os.path.join(out_dir, name) for name in (
         JSON_FILE, MARKDOWN_FILE, PREDICTIONS_FILE, CONFUSION_FILE, MISTAKES_FILE)}
     write_predictions_csv(rows, files[PREDICTIONS_FILE])
-    pictures.confusion_matrix_image(np.array(metrics["confusion_matrix"]["matrix"]),
+    figures.confusion_matrix_image(np.array(metrics["confusion_matrix"]["matrix"]),
                                     class_names, files[CONFUSION_FILE])
     mistakes = [dict(r, image=_image_of(images_of.get(r["path"]))) if images_of is not None else r
                 for r in rows if not r["correct"]][:MISTAKES_SHOWN]
-    pictures.worst_mistakes_grid(mistakes, files[MISTAKES_FILE], n=MISTAKES_SHOWN,
+    figures.worst_mistakes_grid(mistakes, files[MISTAKES_FILE], n=MISTAKES_SHOWN,
                                  class_names=class_names)
     counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes)
     result = {

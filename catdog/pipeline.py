@@ -17,7 +17,7 @@ from absl import logging
 from catdog import config as config_lib
 from catdog import fileio
 from catdog import models
-from catdog import plots
+from catdog import figures
 from catdog import rundir
 from catdog import train
 
@@ -107,7 +107,7 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
     table = format_table(rows)
     fileio.write_text(os.path.join(model_dir, COMPARISON_MD),
                       "# catdog stage comparison\n\n" + table + "\n")
-    plots.comparison(histories, os.path.join(model_dir, COMPARISON_PNG))
+    figures.comparison(histories, os.path.join(model_dir, COMPARISON_PNG))
     print("\n" + table + f"\n\nResults: {model_dir}/{{{COMPARISON_MD},"
           f"{COMPARISON_JSON},{COMPARISON_PNG}}}", flush=True)
     return comparison

@@ -26,8 +26,9 @@ import numpy as np
 import tensorflow as tf
 
 from catdog import errors
-from catdog import fileio
 from catdog import scan
+# Re-exported: prediction expands files and folders as the pictures do.
+from catdog.image_paths import expand_paths  # noqa: F401
 from catdog.data import decode_and_resize
 
 #: File extensions treated as images when a folder is expanded (lower case).
@@ -317,49 +318,6 @@ def probabilities_fn(model, num_classes: int):
                        lambda: tf.zeros([0, num_classes], tf.float32))
 
     return probabilities
-
-
-def expand_paths(paths: Iterable) -> list[tuple[str, str | None]]:
-    """Expands files and folders to the image files to predict on.
-
-    Folders are listed by :func:`catdog.scan.walk_image_files`, the walker
-    training uses: recursively, in sorted order, only files whose extension
-    is in :data:`IMAGE_EXTENSIONS` (any case), without hidden files and
-    folders, OS litter (``Thumbs.db``, ``__MACOSX``, ...) or symlinked
-    folders. A file named explicitly is always kept, whatever its
-    extension, because the user asked for it. Duplicates are dropped,
-    keeping the first.
-
-    Args:
-      paths: files and/or folders (local or any ``tf.io.gfile`` filesystem).
-
-    Returns:
-      A list of ``(path, error)``; ``error`` is None for a file to predict on,
-      or a message for a path that does not exist or a folder without images.
-    """
-    entries: list[tuple[str, str | None]] = []
-    seen = set()
-
-    def add(path, error=None):
-        key = fileio.normpath(path)
-        if key not in seen:
-            seen.add(key)
-            entries.append((path, error))
-
-    for path in paths:
-        path = os.fspath(path)
-        if tf.io.gfile.isdir(path):
-            found = scan.walk_image_files(path)
-            for name in found:
-                add(name)
-            if not found:
-                add(path, "no image files (" + " ".join(IMAGE_EXTENSIONS) +
-                    ") in this folder or its subfolders")
-        elif tf.io.gfile.exists(path):
-            add(path)
-        else:
-            add(path, "no such file or folder")
-    return entries
 
 
 def predict_files(model_or_saved_model, paths: Iterable, *, image_size=None,

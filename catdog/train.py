@@ -37,7 +37,7 @@ from catdog import data as data_lib
 from catdog import distribute
 from catdog import fileio
 from catdog import models
-from catdog import plots
+from catdog import figures
 from catdog import precision
 from catdog import rundir
 from catdog import watchdog as watchdog_lib
@@ -394,6 +394,6 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         "final": rows[-1] if rows else {},
     }
     fileio.write_json(os.path.join(out, rundir.METRICS_FILE), metrics)
-    plots.learning_curves(rows, os.path.join(out, rundir.CURVES_FILE),
+    figures.learning_curves(rows, os.path.join(out, rundir.CURVES_FILE),
                           title=f"{config.stage} — {model_dir}")
     return RunResult(metrics, model)

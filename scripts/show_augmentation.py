@@ -92,9 +92,9 @@ def _show():
                          f"Received: n_images={_N_IMAGES.value}, "
                          f"n_variants={_N_VARIANTS.value}")
     values = _settings()
-    from catdog import pictures  # TensorFlow loads only after the flags are fine
+    from catdog import figures  # TensorFlow loads only after the flags are fine
 
-    path = pictures.augmentation_grid(
+    path = figures.augmentation_grid(
         _DATA_DIR.value, _OUT.value, image_size=values["image_size"],
         n_images=_N_IMAGES.value, n_variants=_N_VARIANTS.value, flip=values["flip"],
         rotation=values["rotation"], zoom=values["zoom"], seed=_SEED.value)
