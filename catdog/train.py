@@ -36,6 +36,7 @@ from catdog import config as config_lib
 from catdog import data as data_lib
 from catdog import distribute
 from catdog import fileio
+from catdog import keras_patches
 from catdog import models
 from catdog import figures
 from catdog import precision
@@ -182,7 +183,7 @@ def run(config: config_lib.Config, progress: bool = True,
     # The strategy comes first: a multi-worker or TPU strategy must be set up
     # before any other TensorFlow op of the process.
     strategy = distribute.build_strategy(config.train.strategy, tpu=config.train.tpu or None)
-    distribute.apply_keras_multiworker_fix(strategy)
+    keras_patches.apply_keras_multiworker_fix(strategy)
     distribute.global_batch_check(config.data.batch_size, strategy)
     # From here to the end of fit: a worker of a multi-worker job that is gone
     # stops this one within the timeout (exit 75), in whatever phase.

@@ -26,6 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from catdog import distribute  # pylint: disable=g-import-not-at-top
+from catdog import keras_patches  # pylint: disable=g-import-not-at-top
 
 GLOBAL_BATCH = 8
 
@@ -56,11 +57,11 @@ def main():
     from catdog import watchdog as watchdog_lib  # pylint: disable=g-import-not-at-top
 
     if args.fix != "none":
-        assert distribute.apply_keras_multiworker_fix(strategy)
+        assert keras_patches.apply_keras_multiworker_fix(strategy)
     if args.fix == "build":
         # Keep only the symbolic-build half, to show the log reduction bug.
         from keras.src.backend.tensorflow import trainer  # pylint: disable=g-import-not-at-top
-        trainer.reduce_per_replica = distribute._originals["reduce"]  # pylint: disable=protected-access
+        trainer.reduce_per_replica = keras_patches._originals["reduce"]  # pylint: disable=protected-access
     distribute.global_batch_check(GLOBAL_BATCH, strategy)
     # Watches the other worker from here on, as catdog.train.run does.
     watchdog = watchdog_lib.WorkerWatchdog(strategy, args.worker_timeout,
