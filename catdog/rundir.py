@@ -48,6 +48,8 @@ CURVES_FILE = "learning_curves.png"
 LOGS_DIR = "logs"
 #: The last completed epoch, from which a rerun resumes.
 BACKUP_DIR = "backup"
+#: Timings and sizes of fast feature extraction (``--fast_features``).
+FEATURES_FILE = "fast_features.json"
 
 
 def read_config(model_dir: str) -> dict:

@@ -122,7 +122,7 @@ def _fit_inputs(config: config_lib.Config, index, strategy):
     """
     if not distribute.is_multi_worker(strategy) or (
             config.train.fast_features and config.stage == "feature_extraction"):
-        # Fast feature extraction reads both splits itself (features.py).
+        # Fast feature extraction reads both splits itself (fast_features.py).
         train_ds, val_ds, _ = data_lib.build_datasets(config.data, index)
         return train_ds, val_ds
     data_lib.check_batch_size(config.data, index)
@@ -356,12 +356,12 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         backup,
     ]
     if config.train.fast_features and config.stage == "feature_extraction":
-        # catdog.features: the frozen backbone runs once over the images
+        # catdog.fast_features: the frozen backbone runs once over the images
         # (training split unshuffled and complete), the head trains on the
         # cached features; model.keras is still the full model (the best
         # checkpoint saves `model`, which shares the head's layers).
-        from catdog import features  # pylint: disable=import-outside-toplevel
-        features.fit_head_on_features(
+        from catdog import fast_features  # pylint: disable=import-outside-toplevel
+        fast_features.fit_head_on_features(
             model, data_lib.build_split(config.data, index, "train", training=False),
             val_ds, config, index.num_classes, callbacks, strategy)
     else:

@@ -32,8 +32,9 @@ from catdog import augment
 from catdog import distribute
 from catdog import fileio
 from catdog import models
+from catdog import rundir
 
-FEATURES_FILE = "fast_features.json"
+FEATURES_FILE = rundir.FEATURES_FILE
 
 _HOOKS = ("on_batch_begin", "on_batch_end", "on_epoch_begin", "on_epoch_end",
           "on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin",
