@@ -31,6 +31,7 @@ import tensorflow as tf
 from catdog import augment
 from catdog import distribute
 from catdog import fileio
+from catdog import fit_wrappers
 from catdog import models
 from catdog import rundir
 
@@ -200,7 +201,7 @@ def fit_head_on_features(model: keras.Model, train_images: tf.data.Dataset,
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     if strategy is not None and strategy.num_replicas_in_sync > 1:
         # The last validation batch may leave a replica with zero features.
-        head_model = models.empty_batch_safe(head_model)
+        head_model = fit_wrappers.empty_batch_safe(head_model)
     with scope:
         models.compile_model(head_model, num_classes, t.learning_rate, jit_compile=jit)
 

@@ -36,6 +36,7 @@ from catdog import config as config_lib
 from catdog import data as data_lib
 from catdog import distribute
 from catdog import fileio
+from catdog import fit_wrappers
 from catdog import keras_patches
 from catdog import models
 from catdog import figures
@@ -318,12 +319,12 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
             logging.info("Fine-tuning: %d backbone layers unfrozen.", unfrozen)
         else:
             model = models.build_model(config, index.num_classes)
-        train_model, jit, xla_note = models.xla_training_model(
+        train_model, jit, xla_note = fit_wrappers.xla_training_model(
             model, config.train.jit_compile, gpu, replicas)
         if replicas > 1:
             # A last validation batch smaller than the replicas leaves some
             # replica with zero images; they must not reach the network.
-            train_model = models.empty_batch_safe(train_model)
+            train_model = fit_wrappers.empty_batch_safe(train_model)
         models.compile_model(train_model, index.num_classes,
                              config.train.learning_rate, jit_compile=jit)
     logging.info("%s", xla_note)
