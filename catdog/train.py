@@ -20,8 +20,6 @@ a private scratch folder that is removed at the end.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import sys
 import time
@@ -35,80 +33,16 @@ from catdog import callbacks as callbacks_lib
 from catdog import config as config_lib
 from catdog import data as data_lib
 from catdog import distribute
+from catdog import figures
 from catdog import fileio
+from catdog import fine_tuning
 from catdog import fit_wrappers
 from catdog import keras_patches
 from catdog import models
-from catdog import figures
 from catdog import precision
+from catdog import resume_check
 from catdog import rundir
 from catdog import watchdog as watchdog_lib
-
-
-def _resolve_fine_tuning(config: config_lib.Config):
-    """Takes image size, backbone, head and the split from the stage-3 run it starts from.
-
-    Returns:
-      ``(init, split)``: the stage-3 ``config.json`` and ``split.json``.
-
-    Raises:
-      ValueError: ``init_from`` is not a finished feature_extraction run, or
-        a data setting of ``config`` would give another split than its own.
-    """
-    init_dir = config.model.init_from
-    path = os.path.join(init_dir, rundir.CONFIG_FILE)
-    if not os.path.isfile(os.path.join(init_dir, rundir.MODEL_FILE)) or not os.path.isfile(path):
-        raise ValueError(
-            f"`--init_from` must be the model_dir of a finished feature_extraction "
-            f"run (with {rundir.MODEL_FILE} and {rundir.CONFIG_FILE}). Received: init_from={init_dir!r}")
-    with open(path, encoding="utf-8") as f:
-        init = json.load(f)
-    init_cfg = config_lib.Config.from_dict(init)
-    if init_cfg.model.stage not in ("feature_extraction", "fine_tuning"):
-        raise ValueError(
-            f"`--init_from` {init_dir!r} holds a {init_cfg.model.stage!r} model; "
-            "fine-tuning starts from a feature_extraction run.")
-    _require_same_split_settings(config.data, init_cfg.data,
-                                 init.get("class_names"), init_dir)
-    split_path = os.path.join(init_dir, rundir.SPLIT_FILE)
-    if not os.path.isfile(split_path):
-        raise ValueError(
-            f"`--init_from` {init_dir!r} has no {rundir.SPLIT_FILE} (it was trained by an "
-            "earlier catdog), so fine-tuning cannot validate on exactly its split. "
-            "Train feature_extraction again with this catdog.")
-    with open(split_path, encoding="utf-8") as f:
-        split = json.load(f)
-    m = config.model
-    for field in ("backbone", "backbone_alpha", "head"):
-        setattr(m, field, getattr(init_cfg.model, field))
-    if tuple(config.data.image_size) != tuple(init_cfg.data.image_size):
-        logging.warning("Fine-tuning uses the image size of %s: %s (not %s).",
-                        init_dir, init_cfg.data.image_size, config.data.image_size)
-        config.data.image_size = tuple(init_cfg.data.image_size)
-    return init, split
-
-
-def _require_same_split_settings(data, init_data, init_class_names, init_dir) -> None:
-    """Refuses data settings that would not give the split of the init_from run."""
-    def same(field):
-        ours, theirs = getattr(data, field), getattr(init_data, field)
-        if field == "class_names":
-            # An explicit list equal to the classes the init run resolved is the same.
-            return (tuple(ours or ()) == tuple(theirs or ()) or
-                    (ours is not None and list(ours) == list(init_class_names or [])))
-        if field in ("train_dir", "val_dir") and ours and theirs:
-            return os.path.normpath(ours) == os.path.normpath(theirs)
-        return ours == theirs
-
-    differ = [f for f in config_lib.split_fields(init_data) if not same(f)]
-    if differ:
-        given = ", ".join(f"`--{f}` {getattr(data, f)!r} (there: {getattr(init_data, f)!r})"
-                          for f in differ)
-        raise ValueError(
-            f"Fine-tuning validates on exactly the split of --init_from {init_dir!r}, "
-            f"but {given} would give another split, and validation accuracy would be "
-            "measured on images that run trained on. Leave these flags out (they are "
-            "then taken from that run) or give its values.")
 
 
 def _fit_inputs(config: config_lib.Config, index, strategy):
@@ -190,7 +124,7 @@ def run(config: config_lib.Config, progress: bool = True,
     # stops this one within the timeout (exit 75), in whatever phase.
     watchdog = watchdog_lib.WorkerWatchdog(
         strategy, config.train.worker_timeout_seconds).start()
-    init, init_split = (_resolve_fine_tuning(config) if config.stage == "fine_tuning"
+    init, init_split = (fine_tuning.resolve_fine_tuning(config) if config.stage == "fine_tuning"
                         else (None, None))
     model_dir = config.train.model_dir
     os.makedirs(model_dir, exist_ok=True)
@@ -227,76 +161,6 @@ def run(config: config_lib.Config, progress: bool = True,
     return result
 
 
-def _resume_problem(model_dir: str, fingerprint: dict, split: dict) -> Optional[str]:
-    """Why ``model_dir/backup`` cannot be resumed by this run, or None if it can."""
-    backup_dir = os.path.join(model_dir, rundir.BACKUP_DIR)
-    metadata = callbacks_lib.read_backup_metadata(backup_dir)
-    if metadata is None:
-        return None
-    old = metadata.get("fingerprint")
-    if not isinstance(old, dict):
-        logging.warning("%s was written without a record of its settings and split; "
-                        "resuming it unchecked.", backup_dir)
-        return None
-    changes = []
-    before, now = old.get("settings", {}), fingerprint["settings"]
-    for key in sorted(set(before) & set(now)):
-        if before[key] != now[key]:
-            changes.append(f"{key} {json.dumps(before[key])} -> {json.dumps(now[key])}")
-    if old.get("split_digest") != fingerprint["split_digest"]:
-        previous = fileio.read_json(os.path.join(model_dir, rundir.SPLIT_FILE))
-        if previous and data_lib.split_digest(previous) == old.get("split_digest"):
-            what = data_lib.describe_split_change(previous, split)
-        else:
-            sizes = old.get("split_sizes", {})
-            what = (f"training {sizes.get('train')} -> {len(split['train'])}, "
-                    f"validation {sizes.get('val')} -> {len(split['val'])} inputs")
-        changes.append(f"the data: {what}")
-    if not changes:
-        return None
-    epochs = int(metadata.get("epoch", 0))
-    earlier = os.path.join(model_dir, rundir.FLAGS_FILE)
-    earlier = f" (--flagfile={earlier})" if os.path.isfile(earlier) else ""
-    return (f"{model_dir} holds a backup of {epochs} epoch(s) trained with other settings "
-            f"or data, and resuming it would mix two trainings. Changed since: "
-            f"{'; '.join(changes)}. Either pass a new --model_dir for this run, or "
-            f"delete {backup_dir}/ to train from scratch in this model_dir; rerunning "
-            f"the earlier command{earlier} resumes the earlier run.")
-
-
-def _check_resume(config, split: dict, policy: str, strategy):
-    """Refuses (ValueError) to resume a backup of another training.
-
-    Returns:
-      ``(fingerprint, resuming)``: what the backup records for this run, and
-      whether a backup exists to resume from.
-
-    Every worker of a multi-worker job decides the same: one that finds a
-    mismatch stops them all.
-    """
-    settings = config_lib.resume_settings(config)
-    settings["dtype_policy"] = policy
-    fingerprint = {
-        "settings": settings,
-        "settings_digest": hashlib.sha256(
-            json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest(),
-        "split_digest": data_lib.split_digest(split),
-        "split_sizes": {"train": len(split["train"]), "val": len(split["val"])},
-    }
-    try:
-        problem = _resume_problem(config.train.model_dir, fingerprint, split)
-    except ValueError as e:  # a corrupt backup: still agree before stopping
-        problem = str(e)
-    if distribute.any_worker(strategy, problem is not None) and problem is None:
-        problem = ("another worker of this job found that the backup in "
-                   f"{config.train.model_dir} belongs to another training (its log "
-                   "says what changed); stopping before training.")
-    if problem:
-        raise ValueError(problem)
-    backup_dir = os.path.join(config.train.model_dir, rundir.BACKUP_DIR)
-    return fingerprint, callbacks_lib.read_backup_metadata(backup_dir) is not None
-
-
 def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
                    start, weights_note, extra_files, watchdog) -> RunResult:
     """Builds, compiles and fits under the strategy; writes artifacts into ``out``.
@@ -330,7 +194,7 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
     logging.info("%s", xla_note)
     # After the model is built (a missing-weights error comes first), before
     # anything is written or trained.
-    fingerprint, resuming = _check_resume(config, split, policy, strategy)
+    fingerprint, resuming = resume_check.check_resume(config, split, policy, strategy)
     record = config.to_dict()
     record.update(stage=config.stage, class_names=index.class_names,
                   versions=rundir.versions(), dtype_policy=policy,
