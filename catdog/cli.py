@@ -8,7 +8,6 @@ Nothing here runs at import: :func:`define_training_flags` defines the flags
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import traceback
@@ -17,13 +16,10 @@ from absl import flags
 from absl import logging
 
 from catdog import config as config_lib
-
-# Exit codes a scheduler can act on (documented in README.md).
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
-FLAGFILE = "flags.txt"
+from catdog import errors
+from catdog import rundir
+# Exit codes a scheduler can act on (documented in README.md and catdog.errors).
+from catdog.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE  # noqa: F401
 
 
 def define_training_flags(flag_values=flags.FLAGS) -> None:
@@ -221,8 +217,7 @@ def inherit_data_flags(init_dir: str, flag_values=flags.FLAGS) -> list:
       The names of the flags whose value was taken over.
     """
     try:
-        with open(os.path.join(init_dir, "config.json"), encoding="utf-8") as f:
-            data = json.load(f).get("data") or {}
+        data = rundir.read_config(init_dir).get("data") or {}
     except (OSError, ValueError, AttributeError):
         return []
     taken = []
@@ -263,7 +258,7 @@ def flagfile_text(flag_values=flags.FLAGS) -> str:
 
 def write_flagfile(model_dir: str, flag_values=flags.FLAGS) -> str:
     """Writes the run's flags so ``--flagfile=model_dir/flags.txt`` repeats it."""
-    path = os.path.join(model_dir, FLAGFILE)
+    path = os.path.join(model_dir, rundir.FLAGS_FILE)
     os.makedirs(model_dir, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write(flagfile_text(flag_values))
@@ -280,28 +275,21 @@ def run_main(fn, *args, **kwargs) -> int:
     with ``EXIT_LOCKED`` (73); anything else with :data:`EXIT_FAILURE` and
     its traceback in the log.
     """
-    from catdog import resilience  # exit codes of preemption and locking
     try:
         fn(*args, **kwargs)
-    except resilience.TrainingPreempted as e:
-        print(f"preempted: {e}. Rerun the same command to resume.", file=sys.stderr)
-        return resilience.EXIT_PREEMPTED
-    except resilience.ModelDirLockedError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return resilience.EXIT_LOCKED
-    except resilience.WorkerLostError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return resilience.EXIT_PREEMPTED
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("interrupted", file=sys.stderr)
-        return EXIT_FAILURE
-    except Exception as e:  # the job failed; say what and where
-        traceback.print_exc()
-        logging.error("failed: %s", e)
-        return EXIT_FAILURE
+        return errors.exit_code_for(e)
+    except Exception as e:  # pylint: disable=broad-except
+        code = errors.exit_code_for(e)
+        if isinstance(e, errors.TrainingPreempted):
+            print(f"preempted: {e}. Rerun the same command to resume.", file=sys.stderr)
+        elif code == EXIT_FAILURE:  # the job failed; say what and where
+            traceback.print_exc()
+            logging.error("failed: %s", e)
+        else:
+            print(f"error: {e}", file=sys.stderr)
+        return code
     return EXIT_OK
 
 
@@ -312,7 +300,7 @@ def train_stage(stage: str, flag_values=flags.FLAGS) -> None:
     config.validate()
     # flags.txt is written by the run once accepted: a refused rerun leaves
     # the flags of the run the model_dir holds.
-    train.run(config, extra_files={FLAGFILE: flagfile_text(flag_values)})
+    train.run(config, extra_files={rundir.FLAGS_FILE: flagfile_text(flag_values)})
 
 
 def refuse_positional(argv):

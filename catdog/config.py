@@ -130,7 +130,7 @@ class TrainConfig:
         augmentation while the head trains; see :mod:`catdog.features`).
       worker_timeout_seconds: multi-worker jobs: how long another worker may
         not answer before it counts as gone and this worker stops with exit
-        code 75 (see :class:`catdog.resilience.WorkerWatchdog`).
+        code 75 (see :class:`catdog.watchdog.WorkerWatchdog`).
     """
 
     model_dir: str = ""

@@ -51,8 +51,8 @@ import tensorflow as tf
 
 from catdog import data as data_lib
 from catdog import fileio
-from catdog import pictures
-from catdog import predict as predict_lib
+from catdog import figures
+from catdog import model_io
 from catdog import scan
 
 EVALUATION_DIR = "evaluation"
@@ -142,7 +142,7 @@ def compute_metrics(labels, probabilities, class_names: Sequence[str],
     Args:
       labels: true labels, integers in ``[0, C)``.
       probabilities: ``(N, C)`` class probabilities (a binary model's ``p``
-        as ``[1 - p, p]``, see :func:`catdog.predict.probabilities_fn`).
+        as ``[1 - p, p]``, see :func:`catdog.model_io.probabilities_fn`).
       class_names: the C class names in label order.
       threshold: binary decision threshold on ``P(class_names[1])``.
 
@@ -445,13 +445,13 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
         raise ValueError("`--batch_size` must be a positive integer. "
                          f"Received: batch_size={batch_size!r}")
     model_dir = os.fspath(model_dir)
-    model, config, image_size, class_names = predict_lib.load_for_inference(model_dir)
+    model, config, image_size, class_names = model_io.load_for_inference(model_dir)
     num_classes = len(class_names)
     _check_threshold(threshold, num_classes)
     threshold = float(threshold)
     out_dir = os.fspath(out_dir) if out_dir else os.path.join(model_dir, EVALUATION_DIR)
     probabilities = tf.function(
-        predict_lib.probabilities_fn(model, num_classes),
+        model_io.probabilities_fn(model, num_classes),
         input_signature=[tf.TensorSpec([None, *image_size, 3], tf.uint8)])
 
     skipped, images_of = [], None
@@ -493,11 +493,11 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
     files = {name: os.path.join(out_dir, name) for name in (
         JSON_FILE, MARKDOWN_FILE, PREDICTIONS_FILE, CONFUSION_FILE, MISTAKES_FILE)}
     write_predictions_csv(rows, files[PREDICTIONS_FILE])
-    pictures.confusion_matrix_image(np.array(metrics["confusion_matrix"]["matrix"]),
+    figures.confusion_matrix_image(np.array(metrics["confusion_matrix"]["matrix"]),
                                     class_names, files[CONFUSION_FILE])
     mistakes = [dict(r, image=_image_of(images_of.get(r["path"]))) if images_of is not None else r
                 for r in rows if not r["correct"]][:MISTAKES_SHOWN]
-    pictures.worst_mistakes_grid(mistakes, files[MISTAKES_FILE], n=MISTAKES_SHOWN,
+    figures.worst_mistakes_grid(mistakes, files[MISTAKES_FILE], n=MISTAKES_SHOWN,
                                  class_names=class_names)
     counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes)
     result = {

@@ -48,8 +48,9 @@ import keras
 import tensorflow as tf
 
 import catdog
+from catdog import errors
 from catdog import fileio
-from catdog import predict as _predict
+from catdog import model_io
 from catdog.data import decode_and_resize
 
 #: Name of the serving_default input; TF Serving REST decodes {"b64": ...}
@@ -98,11 +99,11 @@ def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
                 "class_names is required to export a keras.Model; pass the "
                 "model_dir instead to read them from its config.json.")
         class_names = [str(n) for n in class_names]
-        _predict.check_model_outputs(model, class_names)
-        image_size = _predict.resolve_image_size(image_size, model)
+        model_io.check_model_outputs(model, class_names)
+        image_size = model_io.resolve_image_size(image_size, model)
     else:
         source_dir = os.path.abspath(os.fspath(model_dir_or_model))
-        model, config, image_size, class_names = _predict.load_for_inference(
+        model, config, image_size, class_names = model_io.load_for_inference(
             source_dir, image_size=image_size, class_names=class_names)
 
     parent, target = _resolve_target(export_dir, version, overwrite)
@@ -138,7 +139,7 @@ def build_serving_functions(model, image_size, class_names):
     ``tf.function`` with fixed input signatures.
 
     Args:
-      model: a built ``keras.Model`` (see :mod:`catdog.predict`).
+      model: a built ``keras.Model`` (see :mod:`catdog.model_io`).
       image_size: ``(height, width)`` the model takes.
       class_names: class names in label order.
 
@@ -148,9 +149,9 @@ def build_serving_functions(model, image_size, class_names):
       ``class_names`` described in this module's docstring.
     """
     class_names = [str(n) for n in class_names]
-    height, width = _predict.checked_image_size(image_size)
-    num_classes = _predict.check_model_outputs(model, class_names)
-    probabilities_of = _predict.probabilities_fn(model, num_classes)
+    height, width = model_io.checked_image_size(image_size)
+    num_classes = model_io.check_model_outputs(model, class_names)
+    probabilities_of = model_io.probabilities_fn(model, num_classes)
 
     def serve_images(images):
         probabilities = probabilities_of(images)
@@ -194,7 +195,7 @@ def _metadata(class_names, image_size, source_dir, stage, version, tflite_file):
         "signatures": {
             "serving_default": {"inputs": {
                 BYTES_INPUT: "string [N]: encoded JPEG/PNG/GIF/BMP, any size"}},
-            _predict.IMAGES_SIGNATURE: {"inputs": {
+            model_io.IMAGES_SIGNATURE: {"inputs": {
                 "images": f"uint8 [N, {height}, {width}, 3]"}},
             "outputs": {
                 "probabilities": f"float32 [N, {len(class_names)}]",
@@ -221,7 +222,7 @@ def _write_saved_model(model, path, image_size, class_names):
     archive.track(model)
     archive.add_endpoint("serving_default", serving_default, input_signature=[
         tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
-    archive.add_endpoint(_predict.IMAGES_SIGNATURE, serve_images, input_signature=[
+    archive.add_endpoint(model_io.IMAGES_SIGNATURE, serve_images, input_signature=[
         tf.TensorSpec([None, *image_size, 3], tf.uint8, name="images")])
     archive.write_out(path, verbose=False)
 
@@ -235,12 +236,12 @@ def _write_tflite(saved_model_dir) -> str:
             "(no tf.lite.TFLiteConverter); export without tflite=True (--tflite).")
     try:
         converter = converter_class.from_saved_model(
-            saved_model_dir, signature_keys=[_predict.IMAGES_SIGNATURE])
+            saved_model_dir, signature_keys=[model_io.IMAGES_SIGNATURE])
         content = converter.convert()
     except Exception as error:
         raise RuntimeError(
-            f"TFLite conversion of the {_predict.IMAGES_SIGNATURE!r} signature "
-            f"failed: {_predict._first_line(error)}. Export without tflite=True "
+            f"TFLite conversion of the {model_io.IMAGES_SIGNATURE!r} signature "
+            f"failed: {errors.first_line(error)}. Export without tflite=True "
             "(--tflite) to get the SavedModel alone.") from error
     with open(os.path.join(saved_model_dir, TFLITE_FILENAME), "wb") as f:
         f.write(content)

@@ -1,4 +1,4 @@
-"""Models of the four stages: the baseline CNN, backbones, freeze/unfreeze.
+"""Models of the four stages: the baseline CNN, transfer models, freeze/unfreeze.
 
 Every model takes RGB images with values 0..255 (uint8 or float) and does
 its own augmentation, rescaling and backbone preprocessing, so the same
@@ -7,34 +7,31 @@ pixels work for training, evaluation, prediction and the exported model::
     image -> [augmentation] -> rescale / backbone preprocess -> body -> float32 head
 
 The head is float32 whatever the dtype policy, so a ``mixed_float16`` model
-still returns float32 probabilities.
+still returns float32 probabilities. The backbones themselves (registry,
+ImageNet weights files) are :mod:`catdog.backbones`; the models ``fit``
+trains in place of the saved one (XLA, empty batches) are
+:mod:`catdog.fit_wrappers`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
-from typing import Callable
-import warnings
 
-from absl import logging
 import keras
 from keras import ops
 
 from catdog import augment
 from catdog import config as config_lib
 from catdog import precision
+from catdog import rundir
+# Re-exported: the backbone registry and weights route live in catdog.backbones.
+from catdog.backbones import (BACKBONE_NAME, BACKBONES, KERAS_CACHE,  # noqa: F401
+                              Backbone, WeightsError, build_backbone,
+                              get_backbone)
 
-BACKBONE_NAME = "backbone"
 PREPROCESS_NAME = "preprocess"
 #: The last Dense layer; it computes in float32 under every dtype policy.
 HEAD_NAME = "predictions"
-KERAS_CACHE = os.path.join("~", ".keras", "models")
-
-
-class WeightsError(ValueError):
-    """Backbone weights cannot be obtained or do not fit the backbone."""
 
 
 @keras.saving.register_keras_serializable(package="catdog")
@@ -96,208 +93,6 @@ class InferenceBackbone(keras.layers.Wrapper):
         return self.layer.compute_output_shape(input_shape)
 
 
-@dataclasses.dataclass(frozen=True)
-class Backbone:
-    """A registered ImageNet backbone.
-
-    Attributes:
-      constructor: the ``keras.applications`` function.
-      preprocess: :class:`Preprocess` mode of its ``preprocess_input``.
-      top_block_start: name of the first layer of the top block, which
-        fine-tuning unfreezes by default (everything from it to the output).
-      weights_file: ``f(alpha, image_size)`` giving the no-top weights file
-        name Keras downloads into ``~/.keras/models``.
-      has_alpha: takes a width multiplier (``--backbone_alpha``).
-    """
-
-    constructor: Callable
-    preprocess: str
-    top_block_start: str
-    weights_file: Callable
-    has_alpha: bool = False
-
-
-def _square_rows(size, allowed):
-    # As keras.applications: square sizes it has weights for, else 224.
-    return size[0] if size[0] == size[1] and size[0] in allowed else 224
-
-
-def _mobilenet_file(alpha, size):
-    alpha_text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}.get(alpha, str(alpha))
-    rows = _square_rows(size, (128, 160, 192, 224))
-    return f"mobilenet_{alpha_text}_{rows}_tf_no_top.h5"
-
-
-def _mobilenet_v2_file(alpha, size):
-    rows = _square_rows(size, (96, 128, 160, 192, 224))
-    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
-
-
-BACKBONES = {
-    # VGG16: block5 is its last 4 layers (3 convs and the pool).
-    "vgg16": Backbone(keras.applications.VGG16, "caffe", "block5_conv1",
-                      lambda a, s: "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    # VGG19: block5 is its last 5 layers (4 convs and the pool).
-    "vgg19": Backbone(keras.applications.VGG19, "caffe", "block5_conv1",
-                      lambda a, s: "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    # ResNet50: the last residual block conv5_block3 (10 layers).
-    "resnet50": Backbone(keras.applications.ResNet50, "caffe", "conv5_block3_1_conv",
-                         lambda a, s: "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    # MobileNet v1: the last depthwise-separable block conv_dw_13/conv_pw_13 (6 layers).
-    "mobilenet": Backbone(keras.applications.MobileNet, "tf", "conv_dw_13",
-                          _mobilenet_file, has_alpha=True),
-    # MobileNetV2: the last inverted-residual block 16 and the 1x1 top conv (12 layers).
-    "mobilenet_v2": Backbone(keras.applications.MobileNetV2, "tf", "block_16_expand",
-                             _mobilenet_v2_file, has_alpha=True),
-    # EfficientNetB0: block7a and the top conv (20 layers).
-    "efficientnet_b0": Backbone(keras.applications.EfficientNetB0, "none",
-                                "block7a_expand_conv",
-                                lambda a, s: "efficientnetb0_notop.h5"),
-}
-
-
-def get_backbone(name: str) -> Backbone:
-    """Returns the registered backbone ``name``; ValueError lists the choices."""
-    if name not in BACKBONES:
-        raise ValueError(f"`--backbone` must be one of {sorted(BACKBONES)}. "
-                         f"Received: backbone={name!r}")
-    return BACKBONES[name]
-
-
-def build_backbone(name: str, image_size, weights: str = "imagenet",
-                   alpha: float = 1.0) -> keras.Model:
-    """Builds a headless ImageNet backbone named ``"backbone"``.
-
-    Args:
-      name: a key of :data:`BACKBONES`.
-      image_size: ``(height, width)`` of the input images.
-      weights: ``"imagenet"`` (Keras' own download and cache in
-        ``~/.keras/models``), ``"none"`` (random init) or a weights file path.
-      alpha: width multiplier for the MobileNets.
-
-    Returns:
-      The backbone ``keras.Model`` (``include_top=False``).
-
-    Raises:
-      WeightsError: the ImageNet download failed (the message names the file
-        to place in ``~/.keras/models``), or the given file does not fit.
-    """
-    spec = get_backbone(name)
-    image_size = tuple(image_size)
-    if min(image_size) < 32:
-        raise ValueError(f"Backbone {name!r} needs images of at least 32x32. "
-                         f"Received: image_size={image_size}")
-    kwargs = dict(include_top=False, input_shape=(*image_size, 3))
-    if spec.has_alpha:
-        kwargs["alpha"] = alpha
-    elif alpha != 1.0:
-        logging.warning("--backbone_alpha=%s is ignored by backbone %s.", alpha, name)
-    weights = weights or "none"
-    if weights.lower() == "none":
-        return _construct(spec, None, kwargs)
-    if weights == "imagenet":
-        try:
-            return _construct(spec, "imagenet", kwargs)
-        except Exception as e:  # download failures come as many exception types
-            fname = spec.weights_file(alpha, image_size)
-            raise WeightsError(
-                f"Could not get the ImageNet weights of backbone {name!r}: "
-                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. "
-                f"Place the file {fname} in {KERAS_CACHE}/ (Keras' cache), or pass "
-                f"--weights=/path/to/{fname}, or --weights=none to start from "
-                "random initialisation.") from e
-    path = os.path.expanduser(weights)
-    if not os.path.isfile(path):
-        raise WeightsError(f"`--weights` file not found: {weights!r}. Pass "
-                           "'imagenet', 'none' or the path of a weights file.")
-    try:
-        model, asked = _construct_from_file(spec, path, kwargs)
-    except Exception as e:
-        raise WeightsError(
-            f"Weights file {weights!r} does not match backbone {name!r}"
-            f"{f' with alpha={alpha}' if spec.has_alpha else ''}: "
-            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. Expected "
-            f"a no-top ImageNet file such as {spec.weights_file(alpha, image_size)}."
-        ) from e
-    if asked is not None and not asked:
-        raise RuntimeError(f"{spec.constructor.__name__} loaded no weights file; "
-                           "this Keras version fetches weights another way.")
-    return model
-
-
-def _construct(spec: Backbone, weights, kwargs) -> keras.Model:
-    """Calls the application, then names the model ``"backbone"``.
-
-    Named afterwards: EfficientNet derives the ImageNet file it downloads
-    from the model name (``efficientnetb0_notop.h5``).
-    """
-    model = spec.constructor(weights=weights, **kwargs)
-    model.name = BACKBONE_NAME
-    return model
-
-
-@contextlib.contextmanager
-def _keras_download_answered_by(path: str):
-    """Makes ``keras.applications`` take ``path`` for the file it would download.
-
-    Every application module fetches its weights through
-    ``keras.src.utils.file_utils.get_file``; for the block, that function
-    returns ``path`` instead (and records the file names asked for).
-    Process-global while it lasts; restored even on error.
-
-    Yields:
-      The list of file names Keras asked for.
-    """
-    from keras.src.utils import file_utils  # pylint: disable=import-outside-toplevel
-    original = file_utils.get_file
-    asked = []
-
-    def get_file(fname=None, *args, **kwargs):
-        del args, kwargs
-        asked.append(fname)
-        return path
-
-    file_utils.get_file = get_file
-    try:
-        yield asked
-    finally:
-        file_utils.get_file = original
-
-
-def _construct_from_file(spec: Backbone, path: str, kwargs):
-    """Builds the ``imagenet`` network of ``spec`` with the weights of ``path``.
-
-    The ``imagenet`` route is not ``weights=None`` plus ``load_weights``:
-    EfficientNet adds its input normalisation fix (``Rescaling`` by
-    ``1/sqrt(variance)``) only for ``weights="imagenet"``. So the
-    application builds its ``imagenet`` network and loads ``path`` where it
-    would load the downloaded file. Settings for which Keras has no ImageNet
-    weights (e.g. MobileNet widths other than 0.25-1.0), refused before any
-    file is asked for, build the ``weights=None`` network, which for those
-    backbones is the same, and load the file into it.
-
-    Returns:
-      ``(model, asked)``: ``asked`` lists the files the ``imagenet`` route
-      asked for, None when it was refused.
-    """
-    with warnings.catch_warnings():
-        # MobileNets warn that the 224x224 file is loaded for other sizes:
-        # true of the download only, not of the user's file.
-        warnings.filterwarnings("ignore", message=r"`input_shape` is undefined or non-square")
-        with _keras_download_answered_by(path) as asked:
-            try:
-                model = _construct(spec, "imagenet", kwargs)
-            except ValueError:
-                if asked:
-                    raise
-                model = None
-    if model is None:
-        model = _construct(spec, None, kwargs)
-        model.load_weights(path)
-        return model, None
-    return model, asked
-
-
 def _head(x, num_classes: int, dropout: float, pooling: str,
           zero_init: bool = False):
     if pooling == "flatten":
@@ -320,7 +115,8 @@ def _head(x, num_classes: int, dropout: float, pooling: str,
                               kernel_initializer=init, name=HEAD_NAME)(x)
 
 
-def _inputs(image_size):
+def image_input(image_size):
+    """The input of every catdog model: ``(height, width, 3)`` pixels named ``image``."""
     return keras.Input(shape=(*tuple(image_size), 3), name="image")
 
 
@@ -338,7 +134,7 @@ def build_cnn(image_size, num_classes: int = 2, augmentation=None,
     MaxPool 2) -> Flatten -> Dropout -> Dense``. The augmented tensor is what
     reaches the first convolution.
     """
-    inputs = _inputs(image_size)
+    inputs = image_input(image_size)
     x = inputs
     if augmentation is not None:
         x = augmentation(x)
@@ -371,7 +167,7 @@ def build_transfer(image_size, num_classes: int, backbone_name: str = "vgg16",
     spec = get_backbone(backbone_name)
     base = build_backbone(backbone_name, image_size, weights, alpha)
     base.trainable = False
-    inputs = _inputs(image_size)
+    inputs = image_input(image_size)
     x = inputs
     if augmentation is not None:
         x = augmentation(x)
@@ -476,7 +272,7 @@ def compile_model(model: keras.Model, num_classes: int, learning_rate: float,
 def load_model(path: str) -> keras.Model:
     """Loads a catdog ``model.keras`` (or a model dir) in Keras' safe mode."""
     if os.path.isdir(path):
-        path = os.path.join(path, "model.keras")
+        path = os.path.join(path, rundir.MODEL_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No catdog model at {path!r}: expected the "
                                 "model.keras of a finished run's model_dir.")
@@ -582,113 +378,3 @@ def dtype_policy_name(model: keras.Model) -> str:
 def count_params(weights) -> int:
     """Number of scalars in a list of weights."""
     return int(sum(int(ops.size(w)) for w in weights))
-
-
-# ---------------------------------------------------------------------------
-# Empty per-replica batches.
-# ---------------------------------------------------------------------------
-
-class _EmptyBatchSafeModel(keras.Model):
-    """A functional model whose inference short-circuits an empty batch.
-
-    oneDNN on some CPUs cannot convolve or multiply zero images (the op
-    fails with a shape error instead of returning an empty result).
-    Training batches are never empty; under a multi-replica strategy a
-    validation batch smaller than the number of replicas leaves some
-    replica with zero images.
-    """
-
-    def call(self, inputs, training=None, mask=None):
-        run = super().call
-        if training:
-            return run(inputs, training=training, mask=mask)
-        import tensorflow as tf  # catdog's models are TF-backend models
-        first = keras.tree.flatten(inputs)[0]
-
-        def empty():
-            outputs = [tf.zeros([0, *t.shape[1:]], t.dtype) for t in self.outputs]
-            # As Functional.call: a single output is returned bare.
-            return outputs[0] if len(outputs) == 1 else outputs
-
-        return tf.cond(tf.shape(first)[0] > 0,
-                       lambda: run(inputs, training=training, mask=mask), empty)
-
-
-def empty_batch_safe(model: keras.Model) -> keras.Model:
-    """Returns ``model``'s graph as a model that answers an empty batch.
-
-    The returned model shares ``model``'s layers and weights (and so the
-    same weight file layout); its evaluation and prediction return empty
-    outputs for a batch of zero examples without running any layer, so
-    metrics count exactly the real examples. Training calls are unchanged.
-    Training-only: save ``model`` itself.
-
-    Args:
-      model: a functional catdog model with fully defined output shapes
-        after the batch axis.
-    """
-    return _EmptyBatchSafeModel(model.inputs, model.outputs, name=model.name)
-
-
-# ---------------------------------------------------------------------------
-# XLA: compile the network after augmentation.
-# ---------------------------------------------------------------------------
-
-class XlaNetwork(keras.layers.Layer):
-    """Runs a (sub-)network through one XLA-compiled ``tf.function``.
-
-    Keras turns XLA off for a whole model that holds the augmentation layers
-    (their image-transform op has no XLA kernel). Wrapping only the network
-    after augmentation keeps XLA where it can run. Training-only: it shares
-    the wrapped network's weights and is never saved.
-    """
-
-    def __init__(self, network: keras.Model, **kwargs):
-        super().__init__(**kwargs)
-        import tensorflow as tf  # catdog's models are TF-backend models
-        self.network = network
-        self._compiled = tf.function(
-            lambda x, training: self.network(x, training=training),
-            jit_compile=True, reduce_retracing=True)
-
-    def call(self, x, training=False):
-        return self._compiled(x, training=bool(training))
-
-    def compute_output_shape(self, input_shape):
-        return self.network.compute_output_shape(input_shape)
-
-
-def xla_training_model(model: keras.Model, jit: str, gpu: bool, replicas: int):
-    """Decides what runs under XLA and returns the model to ``fit``.
-
-    Args:
-      model: the model to train (and save).
-      jit: ``"auto"``, ``"true"`` or ``"false"``. ``auto`` uses XLA only on a
-        single GPU (as Keras' own ``auto``: XLA off on CPU-only machines and
-        under tf.distribute).
-      gpu: whether a GPU is visible.
-      replicas: replicas in sync.
-
-    Returns:
-      ``(train_model, compile_jit, description)``: the model to compile and
-      fit (``model`` itself, or a wrapper sharing its weights whose network
-      after augmentation is XLA-compiled), the ``jit_compile`` value for
-      ``compile()``, and a plain sentence saying what runs compiled.
-    """
-    wanted = jit == "true" or (jit == "auto" and gpu and replicas == 1)
-    if not wanted:
-        why = ("--jit_compile=false" if jit == "false" else
-               "--jit_compile=auto uses XLA only on a single GPU")
-        return model, False, f"XLA off ({why}); nothing is compiled with XLA."
-    aug = next((l for l in model.layers if isinstance(l, augment.Augmentation)), None)
-    if aug is None:
-        return model, True, "XLA on: the whole training step is compiled (jit_compile=True)."
-    network = keras.Model(aug.output, model.output, name="network")
-    inputs = _inputs(model.input.shape[1:3])
-    outputs = XlaNetwork(network, name="xla_network")(aug(inputs))
-    train_model = keras.Model(inputs, outputs, name=f"{model.name}_xla")
-    return train_model, False, (
-        "XLA on for the network after augmentation (one XLA-compiled function); "
-        "the augmentation block (RandomFlip/RandomRotation/RandomZoom, whose "
-        "ImageProjectiveTransformV3 op has no XLA kernel), the loss and the "
-        "optimizer update run without XLA.")

@@ -19,145 +19,30 @@ a private scratch folder that is removed at the end.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
-import json
 import os
-import platform
 import sys
 import time
 from typing import Optional
 
 from absl import logging
 import keras
-import numpy as np
 import tensorflow as tf
 
-import catdog
+from catdog import callbacks as callbacks_lib
 from catdog import config as config_lib
 from catdog import data as data_lib
 from catdog import distribute
+from catdog import figures
 from catdog import fileio
+from catdog import fine_tuning
+from catdog import fit_wrappers
+from catdog import keras_patches
 from catdog import models
-from catdog import plots
 from catdog import precision
-from catdog import resilience
-
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "history.csv"
-MODEL_FILE = "model.keras"
-METRICS_FILE = "metrics.json"
-SPLIT_FILE = "split.json"
-CURVES_FILE = "learning_curves.png"
-LOGS_DIR = "logs"
-BACKUP_DIR = "backup"
-
-
-def versions() -> dict:
-    """Versions of the libraries a result depends on."""
-    import absl
-    out = {"catdog": catdog.__version__, "python": platform.python_version(),
-           "tensorflow": tf.__version__, "keras": keras.__version__,
-           "numpy": np.__version__}
-    try:
-        import tensorflow_datasets as tfds
-        out["tensorflow_datasets"] = tfds.__version__
-    except Exception:  # optional at run time
-        pass
-    out["absl"] = getattr(absl, "__version__", "")
-    return out
-
-
-def read_history(path: str) -> list:
-    """Reads ``history.csv`` into a list of dicts with float values."""
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = []
-        for row in csv.DictReader(f):
-            rows.append({k: (int(v) if k == "epoch" else float(v))
-                         for k, v in row.items() if v not in (None, "")})
-        return rows
-
-
-def summarize_history(rows: list) -> dict:
-    """Best and final validation accuracy and the best epoch (1-based)."""
-    if not rows:
-        return {"best_val_accuracy": None, "best_epoch": None,
-                "final_val_accuracy": None, "epochs_completed": 0}
-    accs = [r.get("val_accuracy", float("nan")) for r in rows]
-    best = int(np.nanargmax(accs)) if not all(np.isnan(accs)) else len(rows) - 1
-    return {"best_val_accuracy": float(accs[best]),
-            "best_epoch": int(rows[best]["epoch"]) + 1,
-            "final_val_accuracy": float(accs[-1]),
-            "epochs_completed": len(rows)}
-
-
-def _resolve_fine_tuning(config: config_lib.Config):
-    """Takes image size, backbone, head and the split from the stage-3 run it starts from.
-
-    Returns:
-      ``(init, split)``: the stage-3 ``config.json`` and ``split.json``.
-
-    Raises:
-      ValueError: ``init_from`` is not a finished feature_extraction run, or
-        a data setting of ``config`` would give another split than its own.
-    """
-    init_dir = config.model.init_from
-    path = os.path.join(init_dir, CONFIG_FILE)
-    if not os.path.isfile(os.path.join(init_dir, MODEL_FILE)) or not os.path.isfile(path):
-        raise ValueError(
-            f"`--init_from` must be the model_dir of a finished feature_extraction "
-            f"run (with {MODEL_FILE} and {CONFIG_FILE}). Received: init_from={init_dir!r}")
-    with open(path, encoding="utf-8") as f:
-        init = json.load(f)
-    init_cfg = config_lib.Config.from_dict(init)
-    if init_cfg.model.stage not in ("feature_extraction", "fine_tuning"):
-        raise ValueError(
-            f"`--init_from` {init_dir!r} holds a {init_cfg.model.stage!r} model; "
-            "fine-tuning starts from a feature_extraction run.")
-    _require_same_split_settings(config.data, init_cfg.data,
-                                 init.get("class_names"), init_dir)
-    split_path = os.path.join(init_dir, SPLIT_FILE)
-    if not os.path.isfile(split_path):
-        raise ValueError(
-            f"`--init_from` {init_dir!r} has no {SPLIT_FILE} (it was trained by an "
-            "earlier catdog), so fine-tuning cannot validate on exactly its split. "
-            "Train feature_extraction again with this catdog.")
-    with open(split_path, encoding="utf-8") as f:
-        split = json.load(f)
-    m = config.model
-    for field in ("backbone", "backbone_alpha", "head"):
-        setattr(m, field, getattr(init_cfg.model, field))
-    if tuple(config.data.image_size) != tuple(init_cfg.data.image_size):
-        logging.warning("Fine-tuning uses the image size of %s: %s (not %s).",
-                        init_dir, init_cfg.data.image_size, config.data.image_size)
-        config.data.image_size = tuple(init_cfg.data.image_size)
-    return init, split
-
-
-def _require_same_split_settings(data, init_data, init_class_names, init_dir) -> None:
-    """Refuses data settings that would not give the split of the init_from run."""
-    def same(field):
-        ours, theirs = getattr(data, field), getattr(init_data, field)
-        if field == "class_names":
-            # An explicit list equal to the classes the init run resolved is the same.
-            return (tuple(ours or ()) == tuple(theirs or ()) or
-                    (ours is not None and list(ours) == list(init_class_names or [])))
-        if field in ("train_dir", "val_dir") and ours and theirs:
-            return os.path.normpath(ours) == os.path.normpath(theirs)
-        return ours == theirs
-
-    differ = [f for f in config_lib.split_fields(init_data) if not same(f)]
-    if differ:
-        given = ", ".join(f"`--{f}` {getattr(data, f)!r} (there: {getattr(init_data, f)!r})"
-                          for f in differ)
-        raise ValueError(
-            f"Fine-tuning validates on exactly the split of --init_from {init_dir!r}, "
-            f"but {given} would give another split, and validation accuracy would be "
-            "measured on images that run trained on. Leave these flags out (they are "
-            "then taken from that run) or give its values.")
+from catdog import resume_check
+from catdog import rundir
+from catdog import watchdog as watchdog_lib
 
 
 def _fit_inputs(config: config_lib.Config, index, strategy):
@@ -172,7 +57,7 @@ def _fit_inputs(config: config_lib.Config, index, strategy):
     """
     if not distribute.is_multi_worker(strategy) or (
             config.train.fast_features and config.stage == "feature_extraction"):
-        # Fast feature extraction reads both splits itself (features.py).
+        # Fast feature extraction reads both splits itself (fast_features.py).
         train_ds, val_ds, _ = data_lib.build_datasets(config.data, index)
         return train_ds, val_ds
     data_lib.check_batch_size(config.data, index)
@@ -221,10 +106,10 @@ def run(config: config_lib.Config, progress: bool = True,
       ValueError: bad settings or data, or a backup of another training in
         ``model_dir``, before any training.
       catdog.models.WeightsError: backbone weights cannot be obtained.
-      catdog.resilience.ModelDirLockedError: another live run holds model_dir.
-      catdog.resilience.TrainingPreempted: SIGTERM stopped training; rerun
+      catdog.errors.ModelDirLockedError: another live run holds model_dir.
+      catdog.errors.TrainingPreempted: SIGTERM stopped training; rerun
         the same command to resume.
-      catdog.resilience.WorkerLostError: another worker of a multi-worker
+      catdog.errors.WorkerLostError: another worker of a multi-worker
         job is gone; rerun every worker to resume.
     """
     start = time.time()
@@ -233,13 +118,13 @@ def run(config: config_lib.Config, progress: bool = True,
     # The strategy comes first: a multi-worker or TPU strategy must be set up
     # before any other TensorFlow op of the process.
     strategy = distribute.build_strategy(config.train.strategy, tpu=config.train.tpu or None)
-    distribute.apply_keras_multiworker_fix(strategy)
+    keras_patches.apply_keras_multiworker_fix(strategy)
     distribute.global_batch_check(config.data.batch_size, strategy)
     # From here to the end of fit: a worker of a multi-worker job that is gone
     # stops this one within the timeout (exit 75), in whatever phase.
-    watchdog = resilience.WorkerWatchdog(
+    watchdog = watchdog_lib.WorkerWatchdog(
         strategy, config.train.worker_timeout_seconds).start()
-    init, init_split = (_resolve_fine_tuning(config) if config.stage == "fine_tuning"
+    init, init_split = (fine_tuning.resolve_fine_tuning(config) if config.stage == "fine_tuning"
                         else (None, None))
     model_dir = config.train.model_dir
     os.makedirs(model_dir, exist_ok=True)
@@ -249,7 +134,7 @@ def run(config: config_lib.Config, progress: bool = True,
         where = f"--init_from {config.model.init_from!r}"
         index = data_lib.index_from_split(config.data, init_split, where, progress=progress)
         logging.info("Fine-tuning on the split of %s (its %s): %d training and %d "
-                     "validation inputs.", config.model.init_from, SPLIT_FILE,
+                     "validation inputs.", config.model.init_from, rundir.SPLIT_FILE,
                      len(index.train), len(index.val))
     else:
         index = data_lib.index_source(config.data, progress=progress)
@@ -261,7 +146,7 @@ def run(config: config_lib.Config, progress: bool = True,
     policy = precision.resolve_policy(config.train.mixed_precision, strategy)
     chief = distribute.is_chief(strategy)
 
-    with watchdog, resilience.ModelDirLock(model_dir, task=distribute.task_name(strategy)):
+    with watchdog, rundir.ModelDirLock(model_dir, task=distribute.task_name(strategy)):
         out = distribute.artifact_dir(model_dir, strategy)
         try:
             result = _fit_and_write(config, index, train_ds, val_ds, strategy, policy,
@@ -274,76 +159,6 @@ def run(config: config_lib.Config, progress: bool = True,
                      config.stage, result.metrics["best_val_accuracy"] or float("nan"),
                      result.metrics["best_epoch"], model_dir)
     return result
-
-
-def _resume_problem(model_dir: str, fingerprint: dict, split: dict) -> Optional[str]:
-    """Why ``model_dir/backup`` cannot be resumed by this run, or None if it can."""
-    backup_dir = os.path.join(model_dir, BACKUP_DIR)
-    metadata = resilience.read_backup_metadata(backup_dir)
-    if metadata is None:
-        return None
-    old = metadata.get("fingerprint")
-    if not isinstance(old, dict):
-        logging.warning("%s was written without a record of its settings and split; "
-                        "resuming it unchecked.", backup_dir)
-        return None
-    changes = []
-    before, now = old.get("settings", {}), fingerprint["settings"]
-    for key in sorted(set(before) & set(now)):
-        if before[key] != now[key]:
-            changes.append(f"{key} {json.dumps(before[key])} -> {json.dumps(now[key])}")
-    if old.get("split_digest") != fingerprint["split_digest"]:
-        previous = fileio.read_json(os.path.join(model_dir, SPLIT_FILE))
-        if previous and data_lib.split_digest(previous) == old.get("split_digest"):
-            what = data_lib.describe_split_change(previous, split)
-        else:
-            sizes = old.get("split_sizes", {})
-            what = (f"training {sizes.get('train')} -> {len(split['train'])}, "
-                    f"validation {sizes.get('val')} -> {len(split['val'])} inputs")
-        changes.append(f"the data: {what}")
-    if not changes:
-        return None
-    epochs = int(metadata.get("epoch", 0))
-    earlier = os.path.join(model_dir, "flags.txt")
-    earlier = f" (--flagfile={earlier})" if os.path.isfile(earlier) else ""
-    return (f"{model_dir} holds a backup of {epochs} epoch(s) trained with other settings "
-            f"or data, and resuming it would mix two trainings. Changed since: "
-            f"{'; '.join(changes)}. Either pass a new --model_dir for this run, or "
-            f"delete {backup_dir}/ to train from scratch in this model_dir; rerunning "
-            f"the earlier command{earlier} resumes the earlier run.")
-
-
-def _check_resume(config, split: dict, policy: str, strategy):
-    """Refuses (ValueError) to resume a backup of another training.
-
-    Returns:
-      ``(fingerprint, resuming)``: what the backup records for this run, and
-      whether a backup exists to resume from.
-
-    Every worker of a multi-worker job decides the same: one that finds a
-    mismatch stops them all.
-    """
-    settings = config_lib.resume_settings(config)
-    settings["dtype_policy"] = policy
-    fingerprint = {
-        "settings": settings,
-        "settings_digest": hashlib.sha256(
-            json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest(),
-        "split_digest": data_lib.split_digest(split),
-        "split_sizes": {"train": len(split["train"]), "val": len(split["val"])},
-    }
-    try:
-        problem = _resume_problem(config.train.model_dir, fingerprint, split)
-    except ValueError as e:  # a corrupt backup: still agree before stopping
-        problem = str(e)
-    if resilience.any_worker(strategy, problem is not None) and problem is None:
-        problem = ("another worker of this job found that the backup in "
-                   f"{config.train.model_dir} belongs to another training (its log "
-                   "says what changed); stopping before training.")
-    if problem:
-        raise ValueError(problem)
-    backup_dir = os.path.join(config.train.model_dir, BACKUP_DIR)
-    return fingerprint, resilience.read_backup_metadata(backup_dir) is not None
 
 
 def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
@@ -368,50 +183,50 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
             logging.info("Fine-tuning: %d backbone layers unfrozen.", unfrozen)
         else:
             model = models.build_model(config, index.num_classes)
-        train_model, jit, xla_note = models.xla_training_model(
+        train_model, jit, xla_note = fit_wrappers.xla_training_model(
             model, config.train.jit_compile, gpu, replicas)
         if replicas > 1:
             # A last validation batch smaller than the replicas leaves some
             # replica with zero images; they must not reach the network.
-            train_model = models.empty_batch_safe(train_model)
+            train_model = fit_wrappers.empty_batch_safe(train_model)
         models.compile_model(train_model, index.num_classes,
                              config.train.learning_rate, jit_compile=jit)
     logging.info("%s", xla_note)
     # After the model is built (a missing-weights error comes first), before
     # anything is written or trained.
-    fingerprint, resuming = _check_resume(config, split, policy, strategy)
+    fingerprint, resuming = resume_check.check_resume(config, split, policy, strategy)
     record = config.to_dict()
     record.update(stage=config.stage, class_names=index.class_names,
-                  versions=versions(), dtype_policy=policy,
+                  versions=rundir.versions(), dtype_policy=policy,
                   strategy=type(strategy).__name__, replicas=replicas,
                   argv=list(sys.argv))
-    fileio.write_json(os.path.join(out, CONFIG_FILE), record)
-    fileio.write_json(os.path.join(out, SPLIT_FILE), split)
+    fileio.write_json(os.path.join(out, rundir.CONFIG_FILE), record)
+    fileio.write_json(os.path.join(out, rundir.SPLIT_FILE), split)
     for name, text in extra_files.items():
         fileio.write_text(os.path.join(out, name), text)
-    backup = resilience.ResumableBackupAndRestore(
-        os.path.join(model_dir, BACKUP_DIR), write_dir=os.path.join(out, BACKUP_DIR),
+    backup = callbacks_lib.ResumableBackupAndRestore(
+        os.path.join(model_dir, rundir.BACKUP_DIR), write_dir=os.path.join(out, rundir.BACKUP_DIR),
         fingerprint=fingerprint, start_time=start)
     callbacks = [
         # First, so it stops before any other callback sees a partial epoch.
-        resilience.PreemptionCallback(strategy),
+        callbacks_lib.PreemptionCallback(strategy),
         # Stops watching the other workers when fit ends (the last collective).
         watchdog,
-        resilience.BestModelCheckpoint(os.path.join(out, MODEL_FILE),
+        callbacks_lib.BestModelCheckpoint(os.path.join(out, rundir.MODEL_FILE),
                                        monitor="val_accuracy", mode="max",
                                        model_to_save=model, start_over=not resuming),
-        resilience.ResumableCSVLogger(os.path.join(out, HISTORY_FILE)),
-        keras.callbacks.TensorBoard(os.path.join(out, LOGS_DIR)),
+        callbacks_lib.ResumableCSVLogger(os.path.join(out, rundir.HISTORY_FILE)),
+        keras.callbacks.TensorBoard(os.path.join(out, rundir.LOGS_DIR)),
         # Last: writing the backup is the commit point of an epoch.
         backup,
     ]
     if config.train.fast_features and config.stage == "feature_extraction":
-        # catdog.features: the frozen backbone runs once over the images
+        # catdog.fast_features: the frozen backbone runs once over the images
         # (training split unshuffled and complete), the head trains on the
         # cached features; model.keras is still the full model (the best
         # checkpoint saves `model`, which shares the head's layers).
-        from catdog import features  # pylint: disable=import-outside-toplevel
-        features.fit_head_on_features(
+        from catdog import fast_features  # pylint: disable=import-outside-toplevel
+        fast_features.fit_head_on_features(
             model, data_lib.build_split(config.data, index, "train", training=False),
             val_ds, config, index.num_classes, callbacks, strategy)
     else:
@@ -419,10 +234,10 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
                         callbacks=callbacks, verbose=config.train.verbose,
                         shuffle=False)  # the dataset shuffles itself
 
-    rows = read_history(os.path.join(out, HISTORY_FILE))
+    rows = rundir.read_history(os.path.join(out, rundir.HISTORY_FILE))
     metrics = {
         "stage": config.stage,
-        **summarize_history(rows),
+        **rundir.summarize_history(rows),
         "epochs_requested": config.train.epochs,
         "train_examples": len(index.train),
         "val_examples": len(index.val),
@@ -444,7 +259,7 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         "xla": xla_note,
         "final": rows[-1] if rows else {},
     }
-    fileio.write_json(os.path.join(out, METRICS_FILE), metrics)
-    plots.learning_curves(rows, os.path.join(out, CURVES_FILE),
+    fileio.write_json(os.path.join(out, rundir.METRICS_FILE), metrics)
+    figures.learning_curves(rows, os.path.join(out, rundir.CURVES_FILE),
                           title=f"{config.stage} — {model_dir}")
     return RunResult(metrics, model)

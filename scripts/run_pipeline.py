@@ -39,7 +39,7 @@ DEMO_EPOCHS = {"baseline": 6, "augmented": 6, "feature_extraction": 3, "fine_tun
 
 def _run():
     from catdog import demo
-    from catdog import pipeline
+    from catdog import stages as stages_lib
     is_demo = not (FLAGS.train_dir or FLAGS.train_tfrecords or FLAGS.tfds_name)
     if is_demo:
         if FLAGS.model_dir is None:
@@ -62,7 +62,7 @@ def _run():
     rates = ({s: FLAGS.learning_rate for s in FLAGS.stages}
              if FLAGS.learning_rate is not None else None)
     cli.write_flagfile(base.train.model_dir, FLAGS)
-    pipeline.run_pipeline(base, base.train.model_dir, stages=FLAGS.stages,
+    stages_lib.run_pipeline(base, base.train.model_dir, stages=FLAGS.stages,
                           epochs=epochs, learning_rates=rates,
                           fallback_to_random_weights=is_demo)
 

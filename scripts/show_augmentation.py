@@ -22,6 +22,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from catdog import cli  # noqa: E402  (after the path set-up above)
 from catdog import config as config_lib  # noqa: E402
+from catdog import rundir  # noqa: E402
 
 _M = config_lib.ModelConfig()
 _D = config_lib.DataConfig()
@@ -56,10 +57,10 @@ def _settings():
     values = {"image_size": config_lib.parse_image_size(_IMAGE_SIZE.value),
               "flip": _FLIP.value, "rotation": _ROTATION.value, "zoom": _ZOOM.value}
     if _MODEL_DIR.value:
-        path = os.path.join(_MODEL_DIR.value, "config.json")
+        path = os.path.join(_MODEL_DIR.value, rundir.CONFIG_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(
-                f"`--model_dir` {_MODEL_DIR.value!r} has no config.json; pass the "
+                f"`--model_dir` {_MODEL_DIR.value!r} has no {rundir.CONFIG_FILE}; pass the "
                 "folder of a training run, or leave --model_dir out.")
         with open(path, encoding="utf-8") as f:
             run = config_lib.Config.from_dict(
@@ -92,9 +93,9 @@ def _show():
                          f"Received: n_images={_N_IMAGES.value}, "
                          f"n_variants={_N_VARIANTS.value}")
     values = _settings()
-    from catdog import pictures  # TensorFlow loads only after the flags are fine
+    from catdog import figures  # TensorFlow loads only after the flags are fine
 
-    path = pictures.augmentation_grid(
+    path = figures.augmentation_grid(
         _DATA_DIR.value, _OUT.value, image_size=values["image_size"],
         n_images=_N_IMAGES.value, n_variants=_N_VARIANTS.value, flip=values["flip"],
         rotation=values["rotation"], zoom=values["zoom"], seed=_SEED.value)

@@ -1,10 +1,10 @@
 """One worker of a two-worker MultiWorkerMirroredStrategy job (for tests).
 
 Run by tests/test_distribute.py with TF_CONFIG set. Wires catdog's
-distribute and resilience pieces the way a training script does, trains a
+distribute, callbacks, watchdog and lock the way a training script does, trains a
 tiny model on deterministic random data with ``model.fit``, and writes
 ``RESULT_DIR/result-<task>.json`` (history, a hash of the final weights,
-whether it is the chief, where it stopped). Exits with the resilience exit
+whether it is the chief, where it stopped). Exits with catdog's exit
 codes.
 
 Usage: python _mw_worker.py MODEL_DIR RESULT_DIR [--fix full|build|none]
@@ -26,6 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from catdog import distribute  # pylint: disable=g-import-not-at-top
+from catdog import keras_patches  # pylint: disable=g-import-not-at-top
 
 GLOBAL_BATCH = 8
 
@@ -50,17 +51,20 @@ def main():
     import keras  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from catdog import resilience  # pylint: disable=g-import-not-at-top
+    from catdog import callbacks as callbacks_lib  # pylint: disable=g-import-not-at-top
+    from catdog import errors  # pylint: disable=g-import-not-at-top
+    from catdog import rundir  # pylint: disable=g-import-not-at-top
+    from catdog import watchdog as watchdog_lib  # pylint: disable=g-import-not-at-top
 
     if args.fix != "none":
-        assert distribute.apply_keras_multiworker_fix(strategy)
+        assert keras_patches.apply_keras_multiworker_fix(strategy)
     if args.fix == "build":
         # Keep only the symbolic-build half, to show the log reduction bug.
         from keras.src.backend.tensorflow import trainer  # pylint: disable=g-import-not-at-top
-        trainer.reduce_per_replica = distribute._originals["reduce"]  # pylint: disable=protected-access
+        trainer.reduce_per_replica = keras_patches._originals["reduce"]  # pylint: disable=protected-access
     distribute.global_batch_check(GLOBAL_BATCH, strategy)
     # Watches the other worker from here on, as catdog.train.run does.
-    watchdog = resilience.WorkerWatchdog(strategy, args.worker_timeout,
+    watchdog = watchdog_lib.WorkerWatchdog(strategy, args.worker_timeout,
                                          grace_seconds=args.grace).start()
 
     rng = np.random.default_rng(0)
@@ -96,21 +100,21 @@ def main():
                      "w").close()
                 time.sleep(args.stall_seconds)
 
-    preemption = resilience.PreemptionCallback(strategy)
+    preemption = callbacks_lib.PreemptionCallback(strategy)
     stopped = None
     try:
         # The scratch dir is only touched while holding the lock: a second
         # job's task of the same name must not write into (or clean up) ours.
-        with watchdog, resilience.ModelDirLock(
+        with watchdog, rundir.ModelDirLock(
                 args.model_dir, task=distribute.task_name(strategy)):
             out = distribute.artifact_dir(args.model_dir, strategy)
             callbacks = [
                 preemption,
                 watchdog,
-                resilience.BestModelCheckpoint(os.path.join(out, "model.keras")),
-                resilience.ResumableCSVLogger(os.path.join(out, "history.csv")),
+                callbacks_lib.BestModelCheckpoint(os.path.join(out, "model.keras")),
+                callbacks_lib.ResumableCSVLogger(os.path.join(out, "history.csv")),
                 Sleep(),
-                resilience.ResumableBackupAndRestore(
+                callbacks_lib.ResumableBackupAndRestore(
                     os.path.join(args.model_dir, "backup"),
                     write_dir=os.path.join(out, "backup")),
             ]
@@ -118,14 +122,14 @@ def main():
                 history = model.fit(train, validation_data=val,
                                     epochs=args.epochs, callbacks=callbacks,
                                     verbose=0).history
-            except resilience.TrainingPreempted as e:
+            except errors.TrainingPreempted as e:
                 stopped, history = [e.epoch, e.step], {}
             with open(os.path.join(out, "artifact.txt"), "w") as f:
                 f.write(distribute.task_name(strategy) or "single")
             distribute.cleanup_artifact_dir(out, args.model_dir)
-    except resilience.WorkerLostError as e:
+    except errors.WorkerLostError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(resilience.EXIT_PREEMPTED)
+        sys.exit(errors.EXIT_PREEMPTED)
 
     digest = hashlib.sha256()
     for w in model.get_weights():
@@ -141,7 +145,7 @@ def main():
     path = os.path.join(args.result_dir, f"result-{result['task']}.json")
     with open(path, "w") as f:
         json.dump(result, f)
-    sys.exit(resilience.EXIT_PREEMPTED if stopped else resilience.EXIT_OK)
+    sys.exit(errors.EXIT_PREEMPTED if stopped else errors.EXIT_OK)
 
 
 if __name__ == "__main__":

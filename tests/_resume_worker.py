@@ -1,7 +1,7 @@
-"""A tiny restartable training job (for tests/test_resilience.py).
+"""A tiny restartable training job (for tests/test_callbacks.py).
 
 Trains a small model on deterministic random data with ``model.fit`` and the
-catdog resilience callbacks, exactly as a training script wires them, and
+catdog callbacks and model_dir lock, exactly as a training script wires them, and
 exits with the documented exit code. Running it again with the same command
 resumes.
 
@@ -18,7 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from catdog import resilience  # pylint: disable=g-import-not-at-top
+from catdog import callbacks as callbacks_lib  # pylint: disable=g-import-not-at-top
+from catdog import errors  # pylint: disable=g-import-not-at-top
+from catdog import rundir  # pylint: disable=g-import-not-at-top
 
 
 class _Slow(keras.callbacks.Callback):
@@ -44,11 +46,11 @@ def train(model_dir, epochs, epoch_sleep):
     model.compile(optimizer=keras.optimizers.Adam(0.02),
                   loss="binary_crossentropy", metrics=["accuracy"])
     callbacks = [
-        resilience.PreemptionCallback(),
-        resilience.BestModelCheckpoint(os.path.join(model_dir, "model.keras")),
-        resilience.ResumableCSVLogger(os.path.join(model_dir, "history.csv")),
+        callbacks_lib.PreemptionCallback(),
+        callbacks_lib.BestModelCheckpoint(os.path.join(model_dir, "model.keras")),
+        callbacks_lib.ResumableCSVLogger(os.path.join(model_dir, "history.csv")),
         _Slow(epoch_sleep),
-        resilience.ResumableBackupAndRestore(os.path.join(model_dir, "backup")),
+        callbacks_lib.ResumableBackupAndRestore(os.path.join(model_dir, "backup")),
     ]
     # 48 training samples in batches of 12: 4 steps per epoch.
     model.fit(x[:48], y[:48], batch_size=12, validation_data=(x[48:], y[48:]),
@@ -63,12 +65,12 @@ def main():
     args = parser.parse_args()
     error = None
     try:
-        with resilience.ModelDirLock(args.model_dir):
+        with rundir.ModelDirLock(args.model_dir):
             train(args.model_dir, args.epochs, args.epoch_sleep)
-    except (resilience.TrainingPreempted, resilience.ModelDirLockedError) as e:
+    except (errors.TrainingPreempted, errors.ModelDirLockedError) as e:
         print(e, file=sys.stderr)
         error = e
-    sys.exit(resilience.exit_code_for(error))
+    sys.exit(errors.exit_code_for(error))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from absl import flags
 import pytest
 
 from catdog import cli
-from catdog import resilience
+from catdog import errors
 
 
 @pytest.fixture
@@ -48,9 +48,9 @@ def test_flagfile_holds_only_catdog_flags(fv, tmp_path):
 @pytest.mark.parametrize("error,code", [
     (ValueError("bad --x"), cli.EXIT_USAGE),
     (FileNotFoundError("nope"), cli.EXIT_USAGE),
-    (resilience.TrainingPreempted(2, 5), resilience.EXIT_PREEMPTED),
-    (resilience.ModelDirLockedError("held"), resilience.EXIT_LOCKED),
-    (resilience.WorkerLostError("worker-1 is gone"), resilience.EXIT_PREEMPTED),
+    (errors.TrainingPreempted(2, 5), errors.EXIT_PREEMPTED),
+    (errors.ModelDirLockedError("held"), errors.EXIT_LOCKED),
+    (errors.WorkerLostError("worker-1 is gone"), errors.EXIT_PREEMPTED),
     (RuntimeError("boom"), cli.EXIT_FAILURE),
 ])
 def test_run_main_maps_errors_to_exit_codes(error, code, capsys):
@@ -58,8 +58,8 @@ def test_run_main_maps_errors_to_exit_codes(error, code, capsys):
         raise error
     assert cli.run_main(fail) == code
     assert cli.run_main(lambda: None) == cli.EXIT_OK
-    if code in (cli.EXIT_USAGE, resilience.EXIT_LOCKED) or isinstance(
-            error, resilience.WorkerLostError):
+    if code in (cli.EXIT_USAGE, errors.EXIT_LOCKED) or isinstance(
+            error, errors.WorkerLostError):
         assert "Traceback" not in capsys.readouterr().err
 
 

@@ -7,6 +7,7 @@ import pytest
 from catdog import config as C
 from catdog import models
 from conftest import SHARED
+from test_backbones import _ALPHA
 
 MOBILENET = os.path.join(SHARED, "weights", "mobilenet_2_5_224_tf_no_top.h5")
 
@@ -108,14 +109,6 @@ def test_fine_tuning_keeps_batchnorm_frozen():
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
 
 
-@pytest.mark.parametrize("name", sorted(models.BACKBONES))
-def test_every_registered_backbone_builds_and_has_its_top_block(name):
-    base = models.build_backbone(name, (32, 32), weights="none", alpha=0.35
-                                 if models.BACKBONES[name].has_alpha else 1.0)
-    assert base.name == models.BACKBONE_NAME
-    assert models.BACKBONES[name].top_block_start in [l.name for l in base.layers]
-
-
 def test_preprocess_modes_match_keras_applications():
     x = np.random.RandomState(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
     vgg = keras.applications.vgg16.preprocess_input(x.copy())
@@ -124,39 +117,6 @@ def test_preprocess_modes_match_keras_applications():
     np.testing.assert_allclose(models.Preprocess("tf")(x), mob, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="mode"):
         models.Preprocess("torchvision")
-
-
-def test_imagenet_download_failure_names_the_file(monkeypatch):
-    def fail(**kwargs):
-        raise OSError("URL fetch failure: Name or service not known")
-    spec = models.BACKBONES["vgg16"]
-    monkeypatch.setitem(models.BACKBONES, "vgg16",
-                        models.Backbone(fail, spec.preprocess, spec.top_block_start,
-                                        spec.weights_file))
-    with pytest.raises(models.WeightsError) as e:
-        models.build_backbone("vgg16", (32, 32), "imagenet")
-    msg = str(e.value)
-    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
-    assert "--weights=none" in msg and "~/.keras/models" in msg.replace(os.sep, "/")
-
-
-def test_weights_file_errors(tmp_path):
-    with pytest.raises(models.WeightsError, match="not found"):
-        models.build_backbone("mobilenet", (32, 32), str(tmp_path / "nope.h5"), 0.25)
-    if not os.path.exists(MOBILENET):
-        pytest.skip("shared MobileNet weights not present")
-    with pytest.raises(models.WeightsError, match="does not match"):
-        models.build_backbone("mobilenet", (32, 32), MOBILENET, alpha=0.5)
-
-
-@pytest.mark.skipif(not os.path.exists(MOBILENET), reason="shared weights absent")
-def test_real_pretrained_mobilenet_loads():
-    base = models.build_backbone("mobilenet", (64, 64), MOBILENET, alpha=0.25)
-    ref = keras.applications.MobileNet(alpha=0.25, include_top=False,
-                                       weights=MOBILENET, input_shape=(64, 64, 3))
-    assert models.count_params(base.weights) == 218_544
-    for a, b in zip(base.get_weights(), ref.get_weights()):
-        np.testing.assert_array_equal(a, b)
 
 
 def test_mixed_precision_head_is_float32():
@@ -182,72 +142,6 @@ def test_saved_model_loads_in_safe_mode(tmp_path):
     (tmp_path / "junk" / "model.keras").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a loadable"):
         models.load_model(str(tmp_path / "junk"))
-
-
-def test_xla_compiles_the_network_after_augmentation(tmp_path):
-    m = models.build_model(_cfg("augmented"), num_classes=2)
-    train_model, jit, note = models.xla_training_model(m, "true", gpu=False, replicas=1)
-    assert train_model is not m and jit is False
-    assert "augmentation" in note and "XLA on" in note
-    assert any(isinstance(l, models.XlaNetwork) for l in train_model.layers)
-    # Same variables: training the wrapper trains the model that is saved.
-    assert {id(w) for w in train_model.trainable_weights} == {id(w) for w in m.trainable_weights}
-    models.compile_model(train_model, 2, 1e-2, jit_compile=jit)
-    x = np.random.RandomState(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
-    y = (x.mean(axis=(1, 2, 3)) > 127).astype("float32")[:, None]
-    before = m.get_layer("block1_conv").kernel.numpy().copy()
-    train_model.fit(x, y, batch_size=4, epochs=1, verbose=0)
-    assert not np.allclose(before, m.get_layer("block1_conv").kernel.numpy())
-    np.testing.assert_allclose(train_model.predict(x, verbose=0), m.predict(x, verbose=0),
-                               rtol=1e-4, atol=1e-5)
-    m.save(str(tmp_path / "model.keras"))
-    loaded = models.load_model(str(tmp_path))
-    assert not any(isinstance(l, models.XlaNetwork) for l in loaded.layers)
-
-
-def test_xla_choices_without_augmentation_and_off():
-    m = models.build_model(_cfg("baseline"), num_classes=2)
-    same, jit, note = models.xla_training_model(m, "true", gpu=False, replicas=1)
-    assert same is m and jit is True and "whole training step" in note
-    same, jit, note = models.xla_training_model(m, "auto", gpu=False, replicas=1)
-    assert same is m and jit is False and "XLA off" in note
-    same, jit, _ = models.xla_training_model(m, "auto", gpu=True, replicas=2)
-    assert jit is False
-    same, jit, _ = models.xla_training_model(m, "false", gpu=True, replicas=1)
-    assert jit is False
-
-
-def test_empty_batch_safe_model_evaluates_zero_images_and_shares_weights(tmp_path):
-    # A replica of a multi-replica validation can get zero images; oneDNN on
-    # some CPUs cannot convolve them. The wrapper answers without the network.
-    import tensorflow as tf
-    m = models.build_model(_cfg("baseline"), num_classes=2)
-    safe = models.empty_batch_safe(m)
-    assert [id(w) for w in safe.weights] == [id(w) for w in m.weights]
-    out = safe(np.zeros((0, 32, 32, 3), np.float32))
-    assert tuple(out.shape) == (0, 1) and out.dtype == "float32"
-    x = np.random.RandomState(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
-    y = np.array([[0], [1], [1], [0]], np.float32)
-    models.compile_model(safe, 2, 1e-3)
-    with_empty = (tf.data.Dataset.from_tensors((x, y))
-                  .concatenate(tf.data.Dataset.from_tensors((x[:0], y[:0]))))
-    got = safe.evaluate(with_empty, verbose=0, return_dict=True)
-    want = safe.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)
-    for name in ("loss", "accuracy", "auc"):
-        assert got[name] == pytest.approx(want[name], rel=1e-6), name
-    np.testing.assert_allclose(safe.predict(x, verbose=0), m.predict(x, verbose=0))
-    # Training goes through unchanged and moves the shared weights; the
-    # weight files are interchangeable with the plain model's.
-    before = m.get_layer("block1_conv").kernel.numpy().copy()
-    safe.fit(x, y, batch_size=4, epochs=1, verbose=0)
-    assert not np.allclose(before, m.get_layer("block1_conv").kernel.numpy())
-    safe.save_weights(str(tmp_path / "w.weights.h5"))
-    other = models.build_model(_cfg("baseline"), num_classes=2)
-    other.load_weights(str(tmp_path / "w.weights.h5"))
-    np.testing.assert_allclose(other.predict(x, verbose=0), m.predict(x, verbose=0), rtol=1e-6)
-
-
-_ALPHA = {"mobilenet": 0.25, "mobilenet_v2": 0.35}
 
 
 def _backbone_probe(model):
@@ -332,99 +226,6 @@ def test_fine_tuned_efficientnet_top_block_gets_gradients():
     weights = [w for l in top for w in l.trainable_weights]
     grads = tape.gradient(loss, weights)
     assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
-
-
-def _auto_named(layer):
-    # Layers Keras names itself ("rescaling_3") get a process-wide counter.
-    import re
-    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
-    return re.fullmatch(rf"{snake}(_\d+)?", layer.name) is not None
-
-
-def _network_summary(model):
-    """Names, classes, configs and weight shapes of every layer."""
-    import re
-    rows = []
-    for layer in model.layers:
-        config = dict(layer.get_config())
-        name = layer.name
-        if _auto_named(layer):
-            name = re.sub(r"_\d+$", "", name)
-        config["name"] = name
-        rows.append((name, type(layer).__name__, config,
-                     [tuple(w.shape) for w in layer.weights]))
-    return rows
-
-
-@pytest.fixture
-def keras_download(monkeypatch):
-    """Answers keras.applications' weight downloads from a local file (no network).
-
-    Returns a dict: set ``"file"`` to the path to answer with; ``"asked"``
-    lists the file names Keras asked for.
-    """
-    from keras.src.utils import file_utils
-    state = {"file": None, "asked": []}
-
-    def get_file(fname=None, origin=None, *args, **kwargs):
-        state["asked"].append(fname)
-        if state["file"] is None:
-            raise OSError(f"URL fetch failure on {origin}: no network in tests")
-        return state["file"]
-
-    monkeypatch.setattr(file_utils, "get_file", get_file)
-    return state
-
-
-@pytest.mark.parametrize("name", sorted(models.BACKBONES))
-def test_weights_file_builds_the_same_network_as_imagenet(name, tmp_path, keras_download):
-    alpha = _ALPHA.get(name, 1.0)
-    source = models.build_backbone(name, (32, 32), "none", alpha)
-    path = str(tmp_path / f"{name}.weights.h5")
-    source.save_weights(path)
-    keras_download["file"] = path
-    imagenet = models.build_backbone(name, (32, 32), "imagenet", alpha)
-    assert keras_download["asked"] == [models.BACKBONES[name].weights_file(alpha, (32, 32))]
-    from_file = models.build_backbone(name, (32, 32), path, alpha)
-    assert len(keras_download["asked"]) == 1  # the file route asks Keras for nothing
-    assert from_file.name == imagenet.name == models.BACKBONE_NAME
-    assert _network_summary(from_file) == _network_summary(imagenet)
-    for a, b in zip(from_file.get_weights(), imagenet.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    x = np.random.RandomState(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
-    np.testing.assert_array_equal(from_file(x).numpy(), imagenet(x).numpy())
-
-
-@pytest.mark.parametrize("name, size", [
-    ("vgg16", (40, 48)), ("vgg19", (32, 32)), ("resnet50", (40, 48)),
-    ("mobilenet", (128, 128)), ("mobilenet", (160, 128)), ("mobilenet", (40, 40)),
-    ("mobilenet_v2", (96, 96)), ("mobilenet_v2", (96, 128)),
-    ("efficientnet_b0", (40, 48))])
-def test_offline_message_names_the_file_keras_looks_for(name, size, keras_download):
-    alpha = _ALPHA.get(name, 1.0)
-    with pytest.raises(models.WeightsError) as e:
-        models.build_backbone(name, size, "imagenet", alpha)
-    asked = keras_download["asked"]
-    assert len(asked) == 1 and f"Place the file {asked[0]} in" in str(e.value)
-
-
-def test_weights_file_errors_restore_keras_download(tmp_path, keras_download):
-    from keras.src.utils import file_utils
-    fake = file_utils.get_file
-    vgg = str(tmp_path / "vgg16.weights.h5")
-    models.build_backbone("vgg16", (32, 32), "none").save_weights(vgg)
-    with pytest.raises(models.WeightsError, match="does not match backbone 'efficientnet_b0'"):
-        models.build_backbone("efficientnet_b0", (32, 32), vgg)
-    assert file_utils.get_file is fake
-    # A width without ImageNet weights (MobileNet takes 0.25-1.0 for
-    # ImageNet) still loads a file of the same width.
-    own = str(tmp_path / "mobilenet035.weights.h5")
-    source = models.build_backbone("mobilenet", (32, 32), "none", alpha=0.35)
-    source.save_weights(own)
-    loaded = models.build_backbone("mobilenet", (32, 32), own, alpha=0.35)
-    for a, b in zip(loaded.get_weights(), source.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    assert file_utils.get_file is fake and keras_download["asked"] == []
 
 
 def _stage3(policy, tmp_path):

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -60,56 +59,6 @@ def exported(binary_run, tmp_path_factory):
     return export.export_saved_model(model_dir, tmp_path_factory.mktemp("exp") / "serving")
 
 
-# --- expand_paths --------------------------------------------------------------
-
-def test_expand_paths_walks_folders_and_keeps_only_images(tmp_path):
-    for name in ["b.JPG", "a.jpeg", "sub/c.Png", "sub/deeper/d.gif", "e.bmp",
-                 ".DS_Store", "notes.txt", "._a.jpg", ".hidden/x.jpg", "sub/Thumbs.db"]:
-        _write(tmp_path / name, b"x")
-    explicit = _write(tmp_path / "other" / "photo.webp", b"x")
-    empty = tmp_path / "empty"
-    empty.mkdir()
-
-    entries = predict.expand_paths(
-        [tmp_path / "a.jpeg", tmp_path, explicit, empty, tmp_path / "missing.jpg"])
-
-    assert entries[:6] == [
-        (str(tmp_path / "a.jpeg"), None),  # explicit first; not repeated later
-        (str(tmp_path / "b.JPG"), None),
-        (str(tmp_path / "e.bmp"), None),
-        (str(tmp_path / "sub" / "c.Png"), None),
-        (str(tmp_path / "sub" / "deeper" / "d.gif"), None),
-        (explicit, None),  # named explicitly: kept whatever its extension
-    ]
-    assert entries[6][0] == str(empty) and "no image files" in entries[6][1]
-    assert entries[7] == (str(tmp_path / "missing.jpg"), "no such file or folder")
-    assert len(entries) == 8
-
-
-def test_expand_paths_walks_a_folder_with_the_rules_of_training(tmp_path):
-    """predict (and pictures, which calls expand_paths) lists a folder exactly
-    as training's scan does: same extensions, same ignored litter, hidden and
-    __MACOSX folders skipped, symlinked folders not followed."""
-    from catdog import scan  # pylint: disable=import-outside-toplevel
-    root = tmp_path / "photos"
-    for name in ["cats/a.jpg", "cats/sub/b.PNG", "dogs/c.jpeg", "dogs/d.gif",
-                 "dogs/e.bmp",
-                 # Litter training skips.
-                 "cats/__MACOSX/a.jpg", "dogs/__macosx/sub/f.jpg", "cats/._a.jpg",
-                 "cats/.DS_Store", "dogs/Thumbs.db", "dogs/desktop.ini",
-                 "dogs/.cache/g.png", "cats/notes.txt", "dogs/h.webp"]:
-        _write(root / name, b"x")
-    elsewhere = tmp_path / "elsewhere"
-    _write(elsewhere / "linked.jpg", b"x")
-    os.symlink(elsewhere, root / "cats" / "link")
-
-    training, _, _ = scan.list_image_files(str(root))
-    predicted = [path for path, error in predict.expand_paths([root]) if error is None]
-    assert predicted == training
-    assert not any("macosx" in p.lower() or "/." in p or "link" in p for p in predicted)
-    assert len(predicted) == 5
-
-
 # --- predict_files with a Keras model_dir ----------------------------------------
 
 @pytest.mark.parametrize("run", ["binary_run", "softmax_run"])
@@ -159,23 +108,6 @@ def test_unreadable_files_get_error_rows_and_the_rest_still_run(binary_run, tmp_
     name, prob = _expected(model, ["cats", "dogs"], (32, 32), good)
     assert rows[0]["class"] == name
     assert rows[0]["probability"] == pytest.approx(prob, abs=1e-5)
-
-
-@pytest.mark.parametrize("run", ["binary_run", "softmax_run"])
-def test_probabilities_of_an_empty_batch(run, request):
-    # oneDNN on some CPUs cannot run a convolution on zero images: the empty
-    # batch must never reach the network, eagerly or traced.
-    _, model = request.getfixturevalue(run)
-    num_classes = 2 if model.output.shape[-1] == 1 else model.output.shape[-1]
-    probabilities = predict.probabilities_fn(model, num_classes)
-    empty = tf.zeros((0, 32, 32, 3), tf.uint8)
-    traced = tf.function(probabilities, input_signature=[
-        tf.TensorSpec([None, 32, 32, 3], tf.uint8)])
-    for out in (probabilities(empty), traced(empty)):
-        assert out.dtype == tf.float32 and out.shape == (0, num_classes)
-    full = traced(tf.fill([2, 32, 32, 3], tf.constant(90, tf.uint8)))
-    assert full.shape == (2, num_classes)
-    np.testing.assert_allclose(full.numpy().sum(axis=1), 1, atol=1e-6)
 
 
 def test_predict_files_with_no_usable_file_never_calls_the_model(
@@ -262,17 +194,6 @@ def test_arguments_disagreeing_with_config_are_rejected(binary_run, images):
         predict.predict_files(binary_run[0], images[1], image_size=(64, 64))
 
 
-def test_probabilities_fn_same_eagerly_and_in_tf_data(softmax_run):
-    _, model = softmax_run
-    fn = predict.probabilities_fn(model, 3)
-    batch = np.random.default_rng(0).integers(0, 256, (4, 24, 40, 3)).astype(np.uint8)
-    eager = fn(tf.constant(batch)).numpy()
-    in_data = next(iter(tf.data.Dataset.from_tensors(batch).map(fn))).numpy()
-    assert eager.dtype == np.float32 and eager.shape == (4, 3)
-    np.testing.assert_allclose(eager.sum(axis=1), 1, atol=1e-6)
-    np.testing.assert_allclose(in_data, eager, atol=1e-6)
-
-
 # --- predict_files with an exported SavedModel -----------------------------------
 
 def test_saved_model_paths_equal_serving_default_and_keras(binary_run, exported, images):
@@ -306,82 +227,9 @@ def test_saved_model_checks_class_names_and_image_size(exported, images):
     assert rows[0]["error"] is None
 
 
-def test_load_saved_model_errors_name_the_path(binary_run, tmp_path):
-    model_dir, _ = binary_run
-    with pytest.raises(FileNotFoundError, match="training model_dir: pass it as --model_dir"):
-        predict.load_saved_model(model_dir)
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nothing")):
-        predict.load_saved_model(tmp_path / "nothing")
-    broken = tmp_path / "broken"
-    _write(broken / "saved_model.pb", b"garbage")
-    with pytest.raises(ValueError, match=f"{broken}.* is not a loadable SavedModel"):
-        predict.load_saved_model(broken)
+def test_predicting_with_something_that_is_not_a_model_names_it():
     with pytest.raises(ValueError, match="Cannot predict with a dict"):
         predict.predict_files({}, [])
-
-
-# --- load_catdog_model -------------------------------------------------------------
-
-def test_load_catdog_model_returns_model_and_config(binary_run):
-    model_dir, model = binary_run
-    loaded, config = predict.load_catdog_model(model_dir)
-    assert isinstance(loaded, keras.Model)
-    assert config["class_names"] == ["cats", "dogs"]
-    assert loaded.count_params() == model.count_params()
-    x = np.full((1, 32, 32, 3), 200, np.float32)
-    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
-
-
-def _bad_model_dirs(root, good_dir):
-    """(model_dir, expected message regex) pairs, one per way to be wrong."""
-    model_file = os.path.join(good_dir, "model.keras")
-    with open(model_file, "rb") as f:
-        model_bytes = f.read()
-
-    def run(name, model=model_bytes, config='{"class_names": ["cats", "dogs"]}'):
-        folder = root / name
-        folder.mkdir()
-        if model is not None:
-            _write(folder / "model.keras", model)
-        if config is not None:
-            _write(folder / "config.json", config.encode())
-        return str(folder)
-
-    return [
-        (str(root / "missing"), "does not exist"),
-        (model_file, "is a file, not a folder"),
-        (run("no-model", model=None), "No model.keras in model_dir"),
-        (run("no-config", config=None), "No config.json .* not a catdog model folder"),
-        (run("bad-json", config="{nope"), "config.json' is not a readable JSON config"),
-        (run("no-classes", config='{"stage": "baseline"}'), "has no 'class_names'"),
-        (run("one-class", config='{"class_names": ["cats"]}'),
-         "at least two distinct non-empty strings"),
-        (run("garbage", model=b"not a zip"), "model.keras' is not a loadable Keras model"),
-        (run("three-classes", config='{"class_names": ["a", "b", "c"]}'),
-         "outputs 1 value.* 3 class_names"),
-    ]
-
-
-def test_load_catdog_model_errors_name_the_path_and_what_to_do(binary_run, tmp_path):
-    for model_dir, message in _bad_model_dirs(tmp_path, binary_run[0]):
-        with pytest.raises((FileNotFoundError, ValueError), match=message) as info:
-            predict.load_catdog_model(model_dir)
-        assert model_dir in str(info.value)
-
-
-def test_load_catdog_model_points_savedmodel_dirs_to_saved_model(exported):
-    with pytest.raises(FileNotFoundError, match="exported SavedModel"):
-        predict.load_catdog_model(exported)
-
-
-def test_load_catdog_model_refuses_lambda_layers(tmp_path):
-    inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Lambda(lambda t: t / 255.0)(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    model = keras.Model(inputs, keras.layers.Dense(1, "sigmoid")(x))
-    model_dir = tinyruns.write_run(tmp_path / "lambda", model, ["cats", "dogs"], (8, 8))
-    with pytest.raises(ValueError, match="safe_mode=True"):
-        predict.load_catdog_model(model_dir)
 
 
 # --- scripts/predict.py -------------------------------------------------------------

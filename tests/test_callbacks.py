@@ -1,9 +1,8 @@
-"""Tests for catdog.resilience: model_dir lock, resumable callbacks,
-preemption, and kill-and-restart of a real training subprocess."""
+"""Tests for catdog.callbacks: resumable callbacks, preemption, and
+kill-and-restart of a real training subprocess."""
 
 import csv
 import json
-import logging
 import os
 import signal
 import socket
@@ -17,112 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from catdog import resilience
+from catdog import callbacks
+from catdog import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESUME_WORKER = os.path.join(REPO, "tests", "_resume_worker.py")
-
-
-def test_exit_codes_are_distinct_and_documented():
-    assert (resilience.EXIT_OK, resilience.EXIT_FAILURE, resilience.EXIT_USAGE,
-            resilience.EXIT_LOCKED, resilience.EXIT_PREEMPTED) == (0, 1, 2, 73,
-                                                                   75)
-    assert resilience.exit_code_for(None) == 0
-    assert resilience.exit_code_for(resilience.TrainingPreempted(3, 1)) == 75
-    assert resilience.exit_code_for(
-        resilience.ModelDirLockedError("x")) == 73
-    assert resilience.exit_code_for(RuntimeError("x")) == 1
-    for name in ("EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_LOCKED",
-                 "EXIT_PREEMPTED"):
-        assert name in resilience.__doc__
-
-
-# --------------------------------------------------------------------------
-# ModelDirLock
-
-
-def _dead_pid():
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
-def test_second_run_is_refused_with_pid_and_host(tmp_path):
-    model_dir = str(tmp_path / "run")
-    with resilience.ModelDirLock(model_dir) as lock:
-        assert lock.held
-        body = json.loads((tmp_path / "run" / ".catdog.lock").read_text())
-        assert body["pid"] == os.getpid()
-        assert body["host"] == socket.gethostname()
-        with pytest.raises(resilience.ModelDirLockedError) as e:
-            resilience.ModelDirLock(model_dir).acquire()
-        msg = str(e.value)
-        assert model_dir in msg
-        assert f"pid {os.getpid()} on host {socket.gethostname()}" in msg
-        assert "--model_dir" in msg
-    assert not lock.held
-    # A clean release leaves an empty lock file and the lock free.
-    assert (tmp_path / "run" / ".catdog.lock").read_text() == ""
-    with resilience.ModelDirLock(model_dir):
-        pass
-
-
-def test_tasks_of_one_job_take_separate_locks(tmp_path):
-    with resilience.ModelDirLock(str(tmp_path), task="worker-0"):
-        with resilience.ModelDirLock(str(tmp_path), task="worker-1"):
-            pass
-        with pytest.raises(resilience.ModelDirLockedError):
-            resilience.ModelDirLock(str(tmp_path), task="worker-0").acquire()
-
-
-def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
-    pid = _dead_pid()
-    (tmp_path / ".catdog.lock").write_text(json.dumps(
-        {"pid": pid, "host": socket.gethostname(), "started": "earlier"}))
-    with caplog.at_level(logging.WARNING, logger="catdog.resilience"):
-        with resilience.ModelDirLock(str(tmp_path)):
-            body = json.loads((tmp_path / ".catdog.lock").read_text())
-    assert body["pid"] == os.getpid()
-    assert f"stale lock on model_dir {tmp_path}" in caplog.text
-    assert f"pid {pid}" in caplog.text and "no longer running" in caplog.text
-
-
-def test_lock_held_by_an_orphan_says_so(tmp_path):
-    # The recorded holder is dead but the flock is still held (by a process
-    # that inherited it): refuse, and say which pid is gone.
-    with resilience.ModelDirLock(str(tmp_path)) as lock:
-        pid = _dead_pid()
-        os.pwrite(lock._fd, json.dumps(  # pylint: disable=protected-access
-            {"pid": pid, "host": socket.gethostname()}).encode().ljust(200),
-                  0)
-        with pytest.raises(resilience.ModelDirLockedError,
-                           match=f"Pid {pid} is gone"):
-            resilience.ModelDirLock(str(tmp_path)).acquire()
-
-
-def test_forked_children_do_not_keep_the_lock(tmp_path):
-    lock = resilience.ModelDirLock(str(tmp_path)).acquire()
-    fd = lock._fd  # pylint: disable=protected-access
-    try:
-        pid = os.fork()
-        if pid == 0:  # child: its copy of the lock fd must be closed
-            try:
-                os.fstat(fd)
-                os._exit(1)
-            except OSError:
-                os._exit(0)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-    finally:
-        lock.release()
-
-
-def test_lock_never_deletes_files(tmp_path):
-    (tmp_path / "photo.jpg").write_bytes(b"jpeg")
-    with resilience.ModelDirLock(str(tmp_path)):
-        pass
-    assert (tmp_path / "photo.jpg").read_bytes() == b"jpeg"
-    assert (tmp_path / ".catdog.lock").exists()
 
 
 # --------------------------------------------------------------------------
@@ -142,7 +40,7 @@ def _run_epochs(callback, epochs, logs_fn):
 
 def test_csv_logger_writes_one_row_per_epoch(tmp_path):
     path = tmp_path / "history.csv"
-    logger = resilience.ResumableCSVLogger(str(path))
+    logger = callbacks.ResumableCSVLogger(str(path))
     _run_epochs(logger, range(3), lambda e: {"loss": 1.0 / (e + 1),
                                              "accuracy": 0.5 + e / 10})
     rows = _rows(path)
@@ -154,10 +52,10 @@ def test_csv_logger_writes_one_row_per_epoch(tmp_path):
 
 def test_csv_logger_drops_rows_of_epochs_that_run_again(tmp_path):
     path = tmp_path / "history.csv"
-    _run_epochs(resilience.ResumableCSVLogger(str(path)), range(4),
+    _run_epochs(callbacks.ResumableCSVLogger(str(path)), range(4),
                 lambda e: {"loss": float(e)})
     # A restart whose backup says 2 epochs were completed redoes epochs 2, 3.
-    _run_epochs(resilience.ResumableCSVLogger(str(path)), range(2, 5),
+    _run_epochs(callbacks.ResumableCSVLogger(str(path)), range(2, 5),
                 lambda e: {"loss": e + 0.5})
     rows = _rows(path)
     assert [r["epoch"] for r in rows] == ["0", "1", "2", "3", "4"]
@@ -167,7 +65,7 @@ def test_csv_logger_drops_rows_of_epochs_that_run_again(tmp_path):
 
 def test_csv_logger_union_header_when_new_keys_appear(tmp_path):
     path = tmp_path / "history.csv"
-    logger = resilience.ResumableCSVLogger(str(path))
+    logger = callbacks.ResumableCSVLogger(str(path))
     _run_epochs(logger, [0], lambda e: {"loss": 1.0})
     _run_epochs(logger, [1], lambda e: {"loss": 0.5, "val_loss": 0.7})
     assert path.read_text().splitlines() == [
@@ -178,7 +76,7 @@ def test_csv_logger_rejects_a_foreign_csv(tmp_path):
     path = tmp_path / "history.csv"
     path.write_text("name,value\na,1\n")
     with pytest.raises(ValueError, match="history.csv is not a history.csv"):
-        resilience.ResumableCSVLogger(str(path)).on_epoch_begin(0)
+        callbacks.ResumableCSVLogger(str(path)).on_epoch_begin(0)
     assert path.read_text() == "name,value\na,1\n"
 
 
@@ -193,7 +91,7 @@ def _tiny_model():
 
 
 def _checkpoint(tmp_path, **kwargs):
-    callback = resilience.BestModelCheckpoint(str(tmp_path / "model.keras"),
+    callback = callbacks.BestModelCheckpoint(str(tmp_path / "model.keras"),
                                               **kwargs)
     callback.set_model(_tiny_model())
     return callback
@@ -282,9 +180,9 @@ def test_best_checkpoint_min_mode_and_nan(tmp_path):
 
 def test_best_checkpoint_validates_its_arguments(tmp_path):
     with pytest.raises(ValueError, match="mode must be 'max' or 'min'"):
-        resilience.BestModelCheckpoint(str(tmp_path / "m.keras"), mode="auto")
+        callbacks.BestModelCheckpoint(str(tmp_path / "m.keras"), mode="auto")
     with pytest.raises(ValueError, match="must end in .keras"):
-        resilience.BestModelCheckpoint(str(tmp_path / "m.h5"))
+        callbacks.BestModelCheckpoint(str(tmp_path / "m.h5"))
     best = _checkpoint(tmp_path, monitor="val_auc")
     with pytest.raises(ValueError, match="'val_auc' is not in the training "
                        "logs; available: loss, val_loss"):
@@ -298,7 +196,7 @@ def test_best_checkpoint_refuses_a_state_for_another_monitor(tmp_path):
     first = _checkpoint(tmp_path)
     _run_epochs(first, [0], lambda e: {"val_accuracy": 0.5})
     with pytest.raises(ValueError, match="tracks monitor='val_accuracy'"):
-        resilience.BestModelCheckpoint(str(tmp_path / "model.keras"),
+        callbacks.BestModelCheckpoint(str(tmp_path / "model.keras"),
                                        monitor="val_loss", mode="min")
 
 
@@ -344,7 +242,7 @@ def test_backup_resumes_weights_optimizer_and_epoch(tmp_path):
     model = _model()
     with pytest.raises(RuntimeError, match="crash"):
         model.fit(x, y, batch_size=8, epochs=5, verbose=0, callbacks=[
-            _StopAt(3), resilience.ResumableBackupAndRestore(backup_dir)])
+            _StopAt(3), callbacks.ResumableBackupAndRestore(backup_dir)])
     saved = [w.copy() for w in model.get_weights()]
     metadata = json.loads((tmp_path / "backup" /
                            "training_metadata.json").read_text())
@@ -360,7 +258,7 @@ def test_backup_resumes_weights_optimizer_and_epoch(tmp_path):
             (epoch, int(restarted.optimizer.iterations.numpy()),
              [w.copy() for w in restarted.get_weights()])))
     history = restarted.fit(x, y, batch_size=8, epochs=5, verbose=0, callbacks=[
-        probe, resilience.ResumableBackupAndRestore(backup_dir)])
+        probe, callbacks.ResumableBackupAndRestore(backup_dir)])
     assert history.epoch == [3, 4]
     first_epoch, iterations, weights = seen[0]
     assert first_epoch == 3
@@ -370,7 +268,7 @@ def test_backup_resumes_weights_optimizer_and_epoch(tmp_path):
     # Kept after a finished run: running it again trains nothing.
     assert os.path.exists(os.path.join(backup_dir, "training_metadata.json"))
     assert _model().fit(x, y, batch_size=8, epochs=5, verbose=0, callbacks=[
-        resilience.ResumableBackupAndRestore(backup_dir)]).epoch == []
+        callbacks.ResumableBackupAndRestore(backup_dir)]).epoch == []
 
 
 def test_backup_reads_a_stock_keras_backup(tmp_path):
@@ -380,7 +278,7 @@ def test_backup_reads_a_stock_keras_backup(tmp_path):
         _model().fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[
             _StopAt(2), keras.callbacks.BackupAndRestore(backup_dir)])
     history = _model().fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[
-        resilience.ResumableBackupAndRestore(backup_dir)])
+        callbacks.ResumableBackupAndRestore(backup_dir)])
     assert history.epoch == [2, 3]
 
 
@@ -389,10 +287,10 @@ def test_non_chief_restores_from_backup_dir_but_writes_elsewhere(tmp_path):
     chief_dir, own_dir = str(tmp_path / "backup"), str(tmp_path / "own")
     with pytest.raises(RuntimeError):
         _model().fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[
-            _StopAt(2), resilience.ResumableBackupAndRestore(chief_dir)])
+            _StopAt(2), callbacks.ResumableBackupAndRestore(chief_dir)])
     before = sorted(os.listdir(chief_dir))
     history = _model().fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[
-        resilience.ResumableBackupAndRestore(chief_dir, write_dir=own_dir)])
+        callbacks.ResumableBackupAndRestore(chief_dir, write_dir=own_dir)])
     assert history.epoch == [2, 3]
     assert sorted(os.listdir(chief_dir)) == before
     assert json.loads(open(os.path.join(
@@ -403,32 +301,27 @@ def test_backup_records_fingerprint_and_seconds_summed_over_attempts(tmp_path):
     x, y = _data()
     backup_dir = str(tmp_path / "backup")
     fingerprint = {"settings": {"learning_rate": 0.01}, "split_digest": "abc"}
-    first = resilience.ResumableBackupAndRestore(backup_dir, fingerprint=fingerprint,
+    first = callbacks.ResumableBackupAndRestore(backup_dir, fingerprint=fingerprint,
                                                  start_time=time.time() - 100)
     with pytest.raises(RuntimeError):
         _model().fit(x, y, batch_size=8, epochs=4, verbose=0,
                      callbacks=[_StopAt(2), first])
-    metadata = resilience.read_backup_metadata(backup_dir)
+    metadata = callbacks.read_backup_metadata(backup_dir)
     assert metadata["fingerprint"] == fingerprint and metadata["epoch"] == 2
     assert 100 <= metadata["seconds"] < 130  # counted from the attempt's start
     assert first.seconds == pytest.approx(metadata["seconds"], abs=1e-3)
     # The resumed attempt adds its own time; a rerun of the finished job adds nothing.
-    second = resilience.ResumableBackupAndRestore(backup_dir, start_time=time.time() - 50)
+    second = callbacks.ResumableBackupAndRestore(backup_dir, start_time=time.time() - 50)
     _model().fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[second])
     assert metadata["seconds"] + 50 <= second.seconds < metadata["seconds"] + 80
-    third = resilience.ResumableBackupAndRestore(backup_dir, start_time=time.time() - 50)
+    third = callbacks.ResumableBackupAndRestore(backup_dir, start_time=time.time() - 50)
     assert _model().fit(x, y, batch_size=8, epochs=4, verbose=0,
                         callbacks=[third]).epoch == []
     assert third.seconds == pytest.approx(second.seconds, abs=1e-3)
-    assert resilience.read_backup_metadata(str(tmp_path / "none")) is None
+    assert callbacks.read_backup_metadata(str(tmp_path / "none")) is None
     (tmp_path / "backup" / "training_metadata.json").write_text("{not json")
     with pytest.raises(ValueError, match="Delete"):
-        resilience.read_backup_metadata(backup_dir)
-
-
-def test_any_worker_is_the_flag_itself_without_multi_worker():
-    assert resilience.any_worker(None, True) is True
-    assert resilience.any_worker(tf.distribute.get_strategy(), False) is False
+        callbacks.read_backup_metadata(backup_dir)
 
 
 # --------------------------------------------------------------------------
@@ -458,15 +351,15 @@ class _SignalAt(keras.callbacks.Callback):
 
 def _fit_with_preemption(tmp_path, signaller, epochs=4):
     x, y = _data()
-    preemption = resilience.PreemptionCallback()
+    preemption = callbacks.PreemptionCallback()
     csv_path = tmp_path / "history.csv"
-    callbacks = [preemption, resilience.ResumableCSVLogger(str(csv_path)),
-                 signaller,
-                 resilience.ResumableBackupAndRestore(str(tmp_path / "b"))]
+    fit_callbacks = [preemption, callbacks.ResumableCSVLogger(str(csv_path)),
+                     signaller,
+                     callbacks.ResumableBackupAndRestore(str(tmp_path / "b"))]
     model = _model()
-    with pytest.raises(resilience.TrainingPreempted) as e:
+    with pytest.raises(errors.TrainingPreempted) as e:
         model.fit(x, y, batch_size=8, epochs=epochs, verbose=0,
-                  validation_data=(x, y), callbacks=callbacks)
+                  validation_data=(x, y), callbacks=fit_callbacks)
     return e.value, preemption, [r["epoch"] for r in _rows(csv_path)]
 
 
@@ -496,21 +389,21 @@ def test_sigterm_during_validation_finishes_that_epoch(tmp_path):
 def test_request_stops_without_a_signal_and_handlers_are_restored(tmp_path):
     x, y = _data()
     previous = signal.getsignal(signal.SIGTERM)
-    preemption = resilience.PreemptionCallback(check_every_n_steps=2)
+    preemption = callbacks.PreemptionCallback(check_every_n_steps=2)
     stop = keras.callbacks.LambdaCallback(
         on_train_batch_begin=lambda batch, logs: batch == 0 and
         preemption.request("test"))
-    with pytest.raises(resilience.TrainingPreempted) as e:
+    with pytest.raises(errors.TrainingPreempted) as e:
         _model().fit(x, y, batch_size=8, epochs=2, verbose=0,
                      callbacks=[preemption, stop])
     assert (e.value.epoch, e.value.step) == (0, 1)  # checked every 2 steps
     assert signal.getsignal(signal.SIGTERM) == previous
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="check_every_n_steps"):
-            resilience.PreemptionCallback(check_every_n_steps=bad)
+            callbacks.PreemptionCallback(check_every_n_steps=bad)
 
     history = _model().fit(x, y, batch_size=8, epochs=1, verbose=0,
-                           callbacks=[resilience.PreemptionCallback()])
+                           callbacks=[callbacks.PreemptionCallback()])
     assert history.epoch == [0]
     assert signal.getsignal(signal.SIGTERM) == previous
 
@@ -526,12 +419,12 @@ class _FakeMultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
 
 
 def test_default_check_interval_is_cheap_for_multi_worker():
-    assert resilience.PreemptionCallback().check_every_n_steps == 1
-    assert resilience.PreemptionCallback(
+    assert callbacks.PreemptionCallback().check_every_n_steps == 1
+    assert callbacks.PreemptionCallback(
         tf.distribute.get_strategy()).check_every_n_steps == 1
-    assert resilience.PreemptionCallback(
+    assert callbacks.PreemptionCallback(
         _FakeMultiWorker()).check_every_n_steps == 10
-    assert resilience.PreemptionCallback(
+    assert callbacks.PreemptionCallback(
         _FakeMultiWorker(), check_every_n_steps=1).check_every_n_steps == 1
 
 
@@ -601,7 +494,7 @@ def test_sigkill_after_two_epochs_then_rerun_completes_each_epoch_once(
     assert 2 <= killed_rows < EPOCHS
 
     code, err = _finish(_start_worker(model_dir, *ARGS))
-    assert code == resilience.EXIT_OK, err[-3000:]
+    assert code == errors.EXIT_OK, err[-3000:]
     _check_complete_run(model_dir, EPOCHS)
 
 
@@ -613,7 +506,7 @@ def test_sigterm_exits_preempted_and_rerun_completes(tmp_path):
     _wait_for_epochs(proc, model_dir / "history.csv", 2)
     proc.send_signal(signal.SIGTERM)
     code, err = _finish(proc)
-    assert code == resilience.EXIT_PREEMPTED, err[-3000:]
+    assert code == errors.EXIT_PREEMPTED, err[-3000:]
     assert "Training preempted" in err
     rows = _rows(model_dir / "history.csv")
     metadata = json.loads(
@@ -621,7 +514,7 @@ def test_sigterm_exits_preempted_and_rerun_completes(tmp_path):
     assert len(rows) == metadata["epoch"] < EPOCHS  # every row is committed
 
     code, err = _finish(_start_worker(model_dir, *ARGS))
-    assert code == resilience.EXIT_OK, err[-3000:]
+    assert code == errors.EXIT_OK, err[-3000:]
     _check_complete_run(model_dir, EPOCHS)
 
 
@@ -631,156 +524,10 @@ def test_second_live_run_exits_locked_and_writes_nothing(tmp_path):
     first = _start_worker(model_dir, "--epochs", "40", "--epoch_sleep", "0.4")
     _wait_for_epochs(first, model_dir / "history.csv", 1)
     code, err = _finish(_start_worker(model_dir, *ARGS))
-    assert code == resilience.EXIT_LOCKED
+    assert code == errors.EXIT_LOCKED
     assert f"model_dir {model_dir} is in use" in err
     assert f"pid {first.pid} on host {socket.gethostname()}" in err
     first.send_signal(signal.SIGTERM)
-    assert _finish(first)[0] == resilience.EXIT_PREEMPTED
+    assert _finish(first)[0] == errors.EXIT_PREEMPTED
     rows = _rows(model_dir / "history.csv")
     assert [int(r["epoch"]) for r in rows] == list(range(len(rows)))
-
-
-# --------------------------------------------------------------------------
-# A worker of a multi-worker job that is gone (SIGKILL, crashed host)
-
-
-class _TwoWorkerTask(tf.distribute.MultiWorkerMirroredStrategy):
-    """Task ``worker-<task_id>`` of a two-worker job, without TF servers."""
-
-    def __init__(self, task_id=0):  # pylint: disable=super-init-not-called
-        self._resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-            tf.train.ClusterSpec({"worker": ["127.0.0.1:1", "127.0.0.1:2"]}),
-            task_type="worker", task_id=task_id)
-
-    @property
-    def cluster_resolver(self):
-        return self._resolver
-
-    @property
-    def extended(self):
-        return types.SimpleNamespace(_in_multi_worker_mode=lambda: True)
-
-
-@pytest.fixture
-def peers(monkeypatch):
-    """Fakes the peer health checks and the actions of a firing watchdog."""
-    state = types.SimpleNamespace(down=set(), checked=[], aborted=[], exits=[])
-
-    def check(device, timeout_seconds):
-        state.checked.append(device)
-        if device in state.down:
-            raise tf.errors.UnavailableError(None, None, "Connection refused")
-
-    monkeypatch.setattr(resilience, "_check_peer", check)
-    monkeypatch.setattr(resilience, "_abort_collectives",
-                        lambda message: state.aborted.append(message))
-    monkeypatch.setattr(resilience, "_hard_exit",
-                        lambda code: state.exits.append(code))
-    return state
-
-
-def test_worker_lost_exits_75_to_be_rerun():
-    error = resilience.WorkerLostError("worker-1 is gone")
-    assert resilience.exit_code_for(error) == resilience.EXIT_PREEMPTED
-    assert "WorkerLostError" in resilience.__doc__
-
-
-def test_watchdog_does_nothing_outside_multi_worker(peers):
-    watchdog = resilience.WorkerWatchdog(tf.distribute.get_strategy(), 0.1)
-    with pytest.raises(tf.errors.UnavailableError):
-        with watchdog:
-            assert not watchdog.watching
-            raise tf.errors.UnavailableError(None, None, "not about workers")
-    assert peers.checked == []
-
-
-@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "60"])
-def test_watchdog_timeout_must_be_positive(bad):
-    with pytest.raises(ValueError, match="--worker_timeout_seconds"):
-        resilience.WorkerWatchdog(tf.distribute.get_strategy(), bad)
-
-
-def test_silent_worker_is_declared_gone_after_the_timeout(peers):
-    peers.down.add("/job:worker/replica:0/task:1")
-    watchdog = resilience.WorkerWatchdog(_TwoWorkerTask(0), 0.6,
-                                         grace_seconds=0.2).start()
-    try:
-        assert watchdog.watching
-        deadline = time.monotonic() + 10
-        while not peers.exits and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        watchdog.stop()
-    assert peers.exits == [resilience.EXIT_PREEMPTED]
-    assert len(peers.aborted) == 1
-    message = peers.aborted[0]
-    assert "worker-1 (127.0.0.1:2)" in message and "is gone" in message
-    assert "--worker_timeout_seconds" in message and "rerun" in message
-    assert watchdog.lost == ["worker-1"]
-
-
-def test_answering_worker_is_never_declared_gone(peers):
-    watchdog = resilience.WorkerWatchdog(_TwoWorkerTask(1), 0.3,
-                                         grace_seconds=0.1).start()
-    time.sleep(1.5)
-    watchdog.stop()
-    assert "/job:worker/replica:0/task:0" in peers.checked
-    assert "/job:worker/replica:0/task:1" not in peers.checked  # not itself
-    assert peers.aborted == [] and peers.exits == [] and watchdog.lost == []
-
-
-def test_watchdog_stops_at_the_end_of_fit(peers):
-    peers.down.add("/job:worker/replica:0/task:1")
-    watchdog = resilience.WorkerWatchdog(_TwoWorkerTask(0), 0.3,
-                                         grace_seconds=0.1).start()
-    watchdog.on_train_end()  # the last collective is behind: peers may exit
-    time.sleep(1.0)
-    assert not watchdog.watching and peers.exits == []
-
-
-@pytest.mark.parametrize("error", [
-    tf.errors.UnavailableError(None, None, "Collective ops is aborted by: Socket closed"),
-    tf.errors.DeadlineExceededError(None, None, "Collective ops is aborted by: Deadline Exceeded"),
-])
-def test_collective_failure_names_the_worker_that_is_gone(peers, error):
-    peers.down.add("/job:worker/replica:0/task:0")
-    watchdog = resilience.WorkerWatchdog(_TwoWorkerTask(1), 3600, grace_seconds=0.3)
-    with pytest.raises(resilience.WorkerLostError) as e:
-        with watchdog:
-            raise error
-    assert "worker-0 (127.0.0.1:1)" in str(e.value) and "rerun" in str(e.value)
-    assert e.value.__cause__ is error
-    assert not watchdog.watching
-    # Its collectives are aborted for good: however long TensorFlow's
-    # shutdown takes, the process ends within the grace period.
-    assert peers.exits == []
-    deadline = time.monotonic() + 5
-    while not peers.exits and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert peers.exits == [resilience.EXIT_PREEMPTED]
-
-
-def test_other_errors_pass_through_the_watchdog(peers):
-    with pytest.raises(ValueError, match="bad data"):
-        with resilience.WorkerWatchdog(_TwoWorkerTask(0), 3600):
-            raise ValueError("bad data")
-
-
-def test_one_failed_check_after_a_stall_is_not_a_lost_worker(peers, monkeypatch):
-    calls = []
-
-    def check(device, timeout_seconds):
-        calls.append(device)
-        if len(calls) == 1:
-            # This process could not run the check for longer than the
-            # timeout (busy, swapped out), and then one check fails.
-            time.sleep(1.0)
-            raise tf.errors.UnavailableError(None, None, "Connection reset")
-
-    monkeypatch.setattr(resilience, "_check_peer", check)
-    watchdog = resilience.WorkerWatchdog(_TwoWorkerTask(0), 0.6,
-                                         grace_seconds=0.1).start()
-    time.sleep(2.5)
-    watchdog.stop()
-    assert len(calls) > 3
-    assert peers.aborted == [] and peers.exits == [] and watchdog.lost == []

@@ -31,9 +31,11 @@ import tensorflow as tf
 from catdog import augment
 from catdog import distribute
 from catdog import fileio
+from catdog import fit_wrappers
 from catdog import models
+from catdog import rundir
 
-FEATURES_FILE = "fast_features.json"
+FEATURES_FILE = rundir.FEATURES_FILE
 
 _HOOKS = ("on_batch_begin", "on_batch_end", "on_epoch_begin", "on_epoch_end",
           "on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin",
@@ -199,7 +201,7 @@ def fit_head_on_features(model: keras.Model, train_images: tf.data.Dataset,
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     if strategy is not None and strategy.num_replicas_in_sync > 1:
         # The last validation batch may leave a replica with zero features.
-        head_model = models.empty_batch_safe(head_model)
+        head_model = fit_wrappers.empty_batch_safe(head_model)
     with scope:
         models.compile_model(head_model, num_classes, t.learning_rate, jit_compile=jit)
 

@@ -1,10 +1,9 @@
-"""Preemption-safe, restartable training runs for Keras ``model.fit``.
+"""The Keras callbacks of a restartable, preemption-safe ``model.fit``.
 
 A cluster job can be killed (SIGKILL), asked to stop (SIGTERM) or started
-twice. The pieces here make the same command, run again, continue where the
+twice. These callbacks make the same command, run again, continue where the
 last consistent state left off:
 
-* ``ModelDirLock``: one live run per model_dir.
 * ``ResumableBackupAndRestore``: Keras ``BackupAndRestore`` (weights,
   optimizer state, epoch) with an atomic commit, kept after the run so a
   finished job run again is a no-op.
@@ -12,10 +11,11 @@ last consistent state left off:
   across restarts.
 * ``ResumableCSVLogger``: ``history.csv`` with each epoch exactly once.
 * ``PreemptionCallback``: SIGTERM stops training after the current step, all
-  workers agreeing; the caller exits with ``EXIT_PREEMPTED``.
-* ``WorkerWatchdog``: when another worker of a multi-worker job is gone
-  (SIGKILL, a crashed host), this one stops within a bounded time with a
-  ``WorkerLostError`` naming it; the caller exits with ``EXIT_PREEMPTED``.
+  workers agreeing; the caller exits with ``EXIT_PREEMPTED``
+  (:mod:`catdog.errors`).
+
+One live run per model_dir is :class:`catdog.rundir.ModelDirLock`'s job; a
+lost worker of a multi-worker job is :class:`catdog.watchdog.WorkerWatchdog`'s.
 
 Callback order matters: an epoch is committed when the backup callback
 writes its metadata, so it must come LAST, after every callback that writes
@@ -26,282 +26,28 @@ per-epoch state::
                  ResumableBackupAndRestore(...)]
 
 Epochs are numbered from 0, as Keras passes them to callbacks.
-
-Exit codes of catdog training scripts:
-
-* ``EXIT_OK`` (0): training finished (or had already finished).
-* ``EXIT_FAILURE`` (1): an error; rerunning will not help without a change.
-* ``EXIT_USAGE`` (2): bad flags or input (absl also uses 2 for flag errors).
-* ``EXIT_LOCKED`` (73, ``EX_CANTCREAT``): another live run holds the
-  model_dir; nothing was written.
-* ``EXIT_PREEMPTED`` (75, ``EX_TEMPFAIL``): stopped by SIGTERM after saving
-  a consistent state, or another worker of the job is gone
-  (``WorkerLostError``); rerun the same command on every worker (schedulers
-  can requeue on it).
 """
 
 from __future__ import annotations
 
 import csv
-import datetime
-import errno
-import fcntl
 import io
 import json
 import logging
 import math
 import os
-import re
 import signal
-import socket
-import sys
 import threading
 import time
-import weakref
 
 import keras
 import tensorflow as tf
 
-from catdog import config as config_lib
 from catdog import distribute
 from catdog import fileio
+from catdog.errors import TrainingPreempted
 
 _log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_LOCKED = 73
-EXIT_PREEMPTED = 75
-
-
-class ModelDirLockedError(RuntimeError):
-    """Another live run holds the model_dir (exit with ``EXIT_LOCKED``)."""
-
-
-class WorkerLostError(RuntimeError):
-    """Another worker of a multi-worker job is gone (exit with ``EXIT_PREEMPTED``).
-
-    Raised by ``WorkerWatchdog``. The job cannot go on without the worker;
-    rerunning every worker resumes from the last completed epoch.
-
-    Attributes:
-      workers: names of the tasks that do not answer (e.g. ``["worker-1"]``);
-        empty when a collective failed but every worker still answers.
-    """
-
-    def __init__(self, message, workers=()):
-        super().__init__(message)
-        self.workers = list(workers)
-
-
-class TrainingPreempted(Exception):
-    """Training stopped on a preemption signal (exit with ``EXIT_PREEMPTED``).
-
-    Raised out of ``model.fit`` by ``PreemptionCallback``; the last committed
-    epoch-end backup is the state to resume from.
-
-    Attributes:
-      epoch: the epoch that was running (0-based).
-      step: the last finished step of that epoch, or ``None`` when stopped
-        between epochs.
-    """
-
-    def __init__(self, epoch, step=None):
-        self.epoch, self.step = epoch, step
-        where = (f"before epoch {epoch}" if step is None else
-                 f"after step {step} of epoch {epoch}")
-        super().__init__(
-            f"Training preempted {where}; rerun the same command to resume "
-            f"from the last completed epoch (exit code {EXIT_PREEMPTED}).")
-
-
-def exit_code_for(error: BaseException | None) -> int:
-    """Maps how training ended to a documented exit code.
-
-    Args:
-      error: the exception that ended training, or ``None`` for success.
-
-    Returns:
-      ``EXIT_OK``, ``EXIT_PREEMPTED``, ``EXIT_LOCKED`` or ``EXIT_FAILURE``.
-    """
-    if error is None:
-        return EXIT_OK
-    if isinstance(error, (TrainingPreempted, WorkerLostError)):
-        return EXIT_PREEMPTED
-    if isinstance(error, ModelDirLockedError):
-        return EXIT_LOCKED
-    return EXIT_FAILURE
-
-
-# --------------------------------------------------------------------------
-# One run per model_dir
-
-_held_locks = weakref.WeakSet()
-
-
-def _close_locks_in_child():
-    # A forked child shares the lock's open file description; without this
-    # a child outliving its parent would keep the model_dir locked.
-    for lock in list(_held_locks):
-        if lock._fd is not None:
-            try:
-                os.close(lock._fd)
-            except OSError:
-                pass
-            lock._fd = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_locks_in_child)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class ModelDirLock:
-    """Guarantees a single live training run per model_dir.
-
-    Holds ``fcntl.flock`` on ``model_dir/.catdog.lock`` (the kernel releases
-    it when the process dies, however it dies) and writes the holder's pid,
-    host and start time into the file for the error message a second run
-    gets. A body left by a dead process is a stale lock: it is taken over
-    with a log line. The lock file itself is never deleted (deleting lock
-    files races with processes that have it open).
-
-    Only local and NFS paths can be locked; for remote paths (``gs://``...)
-    the lock logs a warning and does nothing.
-
-    Usage::
-
-        with ModelDirLock(model_dir):
-            ...train...
-
-    Args:
-      model_dir: the run's output directory (created if missing).
-      task: suffix for multi-worker jobs (``distribute.task_name``), so each
-        task of one job takes its own lock in a shared model_dir.
-    """
-
-    LOCK_NAME = ".catdog.lock"
-
-    def __init__(self, model_dir: str, task: str | None = None):
-        self.model_dir = str(model_dir)
-        name = self.LOCK_NAME + (f".{task}" if task else "")
-        self.path = os.path.join(self.model_dir, name)
-        self._fd = None
-
-    def acquire(self) -> "ModelDirLock":
-        """Takes the lock.
-
-        Returns:
-          self.
-
-        Raises:
-          ModelDirLockedError: another live process holds it; the message
-            names the model_dir, the holder's pid, host and start time.
-        """
-        if self._fd is not None:
-            return self
-        if fileio.is_remote(self.model_dir):
-            _log.warning("Cannot lock remote model_dir %s; make sure no other "
-                         "run writes into it.", self.model_dir)
-            return self
-        os.makedirs(self.model_dir, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = self._read_holder(fd)
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise ModelDirLockedError(
-                    self._locked_message(holder)) from None
-            if e.errno == errno.ENOLCK:
-                _log.warning("The filesystem of %s does not support locks; "
-                             "not protecting it against a second run.",
-                             self.model_dir)
-                return self
-            raise
-        previous = self._read_holder(fd)
-        if previous:
-            same_host = previous.get("host") == socket.gethostname()
-            pid = previous.get("pid")
-            state = ("is no longer running" if same_host and isinstance(
-                pid, int) and not _pid_alive(pid) else "no longer holds it")
-            _log.warning(
-                "Taking over a stale lock on model_dir %s: pid %s on host %s "
-                "(started %s) %s.", self.model_dir, pid, previous.get("host"),
-                previous.get("started"), state)
-        body = json.dumps({
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": datetime.datetime.now().astimezone().isoformat(
-                timespec="seconds"),
-        })
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, body.encode(), 0)
-        os.fsync(fd)
-        self._fd = fd
-        _held_locks.add(self)
-        return self
-
-    def release(self) -> None:
-        """Releases the lock; a clean exit leaves an empty lock file."""
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        _held_locks.discard(self)
-        try:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-    @property
-    def held(self) -> bool:
-        """Whether this object holds the lock."""
-        return self._fd is not None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
-    @staticmethod
-    def _read_holder(fd) -> dict:
-        try:
-            raw = os.pread(fd, 4096, 0)
-            holder = json.loads(raw.decode()) if raw.strip() else {}
-            return holder if isinstance(holder, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
-    def _locked_message(self, holder: dict) -> str:
-        if holder:
-            who = (f"pid {holder.get('pid')} on host {holder.get('host')}, "
-                   f"started {holder.get('started')}")
-        else:
-            who = "a process that has not written its pid yet"
-        msg = (f"model_dir {self.model_dir} is in use by another training run "
-               f"({who}; lock file {self.path}). Two runs in one model_dir "
-               "overwrite each other's checkpoints: wait for that run to "
-               "finish, stop it, or pass a different --model_dir.")
-        pid = holder.get("pid")
-        if (holder.get("host") == socket.gethostname() and
-                isinstance(pid, int) and not _pid_alive(pid)):
-            msg += (f" Pid {pid} is gone, so a process it started still holds "
-                    "the lock; stop that process.")
-        return msg
-
 
 # --------------------------------------------------------------------------
 # Weights / optimizer / epoch backup
@@ -443,24 +189,6 @@ def read_backup_metadata(backup_dir: str) -> dict | None:
         raise ValueError(f"Corrupt backup metadata {path}: {e}. Delete {backup_dir} "
                          "to train from scratch, or use another --model_dir.") from None
     return metadata if isinstance(metadata, dict) else None
-
-
-def any_worker(strategy, flag: bool) -> bool:
-    """Whether ``flag`` is true on any worker: one all-reduce under multi-worker.
-
-    Every worker of the job must call it at the same point; without a
-    multi-worker strategy it returns ``flag``.
-    """
-    if strategy is None or not distribute.is_multi_worker(strategy):
-        return bool(flag)
-
-    @tf.function
-    def total(value):
-        per_replica = strategy.run(tf.identity, args=(value,))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-    with strategy.scope():
-        return bool(total(tf.constant(1.0 if flag else 0.0)) > 0)
 
 
 # --------------------------------------------------------------------------
@@ -742,9 +470,8 @@ class PreemptionCallback(keras.callbacks.Callback):
       check_every_n_steps: check every n training steps (and at every epoch
         start). ``None``: every step in a single process, where a check is
         free, and every ``MULTI_WORKER_CHECK_STEPS`` steps under
-        multi-worker, where each check is one all-reduce (measured on a
-        2-worker loopback job: +18 ms on a 39 ms step when checking every
-        step, +3.6 ms per step when checking every 10).
+        multi-worker, where each check is one all-reduce (its cost per
+        step: BUILD_NOTES.md, "Restartable runs").
     """
 
     MULTI_WORKER_CHECK_STEPS = 10
@@ -841,250 +568,3 @@ class PreemptionCallback(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.uninstall()
-
-
-# --------------------------------------------------------------------------
-# Workers that are gone
-
-
-def _check_peer(device: str, timeout_seconds: float) -> None:
-    """Raises a ``tf.errors.OpError`` unless task ``device`` answers in time."""
-    from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import,import-outside-toplevel
-    context.context().check_collective_ops_peer_health(
-        device, timeout_in_ms=max(1, int(timeout_seconds * 1000)))
-
-
-def _abort_collectives(message: str) -> None:
-    """Makes every pending and future collective op of this process fail."""
-    from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import,import-outside-toplevel
-    context.context().abort_collective_ops(tf.errors.UNAVAILABLE, message)
-
-
-def _hard_exit(code: int) -> None:
-    os._exit(code)  # pylint: disable=protected-access
-
-
-# What a health check of a task that is gone raises: unreachable, no answer
-# in time, or a restarted process (another incarnation).
-_PEER_DOWN = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
-              tf.errors.FailedPreconditionError)
-# What a collective op raises when a worker of the job is gone.
-_COLLECTIVE_LOST = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)
-
-
-def _first_line(error: BaseException) -> str:
-    """The first line of an error, without TensorFlow's ``{{function_node ...}}``."""
-    text = (getattr(error, "message", None) or str(error)).strip()
-    line = text.splitlines()[0] if text else type(error).__name__
-    return re.sub(r"^(\{\{[^}]*\}\}\s*)+", "", line)
-
-
-class WorkerWatchdog(keras.callbacks.Callback):
-    """Stops this worker within a bounded time when another worker is gone.
-
-    TensorFlow 2.21 notices a dead worker only inside collective ops: its
-    coordination service (10 s heartbeats) aborts them, and a worker whose
-    peer closed its sockets fails at once. A worker busy with a phase of its
-    own (the file check, fast-feature extraction, a slow save) carries on
-    until its next collective; the error then is a raw ``UnavailableError``
-    that ends the job with exit code 1. Per-collective timeouts
-    (``CommunicationOptions(timeout_seconds=...)``) are no cure: they also
-    fire when one worker merely waits for a slower one.
-
-    The watchdog thread asks every other task's TensorFlow server whether it
-    is alive (the peer health check MultiWorkerMirroredStrategy used before
-    the coordination service). The peer's server threads answer, so a peer
-    that is busy in Python (tracing, validating, saving) still answers: this
-    checks liveness, not progress. A peer that has not answered for
-    ``timeout_seconds`` is gone: the watchdog logs which one, aborts this
-    process's collective ops (a main thread waiting in one raises at once)
-    and, if the process still runs ``grace_seconds`` later (stuck in a phase
-    with no collective), ends it with exit code ``EXIT_PREEMPTED``.
-
-    As a context manager it turns the collective errors a lost worker causes
-    (``UnavailableError``, ``DeadlineExceededError``, raised after the abort
-    or by TensorFlow's own detection) into a ``WorkerLostError`` that names
-    the workers that do not answer; the process then has ``grace_seconds`` to
-    end by itself (its collectives cannot run again) before the watchdog
-    ends it with ``EXIT_PREEMPTED``. As a Keras callback it stops watching
-    when ``fit`` ends: after the last collective, a worker that finishes
-    first and exits is not a lost one. Outside multi-worker jobs it does
-    nothing::
-
-        watchdog = WorkerWatchdog(strategy, timeout_seconds).start()
-        ...                     # e.g. the file check
-        with watchdog:
-            model.fit(..., callbacks=[watchdog, ...])
-
-    Args:
-      strategy: the job's strategy.
-      timeout_seconds: how long another worker may not answer before it is
-        gone (``--worker_timeout_seconds``).
-      grace_seconds: how long after that the process may take to stop by
-        itself before the watchdog ends it.
-
-    Attributes:
-      lost: names of the workers the watchdog declared gone.
-    """
-
-    CHECK_INTERVAL_SECONDS = 5.0
-
-    def __init__(self, strategy,
-                 timeout_seconds: float = config_lib.TrainConfig.worker_timeout_seconds,
-                 grace_seconds: float = 30.0):
-        super().__init__()
-        for name, value in (("--worker_timeout_seconds", timeout_seconds),
-                            ("grace_seconds", grace_seconds)):
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not math.isfinite(value) or value <= 0):
-                raise ValueError(f"`{name}` must be a positive number of "
-                                 f"seconds. Received: {name.lstrip('-')}={value!r}")
-        self.strategy = strategy
-        self.timeout_seconds = float(timeout_seconds)
-        self.grace_seconds = float(grace_seconds)
-        self.interval = min(self.CHECK_INTERVAL_SECONDS, self.timeout_seconds / 4)
-        self.lost = []
-        self._message = None
-        self._stopped = threading.Event()
-        self._thread = None
-        self._peers = self._other_tasks(strategy)
-
-    @staticmethod
-    def _other_tasks(strategy):
-        """``(name, address, device)`` of every other task of the job."""
-        if strategy is None or not distribute.is_multi_worker(strategy):
-            return []
-        resolver = strategy.cluster_resolver
-        spec = resolver.cluster_spec()
-        peers = []
-        for job in ("chief", "worker"):
-            if job not in spec.jobs:
-                continue
-            for index in spec.task_indices(job):
-                if (job, index) == (resolver.task_type, resolver.task_id):
-                    continue
-                peers.append((f"{job}-{index}", spec.task_address(job, index),
-                              f"/job:{job}/replica:0/task:{index}"))
-        return peers
-
-    @property
-    def watching(self) -> bool:
-        """Whether the watchdog thread is running."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> "WorkerWatchdog":
-        """Starts watching the other workers (idempotent); returns self."""
-        if self._peers and self._thread is None and not self._stopped.is_set():
-            self._thread = threading.Thread(target=self._watch, daemon=True,
-                                            name="catdog-worker-watchdog")
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stops watching (a worker declared gone still ends the process)."""
-        self._stopped.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self.interval + max(self.interval, 1.0) + 1)
-
-    def _watch(self):
-        # A peer is gone once its checks have failed for timeout_seconds in a
-        # row; counting from the first failure (not the last answer) means a
-        # watchdog thread that could not run for a while (this process busy)
-        # never declares a peer gone on a single failed check.
-        failing_since, last_error = {}, {}
-        check_timeout = max(self.interval, 1.0)
-        while not self._stopped.wait(self.interval):
-            gone = []
-            for peer in self._peers:
-                if self._stopped.is_set():
-                    return
-                try:
-                    _check_peer(peer[2], check_timeout)
-                    failing_since.pop(peer, None)
-                    continue
-                except _PEER_DOWN as e:
-                    last_error[peer] = e
-                    failing_since.setdefault(peer, time.monotonic())
-                except Exception as e:  # pylint: disable=broad-except
-                    # Never end a healthy job because the check itself broke.
-                    _log.warning("Cannot check on %s (%s); not watching the "
-                                 "other workers.", peer[0], e)
-                    return
-                if time.monotonic() - failing_since[peer] >= self.timeout_seconds:
-                    gone.append(peer)
-            if gone and not self._stopped.is_set():
-                self._declare_gone(gone, last_error)
-                return
-
-    def _declare_gone(self, gone, last_error):
-        self.lost = [name for name, _, _ in gone]
-        who = ", ".join(f"{name} ({address})" for name, address, _ in gone)
-        reasons = "; ".join(_first_line(last_error[p]) for p in gone
-                            if p in last_error)
-        self._message = (
-            f"{who} of this multi-worker job {'is' if len(gone) == 1 else 'are'} "
-            f"gone: no answer for {self.timeout_seconds:g} s or more "
-            f"(--worker_timeout_seconds={self.timeout_seconds:g}; {reasons}). "
-            f"This worker stops with exit code {EXIT_PREEMPTED}: rerun every "
-            "worker of the job to resume from the last completed epoch.")
-        _log.error("%s", self._message)
-        try:
-            _abort_collectives(self._message)
-        except Exception as e:  # pylint: disable=broad-except
-            _log.warning("Could not abort collective ops: %s", e)
-        # A main thread inside a collective raises now and exits by itself;
-        # one in a phase of its own cannot be interrupted.
-        self._exit_after_grace(self._message)
-
-    def _exit_after_grace(self, message: str) -> None:
-        """Ends the process with ``EXIT_PREEMPTED`` in ``grace_seconds``.
-
-        Once a worker is gone this process's collectives are aborted for good
-        (TensorFlow: "restart your program"), so it must end; this bounds how
-        long its own shutdown may take.
-        """
-        time.sleep(self.grace_seconds)
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        _hard_exit(EXIT_PREEMPTED)
-
-    def _lost_error(self, cause: BaseException) -> WorkerLostError:
-        if self._message:
-            return WorkerLostError(self._message, self.lost)
-        gone = []
-        for peer in self._peers:
-            try:
-                _check_peer(peer[2], 2.0)
-            except _PEER_DOWN as e:
-                gone.append((peer, e))
-            except Exception:  # pylint: disable=broad-except
-                pass
-        rerun = (f"This worker stops with exit code {EXIT_PREEMPTED}: rerun "
-                 "every worker of the job to resume from the last completed "
-                 "epoch.")
-        if not gone:
-            return WorkerLostError(
-                "Lost contact with the other workers of this multi-worker job "
-                f"({_first_line(cause)}). {rerun}")
-        who = ", ".join(f"{name} ({address})" for (name, address, _), _ in gone)
-        reasons = "; ".join(_first_line(e) for _, e in gone)
-        return WorkerLostError(
-            f"{who} of this multi-worker job {'is' if len(gone) == 1 else 'are'} "
-            f"gone: no answer ({reasons}); TensorFlow: {_first_line(cause)}. "
-            f"{rerun}", [p[0] for p, _ in gone])
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, exc_type, exc, tb):
-        self.stop()
-        if self._peers and isinstance(exc, _COLLECTIVE_LOST):
-            error = self._lost_error(exc)
-            if not self._message:  # else the watchdog thread is already on it
-                threading.Thread(target=self._exit_after_grace, args=(str(error),),
-                                 daemon=True, name="catdog-worker-exit").start()
-            raise error from exc
-        return False
-
-    def on_train_end(self, logs=None):
-        self.stop()

@@ -1,4 +1,5 @@
-"""Pictures: augmentation grid, worst mistakes, confusion matrix, the script.
+"""Figures: learning curves, comparison of stages, augmentation grid, worst
+mistakes, confusion matrix, and scripts/show_augmentation.py.
 
 PNG sizes follow from the grid shape (cells of 2 inches at 100 dpi), so
 reading a PNG back checks that the grid has the rows and columns asked for.
@@ -10,12 +11,31 @@ import os
 import subprocess
 import sys
 
+import matplotlib.image as mpimg
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import REPO, make_class_folder, write_image
-from catdog import pictures
+from catdog import figures
+from catdog.evaluate import read_predictions_csv
+
+ROWS = [{"epoch": i, "accuracy": 0.5 + i / 10, "val_accuracy": 0.5 + i / 20,
+         "loss": 1 - i / 10, "val_loss": 1 - i / 20} for i in range(4)]
+
+
+def test_learning_curves_png(tmp_path):
+    path = figures.learning_curves(ROWS, str(tmp_path / "sub" / "c.png"), title="t")
+    img = mpimg.imread(path)
+    assert img.shape[0] == 400 and img.shape[1] == 1000  # 10x4 in at 100 dpi
+    assert not list((tmp_path / "sub").glob("*.tmp-*"))
+
+
+def test_comparison_overlays_stages_and_tolerates_empty(tmp_path):
+    path = figures.comparison({"baseline": ROWS, "augmented": ROWS[:2], "broken": []},
+                            str(tmp_path / "cmp.png"))
+    img = mpimg.imread(path)
+    assert img.shape[:2] == (450, 1200)
 
 
 def _size(path):
@@ -44,8 +64,8 @@ def _pattern(size=32):
 
 def test_augment_images_shapes_dtype_and_determinism():
     batch = np.stack([_pattern(), _pattern()[::-1]])
-    a = pictures.augment_images(batch, 3, seed=7)
-    b = pictures.augment_images(batch, 3, seed=7)
+    a = figures.augment_images(batch, 3, seed=7)
+    b = figures.augment_images(batch, 3, seed=7)
     assert a.shape == (3, 2, 32, 32, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)  # same seed, same picture
     # Every variant differs from the original (rotation and zoom always act).
@@ -55,7 +75,7 @@ def test_augment_images_shapes_dtype_and_determinism():
 
 def test_flip_only_gives_the_image_or_its_mirror():
     image = _pattern()
-    variants = pictures.augment_images(image[None], 8, flip="horizontal",
+    variants = figures.augment_images(image[None], 8, flip="horizontal",
                                        rotation=0.0, zoom=0.0, seed=3)
     mirrored = image[:, ::-1]
     kinds = set()
@@ -71,11 +91,11 @@ def test_flip_only_gives_the_image_or_its_mirror():
 
 def test_augmentation_grid_size_and_picks_across_classes(folder, tmp_path):
     out = tmp_path / "aug.png"
-    pictures.augmentation_grid(folder, str(out), image_size=(48, 48), n_images=3,
+    figures.augmentation_grid(folder, str(out), image_size=(48, 48), n_images=3,
                                n_variants=4, seed=1)
     # 5 columns x 3 rows of 2-inch cells at 100 dpi, plus the title band.
     assert _size(out) == (5 * 200, 3 * 200 + 60)
-    picked = pictures._pick_images(folder, 4)
+    picked = figures._pick_images(folder, 4)
     assert {os.path.basename(os.path.dirname(p)) for p in picked} == {"cats", "dogs"}
 
 
@@ -85,15 +105,15 @@ def test_augmentation_grid_skips_bad_files_and_takes_a_file_list(folder, tmp_pat
         f.write(b"not an image")
     good = os.path.join(folder, "dogs", "dogs_000.jpg")
     out = tmp_path / "two.png"
-    pictures.augmentation_grid([good, bad], str(out), image_size=(32, 32),
+    figures.augmentation_grid([good, bad], str(out), image_size=(32, 32),
                                n_images=4, n_variants=2)
     assert _size(out) == (3 * 200, 1 * 200 + 60)  # one readable row
     with pytest.raises(ValueError, match="could be decoded"):
-        pictures.augmentation_grid([bad], str(tmp_path / "x.png"), image_size=(32, 32))
+        figures.augmentation_grid([bad], str(tmp_path / "x.png"), image_size=(32, 32))
     with pytest.raises(ValueError, match="No image files"):
-        pictures.augmentation_grid(str(tmp_path / "empty_nowhere"), str(tmp_path / "y.png"))
+        figures.augmentation_grid(str(tmp_path / "empty_nowhere"), str(tmp_path / "y.png"))
     with pytest.raises(ValueError, match="n_variants"):
-        pictures.augmentation_grid(folder, str(tmp_path / "z.png"), n_variants=0)
+        figures.augmentation_grid(folder, str(tmp_path / "z.png"), n_variants=0)
 
 
 # ---------------------------------------------------------------------------
@@ -116,36 +136,43 @@ def _predictions_csv(tmp_path, n_mistakes, n_correct=2):
     return str(path)
 
 
-def test_worst_mistakes_grid_from_csv(tmp_path):
-    csv_path = _predictions_csv(tmp_path, n_mistakes=5)
+def test_worst_mistakes_grid_from_csv_rows(tmp_path):
+    rows = read_predictions_csv(_predictions_csv(tmp_path, n_mistakes=5))
     out = tmp_path / "worst.png"
-    pictures.worst_mistakes_grid(csv_path, str(out), class_names=["cats", "dogs"])
+    figures.worst_mistakes_grid(rows, str(out), class_names=["cats", "dogs"])
     # 5 mistakes -> 3 columns x 2 rows of 2.3 x 2.6 inch cells.
     assert _size(out) == (690, 570)
-    pictures.worst_mistakes_grid(csv_path, str(tmp_path / "two.png"), n=2)
+    figures.worst_mistakes_grid(rows, str(tmp_path / "two.png"), n=2)
     assert _size(tmp_path / "two.png") == (460, 310)
 
 
+def test_worst_mistakes_grid_takes_rows_not_a_csv_path(tmp_path):
+    csv_path = _predictions_csv(tmp_path, n_mistakes=1)
+    with pytest.raises(TypeError, match="read_predictions_csv"):
+        figures.worst_mistakes_grid(csv_path, str(tmp_path / "w.png"))
+    assert not (tmp_path / "w.png").exists()
+
+
 def test_worst_mistakes_grid_without_mistakes_or_files(tmp_path):
-    csv_path = _predictions_csv(tmp_path, n_mistakes=0, n_correct=3)
+    rows = read_predictions_csv(_predictions_csv(tmp_path, n_mistakes=0, n_correct=3))
     out = tmp_path / "none.png"
-    pictures.worst_mistakes_grid(csv_path, str(out))
+    figures.worst_mistakes_grid(rows, str(out))
     assert _size(out) == (400, 150)  # a note, not a grid
     rows = [{"path": str(tmp_path / "gone.jpg"), "label": "a", "predicted": "b",
              "probability": 0.2, "correct": False},
             {"path": "tfds:x/test#3", "label": "a", "predicted": "b",
              "probability": 0.3, "correct": False,
              "image": np.zeros((8, 8, 3), np.uint8)}]
-    pictures.worst_mistakes_grid(rows, str(tmp_path / "gone.png"))
+    figures.worst_mistakes_grid(rows, str(tmp_path / "gone.png"))
     assert os.path.isfile(tmp_path / "gone.png")
 
 
 def test_mistake_titles_show_the_wrong_answers_probability():
     row = {"predicted": "cats", "probability": 0.1}  # CSV holds P(dogs)
-    assert pictures._probability_text(row, ["cats", "dogs"]) == "P=0.900"
-    assert pictures._probability_text(dict(row, predicted="dogs", probability=0.8),
+    assert figures._probability_text(row, ["cats", "dogs"]) == "P=0.900"
+    assert figures._probability_text(dict(row, predicted="dogs", probability=0.8),
                                       ["cats", "dogs"]) == "P=0.800"
-    assert pictures._probability_text(row, None) == "probability=0.100"
+    assert figures._probability_text(row, None) == "probability=0.100"
 
 
 # ---------------------------------------------------------------------------
@@ -153,19 +180,19 @@ def test_mistake_titles_show_the_wrong_answers_probability():
 # ---------------------------------------------------------------------------
 
 def test_confusion_matrix_image(tmp_path):
-    out2 = pictures.confusion_matrix_image([[37, 13], [16, 34]], ["cats", "dogs"],
+    out2 = figures.confusion_matrix_image([[37, 13], [16, 34]], ["cats", "dogs"],
                                            str(tmp_path / "cm2.png"))
     w2, h2 = _size(out2)
     assert (w2, h2) == (530, 430)  # 4.3 + 1 (colour bar) by 4.3 inches
     names = [f"class_{i}" for i in range(8)]
-    out8 = pictures.confusion_matrix_image(np.eye(8, dtype=int) * 3, names,
+    out8 = figures.confusion_matrix_image(np.eye(8, dtype=int) * 3, names,
                                            str(tmp_path / "cm8.png"))
     w8, h8 = _size(out8)
     assert w8 > w2 and h8 > h2  # grows with the number of classes
     # A class with no example gives an empty row, not a division error.
-    pictures.confusion_matrix_image([[0, 0], [1, 2]], ["a", "b"], str(tmp_path / "z.png"))
+    figures.confusion_matrix_image([[0, 0], [1, 2]], ["a", "b"], str(tmp_path / "z.png"))
     with pytest.raises(ValueError, match="2x2"):
-        pictures.confusion_matrix_image(np.zeros((3, 3)), ["a", "b"], str(tmp_path / "e.png"))
+        figures.confusion_matrix_image(np.zeros((3, 3)), ["a", "b"], str(tmp_path / "e.png"))
 
 
 # ---------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import pytest
 
 from catdog import config as C
 from catdog import models
-from catdog import pipeline
+from catdog import stages
 
 
 def _base(train_dir, val_dir, model_dir):
@@ -34,7 +34,7 @@ def no_download(monkeypatch):
 def test_demo_fallback_marks_random_init_stages(tiny_folders, tmp_path, no_download, capsys):
     train_dir, val_dir = tiny_folders
     ones = {s: 1 for s in C.STAGES}
-    comp = pipeline.run_pipeline(_base(train_dir, val_dir, tmp_path), str(tmp_path),
+    comp = stages.run_pipeline(_base(train_dir, val_dir, tmp_path), str(tmp_path),
                                  stages=("feature_extraction", "fine_tuning"),
                                  epochs=ones, fallback_to_random_weights=True)
     rows = {r["stage"]: r for r in comp["stages"]}
@@ -49,19 +49,19 @@ def test_without_fallback_missing_weights_stop_the_pipeline(tiny_folders, tmp_pa
                                                             no_download):
     train_dir, val_dir = tiny_folders
     with pytest.raises(models.WeightsError, match="mobilenet_2_5_224_tf_no_top.h5"):
-        pipeline.run_pipeline(_base(train_dir, val_dir, tmp_path), str(tmp_path),
+        stages.run_pipeline(_base(train_dir, val_dir, tmp_path), str(tmp_path),
                               stages=("feature_extraction",), epochs={"feature_extraction": 1})
 
 
 def test_unknown_stage_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="--stages"):
-        pipeline.run_pipeline(C.baseline(), str(tmp_path), stages=("warmup",))
+        stages.run_pipeline(C.baseline(), str(tmp_path), stages=("warmup",))
 
 
 def test_stage_config_takes_presets_and_chains_fine_tuning(tmp_path):
     base = C.baseline()
-    fe = pipeline.stage_config(base, "feature_extraction", str(tmp_path))
-    ft = pipeline.stage_config(base, "fine_tuning", str(tmp_path), epochs={"fine_tuning": 3})
+    fe = stages.stage_config(base, "feature_extraction", str(tmp_path))
+    ft = stages.stage_config(base, "fine_tuning", str(tmp_path), epochs={"fine_tuning": 3})
     assert fe.model.augment and fe.train.learning_rate == C.feature_extraction().train.learning_rate
     assert ft.model.init_from == str(tmp_path / "feature_extraction")
     assert ft.train.epochs == 3 and ft.train.learning_rate == 1e-4

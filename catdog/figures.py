@@ -1,38 +1,129 @@
-"""Pictures of images: what augmentation does, the worst mistakes, the confusion matrix.
+"""Every figure catdog draws, from rows and pixels.
 
-matplotlib with the Agg backend (set by :mod:`catdog.plots`), so pictures
-are written on headless cluster nodes. Images shown are decoded and resized
-by :func:`catdog.data.decode_and_resize`: the pixels the model sees.
+Learning curves of a run and the comparison of stages (from history rows),
+what augmentation does to images, the worst mistakes (from prediction rows)
+and the confusion matrix. Figures import no trainer, predictor or
+evaluator: training, the four-stage job, evaluation and the scripts all
+draw with them.
+
+matplotlib with the Agg backend, so figures are written on headless cluster
+nodes without a display. Images shown are decoded and resized by
+:func:`catdog.data.decode_and_resize`: the pixels the model sees.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from typing import Optional, Sequence
 
 from absl import logging
+import matplotlib
 import numpy as np
 import tensorflow as tf
 
-from catdog import plots  # also selects the Agg backend before pyplot
-from catdog import predict as predict_lib
-from catdog.data import decode_and_resize
-import matplotlib.pyplot as plt  # noqa: E402
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (backend chosen first)
+
+from catdog import errors  # noqa: E402
+from catdog import fileio  # noqa: E402
+from catdog import image_paths  # noqa: E402
+from catdog.data import decode_and_resize  # noqa: E402
 
 #: Inches per image cell in the grids.
 _CELL = 2.0
 
+# ---------------------------------------------------------------------------
+# Curves of training runs.
+# ---------------------------------------------------------------------------
+
+
+def _epochs(rows):
+    return [int(r["epoch"]) + 1 for r in rows]
+
+
+def learning_curves(rows: list, path: str, title: str = "") -> str:
+    """Plots train/validation accuracy and loss per epoch into ``path``.
+
+    Args:
+      rows: history rows (dicts with ``epoch``, ``accuracy``, ``val_accuracy``,
+        ``loss``, ``val_loss``), as read from ``history.csv``.
+      path: PNG file to write.
+      title: figure title.
+
+    Returns:
+      ``path``.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = _epochs(rows)
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        for prefix, style in (("", "-o"), ("val_", "-s")):
+            key = prefix + metric
+            if rows and key in rows[0]:
+                ax.plot(epochs, [r[key] for r in rows], style, markersize=3,
+                        label="validation" if prefix else "train")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
+def comparison(histories: dict, path: str, title: str = "") -> str:
+    """Overlays train (dashed) and validation (solid) curves of several stages.
+
+    Args:
+      histories: ``{stage name: history rows}`` in display order.
+      path: PNG file to write.
+      title: figure title.
+
+    Returns:
+      ``path``.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        for i, (stage, rows) in enumerate(histories.items()):
+            if not rows:
+                continue
+            color = colors[i % len(colors)]
+            epochs = _epochs(rows)
+            if metric in rows[0]:
+                ax.plot(epochs, [r[metric] for r in rows], "--", color=color,
+                        alpha=0.6, label=f"{stage} train")
+            if "val_" + metric in rows[0]:
+                ax.plot(epochs, [r["val_" + metric] for r in rows], "-o",
+                        markersize=3, color=color, label=f"{stage} validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title or "catdog stages: train (dashed) vs validation (solid)")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
+def save_figure(fig, path: str) -> str:
+    """Writes ``fig`` as PNG via a temp file and rename (never half a file), closes it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        with fileio.atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Pictures of images.
+# ---------------------------------------------------------------------------
+
 
 def _load(path: str, image_size) -> np.ndarray:
     return decode_and_resize(tf.io.read_file(path), image_size).numpy()
-
-
-def _reason(error) -> str:
-    """First line of a TF error, without its graph-node prefix."""
-    message = getattr(error, "message", None) or str(error) or type(error).__name__
-    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message).strip()
-    return message.splitlines()[0] if message else type(error).__name__
 
 
 def _pick_images(image_paths_or_folder, n_images: int) -> list:
@@ -43,7 +134,7 @@ def _pick_images(image_paths_or_folder, n_images: int) -> list:
     """
     if isinstance(image_paths_or_folder, (str, os.PathLike)):
         image_paths_or_folder = [image_paths_or_folder]
-    entries = predict_lib.expand_paths(image_paths_or_folder)
+    entries = image_paths.expand_paths(image_paths_or_folder)
     problems = [f"{p}: {e}" for p, e in entries if e is not None]
     files = [p for p, e in entries if e is None]
     if not files:
@@ -120,7 +211,7 @@ def augmentation_grid(image_paths_or_folder, path: str, *, image_size=(160, 160)
             names.append(file)
         except tf.errors.OpError as e:
             logging.warning("Skipping %s: cannot decode (%s)", file,
-                            _reason(e))
+                            errors.first_line(e))
     if not images:
         raise ValueError(f"None of the images in {image_paths_or_folder!r} could "
                          "be decoded.")
@@ -144,7 +235,7 @@ def augmentation_grid(image_paths_or_folder, path: str, *, image_size=(160, 160)
     fig.suptitle(f"Training-time augmentation ({settings}); "
                  f"{image_size[0]}x{image_size[1]} pixels", fontsize=10)
     fig.tight_layout()
-    plots.save_figure(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -154,18 +245,19 @@ def _short(path: str, keep: int = 2) -> str:
     return "/".join(parts[-keep:])
 
 
-def worst_mistakes_grid(predictions_csv_or_rows, path: str, *, n: int = 16,
+def worst_mistakes_grid(rows, path: str, *, n: int = 16,
                         class_names: Optional[Sequence[str]] = None,
                         image_size=(160, 160)) -> str:
     """Shows the most confident mistakes with their true and predicted class.
 
     Args:
-      predictions_csv_or_rows: a ``predictions.csv`` written by
-        :func:`catdog.evaluate.evaluate`, or its rows (dicts with ``path``,
-        ``label``, ``predicted``, ``probability``, ``correct``; optionally
-        ``image``, uint8 pixels to show instead of reading ``path``).
-        Mistakes are shown in the order given: ``predictions.csv`` is
-        sorted most confident mistake first.
+      rows: prediction rows (dicts with ``path``, ``label``,
+        ``predicted``, ``probability``, ``correct``; optionally ``image``,
+        uint8 pixels to show instead of reading ``path``), as
+        :func:`catdog.evaluate.prediction_rows` makes them or
+        :func:`catdog.evaluate.read_predictions_csv` reads them back.
+        Mistakes are shown in the order given: those rows are sorted most
+        confident mistake first.
       path: PNG file to write. With no mistake, the picture says so.
       n: at most this many mistakes are shown (a square-ish grid).
       class_names: the model's classes. For a binary model, where the
@@ -177,17 +269,19 @@ def worst_mistakes_grid(predictions_csv_or_rows, path: str, *, n: int = 16,
     Returns:
       ``path``.
     """
-    rows = predictions_csv_or_rows
     if isinstance(rows, (str, os.PathLike)):
-        from catdog import evaluate  # the CSV reader lives with the writer
-        rows = evaluate.read_predictions_csv(os.fspath(rows))
+        raise TypeError(
+            "worst_mistakes_grid takes prediction rows; read a predictions.csv "
+            "with catdog.evaluate.read_predictions_csv first. Received: "
+            f"{os.fspath(rows)!r}")
+    rows = list(rows)
     mistakes = [r for r in rows if not _is_true(r["correct"])][:max(0, n)]
     if not mistakes:
         fig, ax = plt.subplots(figsize=(4, 1.5))
         ax.axis("off")
         ax.text(0.5, 0.5, f"No mistakes on {len(rows)} images", ha="center",
                 va="center", fontsize=12)
-        plots.save_figure(fig, path)
+        save_figure(fig, path)
         return path
     cols = int(np.ceil(np.sqrt(len(mistakes))))
     grid_rows = int(np.ceil(len(mistakes) / cols))
@@ -213,7 +307,7 @@ def worst_mistakes_grid(predictions_csv_or_rows, path: str, *, n: int = 16,
                      fontsize=8, color="darkred")
     fig.suptitle(f"Most confident mistakes ({len(mistakes)} shown)", fontsize=11)
     fig.tight_layout()
-    plots.save_figure(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -276,5 +370,5 @@ def confusion_matrix_image(matrix, class_names: Sequence[str], path: str,
     ax.set_ylabel("true class")
     ax.set_title(f"{title} ({int(matrix.sum())} images)")
     fig.tight_layout()
-    plots.save_figure(fig, path)
+    save_figure(fig, path)
     return path

@@ -17,7 +17,8 @@ from absl import logging
 from catdog import config as config_lib
 from catdog import fileio
 from catdog import models
-from catdog import plots
+from catdog import figures
+from catdog import rundir
 from catdog import train
 
 COMPARISON_MD = "comparison.md"
@@ -97,8 +98,8 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
                   "RANDOM initialisation and are marked as such.", flush=True)
             base.model.weights = config.model.weights = "none"
             result = train.run(config, weights_note=note)
-        histories[stage] = train.read_history(
-            os.path.join(config.train.model_dir, train.HISTORY_FILE))
+        histories[stage] = rundir.read_history(
+            os.path.join(config.train.model_dir, rundir.HISTORY_FILE))
         rows.append(_summary(stage, config, result.metrics, note))
     comparison = {"model_dir": model_dir, "seconds": round(time.time() - start, 1),
                   "stages": rows}
@@ -106,7 +107,7 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
     table = format_table(rows)
     fileio.write_text(os.path.join(model_dir, COMPARISON_MD),
                       "# catdog stage comparison\n\n" + table + "\n")
-    plots.comparison(histories, os.path.join(model_dir, COMPARISON_PNG))
+    figures.comparison(histories, os.path.join(model_dir, COMPARISON_PNG))
     print("\n" + table + f"\n\nResults: {model_dir}/{{{COMPARISON_MD},"
           f"{COMPARISON_JSON},{COMPARISON_PNG}}}", flush=True)
     return comparison

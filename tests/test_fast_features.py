@@ -10,7 +10,7 @@ import tensorflow as tf
 from conftest import SHARED
 
 from catdog import config as C
-from catdog import features
+from catdog import fast_features
 from catdog import models
 from catdog import train
 
@@ -30,7 +30,7 @@ def _transfer(pooling="avg", augment=False):
 @pytest.mark.parametrize("pooling", ["avg", "flatten"])
 def test_split_reproduces_the_full_model(pooling):
     model = _transfer(pooling, augment=True)
-    feature_model, head_model = features.split_transfer_model(model)
+    feature_model, head_model = fast_features.split_transfer_model(model)
     # Weightless layers after the backbone are computed once, with the features.
     assert feature_model.output_shape == (None, 256)  # 1x1x256 pooled or flattened
     assert [l.name for l in head_model.layers[1:]] == ["head_dropout", "predictions"]
@@ -42,7 +42,7 @@ def test_split_reproduces_the_full_model(pooling):
     eager = head_model(feature_model(images, training=False), training=False).numpy()
     np.testing.assert_allclose(eager, full, rtol=1e-5, atol=1e-6)
     ds = tf.data.Dataset.from_tensor_slices((images, np.zeros((5, 1), np.float32))).batch(2)
-    feats, labels = features.extract_features(feature_model, ds)
+    feats, labels = fast_features.extract_features(feature_model, ds)
     assert feats.dtype == np.float32 and feats.shape == (5, 256) and labels.shape == (5, 1)
     np.testing.assert_allclose(head_model(feats, training=False).numpy(), full,
                                rtol=1e-5, atol=1e-6)
@@ -53,7 +53,7 @@ def test_cached_features_are_what_the_head_sees_in_training():
     # path must feed the head the same features inside fit (EfficientNet has
     # Dropout in every block, which must stay off in the frozen backbone).
     model = models.build_transfer((32, 32), 2, "efficientnet_b0", weights="none")
-    feature_model, _ = features.split_transfer_model(model)
+    feature_model, _ = fast_features.split_transfer_model(model)
     in_training = keras.Model(model.inputs, model.get_layer("head_pool").output)
     images = np.random.RandomState(0).randint(0, 256, (3, 32, 32, 3)).astype(np.uint8)
     cached = feature_model(images, training=False).numpy()
@@ -63,18 +63,18 @@ def test_cached_features_are_what_the_head_sees_in_training():
 def test_extract_features_skips_empty_batches():
     # An empty batch (a user's pre-batched data, a filtered split) never
     # reaches the backbone: oneDNN on some CPUs cannot convolve zero images.
-    feature_model, _ = features.split_transfer_model(_transfer())
+    feature_model, _ = fast_features.split_transfer_model(_transfer())
     images = np.random.RandomState(0).randint(0, 256, (3, 32, 32, 3)).astype(np.uint8)
     labels = np.ones((3, 1), np.float32)
     empty = tf.data.Dataset.from_tensors((tf.zeros((0, 32, 32, 3), tf.uint8),
                                           tf.zeros((0, 1), tf.float32)))
     full = tf.data.Dataset.from_tensors((images, labels))
-    feats, got = features.extract_features(feature_model, empty.concatenate(full).concatenate(empty))
+    feats, got = fast_features.extract_features(feature_model, empty.concatenate(full).concatenate(empty))
     assert feats.shape == (3, 256) and got.shape == (3, 1)
     np.testing.assert_allclose(feats, feature_model(images, training=False).numpy(),
                                rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="No images"):
-        features.extract_features(feature_model, empty)
+        fast_features.extract_features(feature_model, empty)
 
 
 def test_fast_features_run_saves_the_full_model(tiny_folders, tmp_path, caplog):
@@ -93,7 +93,7 @@ def test_fast_features_run_saves_the_full_model(tiny_folders, tmp_path, caplog):
         result = train.run(config, progress=False)
     assert "UNAUGMENTED" in caplog.text  # the stage-3 preset has augmentation on
     model_dir = config.train.model_dir
-    report = json.load(open(os.path.join(model_dir, features.FEATURES_FILE)))
+    report = json.load(open(os.path.join(model_dir, fast_features.FEATURES_FILE)))
     assert report["train_examples"] == 32 and report["val_examples"] == 12
     assert report["feature_shape"] == [256] and len(report["epoch_seconds"]) == 3
     assert result.metrics["epochs_completed"] == 3
@@ -132,7 +132,7 @@ def test_other_stages_ignore_fast_features(tiny_folders, tmp_path):
     config.train.fast_features = True
     config.train.model_dir = str(tmp_path / "b")
     train.run(config, progress=False)
-    assert not os.path.exists(os.path.join(config.train.model_dir, features.FEATURES_FILE))
+    assert not os.path.exists(os.path.join(config.train.model_dir, fast_features.FEATURES_FILE))
 
 
 class _NonChief(tf.distribute.MultiWorkerMirroredStrategy):
@@ -171,7 +171,7 @@ def _fit_head(model_dir, strategy=None):
     config.data.batch_size = 8
     config.train.epochs, config.train.verbose = 1, 0
     config.train.model_dir = str(model_dir)
-    return features.fit_head_on_features(model, ds, ds, config, 2, strategy=strategy)
+    return fast_features.fit_head_on_features(model, ds, ds, config, 2, strategy=strategy)
 
 
 def test_only_the_chief_writes_the_report(tmp_path):
@@ -183,19 +183,19 @@ def test_only_the_chief_writes_the_report(tmp_path):
     chief_dir = tmp_path / "chief"
     chief_dir.mkdir()
     report = _fit_head(chief_dir)
-    assert os.listdir(chief_dir) == [features.FEATURES_FILE]
-    assert json.loads((chief_dir / features.FEATURES_FILE).read_text()) == report
+    assert os.listdir(chief_dir) == [fast_features.FEATURES_FILE]
+    assert json.loads((chief_dir / fast_features.FEATURES_FILE).read_text()) == report
 
 
 def test_report_write_is_atomic(tmp_path, monkeypatch):
-    path = tmp_path / features.FEATURES_FILE
+    path = tmp_path / fast_features.FEATURES_FILE
     path.write_text('{"feature_seconds": 1.0}\n')
     real_replace = os.replace
 
     def fail_to_publish(src, dst, *args, **kwargs):
         # The new report is fully written to a temporary file; publishing it
         # fails (as a full disk or a vanished folder would).
-        if os.path.basename(dst) == features.FEATURES_FILE:
+        if os.path.basename(dst) == fast_features.FEATURES_FILE:
             raise OSError(28, "No space left on device")
         return real_replace(src, dst, *args, **kwargs)
 
@@ -204,4 +204,4 @@ def test_report_write_is_atomic(tmp_path, monkeypatch):
         _fit_head(tmp_path)
     # Readers still see the previous complete file, and no temporary is left.
     assert path.read_text() == '{"feature_seconds": 1.0}\n'
-    assert os.listdir(tmp_path) == [features.FEATURES_FILE]
+    assert os.listdir(tmp_path) == [fast_features.FEATURES_FILE]

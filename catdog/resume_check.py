@@ -1,0 +1,94 @@
+"""The resume check: a backup in model_dir is resumed only by the same training.
+
+Every commit of the backup records a fingerprint of the run: the settings
+of :data:`catdog.config.RESUME_SETTINGS` the stage uses, the resolved dtype
+policy, a digest of the split and its sizes. A rerun whose fingerprint
+differs is refused (ValueError) before anything is written or trained,
+with what changed; every worker of a multi-worker job decides the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Optional
+
+from absl import logging
+
+from catdog import callbacks as callbacks_lib
+from catdog import config as config_lib
+from catdog import data as data_lib
+from catdog import distribute
+from catdog import fileio
+from catdog import rundir
+
+
+def resume_problem(model_dir: str, fingerprint: dict, split: dict) -> Optional[str]:
+    """Why ``model_dir/backup`` cannot be resumed by this run, or None if it can."""
+    backup_dir = os.path.join(model_dir, rundir.BACKUP_DIR)
+    metadata = callbacks_lib.read_backup_metadata(backup_dir)
+    if metadata is None:
+        return None
+    old = metadata.get("fingerprint")
+    if not isinstance(old, dict):
+        logging.warning("%s was written without a record of its settings and split; "
+                        "resuming it unchecked.", backup_dir)
+        return None
+    changes = []
+    before, now = old.get("settings", {}), fingerprint["settings"]
+    for key in sorted(set(before) & set(now)):
+        if before[key] != now[key]:
+            changes.append(f"{key} {json.dumps(before[key])} -> {json.dumps(now[key])}")
+    if old.get("split_digest") != fingerprint["split_digest"]:
+        previous = fileio.read_json(os.path.join(model_dir, rundir.SPLIT_FILE))
+        if previous and data_lib.split_digest(previous) == old.get("split_digest"):
+            what = data_lib.describe_split_change(previous, split)
+        else:
+            sizes = old.get("split_sizes", {})
+            what = (f"training {sizes.get('train')} -> {len(split['train'])}, "
+                    f"validation {sizes.get('val')} -> {len(split['val'])} inputs")
+        changes.append(f"the data: {what}")
+    if not changes:
+        return None
+    epochs = int(metadata.get("epoch", 0))
+    earlier = os.path.join(model_dir, rundir.FLAGS_FILE)
+    earlier = f" (--flagfile={earlier})" if os.path.isfile(earlier) else ""
+    return (f"{model_dir} holds a backup of {epochs} epoch(s) trained with other settings "
+            f"or data, and resuming it would mix two trainings. Changed since: "
+            f"{'; '.join(changes)}. Either pass a new --model_dir for this run, or "
+            f"delete {backup_dir}/ to train from scratch in this model_dir; rerunning "
+            f"the earlier command{earlier} resumes the earlier run.")
+
+
+def check_resume(config, split: dict, policy: str, strategy):
+    """Refuses (ValueError) to resume a backup of another training.
+
+    Returns:
+      ``(fingerprint, resuming)``: what the backup records for this run, and
+      whether a backup exists to resume from.
+
+    Every worker of a multi-worker job decides the same: one that finds a
+    mismatch stops them all.
+    """
+    settings = config_lib.resume_settings(config)
+    settings["dtype_policy"] = policy
+    fingerprint = {
+        "settings": settings,
+        "settings_digest": hashlib.sha256(
+            json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest(),
+        "split_digest": data_lib.split_digest(split),
+        "split_sizes": {"train": len(split["train"]), "val": len(split["val"])},
+    }
+    try:
+        problem = resume_problem(config.train.model_dir, fingerprint, split)
+    except ValueError as e:  # a corrupt backup: still agree before stopping
+        problem = str(e)
+    if distribute.any_worker(strategy, problem is not None) and problem is None:
+        problem = ("another worker of this job found that the backup in "
+                   f"{config.train.model_dir} belongs to another training (its log "
+                   "says what changed); stopping before training.")
+    if problem:
+        raise ValueError(problem)
+    backup_dir = os.path.join(config.train.model_dir, rundir.BACKUP_DIR)
+    return fingerprint, callbacks_lib.read_backup_metadata(backup_dir) is not None

@@ -1,0 +1,262 @@
+"""Multi-worker jobs: stop within a bounded time when another worker is gone.
+
+TensorFlow notices a dead worker only inside collective ops, and ends the
+job with exit code 1 and a raw ``UnavailableError``; a worker busy in a
+phase of its own carries on until its next collective. :class:`WorkerWatchdog`
+turns a lost worker into a :class:`catdog.errors.WorkerLostError` naming it
+(exit code 75: rerun every worker to resume), whatever this worker was
+doing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import threading
+import time
+
+import keras
+import tensorflow as tf
+
+from catdog import config as config_lib
+from catdog import distribute
+from catdog.errors import EXIT_PREEMPTED, WorkerLostError, first_line
+
+_log = logging.getLogger(__name__)
+
+def _check_peer(device: str, timeout_seconds: float) -> None:
+    """Raises a ``tf.errors.OpError`` unless task ``device`` answers in time."""
+    from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import,import-outside-toplevel
+    context.context().check_collective_ops_peer_health(
+        device, timeout_in_ms=max(1, int(timeout_seconds * 1000)))
+
+
+def _abort_collectives(message: str) -> None:
+    """Makes every pending and future collective op of this process fail."""
+    from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import,import-outside-toplevel
+    context.context().abort_collective_ops(tf.errors.UNAVAILABLE, message)
+
+
+def _hard_exit(code: int) -> None:
+    os._exit(code)  # pylint: disable=protected-access
+
+
+# What a health check of a task that is gone raises: unreachable, no answer
+# in time, or a restarted process (another incarnation).
+_PEER_DOWN = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+              tf.errors.FailedPreconditionError)
+# What a collective op raises when a worker of the job is gone.
+_COLLECTIVE_LOST = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)
+
+
+class WorkerWatchdog(keras.callbacks.Callback):
+    """Stops this worker within a bounded time when another worker is gone.
+
+    TensorFlow 2.21 notices a dead worker only inside collective ops: its
+    coordination service (10 s heartbeats) aborts them, and a worker whose
+    peer closed its sockets fails at once. A worker busy with a phase of its
+    own (the file check, fast-feature extraction, a slow save) carries on
+    until its next collective; the error then is a raw ``UnavailableError``
+    that ends the job with exit code 1. Per-collective timeouts
+    (``CommunicationOptions(timeout_seconds=...)``) are no cure: they also
+    fire when one worker merely waits for a slower one.
+
+    The watchdog thread asks every other task's TensorFlow server whether it
+    is alive (the peer health check MultiWorkerMirroredStrategy used before
+    the coordination service). The peer's server threads answer, so a peer
+    that is busy in Python (tracing, validating, saving) still answers: this
+    checks liveness, not progress. A peer that has not answered for
+    ``timeout_seconds`` is gone: the watchdog logs which one, aborts this
+    process's collective ops (a main thread waiting in one raises at once)
+    and, if the process still runs ``grace_seconds`` later (stuck in a phase
+    with no collective), ends it with exit code ``EXIT_PREEMPTED``.
+
+    As a context manager it turns the collective errors a lost worker causes
+    (``UnavailableError``, ``DeadlineExceededError``, raised after the abort
+    or by TensorFlow's own detection) into a ``WorkerLostError`` that names
+    the workers that do not answer; the process then has ``grace_seconds`` to
+    end by itself (its collectives cannot run again) before the watchdog
+    ends it with ``EXIT_PREEMPTED``. As a Keras callback it stops watching
+    when ``fit`` ends: after the last collective, a worker that finishes
+    first and exits is not a lost one. Outside multi-worker jobs it does
+    nothing::
+
+        watchdog = WorkerWatchdog(strategy, timeout_seconds).start()
+        ...                     # e.g. the file check
+        with watchdog:
+            model.fit(..., callbacks=[watchdog, ...])
+
+    Args:
+      strategy: the job's strategy.
+      timeout_seconds: how long another worker may not answer before it is
+        gone (``--worker_timeout_seconds``).
+      grace_seconds: how long after that the process may take to stop by
+        itself before the watchdog ends it.
+
+    Attributes:
+      lost: names of the workers the watchdog declared gone.
+    """
+
+    CHECK_INTERVAL_SECONDS = 5.0
+
+    def __init__(self, strategy,
+                 timeout_seconds: float = config_lib.TrainConfig.worker_timeout_seconds,
+                 grace_seconds: float = 30.0):
+        super().__init__()
+        for name, value in (("--worker_timeout_seconds", timeout_seconds),
+                            ("grace_seconds", grace_seconds)):
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value <= 0):
+                raise ValueError(f"`{name}` must be a positive number of "
+                                 f"seconds. Received: {name.lstrip('-')}={value!r}")
+        self.strategy = strategy
+        self.timeout_seconds = float(timeout_seconds)
+        self.grace_seconds = float(grace_seconds)
+        self.interval = min(self.CHECK_INTERVAL_SECONDS, self.timeout_seconds / 4)
+        self.lost = []
+        self._message = None
+        self._stopped = threading.Event()
+        self._thread = None
+        self._peers = self._other_tasks(strategy)
+
+    @staticmethod
+    def _other_tasks(strategy):
+        """``(name, address, device)`` of every other task of the job."""
+        if strategy is None or not distribute.is_multi_worker(strategy):
+            return []
+        resolver = strategy.cluster_resolver
+        spec = resolver.cluster_spec()
+        peers = []
+        for job in ("chief", "worker"):
+            if job not in spec.jobs:
+                continue
+            for index in spec.task_indices(job):
+                if (job, index) == (resolver.task_type, resolver.task_id):
+                    continue
+                peers.append((f"{job}-{index}", spec.task_address(job, index),
+                              f"/job:{job}/replica:0/task:{index}"))
+        return peers
+
+    @property
+    def watching(self) -> bool:
+        """Whether the watchdog thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> "WorkerWatchdog":
+        """Starts watching the other workers (idempotent); returns self."""
+        if self._peers and self._thread is None and not self._stopped.is_set():
+            self._thread = threading.Thread(target=self._watch, daemon=True,
+                                            name="catdog-worker-watchdog")
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stops watching (a worker declared gone still ends the process)."""
+        self._stopped.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self.interval + max(self.interval, 1.0) + 1)
+
+    def _watch(self):
+        # A peer is gone once its checks have failed for timeout_seconds in a
+        # row; counting from the first failure (not the last answer) means a
+        # watchdog thread that could not run for a while (this process busy)
+        # never declares a peer gone on a single failed check.
+        failing_since, last_error = {}, {}
+        check_timeout = max(self.interval, 1.0)
+        while not self._stopped.wait(self.interval):
+            gone = []
+            for peer in self._peers:
+                if self._stopped.is_set():
+                    return
+                try:
+                    _check_peer(peer[2], check_timeout)
+                    failing_since.pop(peer, None)
+                    continue
+                except _PEER_DOWN as e:
+                    last_error[peer] = e
+                    failing_since.setdefault(peer, time.monotonic())
+                except Exception as e:  # pylint: disable=broad-except
+                    # Never end a healthy job because the check itself broke.
+                    _log.warning("Cannot check on %s (%s); not watching the "
+                                 "other workers.", peer[0], e)
+                    return
+                if time.monotonic() - failing_since[peer] >= self.timeout_seconds:
+                    gone.append(peer)
+            if gone and not self._stopped.is_set():
+                self._declare_gone(gone, last_error)
+                return
+
+    def _declare_gone(self, gone, last_error):
+        self.lost = [name for name, _, _ in gone]
+        who = ", ".join(f"{name} ({address})" for name, address, _ in gone)
+        reasons = "; ".join(first_line(last_error[p]) for p in gone
+                            if p in last_error)
+        self._message = (
+            f"{who} of this multi-worker job {'is' if len(gone) == 1 else 'are'} "
+            f"gone: no answer for {self.timeout_seconds:g} s or more "
+            f"(--worker_timeout_seconds={self.timeout_seconds:g}; {reasons}). "
+            f"This worker stops with exit code {EXIT_PREEMPTED}: rerun every "
+            "worker of the job to resume from the last completed epoch.")
+        _log.error("%s", self._message)
+        try:
+            _abort_collectives(self._message)
+        except Exception as e:  # pylint: disable=broad-except
+            _log.warning("Could not abort collective ops: %s", e)
+        # A main thread inside a collective raises now and exits by itself;
+        # one in a phase of its own cannot be interrupted.
+        self._exit_after_grace(self._message)
+
+    def _exit_after_grace(self, message: str) -> None:
+        """Ends the process with ``EXIT_PREEMPTED`` in ``grace_seconds``.
+
+        Once a worker is gone this process's collectives are aborted for good
+        (TensorFlow: "restart your program"), so it must end; this bounds how
+        long its own shutdown may take.
+        """
+        time.sleep(self.grace_seconds)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        _hard_exit(EXIT_PREEMPTED)
+
+    def _lost_error(self, cause: BaseException) -> WorkerLostError:
+        if self._message:
+            return WorkerLostError(self._message, self.lost)
+        gone = []
+        for peer in self._peers:
+            try:
+                _check_peer(peer[2], 2.0)
+            except _PEER_DOWN as e:
+                gone.append((peer, e))
+            except Exception:  # pylint: disable=broad-except
+                pass
+        rerun = (f"This worker stops with exit code {EXIT_PREEMPTED}: rerun "
+                 "every worker of the job to resume from the last completed "
+                 "epoch.")
+        if not gone:
+            return WorkerLostError(
+                "Lost contact with the other workers of this multi-worker job "
+                f"({first_line(cause)}). {rerun}")
+        who = ", ".join(f"{name} ({address})" for (name, address, _), _ in gone)
+        reasons = "; ".join(first_line(e) for _, e in gone)
+        return WorkerLostError(
+            f"{who} of this multi-worker job {'is' if len(gone) == 1 else 'are'} "
+            f"gone: no answer ({reasons}); TensorFlow: {first_line(cause)}. "
+            f"{rerun}", [p[0] for p, _ in gone])
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb):
+        self.stop()
+        if self._peers and isinstance(exc, _COLLECTIVE_LOST):
+            error = self._lost_error(exc)
+            if not self._message:  # else the watchdog thread is already on it
+                threading.Thread(target=self._exit_after_grace, args=(str(error),),
+                                 daemon=True, name="catdog-worker-exit").start()
+            raise error from exc
+        return False
+
+    def on_train_end(self, logs=None):
+        self.stop()
