@@ -8,6 +8,10 @@ Stage presets are plain functions (:func:`baseline`, :func:`augmented`,
 :func:`feature_extraction`, :func:`fine_tuning`); :func:`for_stage` picks one
 by name. A stage has the same name in its script, its preset, its model dir
 and its report.
+
+Every field is declared once with :func:`catdog.options.option`: its default
+and help, which are also its command-line flag (``catdog.cli``) and its entry
+in the section's docstring.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import dataclasses
 import json
 import math
 from typing import Any, Optional, Sequence
+
+from catdog.options import document_options, option
 
 STAGES = ("baseline", "augmented", "feature_extraction", "fine_tuning")
 CACHE_CHOICES = ("memory", "none")  # or a file path prefix
@@ -26,123 +32,197 @@ JIT_CHOICES = ("auto", "true", "false")
 DEFAULT_MAX_PIXELS = 89_478_485  # ~90 MP, as Pillow's decompression-bomb limit.
 
 
+def _fail(flag: str, value: Any, expected: str) -> None:
+    raise ValueError(f"`--{flag}` {expected}. Received: {flag}={value!r}")
+
+
+def parse_image_size(value: Sequence) -> tuple:
+    """Parses ``"160"``, ``"160,128"``, ``[160]`` or ``(160, 128)`` into (h, w)."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
+    elif isinstance(value, int):
+        parts = [value]
+    else:
+        parts = list(value)
+    try:
+        ints = [int(p) for p in parts]
+    except (TypeError, ValueError):
+        _fail("image_size", value, "must be one or two integers (height,width)")
+    if len(ints) == 1:
+        ints = ints * 2
+    if len(ints) != 2:
+        _fail("image_size", value, "must be one or two integers (height,width)")
+    return tuple(ints)
+
+
+def _size_text(size: Sequence) -> str:
+    return ",".join(str(s) for s in size)
+
+
+def _names_tuple(names: Optional[Sequence]) -> Optional[tuple]:
+    return tuple(names) if names else None
+
+
+def _names_list(names: Optional[Sequence]) -> Optional[list]:
+    return list(names) if names else None
+
+
+# --------------------------------------------------------------------------
+# The three sections of a run's Config. Options with flag_default=None have
+# flags that stay unset (None) until given: the stage preset's value stays.
+# --------------------------------------------------------------------------
+
+@document_options
 @dataclasses.dataclass
 class DataConfig:
-    """Where images come from and how they are batched.
+    """Where images come from and how they are batched."""
 
-    Attributes:
-      train_dir: folder with one subfolder per class (nested subfolders count).
-      val_dir: validation folder with the same class subfolders; when empty,
-        ``validation_split`` of ``train_dir`` is held out instead.
-      validation_split: fraction of each class of ``train_dir`` held out for
-        validation when no ``val_dir`` is given (0 < split < 1; see
-        :func:`catdog.data.split_files`); ignored with ``val_dir``.
-      class_names: explicit class order; default alphanumeric folder order.
-      image_size: ``(height, width)`` every image is resized to.
-      batch_size: GLOBAL batch size (summed over all replicas).
-      cache: ``"memory"``, ``"none"`` or a file path prefix for an on-disk cache.
-      seed: seed for the split, the shuffling and the model initialisation.
-      shuffle_buffer: shuffle buffer in decoded examples; 0 means the whole
-        split with ``cache="memory"``, else ``catdog.data.STREAM_SHUFFLE_BUFFER``
-        (memory bounded by the buffer, not the split).
-      max_pixels: images whose header says more pixels are skipped (bomb guard).
-      deterministic: same batches in the same order on every run (slower).
-      train_tfrecords, val_tfrecords: file patterns of TFRecord shards written
-        by ``scripts/build_tfrecords.py`` (instead of ``train_dir``).
-      tfds_name: a TFDS image-classification dataset (instead of ``train_dir``).
-      tfds_data_dir: TFDS data dir (default: TFDS' own, ``~/tensorflow_datasets``).
-      train_split, val_split: TFDS split strings.
-      dct_scaling: training split only: decode large JPEGs at 1/2, 1/4 or 1/8
-        scale in the DCT domain (faster; pixels differ slightly from the exact
-        decode that validation, evaluation, prediction and export use).
-    """
-
-    train_dir: str = ""
-    val_dir: str = ""
-    validation_split: float = 0.2
-    class_names: Optional[tuple] = None
-    image_size: tuple = (160, 160)
-    batch_size: int = 32
-    cache: str = "memory"
-    seed: int = 1337
-    shuffle_buffer: int = 0
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    deterministic: bool = False
+    train_dir: str = option(
+        "", "Folder with one subfolder of images per class (e.g. "
+        "training_set/ with cats/ and dogs/). Nested subfolders "
+        "count for their top-level class.", flag_default=None)
+    val_dir: str = option(
+        "", "Validation folder with the same class subfolders. When "
+        "unset, --validation_split of --train_dir is held out.", flag_default=None)
+    validation_split: float = option(
+        0.2, "Fraction of each class of --train_dir held out for validation "
+        "when no --val_dir is given (chosen by --seed; adding or removing "
+        "a file moves at most one other file between the splits).")
+    class_names: Optional[tuple] = option(
+        None, "Class subfolder names in label order (default: all "
+        "subfolders, alphanumeric order).", kind="list",
+        to_field=_names_tuple, to_flag=_names_list)
+    image_size: tuple = option(
+        (160, 160), "Image size after resizing: 'SIZE' or 'HEIGHT,WIDTH'.", kind="string",
+        to_field=parse_image_size, to_flag=_size_text)
+    batch_size: int = option(
+        32, "GLOBAL batch size, summed over all replicas (GPUs); must "
+        "divide evenly by the number of replicas. The learning "
+        "rate is never rescaled for you.")
+    cache: str = option(
+        "memory", "Cache of decoded uint8 images: 'memory' (the whole split in "
+        "RAM), 'none' (decode every epoch), or a folder for cache "
+        "files (for data larger than memory).")
+    seed: int = option(
+        1337, "Seed for the validation split, shuffling, augmentation "
+        "and initialisation.")
+    shuffle_buffer: int = option(
+        0, "Shuffle buffer in decoded images. 0: the whole split with "
+        "--cache=memory; otherwise 1024 images, so memory does not "
+        "grow with the split (--cache=none shuffles the file list "
+        "before decoding; a file cache is read in chunks in a new "
+        "order every epoch).")
+    max_pixels: int = option(
+        DEFAULT_MAX_PIXELS, "Images whose header declares more pixels are skipped "
+        "(decompression-bomb guard).")
+    deterministic: bool = option(
+        False, "Same batches in the same order on every run with the same "
+        "--seed (slower); the default favours speed.")
     # Input sources other than a folder (catdog.tfrecords, catdog.tfds_source).
-    train_tfrecords: str = ""
-    val_tfrecords: str = ""
-    tfds_name: str = ""
-    tfds_data_dir: str = ""
-    train_split: str = "train[:80%]"
-    val_split: str = "train[80%:]"
-    dct_scaling: bool = False
+    train_tfrecords: str = option(
+        "", "Glob of training TFRecord shards written by "
+        "scripts/build_tfrecords.py (e.g. 'shards/train-*.tfrecord'); "
+        "class names come from the manifest.json next to them. "
+        "Instead of --train_dir; needs --val_tfrecords.", flag_default=None)
+    val_tfrecords: str = option(
+        "", "Glob of validation TFRecord shards (with --train_tfrecords).",
+        flag_default=None)
+    tfds_name: str = option(
+        "", "TensorFlow Datasets image-classification dataset (e.g. "
+        "cats_vs_dogs) instead of --train_dir.", flag_default=None)
+    tfds_data_dir: str = option(
+        "", "TFDS data dir holding the prepared dataset (default: TFDS' "
+        "own, ~/tensorflow_datasets). Without network, run `tfds build "
+        "NAME --data_dir=DIR` elsewhere and copy DIR here.", flag_default=None)
+    train_split: str = option(
+        "train[:80%]", "TFDS split for training (with --tfds_name).")
+    val_split: str = option(
+        "train[80%:]", "TFDS split for validation (with --tfds_name).")
+    dct_scaling: bool = option(
+        False, "Training split only: decode JPEGs at least 2x/4x/8x the image "
+        "size on both sides at 1/2, 1/4 or 1/8 scale in the DCT domain "
+        "(faster decode; pixels differ slightly from the exact decode "
+        "that validation, evaluation, prediction and export use).")
 
 
+@document_options
 @dataclasses.dataclass
 class ModelConfig:
-    """Which network a stage trains.
+    """Which network a stage trains."""
 
-    Attributes:
-      stage: one of :data:`STAGES`.
-      backbone: name in ``catdog.models.BACKBONES`` (stages 3 and 4).
-      backbone_alpha: width multiplier of the MobileNets.
-      weights: ``"imagenet"``, ``"none"`` or a path to a weights file.
-      head: ``"avg"``/``"max"`` global pooling or ``"flatten"`` before the head.
-      dropout: dropout rate before the last Dense layer.
-      augment: put the augmentation block in front of the network.
-      flip, rotation, zoom: augmentation strengths (``RandomFlip`` mode,
-        ``RandomRotation`` and ``RandomZoom`` factors).
-      fine_tune_layers: how many top backbone layers fine-tuning unfreezes;
-        0 means the backbone's documented default.
-      init_from: model dir of a finished stage to start from (fine-tuning).
-    """
+    stage: str = option(
+        "baseline", "The stage, one of STAGES; set by the stage preset (each "
+        "script trains its own stage).", flag=False)
+    backbone: str = option(
+        "vgg16", "ImageNet backbone for feature_extraction / fine_tuning: "
+        "vgg16, vgg19, resnet50, mobilenet, mobilenet_v2, "
+        "efficientnet_b0.")
+    backbone_alpha: float = option(
+        1.0, "Width multiplier of mobilenet / mobilenet_v2 (e.g. 0.25).")
+    weights: str = option(
+        "imagenet", "Backbone weights: 'imagenet' (Keras download, cached in "
+        "~/.keras/models), 'none' (random init) or a .h5 file path.")
+    head: str = option(
+        "avg", "How backbone features reach the new head: global 'avg' or "
+        "'max' pooling, or 'flatten'.", choices=HEADS)
+    dropout: float = option(0.5, "Dropout rate before the last layer.")
+    augment: bool = option(
+        False, "Put the augmentation block in front of the network (set by "
+        "the stage preset).", flag=False)
+    flip: str = option(
+        "horizontal", "Augmentation: RandomFlip mode ('horizontal', 'vertical', "
+        "'horizontal_and_vertical' or 'none').", flag=False)
+    rotation: float = option(
+        0.1, "Augmentation: RandomRotation factor (a fraction of a full turn).",
+        flag=False)
+    zoom: float = option(0.2, "Augmentation: RandomZoom factor.", flag=False)
+    fine_tune_layers: int = option(
+        0, "Top backbone layers fine_tuning unfreezes; 0: the "
+        "backbone's top block (vgg16: block5, its last 4 layers).")
+    init_from: str = option(
+        "", "fine_tuning: model_dir of the finished feature_extraction "
+        "run to start from. Its split (split.json) is used, and data "
+        "flags not given take that run's values.", flag_default=None)
 
-    stage: str = "baseline"
-    backbone: str = "vgg16"
-    backbone_alpha: float = 1.0
-    weights: str = "imagenet"
-    head: str = "avg"
-    dropout: float = 0.5
-    augment: bool = False
-    flip: str = "horizontal"
-    rotation: float = 0.1
-    zoom: float = 0.2
-    fine_tune_layers: int = 0
-    init_from: str = ""
 
-
+@document_options
 @dataclasses.dataclass
 class TrainConfig:
-    """How a stage is trained and where its results go.
+    """How a stage is trained and where its results go."""
 
-    Attributes:
-      model_dir: every artifact of the run is written here.
-      epochs: number of epochs.
-      learning_rate: Adam learning rate (not rescaled by the number of replicas).
-      mixed_precision: ``auto`` (mixed_float16 on GPUs, float32 on CPUs) or a
-        Keras dtype policy name.
-      strategy: distribution strategy name.
-      tpu: TPU address for ``strategy="tpu"``.
-      jit_compile: XLA: ``auto``, ``true`` or ``false``.
-      verbose: Keras progress output (0 silent, 1 bar, 2 one line per epoch).
-      fast_features: feature_extraction only: run the frozen backbone once
-        over the data and train the head on the cached features (no
-        augmentation while the head trains; see :mod:`catdog.features`).
-      worker_timeout_seconds: multi-worker jobs: how long another worker may
-        not answer before it counts as gone and this worker stops with exit
-        code 75 (see :class:`catdog.watchdog.WorkerWatchdog`).
-    """
-
-    model_dir: str = ""
-    epochs: int = 10
-    learning_rate: float = 1e-3
-    mixed_precision: str = "auto"
-    strategy: str = "auto"
-    tpu: str = ""
-    jit_compile: str = "auto"
-    verbose: int = 2
-    fast_features: bool = False
-    worker_timeout_seconds: float = 120.0
+    model_dir: str = option(
+        "", "Folder for every result of the run (created if missing).", flag_default=None)
+    epochs: int = option(
+        10, "Epochs to train (default: the stage preset: baseline 30, "
+        "augmented 50, feature_extraction 20, fine_tuning 20).", flag_default=None)
+    learning_rate: float = option(
+        1e-3, "Adam learning rate (default: the stage preset: 1e-3, 1e-3, "
+        "5e-3, 1e-4).", flag_default=None)
+    mixed_precision: str = option(
+        "auto", "Dtype policy: 'auto' is mixed_float16 on GPUs, mixed_bfloat16 "
+        "on TPUs, float32 on CPUs.", choices=PRECISIONS)
+    strategy: str = option(
+        "auto", "tf.distribute strategy: 'auto' mirrors over several local "
+        "GPUs, else the default strategy.", choices=STRATEGIES)
+    tpu: str = option("", "TPU address for --strategy=tpu.")
+    jit_compile: str = option(
+        "auto", "XLA compilation of the training step.", choices=JIT_CHOICES)
+    verbose: int = option(
+        2, "Keras progress output: 0 silent, 1 progress bar, 2 one "
+        "line per epoch (best for batch-job logs).")
+    # Only stage 3 has a frozen backbone to extract features with; run_pipeline
+    # shares one config across stages, so the other stages ignore it.
+    fast_features: bool = option(
+        False, "feature_extraction: run the frozen backbone once over the "
+        "data and train the head on the cached features (many times "
+        "faster per epoch). The head then trains WITHOUT augmentation "
+        "(a warning says so); the saved model.keras is still the full "
+        "model, augmentation block included for fine-tuning.")
+    worker_timeout_seconds: float = option(
+        120.0, "--strategy=multi_worker: seconds another worker may not "
+        "answer before it counts as gone; this worker then stops "
+        "with exit code 75 (rerun every worker to resume). A "
+        "worker busy in a slow phase still answers.")
 
 
 @dataclasses.dataclass
@@ -184,10 +264,6 @@ class Config:
     def validate(self) -> None:
         """Checks every value a user can set; raises ValueError naming it."""
         validate(self)
-
-
-def _fail(flag: str, value: Any, expected: str) -> None:
-    raise ValueError(f"`--{flag}` {expected}. Received: {flag}={value!r}")
 
 
 def validate(config: Config) -> None:
@@ -397,21 +473,3 @@ def quick(config: Config) -> Config:
     config.train = dataclasses.replace(config.train, epochs=2)
     return config
 
-
-def parse_image_size(value: Sequence) -> tuple:
-    """Parses ``"160"``, ``"160,128"``, ``[160]`` or ``(160, 128)`` into (h, w)."""
-    if isinstance(value, str):
-        parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
-    elif isinstance(value, int):
-        parts = [value]
-    else:
-        parts = list(value)
-    try:
-        ints = [int(p) for p in parts]
-    except (TypeError, ValueError):
-        _fail("image_size", value, "must be one or two integers (height,width)")
-    if len(ints) == 1:
-        ints = ints * 2
-    if len(ints) != 2:
-        _fail("image_size", value, "must be one or two integers (height,width)")
-    return tuple(ints)

@@ -108,3 +108,98 @@ def test_worker_timeout_flag(fv):
     assert cli.config_from_flags("baseline", fv).train.worker_timeout_seconds == default
     fv(["prog", "--worker_timeout_seconds=30"])
     assert cli.config_from_flags("augmented", fv).train.worker_timeout_seconds == 30
+
+
+def _other_value(spec):
+    """A command-line value of ``spec``'s flag that differs from its default."""
+    if spec.kind == "boolean":
+        return "false" if spec.flag_default else "true"
+    if spec.kind == "enum":
+        return next(c for c in spec.choices if c != spec.flag_default)
+    if spec.kind == "list":
+        return "zebras,ants"
+    if spec.kind == "integer":
+        return str((spec.flag_default or 0) + 3)
+    if spec.kind == "float":
+        return str((spec.flag_default or 0.0) + 0.125)
+    return "48,40" if spec.flag == "image_size" else f"/some/{spec.flag}"
+
+
+def test_every_option_has_its_flag_and_every_flag_reaches_its_field(fv):
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    from catdog import config as config_lib  # pylint: disable=import-outside-toplevel
+    from catdog import options  # pylint: disable=import-outside-toplevel
+    specs = options.flag_specs(config_lib.Config())
+    ours = {name for name in fv if fv.find_module_defining_flag(name, "") == "catdog.cli"}
+    assert ours == {s.flag for s in specs}
+    # A field without a flag says so (option(flag=False)); a plain field fails here.
+    flagged = {(s.section, s.field) for s in specs}
+    for section in dataclasses.fields(config_lib.Config):
+        for field in dataclasses.fields(getattr(config_lib.Config(), section.name)):
+            assert (section.name, field.name) in flagged or options.option_help(field), (
+                f"{section.name}.{field.name} has no flag and no option() saying why")
+    untouched = cli.config_from_flags("baseline", fv).to_dict()
+    for spec in specs:
+        fv.unparse_flags()
+        fv(["prog", f"--{spec.flag}={_other_value(spec)}"])
+        config = cli.config_from_flags("baseline", fv)
+        value = getattr(getattr(config, spec.section), spec.field)
+        assert value == spec.to_field(fv[spec.flag].value), spec.flag
+        changed = {(section, key) for section, fields in config.to_dict().items()
+                   for key, v in fields.items() if untouched[section][key] != v}
+        assert changed == {(spec.section, spec.field)}, spec.flag
+
+
+def test_flags_keep_the_kinds_and_defaults_users_see(fv):
+    from catdog import config as config_lib  # pylint: disable=import-outside-toplevel
+    kinds = {name: fv[name].flag_type() for name in fv}
+    assert kinds["image_size"] == "string" and fv["image_size"].default == "160,160"
+    assert kinds["class_names"] == "comma separated list of strings"
+    assert fv["class_names"].default is None
+    assert (kinds["epochs"], kinds["learning_rate"]) == ("int", "float")
+    assert fv["epochs"].default is None and fv["learning_rate"].default is None
+    for name in ("train_dir", "val_dir", "train_tfrecords", "val_tfrecords", "tfds_name",
+                 "tfds_data_dir", "init_from", "model_dir"):
+        assert kinds[name] == "string" and fv[name].default is None, name
+    assert fv["tpu"].default == ""
+    assert kinds["deterministic"] == "bool" and fv["deterministic"].default is False
+    assert fv["head"].parser.enum_values == list(config_lib.HEADS)
+    assert fv["strategy"].parser.enum_values == list(config_lib.STRATEGIES)
+    assert "stage" not in fv and "augment" not in fv  # set by the stage presets
+
+
+def test_an_option_added_to_a_section_gets_its_flag_and_reaches_the_config():
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    from catdog import config as config_lib  # pylint: disable=import-outside-toplevel
+    from catdog import options  # pylint: disable=import-outside-toplevel
+
+    @dataclasses.dataclass
+    class Data(config_lib.DataConfig):
+        crop_fraction: float = options.option(0.0, "Fraction of each side cropped away.")
+        crop_mode: str = options.option("center", "Where the crop sits.",
+                                           choices=("center", "random"))
+
+    @dataclasses.dataclass
+    class Train(config_lib.TrainConfig):
+        patience: int = options.option(5, "Epochs without progress before stopping.",
+                                          flag="early_stop_patience", flag_default=None)
+
+    @dataclasses.dataclass
+    class Run(config_lib.Config):
+        data: Data = dataclasses.field(default_factory=Data)
+        train: Train = dataclasses.field(default_factory=Train)
+
+    values = flags.FlagValues()
+    cli.define_training_flags(values, config=Run())
+    assert values["crop_fraction"].help == "Fraction of each side cropped away."
+    assert values["crop_fraction"].flag_type() == "float"
+    assert values["crop_fraction"].default == 0.0
+    assert values["crop_mode"].parser.enum_values == ["center", "random"]
+    assert values["early_stop_patience"].default is None and "patience" not in values
+    values(["prog", "--train_dir=t", "--crop_fraction=0.25", "--crop_mode=random"])
+    run = cli.apply_flags(Run(train=Train(patience=9)), values)
+    assert (run.data.crop_fraction, run.data.crop_mode) == (0.25, "random")
+    assert run.data.train_dir == "t"
+    assert run.train.patience == 9  # unset: the preset's value stays
+    values(["prog", "--early_stop_patience=2"])
+    assert cli.apply_flags(Run(), values).train.patience == 2

@@ -1,7 +1,9 @@
+import dataclasses
 
 import pytest
 
 from catdog import config as C
+from catdog import options
 
 
 def _valid(stage="baseline"):
@@ -91,3 +93,24 @@ def test_parse_image_size_errors(value):
 def test_unknown_stage():
     with pytest.raises(ValueError, match="stage"):
         C.for_stage("finetune")
+
+
+def _section_classes():
+    return [type(getattr(C.Config(), f.name)) for f in dataclasses.fields(C.Config)]
+
+
+def test_every_field_is_an_option_with_help():
+    # A field is declared once, with option(): its help is the flag's --help
+    # and the field's doc; a plain field would have neither.
+    for section in _section_classes():
+        for field in dataclasses.fields(section):
+            text = options.option_help(field)
+            assert text and len(text) > 10, f"{section.__name__}.{field.name}"
+
+
+def test_section_docs_list_every_field_with_its_help():
+    for section in _section_classes():
+        doc = " ".join(section.__doc__.split())
+        assert "Attributes:" in doc
+        for field in dataclasses.fields(section):
+            assert f"{field.name}: {' '.join(options.option_help(field).split())}" in doc
