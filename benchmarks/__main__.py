@@ -13,15 +13,11 @@ Example:
 """
 
 import json
-import os
-import sys
 
 from absl import app
 from absl import flags
 
-# The repository root, so catdog and the benchmark modules are importable.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from catdog import cli  # noqa: E402  (after the path set-up above)
+from catdog import cli
 
 flags.DEFINE_string("data_dir", None, "Folder with one subfolder of images per class.")
 flags.DEFINE_string("image_size", "224", "Image size: 'SIZE' or 'HEIGHT,WIDTH'.")

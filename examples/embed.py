@@ -18,24 +18,19 @@ plain tf.data.Dataset or a plain Keras object:
 5. training with your own tf.GradientTape loop, then with fit().
 """
 
-import os
-import sys
 import tempfile
 
 from absl import app
 from absl import flags
+import keras
+import numpy as np
+import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from catdog import augment  # noqa: E402
-from catdog import config  # noqa: E402
-from catdog import data  # noqa: E402
-from catdog import demo  # noqa: E402
-from catdog import models  # noqa: E402
+from catdog import augment
+from catdog import config
+from catdog import data
+from catdog import demo
+from catdog import models
 
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None,

@@ -11,15 +11,12 @@ Bad files are skipped and listed in manifest.json; source files are only read.
 """
 
 import json
-import os
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from catdog import cli  # noqa: E402  (after the path set-up above)
-from catdog.config import DEFAULT_MAX_PIXELS  # noqa: E402
+from catdog import cli
+from catdog.config import DEFAULT_MAX_PIXELS
 
 flags.DEFINE_string("data_dir", None,
                     "Folder with one subfolder of images per class.")

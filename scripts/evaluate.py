@@ -12,14 +12,12 @@ Exit status: 0 done, 1 unexpected failure, 2 usage error (bad flags, model
 dir or test folder; nothing evaluated).
 """
 
-import os
 import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from catdog import cli  # noqa: E402  (after the path set-up above)
+from catdog import cli
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None,

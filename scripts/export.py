@@ -23,8 +23,7 @@ import sys
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from catdog import cli  # noqa: E402  (after the path set-up above)
+from catdog import cli
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None,
@@ -46,7 +45,6 @@ _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False,
     "Replace an existing SavedModel at the target (atomically); without it "
     "an existing target is an error.")
-
 
 
 def main(argv):

@@ -14,6 +14,7 @@ import os
 import runpy
 import sys
 
+# benchmarks/ is not part of the installed package: it is found beside scripts/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ import sys
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from catdog import cli  # noqa: E402  (after the path set-up above)
-from catdog import fileio  # noqa: E402
-from catdog import scan  # noqa: E402
+from catdog import cli
+from catdog import fileio
+from catdog import scan
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None,

@@ -21,9 +21,8 @@ import sys
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from catdog import cli  # noqa: E402  (after the path set-up above)
-from catdog import scan  # noqa: E402
+from catdog import cli
+from catdog import scan
 
 EXIT_OK = 0
 EXIT_USAGE = 2

@@ -19,10 +19,9 @@ import sys
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from catdog import cli  # noqa: E402  (after the path set-up above)
-from catdog import config as config_lib  # noqa: E402
-from catdog import rundir  # noqa: E402
+from catdog import cli
+from catdog import config as config_lib
+from catdog import rundir
 
 _M = config_lib.ModelConfig()
 _D = config_lib.DataConfig()

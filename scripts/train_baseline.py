@@ -7,14 +7,11 @@ Example:
 Every flag: --help. Results: see README.md ("Outputs").
 """
 
-import os
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from catdog import cli  # noqa: E402  (after the path set-up above)
+from catdog import cli
 
 cli.define_training_flags()
 flags.adopt_module_key_flags(cli)

@@ -8,11 +8,8 @@ prints ``caching`` and then sleeps until the test kills it.
 """
 
 import json
-import os
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main():

@@ -23,10 +23,8 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from catdog import distribute  # pylint: disable=g-import-not-at-top
-from catdog import keras_patches  # pylint: disable=g-import-not-at-top
+from catdog import distribute
+from catdog import keras_patches
 
 GLOBAL_BATCH = 8
 
@@ -48,19 +46,19 @@ def main():
 
     # The strategy must exist before any other TensorFlow op runs.
     strategy = distribute.build_strategy("multi_worker")
-    import keras  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from catdog import callbacks as callbacks_lib  # pylint: disable=g-import-not-at-top
-    from catdog import errors  # pylint: disable=g-import-not-at-top
-    from catdog import rundir  # pylint: disable=g-import-not-at-top
-    from catdog import watchdog as watchdog_lib  # pylint: disable=g-import-not-at-top
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from catdog import callbacks as callbacks_lib
+    from catdog import errors
+    from catdog import rundir
+    from catdog import watchdog as watchdog_lib
 
     if args.fix != "none":
         assert keras_patches.apply_keras_multiworker_fix(strategy)
     if args.fix == "build":
         # Keep only the symbolic-build half, to show the log reduction bug.
-        from keras.src.backend.tensorflow import trainer  # pylint: disable=g-import-not-at-top
+        from keras.src.backend.tensorflow import trainer
         trainer.reduce_per_replica = keras_patches._originals["reduce"]  # pylint: disable=protected-access
     distribute.global_batch_check(GLOBAL_BATCH, strategy)
     # Watches the other worker from here on, as catdog.train.run does.

@@ -13,14 +13,13 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
+import keras
+import numpy as np
 
-from catdog import callbacks as callbacks_lib  # pylint: disable=g-import-not-at-top
-from catdog import errors  # pylint: disable=g-import-not-at-top
-from catdog import rundir  # pylint: disable=g-import-not-at-top
+from catdog import callbacks as callbacks_lib
+from catdog import errors
+from catdog import rundir
 
 
 class _Slow(keras.callbacks.Callback):

@@ -9,10 +9,7 @@ the exit code and a hash of the final weights to RESULT_JSON.
 
 import hashlib
 import json
-import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main():
