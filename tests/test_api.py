@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from conftest import REPO, make_class_folder, write_image
+from helpers import REPO, make_class_folder, write_image
 from catdog import augment
 from catdog import config
 from catdog import data

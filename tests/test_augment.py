@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from catdog import augment
-from conftest import REPO
+from helpers import REPO
 
 
 def test_block_has_the_recipe_layers_and_keeps_shape_and_range():

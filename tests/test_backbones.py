@@ -8,7 +8,7 @@ import pytest
 
 from catdog import backbones
 from catdog import models
-from conftest import SHARED
+from helpers import SHARED
 
 MOBILENET = os.path.join(SHARED, "weights", "mobilenet_2_5_224_tf_no_top.h5")
 #: MobileNet widths the tests build (ImageNet files exist for 0.25, not for 0.35).

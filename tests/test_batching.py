@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from catdog import batching
 from catdog import data
-from conftest import id_folder, image_ids
+from helpers import id_folder, image_ids
 from test_sources_folder import _id_paths, _spy_decodes
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, make_class_folder, write_image
+from helpers import REPO, make_class_folder, write_image
 
 
 def _load_benchmarks():
@@ -112,11 +112,11 @@ def test_benchmark_times_tfrecord_shards_of_the_same_images(tmp_path):
 def test_benchmark_times_every_loader_on_the_usable_files_of_a_messy_folder(tmp_path):
     """Stock Keras stops at the first corrupt file; the benchmark leaves the
     unusable files out of every loader, says which, and touches nothing."""
-    import imagegen  # pylint: disable=import-outside-toplevel
+    import helpers  # pylint: disable=import-outside-toplevel
     root = make_class_folder(tmp_path / "imgs", per_class=8, size=40)
-    bad = [imagegen.write_truncated_jpeg(os.path.join(root, "cats", "cut.jpg")),
-           imagegen.write_html(os.path.join(root, "dogs", "page.jpg")),
-           imagegen.write_jpeg_bomb(os.path.join(root, "dogs", "bomb.jpg"))]
+    bad = [helpers.write_truncated_jpeg(os.path.join(root, "cats", "cut.jpg")),
+           helpers.write_html(os.path.join(root, "dogs", "page.jpg")),
+           helpers.write_jpeg_bomb(os.path.join(root, "dogs", "bomb.jpg"))]
     before = sorted(os.listdir(os.path.join(root, "cats")) + os.listdir(os.path.join(root, "dogs")))
     r = benchmark.run_benchmark(root, image_size=(32, 32), batch_size=4, repeats=1,
                                 log=lambda line: None)

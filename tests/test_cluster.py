@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, free_ports, id_folder
+from helpers import REPO, free_ports, id_folder
 
 WORKER = os.path.join(REPO, "tests", "_stage_worker.py")
 INPUT_WORKER = os.path.join(REPO, "tests", "_input_worker.py")

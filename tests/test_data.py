@@ -7,7 +7,7 @@ import tensorflow as tf
 from catdog import config as C
 from catdog import data
 from catdog import decode
-from conftest import make_class_folder, write_image
+from helpers import make_class_folder, write_image
 from test_sources_folder import _data_config
 
 

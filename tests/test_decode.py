@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from catdog import decode
-from conftest import write_image
+from helpers import write_image
 
 
 def test_decode_and_resize_eager_and_in_tf_data(tmp_path):
@@ -28,9 +28,9 @@ def test_pixels_are_keras_bilinear_rounded_to_uint8(tmp_path, size):
     computes (bilinear on the decoded image), rounded half-to-even to uint8:
     downscaling, upscaling and every quirky valid format."""
     import keras  # pylint: disable=import-outside-toplevel
-    import imagegen  # pylint: disable=import-outside-toplevel
+    import helpers  # pylint: disable=import-outside-toplevel
     root = tmp_path / "imgs"
-    imagegen.write_tree(root, {"a": sorted(imagegen.VALID), "b": ["jpeg", "png"]})
+    helpers.write_tree(root, {"a": sorted(helpers.VALID), "b": ["jpeg", "png"]})
     stock = keras.utils.image_dataset_from_directory(
         str(root), image_size=size, batch_size=64, shuffle=False, verbose=False)
     (images, _), = list(stock)

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from catdog import distribute
 from catdog import keras_patches
-from conftest import REPO, free_ports
+from helpers import REPO, free_ports
 
 MW_WORKER = os.path.join(REPO, "tests", "_mw_worker.py")
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, write_image
+from helpers import REPO, write_image
 from catdog import evaluate as ev
 
 A = 0.05  # logit per grey level of (mean G - mean R)

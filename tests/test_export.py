@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import catdog
-import tinyruns
+import helpers
 from catdog import export
 from catdog.data import decode_and_resize
 
@@ -24,12 +24,12 @@ SCRIPT = os.path.join(REPO, "scripts", "export.py")
 def _mixed_bytes():
     """JPEGs and PNGs of several sizes, grey and RGBA included."""
     return [
-        tinyruns.image_bytes(0),
-        tinyruns.image_bytes(1, (90, 30, 3)),
-        tinyruns.image_bytes(2, (16, 16, 3), fmt="png"),
-        tinyruns.image_bytes(3, (33, 47, 1), fmt="png"),
-        tinyruns.image_bytes(4, (50, 50, 4), fmt="png"),
-        tinyruns.image_bytes(5, (64, 64, 3)),
+        helpers.image_bytes(0),
+        helpers.image_bytes(1, (90, 30, 3)),
+        helpers.image_bytes(2, (16, 16, 3), fmt="png"),
+        helpers.image_bytes(3, (33, 47, 1), fmt="png"),
+        helpers.image_bytes(4, (50, 50, 4), fmt="png"),
+        helpers.image_bytes(5, (64, 64, 3)),
     ]
 
 
@@ -140,7 +140,7 @@ def test_empty_and_undecodable_requests(exported):
     assert out["probabilities"].shape == (0, 2) and out["classes"].shape == (0,)
     # One bad image fails the whole request: a batched op cannot skip rows.
     with pytest.raises(tf.errors.InvalidArgumentError):
-        serve(image_bytes=tf.constant([tinyruns.image_bytes(0), b"not an image"]))
+        serve(image_bytes=tf.constant([helpers.image_bytes(0), b"not an image"]))
 
 
 def test_empty_batch_through_serve_images_and_the_serving_functions(binary_run, exported):
@@ -183,7 +183,7 @@ def test_three_class_non_square_export(softmax_run, tmp_path):
 
 def test_float16_head_is_served_as_float32(tmp_path):
     # A head left in float16 (mixed precision without dtype="float32").
-    model = tinyruns.build_model(2, head_dtype="mixed_float16")
+    model = helpers.build_model(2, head_dtype="mixed_float16")
     assert model.outputs[0].dtype == "float16"
     path = export.export_saved_model(model, tmp_path / "serving", version=None,
                                      class_names=["cats", "dogs"])

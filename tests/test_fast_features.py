@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SHARED
+from helpers import SHARED
 
 from catdog import config as C
 from catdog import fast_features

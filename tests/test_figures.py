@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, make_class_folder, write_image
+from helpers import REPO, make_class_folder, write_image
 from catdog import figures
 from catdog.evaluate import read_predictions_csv
 

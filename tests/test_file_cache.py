@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from catdog import data
 from catdog import decode
-from conftest import image_ids, write_image
+from helpers import image_ids, write_image
 from test_sources_folder import _data_config, _epoch_ids, _id_paths, _spy_decodes
 
 
@@ -99,7 +99,7 @@ def test_file_cache_key_covers_labels_decode_and_versions(tmp_path, monkeypatch)
 
 
 def _start_cache_worker(kwargs):
-    from conftest import REPO  # pylint: disable=import-outside-toplevel
+    from helpers import REPO  # pylint: disable=import-outside-toplevel
     import subprocess  # pylint: disable=import-outside-toplevel
     import json  # pylint: disable=import-outside-toplevel
     proc = subprocess.Popen(

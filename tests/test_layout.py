@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 PACKAGE = os.path.join(REPO, "catdog")
 MAX_LINES = 600

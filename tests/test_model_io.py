@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tinyruns
+import helpers
 from catdog import export
 from catdog import model_io
 
@@ -124,6 +124,6 @@ def test_load_catdog_model_refuses_lambda_layers(tmp_path):
     x = keras.layers.Lambda(lambda t: t / 255.0)(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(1, "sigmoid")(x))
-    model_dir = tinyruns.write_run(tmp_path / "lambda", model, ["cats", "dogs"], (8, 8))
+    model_dir = helpers.write_run(tmp_path / "lambda", model, ["cats", "dogs"], (8, 8))
     with pytest.raises(ValueError, match="safe_mode=True"):
         model_io.load_catdog_model(model_dir)

@@ -6,7 +6,7 @@ import pytest
 
 from catdog import config as C
 from catdog import models
-from conftest import SHARED
+from helpers import SHARED
 from test_backbones import _ALPHA
 
 MOBILENET = os.path.join(SHARED, "weights", "mobilenet_2_5_224_tf_no_top.h5")

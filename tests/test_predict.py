@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tinyruns
+import helpers
 from catdog import export
 from catdog import predict
 from catdog.data import decode_and_resize
@@ -43,12 +43,12 @@ def images(tmp_path_factory):
     """Six good images (JPEG and PNG, upper-case extensions, a subfolder)."""
     root = tmp_path_factory.mktemp("images")
     paths = [
-        _write(root / "a.jpg", tinyruns.image_bytes(0)),
-        _write(root / "b.JPG", tinyruns.image_bytes(1, (90, 30, 3))),
-        _write(root / "c.png", tinyruns.image_bytes(2, fmt="png")),
-        _write(root / "d.jpeg", tinyruns.image_bytes(3, (16, 16, 3))),
-        _write(root / "sub" / "e.PNG", tinyruns.image_bytes(4, (33, 47, 1), fmt="png")),
-        _write(root / "sub" / "f.jpg", tinyruns.image_bytes(5, (64, 64, 3))),
+        _write(root / "a.jpg", helpers.image_bytes(0)),
+        _write(root / "b.JPG", helpers.image_bytes(1, (90, 30, 3))),
+        _write(root / "c.png", helpers.image_bytes(2, fmt="png")),
+        _write(root / "d.jpeg", helpers.image_bytes(3, (16, 16, 3))),
+        _write(root / "sub" / "e.PNG", helpers.image_bytes(4, (33, 47, 1), fmt="png")),
+        _write(root / "sub" / "f.jpg", helpers.image_bytes(5, (64, 64, 3))),
     ]
     return str(root), paths
 
@@ -84,14 +84,14 @@ def test_predict_files_matches_keras_model(run, images, request):
 
 def test_unreadable_files_get_error_rows_and_the_rest_still_run(binary_run, tmp_path):
     model_dir, model = binary_run
-    good = tinyruns.image_bytes(7)
-    jpeg = tinyruns.image_bytes(8, (64, 64, 3))
+    good = helpers.image_bytes(7)
+    jpeg = helpers.image_bytes(8, (64, 64, 3))
     paths = [
         _write(tmp_path / "1-good.jpg", good),
         _write(tmp_path / "2-empty.jpg", b""),
         _write(tmp_path / "3-truncated.jpg", jpeg[: len(jpeg) // 2]),
         _write(tmp_path / "4-text.png", b"this is not an image\n"),
-        _write(tmp_path / "5-good.png", tinyruns.image_bytes(9, fmt="png")),
+        _write(tmp_path / "5-good.png", helpers.image_bytes(9, fmt="png")),
     ]
 
     rows = predict.predict_files(model_dir, paths + [str(tmp_path / "6-gone.jpg")])

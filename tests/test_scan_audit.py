@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-import imagegen
+import helpers
 from catdog import scan
-from conftest import tree_state
+from helpers import tree_state
 
 from test_scan_check import (  # noqa: F401  (shared fixtures)
     REPO, scan_cache_dir)
@@ -21,7 +21,7 @@ def scan_messy_tree(tmp_path):
     """cats: 8 usable + 2 bad; dogs: 4 usable (one a copy of a cat) + 1
     within-class copy; valid/: a leaked copy of a cat."""
     root = tmp_path / "training_set"
-    written = imagegen.write_tree(root, {
+    written = helpers.write_tree(root, {
         "cats": ["jpeg"] * 5 + ["png", "gif", "nested/bmp", "empty", "truncated_jpeg"],
         "dogs": ["jpeg", "jpeg", "png"],
     })
@@ -29,7 +29,7 @@ def scan_messy_tree(tmp_path):
     shutil.copy(written["dogs"][0], root / "dogs" / "copy_of_dog.jpg")
     os.makedirs(tmp_path / "test_set" / "cats")
     shutil.copy(written["cats"][1], tmp_path / "test_set" / "cats" / "leaked.jpg")
-    imagegen.write_jpeg(tmp_path / "test_set" / "cats" / "fine.jpg")
+    helpers.write_jpeg(tmp_path / "test_set" / "cats" / "fine.jpg")
     return root, written, tmp_path / "test_set"
 
 
@@ -68,7 +68,7 @@ def test_scan_directory_reports_counts_bad_files_duplicates_and_imbalance(scan_m
 
 def test_scan_warns_when_the_classes_look_like_dataset_splits(tmp_path):
     root = tmp_path / "data"
-    imagegen.write_tree(root, {"train": ["cats/jpeg", "dogs/jpeg"],
+    helpers.write_tree(root, {"train": ["cats/jpeg", "dogs/jpeg"],
                                "valid": ["cats/png", "dogs/png"]})
     report = scan.scan_directory(root, progress=False)
     assert any("look like dataset splits" in w for w in report.warnings)

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-import imagegen
+import helpers
 from catdog import scan
-from conftest import tree_state
+from helpers import tree_state
 
 from test_scan_check import (  # noqa: F401  (shared fixtures)
     scan_cache_dir, scan_decode_calls)
@@ -20,7 +20,7 @@ def _cache_files(cache_dir):
 
 def test_cache_skips_the_decode_on_a_second_run(tmp_path, scan_cache_dir, scan_decode_calls):
     root = tmp_path / "data"
-    written = imagegen.write_tree(root, {"cats": ["jpeg", "empty"], "dogs": ["png"]})
+    written = helpers.write_tree(root, {"cats": ["jpeg", "empty"], "dogs": ["png"]})
     paths = written["cats"] + written["dogs"]
 
     first = scan.check_files(paths)
@@ -33,7 +33,7 @@ def test_cache_skips_the_decode_on_a_second_run(tmp_path, scan_cache_dir, scan_d
 
 def test_cache_rechecks_changed_files_and_other_max_pixels(
         tmp_path, scan_cache_dir, scan_decode_calls):
-    path = imagegen.write_jpeg(tmp_path / "data" / "a.jpg")
+    path = helpers.write_jpeg(tmp_path / "data" / "a.jpg")
     assert scan.check_files([path])[0].ok
 
     os.utime(path, ns=(1, 1))  # Same bytes, new mtime: checked again.
@@ -41,9 +41,9 @@ def test_cache_rechecks_changed_files_and_other_max_pixels(
     assert scan.check_files([path])[0].ok
     assert scan_decode_calls
 
-    imagegen.write_truncated_jpeg(path)
+    helpers.write_truncated_jpeg(path)
     assert scan.check_files([path])[0].reason.startswith("truncated JPEG")
-    imagegen.write_jpeg(path)
+    helpers.write_jpeg(path)
     assert not scan.check_files([path], max_pixels=10)[0].ok
     assert scan.check_files([path])[0].ok
 
@@ -51,8 +51,8 @@ def test_cache_rechecks_changed_files_and_other_max_pixels(
 @pytest.mark.parametrize("garbage", [b"\x00\xff not json", b"[1, 2]",
                                      b'{"schema": 1, "entries": []}'])
 def test_damaged_cache_is_ignored_and_rewritten(tmp_path, scan_cache_dir, garbage):
-    paths = [imagegen.write_jpeg(tmp_path / "data" / "a.jpg"),
-             imagegen.write_empty(tmp_path / "data" / "b.jpg")]
+    paths = [helpers.write_jpeg(tmp_path / "data" / "a.jpg"),
+             helpers.write_empty(tmp_path / "data" / "b.jpg")]
     expected = scan.check_files(paths, use_cache=False)
     scan.check_files(paths)
     (cache_file,) = _cache_files(scan_cache_dir)
@@ -64,7 +64,7 @@ def test_damaged_cache_is_ignored_and_rewritten(tmp_path, scan_cache_dir, garbag
 
 
 def test_damaged_cache_entries_are_ignored(tmp_path, scan_cache_dir):
-    path = imagegen.write_jpeg(tmp_path / "data" / "a.jpg")
+    path = helpers.write_jpeg(tmp_path / "data" / "a.jpg")
     scan.check_files([path])
     (cache_file,) = _cache_files(scan_cache_dir)
     content = json.loads(cache_file.read_text())
@@ -76,7 +76,7 @@ def test_damaged_cache_entries_are_ignored(tmp_path, scan_cache_dir):
 
 def test_cache_is_never_written_inside_the_data_folder(tmp_path, caplog):
     root = tmp_path / "data"
-    written = imagegen.write_tree(root, {"cats": ["jpeg"], "dogs": ["png"]})
+    written = helpers.write_tree(root, {"cats": ["jpeg"], "dogs": ["png"]})
     before = tree_state(root)
     with caplog.at_level(logging.WARNING, logger="catdog.scan"):
         checks = scan.check_files(written["cats"] + written["dogs"],
@@ -87,7 +87,7 @@ def test_cache_is_never_written_inside_the_data_folder(tmp_path, caplog):
 
 
 def test_cache_location_follows_env_var_and_argument(tmp_path, scan_cache_dir):
-    path = imagegen.write_jpeg(tmp_path / "data" / "a.jpg")
+    path = helpers.write_jpeg(tmp_path / "data" / "a.jpg")
     assert scan.default_cache_dir() == str(scan_cache_dir)
     scan.check_files([path])
     assert len(_cache_files(scan_cache_dir)) == 1

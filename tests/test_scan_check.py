@@ -2,7 +2,7 @@
 the real decode), in order, with progress; and the fixtures the other scan
 tests share.
 
-Every image is generated (tests/imagegen.py) into a temporary folder; the
+Every image is generated (tests/helpers.py) into a temporary folder; the
 check cache goes to a per-test folder through $CATDOG_CACHE_DIR.
 """
 
@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import imagegen
+import helpers
 from catdog import decode
 from catdog import scan
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEV_DATA = os.path.join(REPO, "..", "shared", "data", "catdog-dev")
-SIZE = (imagegen.WIDTH, imagegen.HEIGHT)
+SIZE = (helpers.WIDTH, helpers.HEIGHT)
 
 
 @pytest.fixture(autouse=True)
@@ -51,14 +51,14 @@ def scan_decode_calls(monkeypatch):
 
 
 def write_kind(folder, kind):
-    if kind in imagegen.VALID:
-        name, writer = imagegen.VALID[kind]
+    if kind in helpers.VALID:
+        name, writer = helpers.VALID[kind]
     else:
-        name, writer, _ = imagegen.BAD[kind]
+        name, writer, _ = helpers.BAD[kind]
     return writer(os.path.join(folder, name))
 
 
-@pytest.mark.parametrize("kind", sorted(imagegen.VALID))
+@pytest.mark.parametrize("kind", sorted(helpers.VALID))
 def test_valid_quirky_images_pass_and_decode_eagerly_and_in_tf_data(tmp_path, kind):
     path = write_kind(tmp_path, kind)
     check = scan.check_file(path)
@@ -73,9 +73,9 @@ def test_valid_quirky_images_pass_and_decode_eagerly_and_in_tf_data(tmp_path, ki
     np.testing.assert_array_equal(in_graph, eager.numpy())
 
 
-@pytest.mark.parametrize("kind", sorted(imagegen.BAD))
+@pytest.mark.parametrize("kind", sorted(helpers.BAD))
 def test_bad_files_fail_with_their_reason(tmp_path, kind):
-    name, writer, reason = imagegen.BAD[kind]
+    name, writer, reason = helpers.BAD[kind]
     path = writer(tmp_path / name)
     check = scan.check_file(path)
     assert not check.ok
@@ -84,20 +84,20 @@ def test_bad_files_fail_with_their_reason(tmp_path, kind):
 
 
 def test_check_files_keeps_input_order_and_agrees_with_check_file(tmp_path):
-    paths = [write_kind(tmp_path, kind) for kind in sorted(imagegen.VALID)]
-    paths += [write_kind(tmp_path, kind) for kind in sorted(imagegen.BAD)]
+    paths = [write_kind(tmp_path, kind) for kind in sorted(helpers.VALID)]
+    paths += [write_kind(tmp_path, kind) for kind in sorted(helpers.BAD)]
     paths = [paths[i] for i in np.random.RandomState(1).permutation(len(paths))]
     checks = scan.check_files(paths, use_cache=False, num_parallel=2)
     assert [c.path for c in checks] == paths
     assert checks == [scan.check_file(p) for p in paths]
-    assert sum(c.ok for c in checks) == len(imagegen.VALID)
+    assert sum(c.ok for c in checks) == len(helpers.VALID)
     assert scan.check_files([]) == []
 
 
 def test_decompression_bombs_are_rejected_from_the_header_alone(tmp_path, scan_decode_calls):
-    jpeg_bomb = imagegen.write_jpeg_bomb(tmp_path / "bomb.jpg")
+    jpeg_bomb = helpers.write_jpeg_bomb(tmp_path / "bomb.jpg")
     # A complete, valid 24000x24000 PNG: 1.7 GB of RGB if it were decoded.
-    png_bomb = imagegen.write_png_bomb(tmp_path / "real_bomb.png")
+    png_bomb = helpers.write_png_bomb(tmp_path / "real_bomb.png")
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
 
     checks = scan.check_files([jpeg_bomb, png_bomb], use_cache=False)
@@ -113,12 +113,12 @@ def test_decompression_bombs_are_rejected_from_the_header_alone(tmp_path, scan_d
 
 
 def test_png_bomb_generator_writes_a_valid_png():
-    image = decode.decode_and_resize(tf.constant(imagegen.png_bomb_bytes(300, 200)), (10, 10))
+    image = decode.decode_and_resize(tf.constant(helpers.png_bomb_bytes(300, 200)), (10, 10))
     assert image.shape == (10, 10, 3)
 
 
 def test_max_pixels_is_inclusive_and_validated(tmp_path):
-    path = imagegen.write_jpeg(tmp_path / "a.jpg")
+    path = helpers.write_jpeg(tmp_path / "a.jpg")
     pixels = SIZE[0] * SIZE[1]
     assert scan.check_file(path, max_pixels=pixels).ok
     below = scan.check_files([path], max_pixels=pixels - 1)[0]

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 import tensorflow as tf
 
-import imagegen
+import helpers
 from catdog import scan
 from catdog.scan import headers
 
@@ -21,7 +21,7 @@ _TRUE_FORMAT = {"png": "png", "gif": "gif", "bmp": "bmp", "gray_png": "png",
                 "png_named_jpg": "png", "webp_named_jpg": "webp"}
 
 
-@pytest.mark.parametrize("kind", sorted(imagegen.VALID))
+@pytest.mark.parametrize("kind", sorted(helpers.VALID))
 def test_sniff_reads_format_from_magic_bytes_and_size(tmp_path, kind):
     path = write_kind(tmp_path, kind)
     header = scan.sniff_header(path)

@@ -6,14 +6,14 @@ import keras
 import pytest
 import tensorflow as tf
 
-import imagegen
+import helpers
 from catdog import decode
 from catdog import scan
 
 
 def test_index_matches_keras_image_dataset_from_directory(tmp_path):
     root = tmp_path / "data"
-    imagegen.write_tree(root, {
+    helpers.write_tree(root, {
         "dogs": ["bmp", "gif", "zz/jpeg", "a b/png"],
         "cats": ["jpeg", "upper_case_ext", "nested/mixed_case_ext",
                  "nested/deeper/png", "a/jpeg"],
@@ -32,13 +32,13 @@ def test_index_matches_keras_image_dataset_from_directory(tmp_path):
 
 def test_index_ignores_litter_hidden_files_and_other_extensions(tmp_path):
     root = tmp_path / "data"
-    written = imagegen.write_tree(root, {"cats": ["jpeg"], "dogs": ["png"]})
+    written = helpers.write_tree(root, {"cats": ["jpeg"], "dogs": ["png"]})
     for name in (".DS_Store", "Thumbs.db", "desktop.ini", "._photo_0.jpg", ".hidden.jpg",
                  ".thumbnails/x.jpg", "__MACOSX/._y.jpg", "notes.txt", "photo.webp",
                  "holiday.HEIC"):
-        imagegen.write_jpeg(root / "cats" / name)
+        helpers.write_jpeg(root / "cats" / name)
     for name in (".git/x.jpg", "__MACOSX/cats/a.jpg"):  # Not class folders.
-        imagegen.write_jpeg(root / name)
+        helpers.write_jpeg(root / name)
 
     paths, labels, class_names = scan.list_image_files(root)
     assert class_names == ["cats", "dogs"]
@@ -51,7 +51,7 @@ def test_index_ignores_litter_hidden_files_and_other_extensions(tmp_path):
 
 def test_class_names_set_label_order_and_subset(tmp_path):
     root = tmp_path / "data"
-    written = imagegen.write_tree(
+    written = helpers.write_tree(
         root, {"cats": ["jpeg"], "dogs": ["jpeg", "png"], "birds": ["png"]})
     paths, labels, class_names = scan.list_image_files(root, class_names=["dogs", "cats"])
     assert class_names == ["dogs", "cats"]
@@ -61,7 +61,7 @@ def test_class_names_set_label_order_and_subset(tmp_path):
 
 def test_unknown_class_name_is_named_with_the_folders_found(tmp_path):
     root = tmp_path / "data"
-    imagegen.write_tree(root, {"cats": ["jpeg"], "dogs": ["jpeg"]})
+    helpers.write_tree(root, {"cats": ["jpeg"], "dogs": ["jpeg"]})
     with pytest.raises(ValueError, match=r"'dog' is not a subfolder.*\['cats', 'dogs'\]"):
         scan.list_image_files(root, class_names=["cats", "dog"])
     with pytest.raises(ValueError, match="more than once"):
@@ -76,22 +76,22 @@ def test_unknown_class_name_is_named_with_the_folders_found(tmp_path):
 ])
 def test_index_errors_name_the_problem(tmp_path, case, pattern):
     root = tmp_path / "data"
-    imagegen.write_tree(root, {"cats": ["jpeg"]})
+    helpers.write_tree(root, {"cats": ["jpeg"]})
     if case == "missing":
         root = tmp_path / "nowhere"
     elif case == "file":
         root = root / "cats" / "photo_0.jpg"
     elif case == "empty_class":
         os.makedirs(root / "dogs")
-        imagegen.write_text(root / "dogs" / "readme.txt")
+        helpers.write_text(root / "dogs" / "readme.txt")
     with pytest.raises(ValueError, match=pattern):
         scan.list_image_files(root)
 
 
 def test_korean_file_and_folder_names_work_through_tf_data(tmp_path):
     root = tmp_path / "데이터"
-    imagegen.write_jpeg(root / "고양이" / "사진.jpg")
-    imagegen.write_png(root / "개" / "강아지 사진.png")
+    helpers.write_jpeg(root / "고양이" / "사진.jpg")
+    helpers.write_png(root / "개" / "강아지 사진.png")
     paths, labels, class_names = scan.list_image_files(root)
     assert class_names == sorted(["고양이", "개"])
     assert all(c.ok for c in scan.check_files(paths))
@@ -103,11 +103,11 @@ def test_korean_file_and_folder_names_work_through_tf_data(tmp_path):
 
 def test_file_name_that_is_not_utf8_is_usable_through_fsencode(tmp_path):
     root = tmp_path / "data"
-    imagegen.write_tree(root, {"cats": ["jpeg"], "dogs": ["jpeg"]})
+    helpers.write_tree(root, {"cats": ["jpeg"], "dogs": ["jpeg"]})
     # "사진" in the cp949 code page, as unzipping a Windows archive leaves it.
     name = os.fsencode(root / "dogs") + b"/\xbb\xe7\xc1\xf8.jpg"
     with open(name, "wb") as f:
-        f.write(imagegen.jpeg_bytes("cp949"))
+        f.write(helpers.jpeg_bytes("cp949"))
 
     paths, _, _ = scan.list_image_files(root)
     assert os.fsdecode(name) in paths
@@ -119,8 +119,8 @@ def test_file_name_that_is_not_utf8_is_usable_through_fsencode(tmp_path):
 
 def test_follow_links_descends_into_symlinked_folders_only_when_asked(tmp_path):
     root = tmp_path / "data"
-    written = imagegen.write_tree(root, {"cats": ["jpeg"], "dogs": ["jpeg"]})
-    imagegen.write_png(tmp_path / "elsewhere" / "linked.png")
+    written = helpers.write_tree(root, {"cats": ["jpeg"], "dogs": ["jpeg"]})
+    helpers.write_png(tmp_path / "elsewhere" / "linked.png")
     os.symlink(tmp_path / "elsewhere", root / "cats" / "more")
 
     assert scan.list_image_files(root)[0] == written["cats"] + written["dogs"]
@@ -131,9 +131,9 @@ def test_follow_links_descends_into_symlinked_folders_only_when_asked(tmp_path):
 def test_paths_with_a_scheme_go_through_tf_io_gfile(tmp_path):
     root = f"ram://scan-test-{tmp_path.name}"
     try:
-        for path, content in [("cats/a.jpg", imagegen.jpeg_bytes("a")),
-                              ("cats/sub/b.png", imagegen.png_bytes("b")),
-                              ("dogs/c.jpg", b""), ("dogs/d.jpg", imagegen.jpeg_bytes("d"))]:
+        for path, content in [("cats/a.jpg", helpers.jpeg_bytes("a")),
+                              ("cats/sub/b.png", helpers.png_bytes("b")),
+                              ("dogs/c.jpg", b""), ("dogs/d.jpg", helpers.jpeg_bytes("d"))]:
             tf.io.gfile.makedirs(os.path.dirname(f"{root}/{path}"))
             with tf.io.gfile.GFile(f"{root}/{path}", "wb") as f:
                 f.write(content)

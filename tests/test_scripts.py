@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, make_class_folder, tree_state
+from helpers import REPO, make_class_folder, tree_state
 
 SCRIPTS = os.path.join(REPO, "scripts")
 
@@ -110,11 +110,11 @@ def test_scan_and_training_agree_file_by_file_on_a_salted_folder(tmp_path):
     exactly the same files for the same reasons (every bad kind, including a
     24000x24000 JPEG), use every quirky-but-valid file, and leave the folder
     byte for byte as it was."""
-    import imagegen  # pylint: disable=import-outside-toplevel
+    import helpers  # pylint: disable=import-outside-toplevel
     root = tmp_path / "photos"
-    written = imagegen.write_tree(root, {
-        "cats": ["jpeg"] * 6 + sorted(imagegen.VALID),
-        "dogs": ["jpeg"] * 6 + sorted(imagegen.BAD),
+    written = helpers.write_tree(root, {
+        "cats": ["jpeg"] * 6 + sorted(helpers.VALID),
+        "dogs": ["jpeg"] * 6 + sorted(helpers.BAD),
     })
     # Litter a real photo folder carries; neither tool counts it as an image.
     (root / "cats" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
@@ -137,10 +137,10 @@ def test_scan_and_training_agree_file_by_file_on_a_salted_folder(tmp_path):
     train_bad = {s["path"]: s["reason"] for s in metrics["skipped_files"]}
     assert scan_bad == train_bad
     # Exactly the BAD kinds, each for the reason it was made with.
-    bad_kinds = dict(zip(written["dogs"][6:], sorted(imagegen.BAD)))
+    bad_kinds = dict(zip(written["dogs"][6:], sorted(helpers.BAD)))
     assert set(scan_bad) == set(bad_kinds)
     for path, kind in bad_kinds.items():
-        assert scan_bad[path].startswith(imagegen.BAD[kind][2]), (kind, scan_bad[path])
+        assert scan_bad[path].startswith(helpers.BAD[kind][2]), (kind, scan_bad[path])
     assert any("24000x24000" in r for r in scan_bad.values())
     # Every other image is used: the usable count is the images trained and validated on.
     usable = sum(len(v) for v in written.values()) - len(bad_kinds)

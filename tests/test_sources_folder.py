@@ -9,7 +9,7 @@ import tensorflow as tf
 from catdog import config as C
 from catdog import data
 from catdog import decode
-from conftest import id_folder, image_ids, make_class_folder, write_image
+from helpers import id_folder, image_ids, make_class_folder, write_image
 
 
 def _data_config(train_dir, val_dir="", **kw):

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from catdog.sources import tfrecord_writer
 from catdog.sources import tfrecords
-from conftest import REPO, make_class_folder, write_image
+from helpers import REPO, make_class_folder, write_image
 from test_sources_tfrecords import folder_with_bad_files  # noqa: F401  (shared fixture)
 
 

@@ -12,7 +12,7 @@ from catdog import data
 from catdog import decode
 from catdog.sources import tfrecord_writer
 from catdog.sources import tfrecords
-from conftest import id_folder, image_ids, make_class_folder, write_image
+from helpers import id_folder, image_ids, make_class_folder, write_image
 
 
 def _epochs(ds, n=2):

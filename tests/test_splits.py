@@ -6,7 +6,7 @@ import pytest
 
 from catdog import data
 from catdog import splits
-from conftest import make_class_folder
+from helpers import make_class_folder
 from test_sources_folder import _data_config
 
 

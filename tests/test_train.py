@@ -13,7 +13,7 @@ from catdog import config as C
 from catdog import data
 from catdog import models
 from catdog import train
-from conftest import make_class_folder, write_image
+from helpers import make_class_folder, write_image
 
 
 def _config(stage, train_dir, val_dir, model_dir, **model):
@@ -319,7 +319,7 @@ def test_mirrored_validation_whose_last_batch_leaves_a_replica_empty(tmp_path):
     # of exactly the 9 images.
     import subprocess
     import sys
-    from conftest import REPO, make_class_folder
+    from helpers import REPO, make_class_folder
     from catdog import evaluate
     train_dir = make_class_folder(tmp_path / "train", per_class=8, size=24, seed=1)
     val_dir = make_class_folder(tmp_path / "valid", per_class=5, size=24, seed=2)

@@ -1,25 +1,115 @@
-"""Tiny generated image files of every kind catdog must accept or reject.
+"""Test helpers: the one place tests make images, folders and tiny runs.
 
-Tests import this module to write real files -- valid quirky images and
-broken ones -- into a temporary folder. Every writer takes the target path,
-creates parent folders, writes the file and returns the path as a string.
-Pixel content is derived from the file path, so two files written to
-different paths never turn out byte-identical by accident.
+Every writer takes the target path, creates parent folders, writes the file
+and returns the path as a string. Pixel content is derived from the file
+path or a seed, so two files never turn out byte-identical by accident.
 
-``VALID`` and ``BAD`` map a kind name to ``(file_name, writer)`` (and, for
-``BAD``, the start of the reason ``catdog.scan`` gives). ``write_tree``
-builds a class-folder layout from kind names.
+- ``write_image``, ``make_class_folder`` (a learnable class signal),
+  ``id_folder``/``image_ids`` (pixels that carry an id, to follow each image
+  through a pipeline);
+- ``VALID`` and ``BAD`` map a kind name to ``(file_name, writer)`` of every
+  kind of file catdog must accept or reject (for ``BAD``, also the start of
+  the reason the file check gives); ``write_tree`` builds a class-folder
+  layout from kind names;
+- ``build_model``/``write_run``/``image_bytes``: tiny model dirs and encoded
+  images for export and predict tests;
+- ``tree_state`` (a folder is left as it was), ``free_ports`` (loopback jobs).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
+import socket
 import zlib
 
+import keras
 import numpy as np
 from PIL import Image
 import tensorflow as tf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The shared dev photos and weights lie beside the checkout; CATDOG_SHARED
+# points elsewhere (as .ci/run honours it too).
+SHARED = os.environ.get("CATDOG_SHARED", os.path.join(os.path.dirname(REPO), "shared"))
+
+
+def write_image(path, pixels, fmt=None):
+    """Writes uint8 HxWx3 pixels as JPEG or PNG (by extension unless ``fmt``)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fmt = fmt or ("png" if path.lower().endswith(".png") else "jpeg")
+    data = (tf.io.encode_png(pixels) if fmt == "png"
+            else tf.io.encode_jpeg(pixels, quality=90))
+    tf.io.write_file(path, data)
+    return path
+
+
+def make_class_folder(root, classes=("cats", "dogs"), per_class=12, size=24,
+                      seed=0):
+    """Writes ``root/<class>/<class>_<i>.jpg`` with a learnable class signal.
+
+    Class i images are brighter in channel i (mod 3), so a model can learn
+    them; returns ``root``.
+    """
+    rng = np.random.RandomState(seed)
+    for label, name in enumerate(classes):
+        for i in range(per_class):
+            pixels = rng.randint(0, 120, size=(size, size, 3)).astype(np.uint8)
+            pixels[..., label % 3] += 120
+            write_image(os.path.join(root, name, f"{name}_{i:03d}.jpg"), pixels)
+    return str(root)
+
+
+def id_folder(root, ids_per_class, size=16):
+    """Class folders of PNGs whose pixels encode a unique id (red + 256 * green).
+
+    Returns ``{id: class index}``. At ``image_size=size`` the resize is the
+    identity, so :func:`image_ids` reads the ids back from a batch exactly.
+    """
+    labels = {}
+    for label, (name, ids) in enumerate(zip(("cats", "dogs"), ids_per_class)):
+        for i in ids:
+            pixels = np.zeros((size, size, 3), np.uint8)
+            pixels[..., 0], pixels[..., 1], pixels[..., 2] = i % 256, i // 256, 255 * label
+            write_image(os.path.join(root, name, f"{name}_{i:04d}.png"), pixels)
+            labels[i] = label
+    return labels
+
+
+def image_ids(images):
+    """The ids of a batch of :func:`id_folder` images."""
+    pixel = np.asarray(images)[:, 0, 0, :2].astype(np.int64)
+    return (pixel[:, 0] + 256 * pixel[:, 1]).tolist()
+
+
+def tree_state(root):
+    """Names, bytes and mtimes of everything under ``root``: equal before and
+    after a run means the run left the folder exactly as it was."""
+    state = {}
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            path = os.path.join(folder, name)
+            stat = os.lstat(path)
+            digest = None
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+            state[os.path.relpath(path, root)] = (stat.st_mtime_ns, stat.st_size, digest)
+    return state
+
+
+def free_ports(n):
+    """``n`` free TCP ports on 127.0.0.1 (for loopback multi-worker jobs)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 HEIGHT, WIDTH = 24, 32
 
@@ -304,3 +394,41 @@ def write_tree(root, layout: dict) -> dict:
             paths.append(writer(os.path.join(os.fspath(root), class_name, subdir, name)))
         written[class_name] = paths
     return written
+
+
+def build_model(num_classes, input_size=(32, 32), head_dtype="float32"):
+    """A tiny classifier taking 0..255 pixels, seeded so outputs vary by image."""
+    inputs = keras.Input((*input_size, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(
+        4, 3, kernel_initializer=keras.initializers.GlorotUniform(seed=1))(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    units, activation = (1, "sigmoid") if num_classes == 2 else (num_classes, "softmax")
+    head = keras.layers.Dense(
+        units, activation, dtype=head_dtype,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=8.0, seed=2))
+    model = keras.Model(inputs, head(x))
+    # Centre the head on mid-grey so images of different colours get
+    # different classes.
+    grey = np.full((1, *(s or 8 for s in input_size), 3), 127.5, np.float32)
+    features = keras.Model(inputs, x)(grey).numpy()
+    head.bias.assign((-(features @ head.kernel.numpy())[0]).astype(head.bias.dtype))
+    return model
+
+
+def write_run(model_dir, model, class_names, image_size):
+    """Writes model.keras and a minimal config.json, as a finished run does."""
+    os.makedirs(model_dir)
+    model.save(os.path.join(model_dir, "model.keras"))
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+        json.dump({"stage": "baseline", "class_names": class_names,
+                   "data": {"image_size": list(image_size)}}, f)
+    return str(model_dir)
+
+
+def image_bytes(seed, shape=(40, 52, 3), fmt="jpeg"):
+    """Random image whose mean colour differs per seed (so classes differ)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, shape[-1:]) * 0.7 + rng.integers(0, 77, shape)
+    encode = tf.io.encode_jpeg if fmt == "jpeg" else tf.io.encode_png
+    return encode(pixels.astype(np.uint8)).numpy()
