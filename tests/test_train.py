@@ -202,7 +202,7 @@ def test_fine_tuning_validates_on_exactly_the_split_of_init_from(tmp_path, caplo
                     np.full((24, 24, 3), 60 * i, np.uint8))
     broken = before["train"][0]
     _broken(broken)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         ft = train.run(_fine_tuning_of(fe, tmp_path / "ft"))
     after = _split(tmp_path / "ft")
     assert after["val"] == before["val"] and after["val_labels"] == before["val_labels"]
