@@ -118,7 +118,7 @@ class DataConfig:
     deterministic: bool = option(
         False, "Same batches in the same order on every run with the same "
         "--seed (slower); the default favours speed.")
-    # Input sources other than a folder (catdog.tfrecords, catdog.tfds_source).
+    # Input sources other than a folder (catdog.sources.tfrecords, catdog.sources.tfds).
     train_tfrecords: str = option(
         "", "Glob of training TFRecord shards written by "
         "scripts/build_tfrecords.py (e.g. 'shards/train-*.tfrecord'); "
