@@ -185,51 +185,6 @@ def time_catdog(paths, labels, image_size, batch_size: int, dct_scaling: bool = 
     return out
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux: ru_maxrss in KiB)."""
-    import resource  # pylint: disable=import-outside-toplevel
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def epoch_memory(paths, labels, image_size, batch_size: int, cache: str,
-                 shuffle_buffer: int = 0) -> dict:
-    """Peak memory of one training epoch of catdog's pipeline.
-
-    Run it in a fresh process per setting: the peak RSS is the process's
-    high-water mark, reported relative to the RSS just before the epoch
-    (TensorFlow itself, the file list).
-
-    Args:
-      paths, labels: the training files.
-      image_size: ``(height, width)``.
-      batch_size: batch size.
-      cache: ``"memory"``, ``"none"`` or a cache folder (emptied first).
-      shuffle_buffer: as ``--shuffle_buffer``.
-
-    Returns:
-      Images, seconds to the first batch and for the epoch, RSS before, peak
-      RSS and their difference (bytes).
-    """
-    if cache not in ("memory", "none") and os.path.isdir(cache):
-        shutil.rmtree(cache)
-    ds = data_lib.build_dataset(paths, labels, num_classes=2, image_size=image_size,
-                                batch_size=batch_size, training=True, cache=cache,
-                                shuffle_buffer=shuffle_buffer)
-    before = rss_bytes()
-    start = time.perf_counter()
-    images, first = 0, None
-    for x, _ in ds:
-        images += int(x.shape[0])
-        if first is None:
-            first = time.perf_counter() - start
-    seconds = time.perf_counter() - start
-    peak = peak_rss_bytes()
-    return {"images": images, "image_size": list(image_size), "cache": cache,
-            "shuffle_buffer": shuffle_buffer, "first_batch_seconds": round(first or 0, 3),
-            "epoch_seconds": round(seconds, 2), "rss_before_bytes": before,
-            "peak_rss_bytes": peak, "peak_minus_before_bytes": max(0, peak - before)}
-
-
 def warm_page_cache(paths) -> int:
     """Reads every file once (local or ``tf.io.gfile`` URL); returns the bytes read.
 
