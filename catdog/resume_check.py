@@ -35,7 +35,7 @@ def resume_problem(model_dir: str, fingerprint: dict, split: dict) -> Optional[s
         logging.warning("%s was written without a record of its settings and split; "
                         "resuming it unchecked.", backup_dir)
         return None
-    changes = []
+    changes, data_changed = [], False
     before, now = old.get("settings", {}), fingerprint["settings"]
     for key in sorted(set(before) & set(now)):
         if before[key] != now[key]:
@@ -49,16 +49,22 @@ def resume_problem(model_dir: str, fingerprint: dict, split: dict) -> Optional[s
             what = (f"training {sizes.get('train')} -> {len(split['train'])}, "
                     f"validation {sizes.get('val')} -> {len(split['val'])} inputs")
         changes.append(f"the data: {what}")
+        data_changed = True
     if not changes:
         return None
     epochs = int(metadata.get("epoch", 0))
-    earlier = os.path.join(model_dir, rundir.FLAGS_FILE)
-    earlier = f" (--flagfile={earlier})" if os.path.isfile(earlier) else ""
+    if data_changed:
+        # The earlier command would now read the changed data too.
+        going_on = (f"the earlier run can only be resumed on the inputs it trained on "
+                    f"(listed in {os.path.join(model_dir, rundir.SPLIT_FILE)}).")
+    else:
+        earlier = os.path.join(model_dir, rundir.FLAGS_FILE)
+        earlier = f" (--flagfile={earlier})" if os.path.isfile(earlier) else ""
+        going_on = f"rerunning the earlier command{earlier} resumes the earlier run."
     return (f"{model_dir} holds a backup of {epochs} epoch(s) trained with other settings "
             f"or data, and resuming it would mix two trainings. Changed since: "
             f"{'; '.join(changes)}. Either pass a new --model_dir for this run, or "
-            f"delete {backup_dir}/ to train from scratch in this model_dir; rerunning "
-            f"the earlier command{earlier} resumes the earlier run.")
+            f"delete {backup_dir}/ to train from scratch in this model_dir; {going_on}")
 
 
 def check_resume(config, split: dict, policy: str, strategy):

@@ -235,6 +235,7 @@ def test_rerun_with_other_settings_or_data_is_refused_before_training(tmp_path):
     assert "learning_rate 0.001 -> 0.01" in msg and "batch_size 8 -> 4" in msg
     assert "epochs" not in msg.split("learning_rate")[0]  # more epochs is a resume
     assert "--model_dir" in msg and os.path.join(run, "backup") in msg
+    assert "rerunning the earlier command" in msg  # same data: the old run can go on
     assert _artifacts(run) == before
 
     for i, name in enumerate(("cats", "dogs")):
@@ -246,6 +247,9 @@ def test_rerun_with_other_settings_or_data_is_refused_before_training(tmp_path):
     msg = str(e.value)
     assert "2 files added, 1 removed" in msg
     assert "--model_dir" in msg and os.path.join(run, "backup") in msg
+    # The data moved on: rerunning the earlier command cannot resume it now.
+    assert "rerunning the earlier command" not in msg
+    assert os.path.join(run, "split.json") in msg
     assert _artifacts(run) == before
 
 
