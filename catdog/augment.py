@@ -17,6 +17,8 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from catdog import config as config_lib
+
 AUGMENTATION_NAME = "augmentation"
 
 
@@ -83,16 +85,31 @@ class Augmentation(keras.Sequential):
 
 def build_augmentation(flip: str = "horizontal", rotation: float = 0.1,
                        zoom: float = 0.2, seed: Optional[int] = None,
-                       name: str = AUGMENTATION_NAME) -> keras.Sequential:
+                       name: str = AUGMENTATION_NAME, *, zoom_width: Optional[float] = None,
+                       translation: float = 0.0, shear: float = 0.0,
+                       brightness: float = 0.0, contrast: float = 0.0,
+                       fill_mode: str = "reflect", fill_value: float = 0.0) -> keras.Sequential:
     """Returns the augmentation block as one Keras layer.
+
+    A strength of 0 leaves its layer out; the defaults are flip, rotation and
+    zoom only. The settings are those of :class:`catdog.config.ModelConfig`.
 
     Args:
       flip: ``RandomFlip`` mode, or ``"none"`` to leave it out.
-      rotation: ``RandomRotation`` factor (fraction of a full turn); 0 leaves
-        it out.
-      zoom: ``RandomZoom`` height factor (width follows); 0 leaves it out.
+      rotation: ``RandomRotation`` factor (fraction of a full turn).
+      zoom: ``RandomZoom`` height factor.
       seed: base seed of the random layers, for reproducible runs.
       name: the block's layer name.
+      zoom_width: ``RandomZoom`` width factor, drawn independently of the
+        height's; ``None``: the width follows the height (aspect ratio kept).
+      translation: ``RandomTranslation`` height and width factor.
+      shear: ``RandomShear`` x_factor (horizontal shear).
+      brightness: ``RandomBrightness`` factor (fraction of 0..255).
+      contrast: ``RandomContrast`` factor.
+      fill_mode: how rotation, zoom, translation and shear fill pixels from
+        outside the image (``"reflect"``, ``"wrap"``, ``"constant"``,
+        ``"nearest"``).
+      fill_value: the pixel value of ``fill_mode="constant"``.
 
     Returns:
       An :class:`Augmentation` (a ``keras.Sequential``) taking images with values 0..255 and returning
@@ -101,11 +118,29 @@ def build_augmentation(flip: str = "horizontal", rotation: float = 0.1,
     """
     layers = []
     seed_of = lambda k: None if seed is None else seed + k
+    fill = {"fill_mode": fill_mode, "fill_value": float(fill_value), "dtype": "float32"}
     if flip and flip != "none":
         layers.append(keras.layers.RandomFlip(flip, seed=seed_of(0), dtype="float32"))
     if rotation:
-        layers.append(keras.layers.RandomRotation(rotation, seed=seed_of(1),
-                                                  dtype="float32"))
-    if zoom:
-        layers.append(keras.layers.RandomZoom(zoom, seed=seed_of(2), dtype="float32"))
+        layers.append(keras.layers.RandomRotation(rotation, seed=seed_of(1), **fill))
+    if zoom or zoom_width:
+        # RandomZoom needs a height factor; 0 with a width factor zooms x only.
+        layers.append(keras.layers.RandomZoom(zoom, zoom_width, seed=seed_of(2), **fill))
+    if translation:
+        layers.append(keras.layers.RandomTranslation(translation, translation,
+                                                     seed=seed_of(3), **fill))
+    if shear:
+        layers.append(keras.layers.RandomShear(x_factor=shear, seed=seed_of(4), **fill))
+    if brightness:
+        layers.append(keras.layers.RandomBrightness(brightness, value_range=(0, 255),
+                                                    seed=seed_of(5), dtype="float32"))
+    if contrast:
+        layers.append(keras.layers.RandomContrast(contrast, value_range=(0, 255),
+                                                  seed=seed_of(6), dtype="float32"))
     return Augmentation(layers, name=name)
+
+
+def from_model_config(model_config, seed: Optional[int] = None) -> keras.Sequential:
+    """The block of a :class:`catdog.config.ModelConfig`'s augmentation settings."""
+    return build_augmentation(seed=seed, **{name: getattr(model_config, name)
+                                            for name in config_lib.AUGMENTATION_SETTINGS})

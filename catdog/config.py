@@ -29,6 +29,8 @@ HEADS = ("avg", "max", "flatten")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 JIT_CHOICES = ("auto", "true", "false")
+FLIPS = ("horizontal", "vertical", "horizontal_and_vertical", "none")
+FILL_MODES = ("reflect", "wrap", "constant", "nearest")
 DEFAULT_MAX_PIXELS = 89_478_485  # ~90 MP, as Pillow's decompression-bomb limit.
 
 
@@ -167,15 +169,41 @@ class ModelConfig:
         "'max' pooling, or 'flatten'.", choices=HEADS)
     dropout: float = option(0.5, "Dropout rate before the last layer.")
     augment: bool = option(
-        False, "Put the augmentation block in front of the network (set by "
-        "the stage preset).", flag=False)
+        False, "Put the augmentation block in front of the network (default: "
+        "the stage preset: off for baseline, on for augmented and "
+        "feature_extraction; fine_tuning keeps the block of its --init_from "
+        "model).", flag_default=None, to_field=bool)
     flip: str = option(
-        "horizontal", "Augmentation: RandomFlip mode ('horizontal', 'vertical', "
-        "'horizontal_and_vertical' or 'none').", flag=False)
+        "horizontal", "Augmentation: RandomFlip mode ('none': no flip).", choices=FLIPS)
     rotation: float = option(
-        0.1, "Augmentation: RandomRotation factor (a fraction of a full turn).",
-        flag=False)
-    zoom: float = option(0.2, "Augmentation: RandomZoom factor.", flag=False)
+        0.1, "Augmentation: RandomRotation factor, a fraction of a full turn "
+        "(0.1: up to +-36 degrees); 0: off.")
+    zoom: float = option(
+        0.2, "Augmentation: RandomZoom height factor (0.2: the image is zoomed "
+        "in or out by up to 20%); 0: off.")
+    zoom_width: Optional[float] = option(
+        None, "Augmentation: RandomZoom width factor, drawn independently of the "
+        "height's (as ImageDataGenerator zooms x and y); unset: the width "
+        "follows the height's zoom, keeping the aspect ratio.", kind="float",
+        flag_default=None)
+    translation: float = option(
+        0.0, "Augmentation: RandomTranslation factor of height and width (0.1: "
+        "shifts of up to 10% of the image size); 0: off.")
+    shear: float = option(
+        0.0, "Augmentation: RandomShear x_factor, the horizontal shear (0.2: "
+        "pixels move up to 20% of the height across); 0: off.")
+    brightness: float = option(
+        0.0, "Augmentation: RandomBrightness factor, a fraction of the 0..255 "
+        "value range added or taken (0.2: up to +-51); 0: off.")
+    contrast: float = option(
+        0.0, "Augmentation: RandomContrast factor (0.2: contrast scaled by "
+        "0.8..1.2); 0: off.")
+    fill_mode: str = option(
+        "reflect", "Augmentation: how rotation, zoom, translation and shear fill "
+        "pixels from outside the image (Keras' default 'reflect'; "
+        "ImageDataGenerator's was 'nearest').", choices=FILL_MODES)
+    fill_value: float = option(
+        0.0, "Augmentation: the pixel value (0..255) of --fill_mode=constant.")
     fine_tune_layers: int = option(
         0, "Top backbone layers fine_tuning unfreezes; 0: the "
         "backbone's top block (vgg16: block5, its last 4 layers).")
@@ -301,13 +329,7 @@ def validate(config: Config) -> None:
         _fail("head", m.head, f"must be one of {HEADS}")
     if not 0.0 <= m.dropout < 1.0:
         _fail("dropout", m.dropout, "must be in [0, 1)")
-    if not 0.0 <= m.rotation <= 1.0:
-        _fail("rotation", m.rotation, "must be in [0, 1] (fraction of a full turn)")
-    if not 0.0 <= m.zoom < 1.0:
-        _fail("zoom", m.zoom, "must be in [0, 1)")
-    if m.flip not in ("horizontal", "vertical", "horizontal_and_vertical", "none"):
-        _fail("flip", m.flip,
-              "must be 'horizontal', 'vertical', 'horizontal_and_vertical' or 'none'")
+    _validate_augmentation(m)
     if m.backbone_alpha <= 0:
         _fail("backbone_alpha", m.backbone_alpha, "must be positive")
     if m.fine_tune_layers < 0:
@@ -331,6 +353,32 @@ def validate(config: Config) -> None:
         _fail("worker_timeout_seconds", t.worker_timeout_seconds,
               "must be a positive number of seconds")
     _validate_sources(config)
+
+
+def _validate_augmentation(m: "ModelConfig") -> None:
+    """The augmentation strengths, in the ranges their Keras layers accept."""
+    def number(value):
+        return (not isinstance(value, bool) and isinstance(value, (int, float))
+                and math.isfinite(value))
+
+    if m.flip not in FLIPS:
+        _fail("flip", m.flip, f"must be one of {FLIPS}")
+    if m.fill_mode not in FILL_MODES:
+        _fail("fill_mode", m.fill_mode, f"must be one of {FILL_MODES}")
+    if not (number(m.rotation) and 0.0 <= m.rotation <= 1.0):
+        _fail("rotation", m.rotation, "must be in [0, 1] (fraction of a full turn)")
+    for name in ("zoom", "zoom_width"):
+        value = getattr(m, name)
+        if value is None and name == "zoom_width":
+            continue
+        if not (number(value) and 0.0 <= value < 1.0):
+            _fail(name, value, "must be in [0, 1)")
+    for name in ("translation", "shear", "brightness", "contrast"):
+        value = getattr(m, name)
+        if not (number(value) and 0.0 <= value <= 1.0):
+            _fail(name, value, "must be in [0, 1] (0: off)")
+    if not (number(m.fill_value) and 0.0 <= m.fill_value <= 255.0):
+        _fail("fill_value", m.fill_value, "must be a pixel value in [0, 255]")
 
 
 def _validate_sources(config: Config) -> None:
@@ -403,7 +451,11 @@ RESUME_SETTINGS = {
                         "fine_tune_layers", "init_from"),
     },
 }
-_AUGMENTATION_SETTINGS = ("flip", "rotation", "zoom")
+#: The augmentation settings: ModelConfig fields and the arguments of
+#: catdog.augment.build_augmentation, by the same names.
+AUGMENTATION_SETTINGS = ("flip", "rotation", "zoom", "zoom_width", "translation", "shear",
+                         "brightness", "contrast", "fill_mode", "fill_value")
+_AUGMENTATION_SETTINGS = AUGMENTATION_SETTINGS[:3]
 
 
 def resume_settings(config: Config) -> dict:
@@ -414,6 +466,11 @@ def resume_settings(config: Config) -> dict:
     model = RESUME_SETTINGS["model"].get(config.stage, ())
     if "augment" in model and config.model.augment:
         model += _AUGMENTATION_SETTINGS
+        # Later settings count only when set: a backup made before they
+        # existed (with their defaults) still resumes.
+        defaults = ModelConfig()
+        model += tuple(name for name in AUGMENTATION_SETTINGS[3:]
+                       if getattr(config.model, name) != getattr(defaults, name))
     out.update((name, record["model"][name]) for name in model)
     if config.stage == "feature_extraction":
         # Only stage 3 trains differently with fast features (the others ignore it).

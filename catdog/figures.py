@@ -148,7 +148,7 @@ def _pick_images(image_paths_or_folder, n_images: int) -> list:
 
 def augment_images(images, n_variants: int, *, flip: str = "horizontal",
                    rotation: float = 0.1, zoom: float = 0.2,
-                   seed: Optional[int] = 1337) -> np.ndarray:
+                   seed: Optional[int] = 1337, **settings) -> np.ndarray:
     """Random augmentations of a batch, as the model sees them in training.
 
     Args:
@@ -157,13 +157,14 @@ def augment_images(images, n_variants: int, *, flip: str = "horizontal",
       flip, rotation, zoom: settings of
         :func:`catdog.augment.build_augmentation`.
       seed: seed of the random layers (same seed, same result).
+      **settings: its other settings (``zoom_width``, ``shear``, ...).
 
     Returns:
       ``uint8 (n_variants, N, H, W, 3)``.
     """
     from catdog import augment  # Keras layers: imported only when drawing
 
-    block = augment.build_augmentation(flip, rotation, zoom, seed=seed)
+    block = augment.build_augmentation(flip, rotation, zoom, seed=seed, **settings)
     batch = tf.constant(np.asarray(images, np.float32))
     # One call per variant on the whole batch: each call draws new random
     # transforms, independently per image. training=True as inside fit().
@@ -174,7 +175,7 @@ def augment_images(images, n_variants: int, *, flip: str = "horizontal",
 def augmentation_grid(image_paths_or_folder, path: str, *, image_size=(160, 160),
                       n_images: int = 4, n_variants: int = 6,
                       flip: str = "horizontal", rotation: float = 0.1,
-                      zoom: float = 0.2, seed: Optional[int] = 1337) -> str:
+                      zoom: float = 0.2, seed: Optional[int] = 1337, **settings) -> str:
     """Draws images next to random augmentations of them.
 
     The augmentation is :func:`catdog.augment.build_augmentation` with
@@ -193,6 +194,9 @@ def augmentation_grid(image_paths_or_folder, path: str, *, image_size=(160, 160)
       flip, rotation, zoom: augmentation settings (see
         :class:`catdog.config.ModelConfig`).
       seed: seed of the random layers, for the same picture every time.
+      **settings: the other augmentation settings (``zoom_width``,
+        ``translation``, ``shear``, ``brightness``, ``contrast``,
+        ``fill_mode``, ``fill_value``).
 
     Returns:
       ``path``. Unreadable files are skipped with a warning.
@@ -216,7 +220,7 @@ def augmentation_grid(image_paths_or_folder, path: str, *, image_size=(160, 160)
         raise ValueError(f"None of the images in {image_paths_or_folder!r} could "
                          "be decoded.")
     variants = augment_images(np.stack(images), n_variants, flip=flip,
-                              rotation=rotation, zoom=zoom, seed=seed)
+                              rotation=rotation, zoom=zoom, seed=seed, **settings)
 
     rows, cols = len(images), n_variants + 1
     fig, axes = plt.subplots(rows, cols, figsize=(cols * _CELL, rows * _CELL + 0.6),
@@ -231,8 +235,10 @@ def augmentation_grid(image_paths_or_folder, path: str, *, image_size=(160, 160)
                 ax.set_title("original" if c == 0 else f"augmented {c}", fontsize=9)
             if c == 0:
                 ax.set_ylabel(_short(names[r]), fontsize=8)
-    settings = f"flip={flip}, rotation={rotation}, zoom={zoom}"
-    fig.suptitle(f"Training-time augmentation ({settings}); "
+    title = ", ".join([f"flip={flip}", f"rotation={rotation}", f"zoom={zoom}"]
+                      + [f"{k}={v}" for k, v in settings.items()
+                         if v not in (None, 0, "reflect")])  # only what is set
+    fig.suptitle(f"Training-time augmentation ({title}); "
                  f"{image_size[0]}x{image_size[1]} pixels", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)

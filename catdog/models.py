@@ -121,8 +121,7 @@ def image_input(image_size):
 
 
 def _augmentation(model_config, seed):
-    return augment.build_augmentation(model_config.flip, model_config.rotation,
-                                      model_config.zoom, seed=seed)
+    return augment.from_model_config(model_config, seed=seed)
 
 
 def build_cnn(image_size, num_classes: int = 2, augmentation=None,

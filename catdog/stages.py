@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from typing import Optional
 
 from absl import logging
 
@@ -27,7 +28,8 @@ COMPARISON_PNG = "comparison.png"
 
 
 def stage_config(base: config_lib.Config, stage: str, model_dir: str,
-                 epochs: dict = None, learning_rates: dict = None) -> config_lib.Config:
+                 epochs: dict = None, learning_rates: dict = None,
+                 augment: Optional[bool] = None) -> config_lib.Config:
     """The config of one stage: the stage preset with ``base``'s data and model settings.
 
     Args:
@@ -36,11 +38,14 @@ def stage_config(base: config_lib.Config, stage: str, model_dir: str,
       model_dir: the pipeline's folder; the stage writes to ``model_dir/stage``.
       epochs: optional ``{stage: epochs}`` overrides (else the preset's).
       learning_rates: optional ``{stage: rate}`` overrides (else the preset's).
+      augment: augmentation on or off for every stage that builds its model
+        (``None``: each stage's preset); fine_tuning keeps its
+        ``init_from`` model's block.
     """
     preset = config_lib.for_stage(stage)
     config = copy.deepcopy(base)
     config.model.stage = stage
-    config.model.augment = preset.model.augment
+    config.model.augment = preset.model.augment if augment is None else bool(augment)
     config.train.epochs = (epochs or {}).get(stage, preset.train.epochs)
     config.train.learning_rate = (learning_rates or {}).get(
         stage, preset.train.learning_rate)
@@ -53,7 +58,8 @@ def stage_config(base: config_lib.Config, stage: str, model_dir: str,
 def run_pipeline(base: config_lib.Config, model_dir: str,
                  stages=config_lib.STAGES, epochs: dict = None,
                  learning_rates: dict = None,
-                 fallback_to_random_weights: bool = False) -> dict:
+                 fallback_to_random_weights: bool = False,
+                 augment: Optional[bool] = None) -> dict:
     """Trains the stages in order and writes the comparison.
 
     Args:
@@ -64,6 +70,7 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
         ``feature_extraction`` (run now or earlier into the same model dir).
       epochs: ``{stage: epochs}`` overrides.
       learning_rates: ``{stage: learning rate}`` overrides.
+      augment: augmentation on or off for stages 1-3 (``None``: their presets).
       fallback_to_random_weights: when ImageNet weights cannot be obtained,
         say so and train the backbone stages from random initialisation
         (the demo does this); otherwise that is an error.
@@ -80,7 +87,7 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
     rows, histories = [], {}
     weights_note = ""
     for stage in stages:
-        config = stage_config(base, stage, model_dir, epochs, learning_rates)
+        config = stage_config(base, stage, model_dir, epochs, learning_rates, augment)
         logging.info("=== stage %s -> %s", stage, config.train.model_dir)
         note = weights_note if stage in ("feature_extraction", "fine_tuning") else ""
         try:

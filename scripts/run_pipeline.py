@@ -62,7 +62,7 @@ def _run():
     cli.write_flagfile(base.train.model_dir, FLAGS)
     stages_lib.run_pipeline(base, base.train.model_dir, stages=FLAGS.stages,
                           epochs=epochs, learning_rates=rates,
-                          fallback_to_random_weights=is_demo)
+                          fallback_to_random_weights=is_demo, augment=FLAGS.augment)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ from absl import flags
 
 from catdog import cli
 from catdog import config as config_lib
+from catdog import options
 from catdog import rundir
 
-_M = config_lib.ModelConfig()
 _D = config_lib.DataConfig()
 
 _DATA_DIR = flags.DEFINE_string(
@@ -33,18 +33,19 @@ _DATA_DIR = flags.DEFINE_string(
 _OUT = flags.DEFINE_string("out", "augmentation.png", "PNG file to write.")
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None,
-    "Optional training run folder: take --image_size, --flip, --rotation and "
-    "--zoom from its config.json (flags given explicitly still win).")
+    "Optional training run folder: take --image_size and the augmentation "
+    "settings (--flip, --rotation, --zoom, ...) from its config.json (flags "
+    "given explicitly still win).")
 _IMAGE_SIZE = flags.DEFINE_string(
     "image_size", f"{_D.image_size[0]},{_D.image_size[1]}",
     "Image size after resizing: 'SIZE' or 'HEIGHT,WIDTH'.")
-_FLIP = flags.DEFINE_enum(
-    "flip", _M.flip, ["horizontal", "vertical", "horizontal_and_vertical", "none"],
-    "RandomFlip mode, or 'none'.")
-_ROTATION = flags.DEFINE_float(
-    "rotation", _M.rotation,
-    "RandomRotation factor, a fraction of a full turn (0.1 = up to +-36 degrees); 0: off.")
-_ZOOM = flags.DEFINE_float("zoom", _M.zoom, "RandomZoom factor (0.2 = +-20%); 0: off.")
+# --flip, --rotation, --zoom, ... with the training scripts' help and checks.
+for _spec in options.flag_specs(config_lib.Config()):
+    if _spec.field in config_lib.AUGMENTATION_SETTINGS:
+        if _spec.kind == "enum":
+            flags.DEFINE_enum(_spec.flag, _spec.flag_default, list(_spec.choices), _spec.help)
+        else:
+            getattr(flags, f"DEFINE_{_spec.kind}")(_spec.flag, _spec.flag_default, _spec.help)
 _SEED = flags.DEFINE_integer("seed", _D.seed, "Seed: the same picture on every run.")
 _N_IMAGES = flags.DEFINE_integer("n_images", 4, "Images (rows) to show.")
 _N_VARIANTS = flags.DEFINE_integer("n_variants", 6,
@@ -53,8 +54,8 @@ _N_VARIANTS = flags.DEFINE_integer("n_variants", 6,
 
 def _settings():
     """Image size and augmentation settings: flags, or the run's config.json."""
-    values = {"image_size": config_lib.parse_image_size(_IMAGE_SIZE.value),
-              "flip": _FLIP.value, "rotation": _ROTATION.value, "zoom": _ZOOM.value}
+    values = {"image_size": config_lib.parse_image_size(_IMAGE_SIZE.value)}
+    values.update((name, flags.FLAGS[name].value) for name in config_lib.AUGMENTATION_SETTINGS)
     if _MODEL_DIR.value:
         path = os.path.join(_MODEL_DIR.value, rundir.CONFIG_FILE)
         if not os.path.isfile(path):
@@ -64,8 +65,9 @@ def _settings():
         with open(path, encoding="utf-8") as f:
             run = config_lib.Config.from_dict(
                 {k: v for k, v in json.load(f).items() if k in ("data", "model", "train")})
-        from_run = {"image_size": tuple(run.data.image_size), "flip": run.model.flip,
-                    "rotation": run.model.rotation, "zoom": run.model.zoom}
+        from_run = {"image_size": tuple(run.data.image_size)}
+        from_run.update((name, getattr(run.model, name))
+                        for name in config_lib.AUGMENTATION_SETTINGS)
         for name, value in from_run.items():
             if not flags.FLAGS[name].present:
                 values[name] = value
@@ -75,8 +77,8 @@ def _settings():
     # The config's own checks, so messages match the training scripts'.
     check = config_lib.Config()
     check.data.image_size = values["image_size"]
-    check.model.flip, check.model.rotation, check.model.zoom = (
-        values["flip"], values["rotation"], values["zoom"])
+    for name in config_lib.AUGMENTATION_SETTINGS:
+        setattr(check.model, name, values[name])
     check.train.model_dir = "-"  # only the image and augmentation values matter
     check.validate()
     return values
@@ -96,8 +98,8 @@ def _show():
 
     path = figures.augmentation_grid(
         _DATA_DIR.value, _OUT.value, image_size=values["image_size"],
-        n_images=_N_IMAGES.value, n_variants=_N_VARIANTS.value, flip=values["flip"],
-        rotation=values["rotation"], zoom=values["zoom"], seed=_SEED.value)
+        n_images=_N_IMAGES.value, n_variants=_N_VARIANTS.value, seed=_SEED.value,
+        **{name: values[name] for name in config_lib.AUGMENTATION_SETTINGS})
     print(f"Wrote {path}")
 
 

@@ -113,3 +113,105 @@ def test_replicas_draw_different_transforms(tmp_path):
         assert all(out[name]["augmented"]), (name, out)
         assert all(out[name]["steps_differ"]), (name, out)
         assert out[name]["inference_unchanged"], (name, out)
+
+
+# ---------------------------------------------------------------------------
+# Every augmentation setting, from the config (and so from its flag)
+# ---------------------------------------------------------------------------
+
+def _all_on():
+    from catdog import config as config_lib
+    return config_lib.ModelConfig(
+        flip="vertical", rotation=0.05, zoom=0.15, zoom_width=0.25, translation=0.1,
+        shear=0.2, brightness=0.3, contrast=0.4, fill_mode="constant", fill_value=7.0)
+
+
+def test_every_setting_reaches_its_keras_layer_with_its_factor():
+    block = augment.from_model_config(_all_on(), seed=5)
+    layers = {type(l).__name__: l for l in block.layers}
+    assert list(layers) == ["RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
+                            "RandomShear", "RandomBrightness", "RandomContrast"]
+    assert layers["RandomFlip"].mode == "vertical"
+    assert tuple(layers["RandomRotation"].factor) == (-0.05, 0.05)
+    assert layers["RandomZoom"].height_factor == 0.15
+    assert layers["RandomZoom"].width_factor == 0.25
+    assert layers["RandomTranslation"].height_factor == 0.1
+    assert layers["RandomTranslation"].width_factor == 0.1
+    assert tuple(layers["RandomShear"].x_factor) == (-0.2, 0.2)
+    assert tuple(layers["RandomShear"].y_factor) == (0.0, 0.0)
+    assert tuple(layers["RandomBrightness"].factor) == (-0.3, 0.3)
+    assert tuple(layers["RandomBrightness"].value_range) == (0, 255)
+    assert tuple(layers["RandomContrast"].value_range) == (0, 255)
+    for name in ("RandomRotation", "RandomZoom", "RandomTranslation", "RandomShear"):
+        assert layers[name].fill_mode == "constant", name
+        assert layers[name].fill_value == 7.0, name
+
+
+def test_every_layer_is_inactive_at_inference():
+    block = augment.from_model_config(_all_on(), seed=5)
+    x = np.random.RandomState(0).uniform(0, 255, (3, 24, 24, 3)).astype("float32")
+    np.testing.assert_array_equal(block(x).numpy(), x)
+    np.testing.assert_array_equal(block(x, training=False).numpy(), x)
+    assert not np.allclose(block(x, training=True).numpy(), x)
+
+
+def test_defaults_build_the_flip_rotation_zoom_block():
+    from catdog import config as config_lib
+    block = augment.from_model_config(config_lib.ModelConfig())
+    assert [type(l).__name__ for l in block.layers] == ["RandomFlip", "RandomRotation",
+                                                        "RandomZoom"]
+    zoom = block.layers[2]
+    assert zoom.height_factor == 0.2 and zoom.width_factor is None
+    assert all(l.fill_mode == "reflect" for l in block.layers[1:])
+
+
+def _line_angle_degrees(image):
+    """Angle of the bright line in ``image`` (H, W), from its pixels' main axis."""
+    ys, xs = np.nonzero(image > 127)
+    coords = np.stack([xs - xs.mean(), ys - ys.mean()])
+    _, vectors = np.linalg.eigh(np.cov(coords))
+    vx, vy = vectors[:, -1]
+    angle = np.degrees(np.arctan2(vy, vx))
+    return (angle + 90) % 180 - 90
+
+
+def _line_images(n, size=65):
+    x = np.zeros((n, size, size, 3), np.float32)
+    x[:, size // 2 - 1:size // 2 + 2, 8:size - 8] = 255.0  # a horizontal bar
+    return x
+
+
+def test_rotation_stays_within_its_range():
+    # 0.05 of a full turn: up to +-18 degrees.
+    from catdog import config as config_lib
+    config = config_lib.ModelConfig(flip="none", zoom=0.0, rotation=0.05,
+                                    fill_mode="constant")
+    block = augment.from_model_config(config, seed=11)
+    out = block(_line_images(64), training=True).numpy()[..., 0]
+    angles = np.array([_line_angle_degrees(img) for img in out])
+    assert np.abs(angles).max() <= 18.0 + 1.0, angles
+    assert np.abs(angles).max() >= 12.0, angles  # the range is used, not just 0
+    assert (angles > 2).any() and (angles < -2).any()
+
+
+def _square_sides(images):
+    """Height and width of the bright square of each image (N, H, W)."""
+    bright = images > 127
+    return bright.any(axis=2).sum(axis=1), bright.any(axis=1).sum(axis=1)
+
+
+def test_zoom_width_zooms_independently_within_its_range():
+    from catdog import config as config_lib
+    size, side = 96, 32
+    x = np.zeros((64, size, size, 3), np.float32)
+    lo = (size - side) // 2
+    x[:, lo:lo + side, lo:lo + side] = 255.0
+    config = config_lib.ModelConfig(flip="none", rotation=0.0, zoom=0.1, zoom_width=0.3,
+                                    fill_mode="constant")
+    out = augment.from_model_config(config, seed=2)(x, training=True).numpy()[..., 0]
+    heights, widths = _square_sides(out)
+    # Keras' factor f: the image is scaled by 1/(1+f), f in [-factor, factor].
+    assert heights.min() >= side / 1.1 - 2 and heights.max() <= side / 0.9 + 2
+    assert widths.min() >= side / 1.3 - 2 and widths.max() <= side / 0.7 + 2
+    assert widths.max() - widths.min() > heights.max() - heights.min()
+    assert not np.array_equal(heights, widths)  # not one draw for both

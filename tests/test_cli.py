@@ -165,7 +165,12 @@ def test_flags_keep_the_kinds_and_defaults_users_see(fv):
     assert kinds["deterministic"] == "bool" and fv["deterministic"].default is False
     assert fv["head"].parser.enum_values == list(config_lib.HEADS)
     assert fv["strategy"].parser.enum_values == list(config_lib.STRATEGIES)
-    assert "stage" not in fv and "augment" not in fv  # set by the stage presets
+    assert "stage" not in fv  # set by the stage presets
+    # Unset --augment keeps the preset's; the strengths are plain values.
+    assert kinds["augment"] == "bool" and fv["augment"].default is None
+    assert fv["flip"].parser.enum_values == list(config_lib.FLIPS)
+    assert fv["fill_mode"].default == "reflect" and fv["zoom_width"].default is None
+    assert (fv["rotation"].default, fv["zoom"].default, fv["shear"].default) == (0.1, 0.2, 0.0)
 
 
 def test_an_option_added_to_a_section_gets_its_flag_and_reaches_the_config():
@@ -203,3 +208,38 @@ def test_an_option_added_to_a_section_gets_its_flag_and_reaches_the_config():
     assert run.train.patience == 9  # unset: the preset's value stays
     values(["prog", "--early_stop_patience=2"])
     assert cli.apply_flags(Run(), values).train.patience == 2
+
+
+def test_augment_flag_overrides_the_preset_only_when_given(fv):
+    fv(["prog"])
+    assert cli.config_from_flags("baseline", fv).model.augment is False
+    assert cli.config_from_flags("augmented", fv).model.augment is True
+    fv.unparse_flags()
+    fv(["prog", "--augment"])
+    assert cli.config_from_flags("baseline", fv).model.augment is True
+    fv.unparse_flags()
+    fv(["prog", "--noaugment"])
+    assert cli.config_from_flags("feature_extraction", fv).model.augment is False
+
+
+def test_augmentation_flags_reach_the_model_config(fv):
+    fv(["prog", "--flip=horizontal_and_vertical", "--rotation=0.0972", "--zoom=0.2",
+        "--zoom_width=0.3", "--translation=0.1", "--shear=0.15", "--brightness=0.2",
+        "--contrast=0.25", "--fill_mode=nearest", "--fill_value=12"])
+    m = cli.config_from_flags("augmented", fv).model
+    assert (m.flip, m.rotation, m.zoom, m.zoom_width, m.translation, m.shear, m.brightness,
+            m.contrast, m.fill_mode, m.fill_value) == (
+                "horizontal_and_vertical", 0.0972, 0.2, 0.3, 0.1, 0.15, 0.2, 0.25,
+                "nearest", 12.0)
+
+
+def test_run_pipeline_augment_applies_to_the_stages_that_build_their_model(tmp_path):
+    from catdog import config as config_lib  # pylint: disable=import-outside-toplevel
+    from catdog import stages  # pylint: disable=import-outside-toplevel
+    base = config_lib.baseline()
+    presets = {s: stages.stage_config(base, s, str(tmp_path)).model.augment
+               for s in ("baseline", "augmented")}
+    assert presets == {"baseline": False, "augmented": True}
+    on = stages.stage_config(base, "baseline", str(tmp_path), augment=True)
+    off = stages.stage_config(base, "feature_extraction", str(tmp_path), augment=False)
+    assert on.model.augment is True and off.model.augment is False

@@ -114,3 +114,42 @@ def test_section_docs_list_every_field_with_its_help():
         assert "Attributes:" in doc
         for field in dataclasses.fields(section):
             assert f"{field.name}: {' '.join(options.option_help(field).split())}" in doc
+
+
+@pytest.mark.parametrize("field,value", [
+    ("rotation", 1.5), ("zoom", 1.0), ("zoom", -0.1), ("zoom_width", 1.2),
+    ("translation", 1.5), ("translation", -0.1), ("shear", 2.0), ("brightness", 1.1),
+    ("contrast", -0.5), ("contrast", float("nan")), ("fill_mode", "mirror"),
+    ("fill_value", 300.0), ("flip", "diagonal"),
+])
+def test_augmentation_values_out_of_range_name_their_flag(field, value):
+    c = _valid("augmented")
+    setattr(c.model, field, value)
+    with pytest.raises(ValueError) as e:
+        c.validate()
+    assert f"--{field}" in str(e.value) and repr(value) in str(e.value)
+
+
+def test_a_config_json_from_before_the_new_augmentation_settings_loads_as_before():
+    old = {"data": {"train_dir": "x"}, "train": {"model_dir": "m"},
+           "model": {"stage": "augmented", "augment": True, "flip": "horizontal",
+                     "rotation": 0.1, "zoom": 0.2}}
+    c = C.Config.from_dict(old)
+    c.validate()
+    assert (c.model.zoom_width, c.model.translation, c.model.shear, c.model.brightness,
+            c.model.contrast, c.model.fill_mode, c.model.fill_value) == (
+                None, 0.0, 0.0, 0.0, 0.0, "reflect", 0.0)
+    from catdog import augment  # pylint: disable=import-outside-toplevel
+    block = augment.from_model_config(c.model)
+    assert [type(l).__name__ for l in block.layers] == ["RandomFlip", "RandomRotation",
+                                                        "RandomZoom"]
+
+
+def test_resume_settings_of_a_default_augmentation_are_those_recorded_before():
+    c = _valid("augmented")
+    settings = C.resume_settings(c)
+    assert {"flip", "rotation", "zoom"} <= set(settings)
+    assert not set(settings) & {"zoom_width", "shear", "translation", "brightness",
+                                "contrast", "fill_mode", "fill_value"}
+    c.model.shear = 0.1
+    assert C.resume_settings(c)["shear"] == 0.1  # a changed strength refuses a resume

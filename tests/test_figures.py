@@ -225,6 +225,8 @@ def test_show_augmentation_script_reads_a_run_config(folder, tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--rotation=2"], "--rotation"),
+    (["--shear=5"], "--shear"),
+    (["--fill_mode=mirror"], "--fill_mode"),
     (["--image_size=8"], "--image_size"),
     (["--n_images=0"], "--n_images"),
 ])
@@ -232,3 +234,14 @@ def test_show_augmentation_usage_errors(folder, tmp_path, args, needle):
     proc = _script(f"--data_dir={folder}", f"--out={tmp_path}/a.png", *args)
     assert proc.returncode == 2
     assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_augment_images_applies_the_other_settings():
+    images = np.random.RandomState(0).uniform(100, 150, (3, 24, 24, 3)).astype("float32")
+    out = figures.augment_images(images, 2, flip="none", rotation=0.0, zoom=0.0,
+                                 brightness=0.2, seed=1).astype(np.float32)
+    shift = out - np.round(images)
+    # Brightness alone: every pixel of an image moves by the same amount.
+    per_image = shift.reshape(2, 3, -1)
+    assert np.abs(per_image - per_image[..., :1]).max() <= 1.0
+    assert np.abs(per_image[..., 0]).max() > 3.0
