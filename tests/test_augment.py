@@ -215,3 +215,123 @@ def test_zoom_width_zooms_independently_within_its_range():
     assert widths.min() >= side / 1.3 - 2 and widths.max() <= side / 0.7 + 2
     assert widths.max() - widths.min() > heights.max() - heights.min()
     assert not np.array_equal(heights, widths)  # not one draw for both
+
+
+# ---------------------------------------------------------------------------
+# from_image_data_generator: the generator's arguments and units
+# ---------------------------------------------------------------------------
+
+def test_generator_rotation_range_is_degrees():
+    block = augment.from_image_data_generator(rotation_range=35, fill_mode="constant",
+                                              seed=3)
+    out = block(_line_images(96), training=True).numpy()[..., 0]
+    angles = np.array([_line_angle_degrees(img) for img in out])
+    assert np.abs(angles).max() <= 35.0 + 1.0, angles
+    assert np.abs(angles).max() >= 28.0, angles
+
+
+def test_generator_zoom_range_stays_within_its_scale_range():
+    # ImageDataGenerator(zoom_range=0.2) samples z in [0.8, 1.2] per axis and
+    # shows the image scaled by 1/z: sides within [side/1.2, side/0.8].
+    size, side = 96, 32
+    x = np.zeros((96, size, size, 3), np.float32)
+    lo = (size - side) // 2
+    x[:, lo:lo + side, lo:lo + side] = 255.0
+    block = augment.from_image_data_generator(zoom_range=0.2, fill_mode="constant", seed=4)
+    heights, widths = _square_sides(block(x, training=True).numpy()[..., 0])
+    for sides in (heights, widths):
+        assert sides.min() >= side / 1.2 - 2 and sides.max() <= side / 0.8 + 2, sides
+        assert sides.min() <= side / 1.1 and sides.max() >= side / 0.9  # range used
+    assert not np.array_equal(heights, widths)  # x and y zoom independently
+    zoomed_in = augment.from_image_data_generator(zoom_range=[0.5, 0.6],
+                                                  fill_mode="constant", seed=4)
+    heights, _ = _square_sides(zoomed_in(x, training=True).numpy()[..., 0])
+    assert heights.min() >= side / 0.6 - 2 and heights.max() <= side / 0.5 + 2, heights
+
+
+def test_generator_horizontal_flip_flips_about_half_the_time():
+    x = np.zeros((400, 8, 8, 3), np.float32)
+    x[:, :, :4] = 255.0  # left half bright
+    block = augment.from_image_data_generator(horizontal_flip=True, seed=5)
+    out = block(x, training=True).numpy()
+    flipped = out[:, :, 4:].mean(axis=(1, 2, 3)) > 127
+    assert 0.4 <= flipped.mean() <= 0.6, flipped.mean()
+    np.testing.assert_array_equal(out[~flipped], x[~flipped])
+
+
+def test_generator_arguments_map_to_layers_in_keras_units():
+    block = augment.from_image_data_generator(
+        image_size=(64, 80), width_shift_range=8, height_shift_range=0.1, shear_range=30,
+        channel_shift_range=51, vertical_flip=True, horizontal_flip=True, cval=9,
+        rescale=1 / 255.0, validation_split=0.25)
+    layers = {type(l).__name__: l for l in block.layers}
+    assert list(layers) == ["RandomTranslation", "RandomShear", "RandomBrightness",
+                            "RandomFlip", "Rescaling"]
+    assert layers["RandomTranslation"].width_factor == 8 / 80
+    assert layers["RandomTranslation"].height_factor == 0.1
+    assert np.isclose(layers["RandomShear"].x_factor[1], 0.5)  # sin(30 degrees)
+    assert np.isclose(layers["RandomBrightness"].factor[1], 0.2)
+    assert layers["RandomFlip"].mode == "horizontal_and_vertical"
+    assert layers["RandomShear"].fill_mode == "nearest"  # the generator's default
+    assert layers["RandomShear"].fill_value == 9.0
+    assert block.data_settings == {"validation_split": 0.25}
+    x = np.full((2, 64, 80, 3), 255.0, np.float32)
+    # Inference: no random transform, but rescaled as the generator's batches are.
+    np.testing.assert_allclose(block(x).numpy(), 1.0, rtol=1e-6)
+
+
+def test_generator_brightness_range_scales_pixels():
+    x = np.full((64, 8, 8, 3), 100.0, np.float32)
+    block = augment.from_image_data_generator(brightness_range=[0.5, 1.5], seed=6)
+    ratios = block(x, training=True).numpy().mean(axis=(1, 2, 3)) / 100.0
+    assert ratios.min() >= 0.5 - 1e-5 and ratios.max() <= 1.5 + 1e-5
+    assert ratios.min() < 0.7 and ratios.max() > 1.3
+    np.testing.assert_array_equal(block(x).numpy(), x)
+
+
+def test_generator_standardization_samplewise_and_featurewise():
+    x = np.random.RandomState(1).uniform(0, 255, (8, 12, 12, 3)).astype("float32")
+    x[..., 1] *= 0.5
+    samplewise = augment.from_image_data_generator(samplewise_center=True,
+                                                   samplewise_std_normalization=True)
+    out = samplewise(x).numpy()
+    np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out.std(axis=(1, 2, 3)), 1.0, atol=1e-3)
+    featurewise = augment.from_image_data_generator(
+        featurewise_center=True, featurewise_std_normalization=True, rescale=1 / 255.0)
+    featurewise.get_layer(augment.FEATUREWISE_NAME).adapt(x / 255.0)
+    out = featurewise(x).numpy()
+    np.testing.assert_allclose(out.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out.std(axis=(0, 1, 2)), 1.0, atol=1e-3)
+
+
+def test_generator_arguments_without_equivalent_are_all_named():
+    import pytest
+    with pytest.raises(ValueError) as e:
+        augment.from_image_data_generator(zca_whitening=True, preprocessing_function=abs,
+                                          rotation_range=10, colour_jitter=2)
+    message = str(e.value)
+    for name in ("zca_whitening", "preprocessing_function", "colour_jitter"):
+        assert f"`{name}`" in message, message
+    assert "rotation_range" not in message and "keras.layers.Layer" in message
+    with pytest.raises(ValueError, match="featurewise_std_normalization"):
+        augment.from_image_data_generator(featurewise_center=True)
+    with pytest.raises(ValueError, match="image_size"):
+        augment.from_image_data_generator(width_shift_range=10)
+    with pytest.raises(ValueError, match="zoom_range"):
+        augment.from_image_data_generator(zoom_range=[1.5, 3.0])
+
+
+def test_generator_block_saves_and_loads_with_its_layers(tmp_path):
+    import keras
+    inputs = keras.Input((16, 16, 3))
+    block = augment.from_image_data_generator(brightness_range=[0.8, 1.2],
+                                              samplewise_center=True, rotation_range=20)
+    model = keras.Model(inputs, block(inputs))
+    path = str(tmp_path / "g.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x = np.random.RandomState(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-4)
+    names = [type(l).__name__ for l in loaded.layers[-1].layers]
+    assert names == ["RandomRotation", "RandomBrightnessScale", "SampleStandardization"]
