@@ -1,4 +1,4 @@
-"""The augmentation block: random flip, rotation and zoom, inside the model.
+"""The augmentation block: random flip, rotation, zoom and more, inside the model.
 
 Augmentation lives in the model, not in tf.data, so it runs on the
 accelerator with the rest of the network, travels with the exported model,
@@ -8,6 +8,10 @@ when ``training=True``): validation data is never augmented.
 Under a multi-replica strategy every replica augments its own images
 differently: the block folds the (global) replica id into the seeds its
 layers draw, see :class:`_ReplicaSeedGenerator`.
+
+:func:`build_augmentation` builds the block from catdog's settings (the
+augmentation flags); :func:`from_image_data_generator` from the arguments of
+Keras' old ``ImageDataGenerator``, in its units.
 """
 
 from __future__ import annotations

@@ -287,6 +287,9 @@ def test_generator_brightness_range_scales_pixels():
     assert ratios.min() >= 0.5 - 1e-5 and ratios.max() <= 1.5 + 1e-5
     assert ratios.min() < 0.7 and ratios.max() > 1.3
     np.testing.assert_array_equal(block(x).numpy(), x)
+    # Its seeds, like the Keras layers', differ from replica to replica.
+    generators = [g for layer in block.layers for g in layer._seed_generators]  # pylint: disable=protected-access
+    assert generators and all(isinstance(g, augment._ReplicaSeedGenerator) for g in generators)  # pylint: disable=protected-access
 
 
 def test_generator_standardization_samplewise_and_featurewise():
@@ -335,3 +338,14 @@ def test_generator_block_saves_and_loads_with_its_layers(tmp_path):
     np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-4)
     names = [type(l).__name__ for l in loaded.layers[-1].layers]
     assert names == ["RandomRotation", "RandomBrightnessScale", "SampleStandardization"]
+
+
+def test_generator_shear_range_tilts_vertical_lines_as_the_generator():
+    # The generator's shear by angle a tilts a vertical line by atan(sin(a)).
+    bar = np.zeros((64, 65, 65, 3), np.float32)
+    bar[:, 8:57, 31:34] = 255.0
+    block = augment.from_image_data_generator(shear_range=30, fill_mode="constant", seed=1)
+    out = block(bar, training=True).numpy()[..., 0]
+    tilts = np.array([90 - abs(_line_angle_degrees(img)) for img in out])
+    limit = np.degrees(np.arctan(np.sin(np.radians(30))))
+    assert tilts.max() <= limit + 1.0 and tilts.max() >= limit - 4.0, tilts
