@@ -32,6 +32,7 @@ JIT_CHOICES = ("auto", "true", "false")
 FLIPS = ("horizontal", "vertical", "horizontal_and_vertical", "none")
 FILL_MODES = ("reflect", "wrap", "constant", "nearest")
 DEFAULT_MAX_PIXELS = 89_478_485  # ~90 MP, as Pillow's decompression-bomb limit.
+CLASS_WEIGHT_MODES = ("none", "balanced")  # or explicit NAME=WEIGHT,...
 
 
 def _fail(flag: str, value: Any, expected: str) -> None:
@@ -55,6 +56,68 @@ def parse_image_size(value: Sequence) -> tuple:
     if len(ints) != 2:
         _fail("image_size", value, "must be one or two integers (height,width)")
     return tuple(ints)
+
+
+def _parse_class_weight(value: str) -> Any:
+    """``None``, ``"balanced"`` or ``{name: weight}`` in the order given."""
+    text = str(value).strip()
+    if text.lower() in CLASS_WEIGHT_MODES:
+        return None if text.lower() == "none" else "balanced"
+    weights = {}
+    for part in text.split(","):
+        name, sep, number = part.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            _fail("class_weight", value, "must be 'none', 'balanced' or NAME=WEIGHT "
+                  "pairs such as cats=1,dogs=3")
+        if name in weights:
+            _fail("class_weight", value, f"names class {name!r} twice")
+        try:
+            weight = float(number)
+        except ValueError:
+            weight = float("nan")
+        if not (math.isfinite(weight) and weight > 0):
+            _fail("class_weight", value, f"must give class {name!r} a positive number "
+                  f"(got {number.strip()!r})")
+        weights[name] = weight
+    return weights
+
+
+def class_weights(value: str, class_names: Sequence, counts: Optional[Sequence]) -> Any:
+    """The loss weight of each class, as ``--class_weight`` asks, or ``None``.
+
+    ``balanced`` is scikit-learn's: ``n_samples / (n_classes * count_c)`` from
+    the training split's class counts, so every class adds the same total
+    weight to the loss; explicit ``NAME=WEIGHT`` pairs must name every class.
+
+    Args:
+      value: the ``--class_weight`` setting.
+      class_names: class names in label order.
+      counts: training examples per class in label order (``balanced`` only).
+
+    Returns:
+      ``None`` for ``none``, else ``{class name: weight}`` in label order.
+
+    Raises:
+      ValueError: naming the flag and value, for a malformed value, unknown
+        or missing class names, or non-positive weights.
+    """
+    parsed = _parse_class_weight(value)
+    if parsed is None:
+        return None
+    names = list(class_names)
+    if parsed == "balanced":
+        if counts is None or len(counts) != len(names) or not all(c > 0 for c in counts):
+            _fail("class_weight", value, f"'balanced' needs training examples of every "
+                  f"class {names} (counts {counts})")
+        total = sum(counts)
+        return {name: total / (len(names) * count) for name, count in zip(names, counts)}
+    unknown = [n for n in parsed if n not in names]
+    missing = [n for n in names if n not in parsed]
+    if unknown or missing:
+        _fail("class_weight", value, f"must give a weight to each of the classes {names} "
+              f"(unknown {unknown}, missing {missing})")
+    return {name: parsed[name] for name in names}
 
 
 def _size_text(size: Sequence) -> str:
@@ -251,6 +314,12 @@ class TrainConfig:
         "answer before it counts as gone; this worker then stops "
         "with exit code 75 (rerun every worker to resume). A "
         "worker busy in a slow phase still answers.")
+    class_weight: str = option(
+        "none", "Loss weight of each class in training (never in validation): "
+        "'none'; 'balanced', n_samples / (n_classes * count) from the "
+        "training split's class counts (folder inputs); or every class "
+        "by name, e.g. 'cats=1,dogs=3'. The weights used are in "
+        "metrics.json.")
 
 
 @dataclasses.dataclass
@@ -352,6 +421,9 @@ def validate(config: Config) -> None:
             or t.worker_timeout_seconds <= 0):
         _fail("worker_timeout_seconds", t.worker_timeout_seconds,
               "must be a positive number of seconds")
+    parsed = _parse_class_weight(t.class_weight)
+    if isinstance(parsed, dict) and d.class_names:
+        class_weights(t.class_weight, d.class_names, None)
     _validate_sources(config)
 
 
@@ -440,7 +512,7 @@ def split_fields(data: DataConfig) -> tuple:
 #: and jit_compile. The dtype policy is checked as resolved, not as asked.
 RESUME_SETTINGS = {
     "data": ("image_size", "batch_size", "seed", "shuffle_buffer", "dct_scaling"),
-    "train": ("learning_rate",),
+    "train": ("learning_rate", "class_weight"),
     "model": {
         "baseline": ("stage", "dropout", "augment"),
         "augmented": ("stage", "dropout", "augment"),

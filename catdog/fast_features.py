@@ -150,7 +150,7 @@ for _name in _HOOKS:
 
 def fit_head_on_features(model: keras.Model, train_images: tf.data.Dataset,
                          val_ds: tf.data.Dataset, config, num_classes: int,
-                         callbacks=(), strategy=None) -> dict:
+                         callbacks=(), strategy=None, class_weight=None) -> dict:
     """Trains the head of a stage-3 ``model`` on features computed once.
 
     Args:
@@ -164,6 +164,7 @@ def fit_head_on_features(model: keras.Model, train_images: tf.data.Dataset,
       callbacks: the run's callbacks; each ``ModelCheckpoint`` saves the
         full model, the others see the head model.
       strategy: the run's ``tf.distribute`` strategy (head compiled in its scope).
+      class_weight: ``{label: weight}`` for the training loss, or ``None``.
 
     Returns:
       Timings and sizes, also written to ``model_dir/fast_features.json``
@@ -218,7 +219,7 @@ def fit_head_on_features(model: keras.Model, train_images: tf.data.Dataset,
                else cb for cb in callbacks]
     head_model.fit(train_ds, validation_data=head_val, epochs=t.epochs,
                    callbacks=[_EpochTimer()] + wrapped, verbose=t.verbose,
-                   shuffle=False)
+                   class_weight=class_weight, shuffle=False)
     report = {"feature_seconds": round(feature_seconds, 3),
               "epoch_seconds": [round(s, 4) for s in epoch_seconds],
               "train_examples": int(len(train_x)), "val_examples": int(len(val_x)),

@@ -29,6 +29,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from catdog import batching
 from catdog import callbacks as callbacks_lib
 from catdog import config as config_lib
 from catdog import data as data_lib
@@ -45,7 +46,47 @@ from catdog import rundir
 from catdog import watchdog as watchdog_lib
 
 
-def _fit_inputs(config: config_lib.Config, index, strategy):
+def resolve_class_weight(config: config_lib.Config, index) -> Optional[dict]:
+    """``{class name: weight}`` of ``--class_weight`` for ``index``, or ``None``.
+
+    ``balanced`` counts the training split's labels, which only folder
+    inputs list; TFRecord and TFDS inputs take explicit weights.
+    """
+    value = config.train.class_weight
+    counts = None
+    if isinstance(index.train, batching.SplitFiles):
+        counts = [index.train.labels.count(i) for i in range(index.num_classes)]
+    elif str(value).strip().lower() == "balanced":
+        names = ",".join(f"{name}=1" for name in index.class_names)
+        raise ValueError(
+            f"`--class_weight` 'balanced' needs the class counts of the training "
+            f"split, which catdog knows for --train_dir folders only; give each "
+            f"class its weight instead, as in --class_weight={names} with "
+            f"your weights. "
+            f"Received: class_weight={value!r}")
+    return config_lib.class_weights(value, index.class_names, counts)
+
+
+def with_class_weights(dataset: tf.data.Dataset, weights) -> tf.data.Dataset:
+    """``(images, labels)`` batches -> ``(images, labels, weight of each label)``.
+
+    What ``fit(class_weight=...)`` does, for the inputs Keras cannot map
+    itself (a multi-worker job's distributed datasets are built per worker).
+    Labels are catdog's encoding: float ``(batch, 1)`` for two classes,
+    int ``(batch,)`` for more.
+    """
+    table = tf.constant(list(weights), tf.float32)
+
+    def add(images, labels):
+        classes = labels
+        if labels.shape.rank == 2:
+            classes = tf.squeeze(labels, axis=-1)
+        return images, labels, tf.gather(table, tf.cast(tf.round(classes), tf.int32))
+
+    return dataset.map(add, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _fit_inputs(config: config_lib.Config, index, strategy, weights=None):
     """The (train, validation) inputs ``fit`` reads under ``strategy``.
 
     Plain datasets, except in a multi-worker job: there each worker builds,
@@ -63,8 +104,12 @@ def _fit_inputs(config: config_lib.Config, index, strategy):
     data_lib.check_batch_size(config.data, index)
 
     def split_fn(split, training):
-        return lambda context: data_lib.build_split(config.data, index, split, training,
-                                                    input_context=context)
+        def build(context):
+            ds = data_lib.build_split(config.data, index, split, training,
+                                      input_context=context)
+            # Only training is weighted; validation metrics stay plain.
+            return with_class_weights(ds, weights) if training and weights else ds
+        return build
 
     return (strategy.distribute_datasets_from_function(split_fn("train", True)),
             strategy.distribute_datasets_from_function(split_fn("val", False)))
@@ -142,7 +187,11 @@ def run(config: config_lib.Config, progress: bool = True,
         raise ValueError(
             f"Classes {index.class_names} differ from those of --init_from "
             f"{config.model.init_from!r}: {init.get('class_names')}.")
-    train_ds, val_ds = _fit_inputs(config, index, strategy)
+    class_weight = resolve_class_weight(config, index)
+    if class_weight:
+        logging.info("Class weights in training: %s", class_weight)
+    train_ds, val_ds = _fit_inputs(config, index, strategy,
+                                   list(class_weight.values()) if class_weight else None)
     policy = precision.resolve_policy(config.train.mixed_precision, strategy)
     chief = distribute.is_chief(strategy)
 
@@ -151,7 +200,7 @@ def run(config: config_lib.Config, progress: bool = True,
         try:
             result = _fit_and_write(config, index, train_ds, val_ds, strategy, policy,
                                     out, start, weights_note, extra_files or {},
-                                    watchdog)
+                                    watchdog, class_weight)
         finally:
             distribute.cleanup_artifact_dir(out, model_dir)
     if chief:
@@ -162,13 +211,14 @@ def run(config: config_lib.Config, progress: bool = True,
 
 
 def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
-                   start, weights_note, extra_files, watchdog) -> RunResult:
+                   start, weights_note, extra_files, watchdog, class_weight) -> RunResult:
     """Builds, compiles and fits under the strategy; writes artifacts into ``out``.
 
     ``out`` is ``model_dir`` on the chief and a private scratch folder on
     other workers (every worker saves, since saving may involve collectives;
     only the chief's files are kept). Nothing is written before the model is
-    built and the resume check has passed.
+    built and the resume check has passed. ``class_weight`` (``{class name:
+    weight}`` or ``None``) weights the training loss only.
     """
     model_dir = config.train.model_dir
     replicas = strategy.num_replicas_in_sync
@@ -220,6 +270,7 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         # Last: writing the backup is the commit point of an epoch.
         backup,
     ]
+    by_label = (dict(enumerate(class_weight.values())) if class_weight else None)
     if config.train.fast_features and config.stage == "feature_extraction":
         # catdog.fast_features: the frozen backbone runs once over the images
         # (training split unshuffled and complete), the head trains on the
@@ -228,10 +279,15 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         from catdog import fast_features  # pylint: disable=import-outside-toplevel
         fast_features.fit_head_on_features(
             model, data_lib.build_split(config.data, index, "train", training=False),
-            val_ds, config, index.num_classes, callbacks, strategy)
+            val_ds, config, index.num_classes, callbacks, strategy,
+            class_weight=by_label)
     else:
+        # Keras maps a plain dataset's labels to weights (training data only);
+        # a multi-worker job's inputs carry them already (_fit_inputs).
         train_model.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs,
                         callbacks=callbacks, verbose=config.train.verbose,
+                        class_weight=None if distribute.is_multi_worker(strategy)
+                        else by_label,
                         shuffle=False)  # the dataset shuffles itself
 
     rows = rundir.read_history(os.path.join(out, rundir.HISTORY_FILE))
@@ -243,6 +299,7 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         "val_examples": len(index.val),
         "class_names": index.class_names,
         "skipped_files": index.skipped,
+        "class_weight": class_weight,  # {class name: weight} in training, or None
         # Time up to the last committed epoch, summed over attempts: a rerun
         # of a finished job adds nothing, a resumed one its own time.
         "seconds": round(backup.seconds, 2),
