@@ -141,3 +141,8 @@ def document_options(cls):
                                initial_indent="  ", subsequent_indent="    ")
     cls.__doc__ = "\n".join(lines) + "\n"
     return cls
+
+
+def flag_error(flag: str, value: Any, expected: str) -> None:
+    """Raises the ValueError of a bad setting, naming its flag and value."""
+    raise ValueError(f"`--{flag}` {expected}. Received: {flag}={value!r}")
