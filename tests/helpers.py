@@ -432,3 +432,35 @@ def image_bytes(seed, shape=(40, 52, 3), fmt="jpeg"):
     pixels = rng.integers(0, 256, shape[-1:]) * 0.7 + rng.integers(0, 77, shape)
     encode = tf.io.encode_jpeg if fmt == "jpeg" else tf.io.encode_png
     return encode(pixels.astype(np.uint8)).numpy()
+
+
+TWO_WORKERS = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+
+
+class FakeMultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
+    """One task of a multi-worker job without starting TF servers.
+
+    Only which task this is and how many replicas the job has matter to the
+    code under test; anything it computes runs on the default strategy.
+    """
+
+    def __init__(self, cluster=None, task_type="worker", task_id=0, replicas=2):  # pylint: disable=super-init-not-called
+        self._resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(cluster or TWO_WORKERS), task_type=task_type, task_id=task_id)
+        self._replicas = replicas
+
+    @property
+    def cluster_resolver(self):
+        return self._resolver
+
+    @property
+    def extended(self):
+        import types  # pylint: disable=import-outside-toplevel
+        return types.SimpleNamespace(_in_multi_worker_mode=lambda: True)
+
+    @property
+    def num_replicas_in_sync(self):
+        return self._replicas
+
+    def scope(self):
+        return tf.distribute.get_strategy().scope()

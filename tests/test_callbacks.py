@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import types
 
 import keras
 import numpy as np
@@ -18,8 +17,8 @@ import tensorflow as tf
 
 from catdog import callbacks
 from catdog import errors
+from helpers import REPO, FakeMultiWorker
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESUME_WORKER = os.path.join(REPO, "tests", "_resume_worker.py")
 
 
@@ -408,24 +407,14 @@ def test_request_stops_without_a_signal_and_handlers_are_restored(tmp_path):
     assert signal.getsignal(signal.SIGTERM) == previous
 
 
-class _FakeMultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
-
-    def __init__(self):  # pylint: disable=super-init-not-called
-        pass
-
-    @property
-    def extended(self):
-        return types.SimpleNamespace(_in_multi_worker_mode=lambda: True)
-
-
 def test_default_check_interval_is_cheap_for_multi_worker():
     assert callbacks.PreemptionCallback().check_every_n_steps == 1
     assert callbacks.PreemptionCallback(
         tf.distribute.get_strategy()).check_every_n_steps == 1
     assert callbacks.PreemptionCallback(
-        _FakeMultiWorker()).check_every_n_steps == 10
+        FakeMultiWorker()).check_every_n_steps == 10
     assert callbacks.PreemptionCallback(
-        _FakeMultiWorker(), check_every_n_steps=1).check_every_n_steps == 1
+        FakeMultiWorker(), check_every_n_steps=1).check_every_n_steps == 1
 
 
 # --------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import types
 
 import numpy as np
 import pytest
@@ -22,30 +21,9 @@ import tensorflow as tf
 
 from catdog import distribute
 from catdog import keras_patches
-from helpers import REPO, free_ports
+from helpers import REPO, FakeMultiWorker, free_ports
 
 MW_WORKER = os.path.join(REPO, "tests", "_mw_worker.py")
-
-
-class _FakeMultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
-    """Looks like one task of a multi-worker job, without starting TF servers."""
-
-    def __init__(self, cluster, task_type, task_id, replicas=2):  # pylint: disable=super-init-not-called
-        self._resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-            tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
-        self._replicas = replicas
-
-    @property
-    def cluster_resolver(self):
-        return self._resolver
-
-    @property
-    def extended(self):
-        return types.SimpleNamespace(_in_multi_worker_mode=lambda: True)
-
-    @property
-    def num_replicas_in_sync(self):
-        return self._replicas
 
 
 WORKERS = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
@@ -156,7 +134,7 @@ def test_single_process_is_chief_and_writes_into_model_dir(tmp_path):
     (WITH_CHIEF, "worker", 1, False),
 ])
 def test_is_chief_in_a_cluster(cluster, task_type, task_id, chief):
-    strategy = _FakeMultiWorker(cluster, task_type, task_id)
+    strategy = FakeMultiWorker(cluster, task_type, task_id)
     assert distribute.is_multi_worker(strategy)
     assert distribute.is_chief(strategy) is chief
     assert distribute.task_name(strategy) == f"{task_type}-{task_id}"
@@ -164,8 +142,8 @@ def test_is_chief_in_a_cluster(cluster, task_type, task_id, chief):
 
 def test_non_chief_writes_into_a_private_dir_that_cleanup_removes(tmp_path):
     model_dir = str(tmp_path / "run")
-    chief = _FakeMultiWorker(WORKERS, "worker", 0)
-    worker = _FakeMultiWorker(WORKERS, "worker", 1)
+    chief = FakeMultiWorker(WORKERS, "worker", 0)
+    worker = FakeMultiWorker(WORKERS, "worker", 1)
     assert distribute.artifact_dir(model_dir, chief) == model_dir
     private = distribute.artifact_dir(model_dir, worker)
     assert private == os.path.join(model_dir, ".worker-worker-1")
@@ -199,11 +177,11 @@ def test_any_worker_is_the_flag_itself_without_multi_worker():
 def test_global_batch_check_returns_the_per_replica_batch():
     assert distribute.global_batch_check(32, tf.distribute.get_strategy()) == 32
     assert distribute.global_batch_check(
-        32, _FakeMultiWorker(WORKERS, "worker", 0, replicas=4)) == 8
+        32, FakeMultiWorker(WORKERS, "worker", 0, replicas=4)) == 8
 
 
 def test_uneven_global_batch_names_flag_and_replicas():
-    strategy = _FakeMultiWorker(WORKERS, "worker", 0, replicas=4)
+    strategy = FakeMultiWorker(WORKERS, "worker", 0, replicas=4)
     with pytest.raises(ValueError) as e:
         distribute.global_batch_check(30, strategy)
     assert str(e.value).startswith(

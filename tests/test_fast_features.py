@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import SHARED
+from helpers import SHARED, FakeMultiWorker
 
 from catdog import config as C
 from catdog import fast_features
@@ -135,32 +135,6 @@ def test_other_stages_ignore_fast_features(tiny_folders, tmp_path):
     assert not os.path.exists(os.path.join(config.train.model_dir, fast_features.FEATURES_FILE))
 
 
-class _NonChief(tf.distribute.MultiWorkerMirroredStrategy):
-    """Task ``worker-1`` of a two-worker job, computing on the default strategy
-    (no TF servers): only which task this is matters here."""
-
-    def __init__(self):  # pylint: disable=super-init-not-called
-        self._resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-            tf.train.ClusterSpec({"worker": ["127.0.0.1:1", "127.0.0.1:2"]}),
-            task_type="worker", task_id=1)
-
-    @property
-    def cluster_resolver(self):
-        return self._resolver
-
-    @property
-    def extended(self):
-        import types
-        return types.SimpleNamespace(_in_multi_worker_mode=lambda: True)
-
-    @property
-    def num_replicas_in_sync(self):
-        return 1  # computes on the default strategy
-
-    def scope(self):
-        return tf.distribute.get_strategy().scope()
-
-
 def _fit_head(model_dir, strategy=None):
     model = _transfer()
     rng = np.random.RandomState(0)
@@ -177,7 +151,7 @@ def _fit_head(model_dir, strategy=None):
 def test_only_the_chief_writes_the_report(tmp_path):
     worker_dir = tmp_path / "worker"
     worker_dir.mkdir()
-    report = _fit_head(worker_dir, _NonChief())
+    report = _fit_head(worker_dir, FakeMultiWorker(task_id=1, replicas=1))
     assert report["train_examples"] == 16  # it trained...
     assert os.listdir(worker_dir) == []    # ...and wrote nothing into model_dir
     chief_dir = tmp_path / "chief"

@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from catdog import keras_patches
-from test_distribute import WORKERS, _FakeMultiWorker
+from helpers import FakeMultiWorker
+from test_distribute import WORKERS
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +52,7 @@ def test_fix_is_idempotent_restorable_and_only_for_multi_worker():
     assert trainer.reduce_per_replica is reduce
 
     assert keras_patches.apply_keras_multiworker_fix(
-        _FakeMultiWorker(WORKERS, "worker", 0))
+        FakeMultiWorker(WORKERS, "worker", 0))
     assert keras_patches.apply_keras_multiworker_fix()
     assert keras_patches.keras_multiworker_fix_active()
     assert getattr(trainer.reduce_per_replica, "_catdog_patch", False)

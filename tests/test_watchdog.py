@@ -13,24 +13,7 @@ import tensorflow as tf
 
 from catdog import errors
 from catdog import watchdog as watchdog_lib
-
-
-
-class _TwoWorkerTask(tf.distribute.MultiWorkerMirroredStrategy):
-    """Task ``worker-<task_id>`` of a two-worker job, without TF servers."""
-
-    def __init__(self, task_id=0):  # pylint: disable=super-init-not-called
-        self._resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-            tf.train.ClusterSpec({"worker": ["127.0.0.1:1", "127.0.0.1:2"]}),
-            task_type="worker", task_id=task_id)
-
-    @property
-    def cluster_resolver(self):
-        return self._resolver
-
-    @property
-    def extended(self):
-        return types.SimpleNamespace(_in_multi_worker_mode=lambda: True)
+from helpers import FakeMultiWorker
 
 
 @pytest.fixture
@@ -68,7 +51,7 @@ def test_watchdog_timeout_must_be_positive(bad):
 
 def test_silent_worker_is_declared_gone_after_the_timeout(peers):
     peers.down.add("/job:worker/replica:0/task:1")
-    watchdog = watchdog_lib.WorkerWatchdog(_TwoWorkerTask(0), 0.6,
+    watchdog = watchdog_lib.WorkerWatchdog(FakeMultiWorker(task_id=0), 0.6,
                                          grace_seconds=0.2).start()
     try:
         assert watchdog.watching
@@ -86,7 +69,7 @@ def test_silent_worker_is_declared_gone_after_the_timeout(peers):
 
 
 def test_answering_worker_is_never_declared_gone(peers):
-    watchdog = watchdog_lib.WorkerWatchdog(_TwoWorkerTask(1), 0.3,
+    watchdog = watchdog_lib.WorkerWatchdog(FakeMultiWorker(task_id=1), 0.3,
                                          grace_seconds=0.1).start()
     time.sleep(1.5)
     watchdog.stop()
@@ -97,7 +80,7 @@ def test_answering_worker_is_never_declared_gone(peers):
 
 def test_watchdog_stops_at_the_end_of_fit(peers):
     peers.down.add("/job:worker/replica:0/task:1")
-    watchdog = watchdog_lib.WorkerWatchdog(_TwoWorkerTask(0), 0.3,
+    watchdog = watchdog_lib.WorkerWatchdog(FakeMultiWorker(task_id=0), 0.3,
                                          grace_seconds=0.1).start()
     watchdog.on_train_end()  # the last collective is behind: peers may exit
     time.sleep(1.0)
@@ -110,7 +93,7 @@ def test_watchdog_stops_at_the_end_of_fit(peers):
 ])
 def test_collective_failure_names_the_worker_that_is_gone(peers, error):
     peers.down.add("/job:worker/replica:0/task:0")
-    watchdog = watchdog_lib.WorkerWatchdog(_TwoWorkerTask(1), 3600, grace_seconds=0.3)
+    watchdog = watchdog_lib.WorkerWatchdog(FakeMultiWorker(task_id=1), 3600, grace_seconds=0.3)
     with pytest.raises(errors.WorkerLostError) as e:
         with watchdog:
             raise error
@@ -128,7 +111,7 @@ def test_collective_failure_names_the_worker_that_is_gone(peers, error):
 
 def test_other_errors_pass_through_the_watchdog(peers):
     with pytest.raises(ValueError, match="bad data"):
-        with watchdog_lib.WorkerWatchdog(_TwoWorkerTask(0), 3600):
+        with watchdog_lib.WorkerWatchdog(FakeMultiWorker(task_id=0), 3600):
             raise ValueError("bad data")
 
 
@@ -144,7 +127,7 @@ def test_one_failed_check_after_a_stall_is_not_a_lost_worker(peers, monkeypatch)
             raise tf.errors.UnavailableError(None, None, "Connection reset")
 
     monkeypatch.setattr(watchdog_lib, "_check_peer", check)
-    watchdog = watchdog_lib.WorkerWatchdog(_TwoWorkerTask(0), 0.6,
+    watchdog = watchdog_lib.WorkerWatchdog(FakeMultiWorker(task_id=0), 0.6,
                                          grace_seconds=0.1).start()
     time.sleep(2.5)
     watchdog.stop()
@@ -159,7 +142,7 @@ def test_lost_worker_message_keeps_the_reason_of_a_multi_line_tf_error(peers):
         None, None, "{{function_node __inference_step_42}}\n"
                     "Collective ops is aborted by: Socket closed\n[[{{node x}}]]")
     with pytest.raises(errors.WorkerLostError) as e:
-        with watchdog_lib.WorkerWatchdog(_TwoWorkerTask(1), 3600, grace_seconds=0.1):
+        with watchdog_lib.WorkerWatchdog(FakeMultiWorker(task_id=1), 3600, grace_seconds=0.1):
             raise error
     assert "TensorFlow: Collective ops is aborted by: Socket closed." in str(e.value)
     # The exit it schedules fires while the fake exit is still in place.
