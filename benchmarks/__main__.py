@@ -1,15 +1,6 @@
-r"""Benchmark catdog's input pipeline against the stock Keras loaders.
-
-Times, in one run on the same folder: ImageDataGenerator, stock
-image_dataset_from_directory (plain and cached), catdog (first and cached
-epoch, the one-off file check apart; with --train_tfrecords also from
-shards) and the decode ceiling; prints a table
-with the ratios and writes the figures as JSON. The page cache is warmed
-first so every loader reads from memory. Other load on the machine skews
-the figures: compare ratios from one run, and rerun.
-
-Example:
-  python scripts/benchmark_input.py --data_dir=training_set --json_out=bench.json --augment
+r"""The input benchmark's main: flags and output are documented in
+``scripts/benchmark_input.py``, which runs it (``python -m benchmarks`` from the
+checkout does the same).
 """
 
 import json

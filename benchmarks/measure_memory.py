@@ -1,13 +1,5 @@
-r"""Peak memory of one training epoch of catdog's input pipeline.
-
-Builds the training pipeline over a class folder with the given --cache and
-iterates one epoch, then prints images, seconds to the first batch, and the
-peak resident memory against the memory just before the epoch, as JSON.
-Run once per setting (the peak is the process's high-water mark). Without
---cache=memory the peak should not grow with the number of images.
-
-Example:
-  python scripts/measure_input_memory.py --data_dir=training_set --cache=none
+r"""The input-memory probe's main: flags and output are documented in
+``scripts/measure_input_memory.py``, which runs it.
 """
 
 import json
