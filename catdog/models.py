@@ -247,25 +247,37 @@ def unfreeze_top(model: keras.Model, backbone_name: str,
 
 def compile_model(model: keras.Model, num_classes: int, learning_rate: float,
                   jit_compile="auto") -> keras.Model:
-    """Compiles with Adam, the right loss and the run's metrics.
+    """Compiles with the run's optimizer, loss and metrics.
 
-    Two classes: binary cross-entropy with accuracy, precision, recall and
-    AUC. More: sparse categorical cross-entropy with accuracy. Under a
-    ``mixed_float16`` policy, ``compile`` wraps the optimizer in a
+    Under a ``mixed_float16`` policy, ``compile`` wraps the optimizer in a
     ``LossScaleOptimizer`` by itself.
     """
-    if num_classes == 2:
-        loss = keras.losses.BinaryCrossentropy()
-        metrics = [keras.metrics.BinaryAccuracy(name="accuracy"),
-                   keras.metrics.Precision(name="precision"),
-                   keras.metrics.Recall(name="recall"),
-                   keras.metrics.AUC(name="auc")]
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy()
-        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
-                  metrics=metrics, jit_compile=jit_compile)
+    model.compile(optimizer=training_optimizer(learning_rate),
+                  loss=training_loss(num_classes),
+                  metrics=training_metrics(num_classes), jit_compile=jit_compile)
     return model
+
+
+def training_optimizer(learning_rate: float) -> keras.optimizers.Optimizer:
+    """The optimizer of every stage: Adam at ``learning_rate``."""
+    return keras.optimizers.Adam(learning_rate)
+
+
+def training_loss(num_classes: int) -> keras.losses.Loss:
+    """Binary cross-entropy for two classes, sparse categorical cross-entropy for more."""
+    if num_classes == 2:
+        return keras.losses.BinaryCrossentropy()
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
+def training_metrics(num_classes: int) -> list:
+    """Two classes: accuracy, precision, recall and AUC. More: accuracy."""
+    if num_classes == 2:
+        return [keras.metrics.BinaryAccuracy(name="accuracy"),
+                keras.metrics.Precision(name="precision"),
+                keras.metrics.Recall(name="recall"),
+                keras.metrics.AUC(name="auc")]
+    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
 
 def load_model(path: str) -> keras.Model:
