@@ -61,12 +61,16 @@ class DataIndex:
       val: usable validation files.
       skipped: ``[{"path", "reason"}]`` for every candidate file that cannot
         be used (never deleted or moved: the user decides what to do).
+      csv_report: CSV sources only: the rows of each CSV (``"train"``,
+        ``"val"``) and their problems (see
+        :func:`catdog.sources.csv_labels.index_csv`); else ``None``.
     """
 
     class_names: list
     train: SplitFiles
     val: SplitFiles
     skipped: list
+    csv_report: Optional[dict] = None
 
     @property
     def num_classes(self) -> int:

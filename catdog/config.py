@@ -141,6 +141,27 @@ class DataConfig:
         "train[:80%]", "TFDS split for training (with --tfds_name).")
     val_split: str = option(
         "train[80%:]", "TFDS split for validation (with --tfds_name).")
+    # Labels from a CSV file (catdog.sources.csv_labels).
+    train_csv: str = option(
+        "", "CSV file of training images and their labels (e.g. Kaggle's "
+        "labels.csv), instead of --train_dir: one row per image, a file name "
+        "(or an id whose one image file has that stem) and a label; classes "
+        "are the label column's values, sorted, unless --class_names. "
+        "Without --val_csv, --validation_split of each class is held out.",
+        flag_default=None)
+    val_csv: str = option(
+        "", "Validation CSV file with the same columns (with --train_csv).",
+        flag_default=None)
+    image_dir: str = option(
+        "", "Folder the file names of --train_csv / --val_csv are relative to "
+        "(default: the folder of each CSV file). Paths leaving it are never read.",
+        flag_default=None)
+    filename_column: str = option(
+        "", "Column of the CSV holding the file name or id (default: the first "
+        "column of the header).")
+    label_column: str = option(
+        "", "Column of the CSV holding the label (default: the second column "
+        "of the header).")
     dct_scaling: bool = option(
         False, "Training split only: decode JPEGs at least 2x/4x/8x the image "
         "size on both sides at 1/2, 1/4 or 1/8 scale in the DCT domain "
@@ -318,10 +339,10 @@ def validate(config: Config) -> None:
         _fail("batch_size", d.batch_size, "must be an integer between 1 and 65536")
     if not isinstance(t.epochs, int) or not 1 <= t.epochs <= 100000:
         _fail("epochs", t.epochs, "must be an integer of at least 1")
-    if not d.val_dir and not 0.0 < d.validation_split < 1.0:
+    if not (d.val_dir or d.val_csv) and not 0.0 < d.validation_split < 1.0:
         _fail("validation_split", d.validation_split,
-              "must be strictly between 0 and 1 when no --val_dir is given")
-    if d.val_dir and not 0.0 <= d.validation_split < 1.0:
+              "must be strictly between 0 and 1 when no --val_dir or --val_csv is given")
+    if (d.val_dir or d.val_csv) and not 0.0 <= d.validation_split < 1.0:
         _fail("validation_split", d.validation_split, "must be in [0, 1)")
     if not (math.isfinite(t.learning_rate) and t.learning_rate > 0):
         _fail("learning_rate", t.learning_rate, "must be a positive number")
@@ -396,12 +417,14 @@ def _validate_sources(config: Config) -> None:
     d = config.data
     given = [name for name, value in (("train_dir", d.train_dir),
                                       ("train_tfrecords", d.train_tfrecords),
-                                      ("tfds_name", d.tfds_name)) if value]
+                                      ("tfds_name", d.tfds_name),
+                                      ("train_csv", d.train_csv)) if value]
     if len(given) > 1:
         raise ValueError(
             f"Give exactly one input source; received {', '.join('--' + g for g in given)}. "
             f"Received: train_dir={d.train_dir!r}, train_tfrecords={d.train_tfrecords!r}, "
-            f"tfds_name={d.tfds_name!r}")
+            f"tfds_name={d.tfds_name!r}, train_csv={d.train_csv!r}")
+    _validate_csv(d)
     if d.train_tfrecords and not d.val_tfrecords:
         _fail("val_tfrecords", d.val_tfrecords,
               "must name the validation shards when --train_tfrecords is given "
@@ -413,6 +436,16 @@ def _validate_sources(config: Config) -> None:
         _fail("val_split" if d.train_split else "train_split",
               d.val_split if d.train_split else d.train_split,
               "must be a TFDS split such as 'train[:80%]' with --tfds_name")
+
+
+def _validate_csv(d: "DataConfig") -> None:
+    """The CSV settings go with --train_csv; the two columns differ."""
+    for name in ("val_csv", "image_dir"):
+        if getattr(d, name) and not d.train_csv:
+            _fail(name, getattr(d, name), "goes with --train_csv (labels from a CSV file)")
+    if d.filename_column and d.filename_column == d.label_column:
+        _fail("label_column", d.label_column,
+              "must be another column than --filename_column")
 
 
 # --------------------------------------------------------------------------
@@ -428,12 +461,14 @@ def split_fields(data: DataConfig) -> tuple:
     which files of a folder are usable.
     """
     fields = ["train_dir", "val_dir", "train_tfrecords", "val_tfrecords", "tfds_name",
-              "class_names"]
+              "train_csv", "val_csv", "class_names"]
     if data.tfds_name:
         fields += ["tfds_data_dir", "train_split", "val_split"]
     elif not data.train_tfrecords:
         fields.append("max_pixels")
-        if not data.val_dir:
+        if data.train_csv:
+            fields += ["image_dir", "filename_column", "label_column"]
+        if not (data.val_dir or data.val_csv):
             fields += ["validation_split", "seed"]
     return tuple(fields)
 
@@ -445,7 +480,7 @@ def split_fields(data: DataConfig) -> tuple:
 #: stages that use them (run_pipeline shares one config across stages), the
 #: augmentation strengths only with augmentation on. Not listed, so free to
 #: change on a resume: epochs (a larger value trains the remaining epochs),
-#: where data and results live (train_dir, val_dir, the TFRecord globs,
+#: where data and results live (train_dir, val_dir, the TFRecord globs, the CSV files,
 #: tfds_data_dir, cache, model_dir), deterministic, verbose, strategy, tpu
 #: and jit_compile. The dtype policy is checked as resolved, not as asked.
 RESUME_SETTINGS = {

@@ -30,6 +30,7 @@ from catdog.batching import (  # noqa: F401
 from catdog.decode import (  # noqa: F401
     DCT_RATIOS, DECODE_VERSION, decode_and_resize, decode_and_resize_scaled)
 from catdog.scan import keep_usable
+from catdog.sources import csv_labels
 from catdog.sources import tfds
 from catdog.sources import tfrecords
 from catdog.sources.folder import build_dataset, index_data
@@ -42,7 +43,8 @@ def index_from_split(data_config, record: dict, where: str,
                      progress: bool = True) -> DataIndex:
     """The :class:`DataIndex` of exactly the split ``record`` (an earlier run's split.json).
 
-    Folder records give their files and labels, each checked again: files
+    Folder and CSV records give their files and labels, each checked again
+    (the CSV is not read again): files
     that became unusable are skipped and reported, files added since are
     not used. TFRecord and TFDS sources are indexed again and must give the
     same shard files or splits and example counts.
@@ -62,7 +64,7 @@ def index_from_split(data_config, record: dict, where: str,
         raise ValueError(f"{where} trained on a {record.get('source')} source, this run "
                          f"reads a {kind} source; use the same input.")
     class_names = list(record["class_names"])
-    if kind != "folder":
+    if kind not in ("folder", "csv"):
         index = index_source(data_config, progress=progress)
         now = split_record(data_config, index)
         if split_digest(now) != split_digest(record):
@@ -83,10 +85,13 @@ def index_from_split(data_config, record: dict, where: str,
 def index_source(data_config, progress: bool = True) -> DataIndex:
     """The :class:`DataIndex` of whichever source ``data_config`` names.
 
-    Folder (``train_dir``): :func:`index_data`. TFRecords
+    Folder (``train_dir``): :func:`index_data`. CSV (``train_csv``):
+    :func:`catdog.sources.csv_labels.index_csv`. TFRecords
     (``train_tfrecords``): the shards and their ``manifest.json``. TFDS
     (``tfds_name``): the dataset's info (prepared if needed).
     """
+    if data_config.train_csv:
+        return csv_labels.index_csv(data_config, progress=progress)
     if data_config.train_tfrecords:
         return tfrecords.index_tfrecords(data_config)
     if data_config.tfds_name:

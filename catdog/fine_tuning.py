@@ -69,7 +69,8 @@ def require_same_split_settings(data, init_data, init_class_names, init_dir) -> 
             # An explicit list equal to the classes the init run resolved is the same.
             return (tuple(ours or ()) == tuple(theirs or ()) or
                     (ours is not None and list(ours) == list(init_class_names or [])))
-        if field in ("train_dir", "val_dir") and ours and theirs:
+        if field in ("train_dir", "val_dir", "train_csv", "val_csv", "image_dir") \
+                and ours and theirs:
             return os.path.normpath(ours) == os.path.normpath(theirs)
         return ours == theirs
 

@@ -86,7 +86,9 @@ SPLIT_FORMAT = "catdog-split-v1"
 
 
 def source_kind(data_config) -> str:
-    """``"folder"``, ``"tfrecords"`` or ``"tfds"``: the input source of a config."""
+    """``"folder"``, ``"csv"``, ``"tfrecords"`` or ``"tfds"``: the input source of a config."""
+    if getattr(data_config, "train_csv", ""):
+        return "csv"
     if data_config.train_tfrecords:
         return "tfrecords"
     if data_config.tfds_name:
@@ -94,24 +96,38 @@ def source_kind(data_config) -> str:
     return "folder"
 
 
+def csv_image_dir(csv_path: str, image_dir: str = "") -> str:
+    """The folder the file names of ``csv_path`` are relative to: ``image_dir``
+    or else the CSV file's own folder."""
+    return image_dir or os.path.dirname(os.path.abspath(csv_path))
+
+
 def split_record(data_config, index: batching.DataIndex) -> dict:
     """What ``split.json`` holds: the training and validation inputs of a run.
 
     ``train`` and ``val`` are the file paths exactly as training reads them
     (folders), the shard files (TFRecords) or the split strings (TFDS). A
-    folder record also has the labels and the folders the files came from,
-    so the split can be compared by paths relative to them.
+    folder or CSV record also has the labels and the folders the files came
+    from (class folders' parent; a CSV's image folder), so the split can be
+    compared by paths relative to them.
     """
     kind = source_kind(data_config)
     record = {"format": SPLIT_FORMAT, "source": kind,
               "class_names": list(index.class_names)}
-    if kind == "folder":
+    if kind in ("folder", "csv"):
         record.update(
             train=list(index.train.paths), val=list(index.val.paths),
             train_labels=[int(l) for l in index.train.labels],
-            val_labels=[int(l) for l in index.val.labels],
+            val_labels=[int(l) for l in index.val.labels])
+        if kind == "folder":
             # "val" is empty when validation is held out of the training folder.
-            roots={"train": data_config.train_dir, "val": data_config.val_dir})
+            record["roots"] = {"train": data_config.train_dir, "val": data_config.val_dir}
+        else:
+            d = data_config
+            record["roots"] = {
+                "train": csv_image_dir(d.train_csv, d.image_dir),
+                "val": csv_image_dir(d.val_csv, d.image_dir) if d.val_csv else ""}
+            record["csv"] = {"train": d.train_csv, "val": d.val_csv}
         return record
     listed = ((lambda s: list(s.source)) if kind == "tfrecords" else
               (lambda s: [s.source]))
@@ -126,7 +142,9 @@ def _split_entries(record: dict) -> dict:
     """``{input key: "train" | "val"}``, keyed independently of where the data lies.
 
     Folder files are keyed by the folder they came from (training or
-    validation folder), class and path relative to the class folder; shards
+    validation folder), class and path relative to the class folder; CSV
+    files by the CSV they came from, class and path relative to its image
+    folder; shards
     by file name; TFDS splits by dataset and split string.
     """
     entries = {}
@@ -141,6 +159,13 @@ def _split_entries(record: dict) -> dict:
                 name = names[label]
                 key = (origin, name, _relative(path, os.path.join(root, name)))
                 entries[key] = side
+        elif kind == "csv":
+            roots = record["roots"]
+            origin = "val_csv" if side == "val" and roots["val"] else "train_csv"
+            root = roots["val"] if origin == "val_csv" else roots["train"]
+            names = record["class_names"]
+            for path, label in zip(record[side], record[f"{side}_labels"]):
+                entries[(origin, names[label], _relative(path, root))] = side
         elif kind == "tfrecords":
             for path in record[side]:
                 entries[("shard", os.path.basename(path))] = side
@@ -163,7 +188,7 @@ def split_digest(record: dict) -> str:
 
 def describe_split_change(old: dict, new: dict) -> str:
     """How split ``new`` differs from ``old``, for an error message."""
-    unit = {"folder": "file", "tfrecords": "shard file", "tfds": "TFDS split"}.get(
+    unit = {"folder": "file", "csv": "file", "tfrecords": "shard file", "tfds": "TFDS split"}.get(
         new.get("source"), "input")
     if old.get("source") != new.get("source"):
         return f"the input source changed from {old.get('source')} to {new.get('source')}"

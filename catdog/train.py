@@ -299,6 +299,8 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         "val_examples": len(index.val),
         "class_names": index.class_names,
         "skipped_files": index.skipped,
+        # CSV input: rows read, files used and every kind of bad row, per CSV.
+        "csv_report": index.csv_report,
         "class_weight": class_weight,  # {class name: weight} in training, or None
         # Time up to the last committed epoch, summed over attempts: a rerun
         # of a finished job adds nothing, a resumed one its own time.

@@ -24,7 +24,7 @@ LAYERS = [
     ["catdog.rundir", "catdog.scan"],               # run-dir names; file checks
     ["catdog.batching", "catdog.image_paths"],
     ["catdog.file_cache", "catdog.splits"],
-    ["catdog.sources"],                             # folder, TFRecords, TFDS
+    ["catdog.sources"],                             # folder, CSV, TFRecords, TFDS
     ["catdog.data"],                                # the public face of input
     ["catdog.augment", "catdog.backbones", "catdog.precision", "catdog.distribute"],
     ["catdog.models", "catdog.callbacks", "catdog.keras_patches", "catdog.watchdog"],

@@ -1,0 +1,369 @@
+"""The CSV source: image files labelled by the rows of a CSV file.
+
+What ``ImageDataGenerator.flow_from_dataframe`` read, without copying files
+into class folders: one row per image, a file name column and a label
+column. :func:`read_csv_rows` resolves the rows of one CSV against its image
+folder and counts every messy row; :func:`index_csv` turns a training CSV
+(and an optional validation CSV) into a :class:`catdog.batching.DataIndex`
+of file paths and int labels, so everything downstream (the folder
+``build_dataset``, caches, ``split.json``, resuming, fine-tuning's inherited
+split, the multi-worker partition) reads it as it reads a folder.
+
+A file name may be a path relative to the image folder (``Cat1.jpg``,
+``train/x.jpg``) or an id without extension (``000bec18``): an id stands
+for the one image file of the image folder whose path without extension
+it is. A path that leaves the image folder (``../x.jpg``, an absolute path,
+a symlink pointing out) is resolved with ``os.path.realpath`` and refused
+before anything opens it. Local files only.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import os
+from typing import Optional
+
+from absl import logging
+
+from catdog import batching
+from catdog import scan
+from catdog import splits
+
+#: Examples kept per kind of problem (the count is always exact).
+MAX_EXAMPLES = 5
+
+#: Each kind of problem a CSV can have, and what it means.
+PROBLEMS = {
+    "empty_filename": "rows with an empty file name (left out)",
+    "empty_label": "rows with an empty label (left out)",
+    "outside_image_dir": "rows whose path leaves the image folder (never read)",
+    "missing_file": "rows whose file is not in the image folder (left out)",
+    "ambiguous_id": "rows whose id matches several image files (left out)",
+    "duplicate_row": "rows listing a file again with the same label (used once)",
+    "conflicting_label": "files listed with different labels (left out)",
+    "unknown_label": "rows whose label is not a class of the run (left out)",
+    "unlisted_image": "image files in the image folder without a row (not used)",
+}
+
+
+@dataclasses.dataclass
+class CsvRows:
+    """The rows of one CSV, resolved against its image folder.
+
+    Attributes:
+      csv_path: the CSV file.
+      image_dir: the folder its file names are relative to.
+      rows: data rows read (the header not counted).
+      paths: the resolved files, one per file, in row order.
+      labels: their labels as written in the CSV (strings).
+      problems: ``{kind: {"count", "examples"}}`` of :data:`PROBLEMS`.
+      listed: real paths of every file some row resolved to.
+      images: the image files of ``image_dir`` (inside it, resolved).
+      used: files of a class of the run, once labelled.
+    """
+
+    csv_path: str
+    image_dir: str
+    rows: int = 0
+    paths: list = dataclasses.field(default_factory=list)
+    labels: list = dataclasses.field(default_factory=list)
+    problems: dict = dataclasses.field(default_factory=dict)
+    listed: set = dataclasses.field(default_factory=set)
+    images: dict = dataclasses.field(default_factory=dict)
+    used: Optional[int] = None
+
+    def add_problem(self, kind: str, example: str) -> None:
+        entry = self.problems.setdefault(kind, {"count": 0, "examples": []})
+        entry["count"] += 1
+        if len(entry["examples"]) < MAX_EXAMPLES:
+            entry["examples"].append(example)
+
+    def report(self) -> dict:
+        """What ``metrics.json`` records of this CSV (JSON-ready)."""
+        return {"csv": self.csv_path, "image_dir": self.image_dir, "rows": self.rows,
+                "used": len(self.paths) if self.used is None else self.used,
+                "problems": {k: self.problems[k] for k in PROBLEMS if k in self.problems}}
+
+
+def _inside(real: str, real_root: str) -> bool:
+    return os.path.commonpath([real, real_root]) == real_root
+
+
+def _columns(header, path, flag, filename_column, label_column):
+    header = [h.strip() for h in header]
+
+    def pick(column, flag_name, default_index):
+        if column:
+            if column not in header:
+                raise ValueError(
+                    f"`--{flag_name}` {column!r} is not a column of --{flag} {path!r}; "
+                    f"its header is {header}. Received: {flag_name}={column!r}")
+            return header.index(column)
+        if len(header) <= default_index:
+            raise ValueError(
+                f"--{flag} {path!r} needs a header row with a file name and a label "
+                f"column; its header is {header}. Name them with --filename_column "
+                "and --label_column.")
+        return default_index
+
+    fi, li = (pick(filename_column, "filename_column", 0),
+              pick(label_column, "label_column", 1))
+    if fi == li:
+        raise ValueError(
+            f"`--label_column` and `--filename_column` are both column {header[fi]!r} "
+            f"of --{flag} {path!r}; name two columns of its header {header}.")
+    return fi, li
+
+
+def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
+                  label_column: str = "", flag: str = "train_csv") -> CsvRows:
+    """Reads one CSV and resolves its file names against its image folder.
+
+    Every row that cannot be used is counted in ``problems``; only the rows
+    that name a file inside the image folder are ever resolved further, and
+    nothing is opened but the CSV (the images are checked later, by
+    :func:`catdog.scan.keep_usable`).
+
+    Args:
+      csv_path: the CSV file (UTF-8, a byte-order mark is allowed).
+      image_dir: folder of the images; default: the CSV's folder.
+      filename_column: header name of the file name / id column (default:
+        the first column).
+      label_column: header name of the label column (default: the second).
+      flag: the flag naming the CSV, for messages.
+
+    Raises:
+      ValueError: the CSV or image folder is missing, a column is unknown,
+        or the CSV has no data rows.
+    """
+    if not csv_path or not os.path.isfile(csv_path):
+        raise ValueError(f"`--{flag}` must name an existing CSV file. "
+                         f"Received: {flag}={csv_path!r}")
+    root = splits.csv_image_dir(csv_path, image_dir)
+    if not os.path.isdir(root):
+        raise ValueError(f"`--image_dir` {root!r} (the folder of the file names in "
+                         f"--{flag} {csv_path!r}) is not a folder. Received: "
+                         f"image_dir={image_dir!r}")
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        table = list(csv.reader(f))
+    while table and not any(cell.strip() for cell in table[0]):
+        table.pop(0)
+    if not table:
+        raise ValueError(f"--{flag} {csv_path!r} is empty; it needs a header row and one "
+                         "row per image.")
+    fi, li = _columns(table[0], csv_path, flag, filename_column, label_column)
+    out = CsvRows(csv_path=csv_path, image_dir=root)
+    real_root = os.path.realpath(root)
+    by_stem = collections.defaultdict(list)
+    for path in scan.walk_image_files(root):
+        real = os.path.realpath(path)
+        if _inside(real, real_root):
+            out.images[real] = path
+            by_stem[os.path.splitext(os.path.relpath(path, root))[0]].append(path)
+    chosen = {}  # real path -> (path, label, line)
+    conflicting = {}
+    for line, row in enumerate(table[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue  # a blank line is no row
+        out.rows += 1
+        cell = lambda i: row[i].strip() if i < len(row) else ""
+        name, label = cell(fi), cell(li)
+        where = f"line {line}: {name!r}"
+        if not name:
+            out.add_problem("empty_filename", f"line {line}")
+            continue
+        if not label:
+            out.add_problem("empty_label", where)
+            continue
+        path = os.path.normpath(os.path.join(root, name))
+        # realpath + commonpath BEFORE anything touches the file: a path that
+        # leaves the image folder (.., absolute, symlinks) is never opened.
+        if os.path.isabs(name) or not _inside(os.path.realpath(path), real_root):
+            out.add_problem("outside_image_dir", where)
+            continue
+        if not os.path.isfile(path):
+            matches = ([] if name.lower().endswith(scan.IMAGE_EXTENSIONS)
+                       else by_stem.get(os.path.normpath(name), []))
+            if len(matches) > 1:
+                out.add_problem("ambiguous_id", f"{where} matches " + ", ".join(
+                    os.path.basename(m) for m in matches))
+                for m in matches:
+                    out.listed.add(os.path.realpath(m))
+                continue
+            if not matches:
+                out.add_problem("missing_file", where)
+                continue
+            path = matches[0]
+        real = os.path.realpath(path)
+        out.listed.add(real)
+        if real in conflicting:
+            conflicting[real].append((label, line))
+        elif real in chosen:
+            if chosen[real][1] == label:
+                out.add_problem("duplicate_row", f"{where} (first on line {chosen[real][2]})")
+            else:
+                first = chosen.pop(real)
+                conflicting[real] = [(first[1], first[2]), (label, line)]
+        else:
+            chosen[real] = (path, label, line)
+    for real, seen in conflicting.items():
+        labels = ", ".join(f"{l!r} (line {n})" for l, n in seen)
+        out.add_problem("conflicting_label",
+                        f"{os.path.relpath(real, real_root)!r}: {labels}")
+    for path, label, _ in chosen.values():
+        out.paths.append(path)
+        out.labels.append(label)
+    if not out.rows:
+        raise ValueError(f"--{flag} {csv_path!r} has no rows below its header; it needs "
+                         "one row per image.")
+    return out
+
+
+def _log_problems(rows: CsvRows) -> None:
+    for kind, entry in rows.report()["problems"].items():
+        logging.warning("%s: %d %s, e.g. %s", rows.csv_path, entry["count"], PROBLEMS[kind],
+                        "; ".join(entry["examples"]))
+
+
+def _summary(rows: CsvRows) -> str:
+    found = rows.report()["problems"]
+    return "; ".join(f"{e['count']} {PROBLEMS[k]}" for k, e in found.items()) or "no problem"
+
+
+def _class_names(rows: CsvRows, given, label_column: str) -> list:
+    found = sorted({label for label in rows.labels})
+    column = label_column or "the second column"
+    if given:
+        given = [str(n) for n in given]
+        absent = [n for n in given if n not in found]
+        if absent:
+            raise ValueError(
+                f"`--class_names` {absent} have no usable row in --train_csv "
+                f"{rows.csv_path!r} (column {column}); its labels are {found}. "
+                f"Received: class_names={given}")
+        return given
+    if len(found) < 2:
+        raise ValueError(
+            f"--train_csv {rows.csv_path!r} needs at least two classes in its label "
+            f"column ({column}) among its usable rows; found {found} "
+            f"({_summary(rows)}).")
+    return found
+
+
+def _labelled(rows: CsvRows, class_names):
+    number = {name: i for i, name in enumerate(class_names)}
+    paths, labels = [], []
+    for path, label in zip(rows.paths, rows.labels):
+        if label in number:
+            paths.append(path)
+            labels.append(number[label])
+        else:
+            rows.add_problem("unknown_label", f"{os.path.relpath(path, rows.image_dir)!r}: "
+                                              f"{label!r}")
+    rows.used = len(paths)
+    return paths, labels
+
+
+def index_csv(data_config, progress: bool = True) -> batching.DataIndex:
+    """The :class:`catdog.batching.DataIndex` of ``data_config.train_csv``.
+
+    Classes are the training CSV's labels, sorted (or ``class_names``);
+    rows of other labels are left out and counted. Files are decode-checked
+    like a folder's (:func:`catdog.scan.keep_usable`). Without ``val_csv``,
+    ``validation_split`` of each class is held out by
+    :func:`catdog.splits.split_files`, hashing paths relative to the image
+    folder (the split survives moving the folder). Every problem is logged
+    and recorded in ``csv_report``: ``{"train": ..., "val": ...}`` each with
+    the CSV, its image folder, rows read, files used and
+    ``{kind: {"count", "examples"}}`` of :data:`PROBLEMS`.
+
+    Raises:
+      ValueError: a CSV, column or folder is wrong, no row is usable, fewer
+        than two classes, a ``class_names`` entry no row has, or a class
+        without a usable image.
+    """
+    d = data_config
+    columns = dict(filename_column=d.filename_column, label_column=d.label_column)
+    train_rows = read_csv_rows(d.train_csv, d.image_dir, flag="train_csv", **columns)
+    val_rows = (read_csv_rows(d.val_csv, d.image_dir, flag="val_csv", **columns)
+                if d.val_csv else None)
+    if not train_rows.paths:
+        raise ValueError(f"--train_csv {d.train_csv!r} has no usable row: "
+                         f"{_summary(train_rows)} (image folder {train_rows.image_dir!r}; "
+                         "set --image_dir if the file names are relative to another folder).")
+    class_names = _class_names(train_rows, d.class_names, d.label_column)
+    listed = train_rows.listed | (val_rows.listed if val_rows else set())
+    for rows in (train_rows, val_rows):
+        if rows is None or (rows is val_rows and rows.image_dir == train_rows.image_dir):
+            continue  # one folder's unlisted images are reported once
+        for real, path in rows.images.items():
+            if real not in listed:
+                rows.add_problem("unlisted_image", os.path.relpath(path, rows.image_dir))
+    paths, labels = _labelled(train_rows, class_names)
+    vpaths, vlabels = _labelled(val_rows, class_names) if val_rows else ([], [])
+    for rows in (train_rows, val_rows):
+        if rows is not None:
+            _log_problems(rows)
+    report = {"train": train_rows.report()}
+    paths, labels, skipped = scan.keep_usable(paths, labels, d.max_pixels, progress)
+    if not paths:
+        raise ValueError(f"--train_csv {d.train_csv!r} has no usable image: every file its "
+                         "rows name was skipped (see the skipped files logged above).")
+    batching.require_every_class(labels, class_names, f"--train_csv {d.train_csv!r}")
+    if val_rows is not None:
+        report["val"] = val_rows.report()
+        vpaths, vlabels, vskipped = scan.keep_usable(vpaths, vlabels, d.max_pixels, progress)
+        skipped += vskipped
+        batching.require_every_class(vlabels, class_names, f"--val_csv {d.val_csv!r}")
+        train, val = batching.SplitFiles(paths, labels), batching.SplitFiles(vpaths, vlabels)
+    else:
+        roots = [train_rows.image_dir] * len(class_names)
+        train, val = splits.split_files(paths, labels, d.validation_split, d.seed,
+                                        class_dirs=roots)
+        if not len(val) or not len(train):
+            raise ValueError(
+                f"`--validation_split` {d.validation_split} of {len(paths)} usable "
+                f"images of --train_csv {d.train_csv!r} leaves an empty split; use "
+                "more images, another split, or --val_csv.")
+    return batching.DataIndex(class_names, train, val, skipped, csv_report=report)
+
+
+def csv_examples(csv_path: str, class_names, *, image_dir: str = "",
+                 filename_column: str = "", label_column: str = "",
+                 flag: str = "test_csv"):
+    """``(paths, labels, rows)`` of a CSV labelled with known ``class_names``.
+
+    For evaluation and TFRecord writing: rows whose label is not one of
+    ``class_names`` are counted as ``unknown_label``, unlisted images of the
+    image folder as ``unlisted_image``; nothing is decode-checked here.
+    ``class_names=None`` takes the CSV's labels, sorted.
+
+    Raises:
+      ValueError: as :func:`read_csv_rows`, or no usable row.
+    """
+    rows = read_csv_rows(csv_path, image_dir, filename_column, label_column, flag=flag)
+    if not rows.paths:
+        raise ValueError(f"--{flag} {csv_path!r} has no usable row: {_summary(rows)} "
+                         f"(image folder {rows.image_dir!r}).")
+    if class_names is None:
+        class_names = _class_names(rows, None, label_column)
+    for real, path in rows.images.items():
+        if real not in rows.listed:
+            rows.add_problem("unlisted_image", os.path.relpath(path, rows.image_dir))
+    paths, labels = _labelled(rows, list(class_names))
+    _log_problems(rows)
+    return paths, labels, rows
+
+
+def problem_lines(report: Optional[dict]) -> list:
+    """Readable lines of a :meth:`CsvRows.report` (for scripts and reports)."""
+    if not report:
+        return []
+    lines = [f"{report['csv']}: {report['rows']} rows, {report['used']} files used "
+             f"(images in {report['image_dir']})"]
+    for kind, entry in report["problems"].items():
+        lines.append(f"- {entry['count']} {PROBLEMS[kind]}, e.g. "
+                     + "; ".join(entry["examples"]))
+    return lines

@@ -1,0 +1,340 @@
+"""The CSV source: image files labelled by the rows of a CSV file."""
+
+import csv
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from catdog import config as C
+from catdog import data
+from catdog import scan
+from catdog import splits
+from catdog import train
+from helpers import write_image
+
+_OPENED = []  # paths opened while a test records them (see _record_opens)
+_WATCHED = set()
+
+
+def _audit(event, args):
+    if event == "open" and _WATCHED and args and isinstance(args[0], (str, bytes)):
+        path = os.fsdecode(args[0])
+        if os.path.realpath(path) in _WATCHED:
+            _OPENED.append(path)
+
+
+sys.addaudithook(_audit)
+
+
+def _image(path, label=0, seed=0, size=24):
+    rng = np.random.RandomState(seed)
+    pixels = rng.randint(0, 120, size=(size, size, 3)).astype(np.uint8)
+    pixels[..., label % 3] += 120
+    return write_image(str(path), pixels)
+
+
+def _write_csv(path, rows, header=("file", "label"), bom=False):
+    with open(path, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as f:
+        writer = csv.writer(f)
+        if header is not None:
+            writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def _photos(root, classes=("Bengalí", "Maine Coon"), per_class=6, ext=".jpg", prefix=""):
+    """``root/<prefix><class>_<i><ext>`` images; returns the CSV rows (name, class)."""
+    rows = []
+    for label, name in enumerate(classes):
+        for i in range(per_class):
+            file_name = f"{prefix}{name.replace(' ', '_')}_{i}{ext}"
+            _image(os.path.join(root, file_name), label, seed=10 * label + i)
+            rows.append((file_name, name))
+    return rows
+
+
+def _cfg(train_csv, **kw):
+    kw.setdefault("batch_size", 4)
+    kw.setdefault("validation_split", 0.25)
+    return C.DataConfig(train_csv=str(train_csv), image_size=(16, 16), **kw)
+
+
+def _count(index, kind, side="train"):
+    return index.csv_report[side]["problems"].get(kind, {}).get("count", 0)
+
+
+def test_file_names_with_extensions_spaces_and_non_ascii_classes(tmp_path):
+    rows = _photos(tmp_path / "images", per_class=8)
+    csv_path = _write_csv(tmp_path / "labels.csv", rows, bom=True)
+    index = data.index_source(_cfg(csv_path, image_dir=str(tmp_path / "images")))
+    assert index.class_names == ["Bengalí", "Maine Coon"]  # sorted
+    assert len(index.train) == 12 and len(index.val) == 4  # 25% of each class
+    assert sorted(index.val.labels) == [0, 0, 1, 1]
+    labels = dict(zip(index.train.paths + index.val.paths,
+                      index.train.labels + index.val.labels))
+    for name, cls in rows:
+        assert labels[os.path.join(str(tmp_path / "images"), name)] == \
+            index.class_names.index(cls)
+    report = index.csv_report["train"]
+    assert report["rows"] == 16 and report["used"] == 16
+    assert report["problems"] == {}
+    # The split is the folder source's stable hash split, by name relative to
+    # the image folder: the same files whatever the row order.
+    shuffled = _write_csv(tmp_path / "shuffled.csv", rows[::-1])
+    again = data.index_source(_cfg(shuffled, image_dir=str(tmp_path / "images")))
+    assert sorted(again.val.paths) == sorted(index.val.paths)
+
+
+def test_default_image_dir_is_the_csv_folder_and_columns_by_name(tmp_path):
+    rows = _photos(tmp_path / "set" / "train", per_class=4, prefix="")
+    rows = [(f"train/{name}", "x", cls) for name, cls in rows]  # subfolder paths
+    csv_path = _write_csv(tmp_path / "set" / "labels.csv", rows,
+                          header=("path", "other", "breed"))
+    index = data.index_source(_cfg(csv_path, label_column="breed", filename_column="path"))
+    assert index.class_names == ["Bengalí", "Maine Coon"]
+    assert len(index.train) + len(index.val) == 8
+    assert all(p.startswith(str(tmp_path / "set" / "train") + os.sep)
+               for p in index.train.paths)
+
+
+def test_kaggle_ids_without_extension_resolve_to_the_one_image_of_that_stem(tmp_path):
+    images = tmp_path / "train"
+    rows = []
+    for i in range(8):
+        ident = f"{i:03d}bec18"
+        _image(images / f"{ident}.jpg", i % 2, seed=i)
+        rows.append((ident, "boston_bull" if i % 2 else "dingo"))
+    # One id matches two image files: ambiguous, counted, not used.
+    _image(images / "dup.jpg", 0, seed=40)
+    _image(images / "dup.png", 0, seed=41)
+    rows.append(("dup", "dingo"))
+    csv_path = _write_csv(tmp_path / "labels.csv", rows, header=("id", "breed"))
+    index = data.index_source(_cfg(csv_path, image_dir=str(images)))
+    used = index.train.paths + index.val.paths
+    assert len(used) == 8 and all(p.endswith("bec18.jpg") for p in used)
+    assert index.class_names == ["boston_bull", "dingo"]
+    assert _count(index, "ambiguous_id") == 1
+    examples = index.csv_report["train"]["problems"]["ambiguous_id"]["examples"]
+    assert "dup" in examples[0]
+    # The two files of the ambiguous id have no usable row.
+    assert _count(index, "unlisted_image") == 0
+
+
+def test_messy_rows_are_counted_exactly_and_training_uses_the_rest(tmp_path):
+    images = tmp_path / "images"
+    rows = _photos(images, classes=("cats", "dogs"), per_class=5)
+    _image(images / "unlisted_1.jpg")
+    _image(images / "unlisted_2.jpg")
+    _image(images / "conflict.jpg")
+    with open(images / "broken.jpg", "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 truncated")
+    rows += [
+        ("gone.jpg", "cats"),                 # missing file
+        ("cats_0.jpg", "cats"),               # duplicate row, same label: used once
+        ("./cats_1.jpg", "cats"),             # the same file again, spelled otherwise
+        ("conflict.jpg", "cats"),             # conflicting labels: left out
+        ("conflict.jpg", "dogs"),
+        ("dogs_0.jpg", ""),                   # empty label
+        ("", "dogs"),                         # empty file name
+        ("broken.jpg", "dogs"),               # corrupt: skipped by the decode check
+    ]
+    csv_path = _write_csv(tmp_path / "labels.csv", rows)
+    index = data.index_source(_cfg(csv_path, image_dir=str(images)))
+    problems = index.csv_report["train"]["problems"]
+    counts = {kind: entry["count"] for kind, entry in problems.items()}
+    assert counts == {"missing_file": 1, "duplicate_row": 2, "conflicting_label": 1,
+                      "empty_label": 1, "empty_filename": 1, "unlisted_image": 2}
+    assert "gone.jpg" in problems["missing_file"]["examples"][0]
+    assert "conflict.jpg" in problems["conflicting_label"]["examples"][0]
+    assert any("unlisted_1.jpg" in e for e in problems["unlisted_image"]["examples"])
+    used = index.train.paths + index.val.paths
+    assert len(used) == 10 and len(set(used)) == 10
+    assert not any("conflict" in p or "broken" in p for p in used)
+    assert [s["path"] for s in index.skipped] == [str(images / "broken.jpg")]
+    assert index.csv_report["train"]["rows"] == 18
+    assert index.csv_report["train"]["used"] == 11  # the broken file is still a good row
+
+
+def test_paths_leaving_the_image_folder_are_never_opened(tmp_path, monkeypatch):
+    images = tmp_path / "images"
+    rows = _photos(images, classes=("cats", "dogs"), per_class=4)
+    outside = _image(tmp_path / "secret" / "outside.jpg", 1, seed=99)
+    os.symlink(outside, images / "link.jpg")
+    os.symlink(str(tmp_path / "secret"), images / "linked_dir")
+    rows += [("../secret/outside.jpg", "dogs"), (outside, "dogs"), ("link.jpg", "dogs"),
+             ("linked_dir/outside.jpg", "dogs"), ("../secret/outside", "dogs")]
+    csv_path = _write_csv(tmp_path / "labels.csv", rows)
+    checked = []
+    real_keep_usable = scan.keep_usable
+
+    def recording(paths, *args, **kw):
+        checked.extend(paths)
+        return real_keep_usable(paths, *args, **kw)
+
+    monkeypatch.setattr(scan, "keep_usable", recording)
+    _WATCHED.add(os.path.realpath(outside))
+    try:
+        index = data.index_source(_cfg(csv_path, image_dir=str(images)))
+    finally:
+        _WATCHED.clear()
+    assert _OPENED == []
+    assert not any(os.path.realpath(p) == os.path.realpath(outside) for p in checked)
+    used = index.train.paths + index.val.paths
+    assert len(used) == 8
+    assert not any(os.path.realpath(p) == os.path.realpath(outside) for p in used)
+    assert _count(index, "outside_image_dir") == 5
+    assert _count(index, "missing_file") == 0
+
+
+def test_validation_csv_keeps_the_training_class_order(tmp_path):
+    rows = _photos(tmp_path / "train", classes=("cats", "dogs"), per_class=4)
+    vrows = _photos(tmp_path / "valid", classes=("cats", "dogs"), per_class=2)
+    _image(tmp_path / "valid" / "bird.jpg")
+    vrows.append(("bird.jpg", "birds"))  # a class training does not have
+    train_csv = _write_csv(tmp_path / "train" / "train.csv", rows)
+    val_csv = _write_csv(tmp_path / "valid" / "valid.csv", vrows)
+    index = data.index_source(_cfg(train_csv, val_csv=val_csv, class_names=("dogs", "cats")))
+    assert index.class_names == ["dogs", "cats"]
+    assert len(index.train) == 8 and len(index.val) == 4
+    assert all(p.startswith(str(tmp_path / "valid")) for p in index.val.paths)
+    assert all((l == 0) == ("/dogs_" in p) for p, l in zip(index.val.paths, index.val.labels))
+    assert _count(index, "unknown_label", "val") == 1
+
+
+def test_class_names_leave_out_other_labels(tmp_path):
+    rows = _photos(tmp_path, classes=("a", "b", "c"), per_class=4)
+    csv_path = _write_csv(tmp_path / "labels.csv", rows)
+    index = data.index_source(_cfg(csv_path, class_names=("c", "a")))
+    assert index.class_names == ["c", "a"] and len(index.train) + len(index.val) == 8
+    assert _count(index, "unknown_label") == 4
+
+
+@pytest.mark.parametrize("case, flag_or_text", [
+    ("missing_csv", "--train_csv"),
+    ("unknown_column", "--label_column"),
+    ("nothing_usable", "no usable"),
+    ("one_class", "at least two classes"),
+    ("class_name_without_rows", "--class_names"),
+    ("only_a_header", "no rows"),
+])
+def test_bad_csv_inputs_fail_before_training_naming_file_and_flag(tmp_path, case, flag_or_text):
+    rows = _photos(tmp_path, classes=("cats", "dogs"), per_class=3)
+    csv_path = _write_csv(tmp_path / "labels.csv", rows)
+    kw = {}
+    if case == "missing_csv":
+        csv_path = str(tmp_path / "nope.csv")
+    elif case == "unknown_column":
+        kw["label_column"] = "breed"
+    elif case == "nothing_usable":
+        csv_path = _write_csv(tmp_path / "labels.csv", [("x.jpg", "cats"), ("y.jpg", "dogs")])
+    elif case == "one_class":
+        csv_path = _write_csv(tmp_path / "labels.csv", [(n, "cats") for n, _ in rows])
+    elif case == "class_name_without_rows":
+        kw["class_names"] = ("cats", "dogs", "birds")
+    elif case == "only_a_header":
+        csv_path = _write_csv(tmp_path / "labels.csv", [])
+    with pytest.raises(ValueError) as e:
+        data.index_source(_cfg(csv_path, **kw))
+    msg = str(e.value)
+    assert flag_or_text in msg
+    assert os.path.basename(csv_path) in msg
+    if case == "unknown_column":
+        assert "['file', 'label']" in msg
+    if case == "class_name_without_rows":
+        assert "birds" in msg
+
+
+def test_csv_with_another_source_is_an_error_naming_both_flags(tmp_path):
+    c = C.baseline()
+    c.train.model_dir = str(tmp_path / "run")
+    c.data.train_csv, c.data.train_dir = "labels.csv", "photos"
+    with pytest.raises(ValueError, match="--train_dir.*--train_csv|--train_csv.*--train_dir"):
+        c.validate()
+    c.data.train_dir, c.data.tfds_name = "", "cats_vs_dogs"
+    with pytest.raises(ValueError, match="--tfds_name"):
+        c.validate()
+    c.data.train_csv, c.data.tfds_name, c.data.val_csv = "", "", "valid.csv"
+    c.data.train_dir = "photos"
+    with pytest.raises(ValueError, match="--val_csv"):
+        c.validate()
+    c.data.val_csv, c.data.image_dir = "", "images"
+    with pytest.raises(ValueError, match="--image_dir"):
+        c.validate()
+
+
+def test_csv_split_record_is_rechecked_and_keeps_its_digest_when_data_moves(tmp_path):
+    rows = _photos(tmp_path / "a" / "images", classes=("cats", "dogs"), per_class=4)
+    csv_path = _write_csv(tmp_path / "a" / "images" / "labels.csv", rows)
+    cfg = _cfg(csv_path)
+    index = data.index_source(cfg)
+    record = splits.split_record(cfg, index)
+    assert record["source"] == "csv"
+    again = data.index_from_split(cfg, record, "the earlier run")
+    assert again.train.paths == index.train.paths and again.val.paths == index.val.paths
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    moved_cfg = _cfg(str(tmp_path / "b" / "images" / "labels.csv"))
+    moved = splits.split_record(moved_cfg, data.index_source(moved_cfg))
+    assert splits.split_digest(moved) == splits.split_digest(record)
+    folder_cfg = C.DataConfig(train_dir=str(tmp_path / "a"))
+    with pytest.raises(ValueError, match="csv source"):
+        data.index_from_split(folder_cfg, record, "the earlier run")
+
+
+def _run_config(stage, csv_path, model_dir, **model):
+    c = C.for_stage(stage)
+    c.data.train_csv = str(csv_path)
+    c.data.validation_split = 0.2
+    c.data.image_size, c.data.batch_size = (32, 32), 8
+    c.train.epochs, c.train.verbose = 1, 0
+    c.train.model_dir = str(model_dir)
+    for k, v in model.items():
+        setattr(c.model, k, v)
+    return c
+
+
+def test_a_stage_trains_from_a_csv_and_reports_its_rows(tmp_path):
+    images = tmp_path / "images"
+    rows = _photos(images, classes=("cats", "dogs"), per_class=10)
+    rows += [("gone.jpg", "cats"), ("cats_0.jpg", "cats")]
+    _image(images / "extra.jpg")
+    csv_path = _write_csv(images / "labels.csv", rows)
+    result = train.run(_run_config("baseline", csv_path, tmp_path / "run"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train_examples"] == 16 and metrics["val_examples"] == 4
+    problems = metrics["csv_report"]["train"]["problems"]
+    assert {k: v["count"] for k, v in problems.items()} == {
+        "missing_file": 1, "duplicate_row": 1, "unlisted_image": 1}
+    assert result.metrics["csv_report"] == metrics["csv_report"]
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["source"] == "csv" and len(split["val"]) == 4
+    # A rerun of the finished run resumes (same split): nothing more trains.
+    again = train.run(_run_config("baseline", csv_path, tmp_path / "run"))
+    assert again.metrics["epochs_completed"] == 1
+
+
+@pytest.mark.slow
+def test_fine_tuning_reads_the_csv_split_of_its_feature_extraction_run(tmp_path):
+    images = tmp_path / "images"
+    rows = _photos(images, classes=("cats", "dogs"), per_class=10)
+    csv_path = _write_csv(images / "labels.csv", rows)
+    fe = _run_config("feature_extraction", csv_path, tmp_path / "fe", backbone="mobilenet",
+                     backbone_alpha=0.25, weights="none")
+    train.run(fe)
+    before = json.loads((tmp_path / "fe" / "split.json").read_text())
+    # Rows added after stage 3 are not used: stage 4 validates on stage 3's split.
+    _image(images / "new.jpg")
+    _write_csv(images / "labels.csv", rows + [("new.jpg", "dogs")])
+    ft = _run_config("fine_tuning", csv_path, tmp_path / "ft", init_from=str(tmp_path / "fe"))
+    result = train.run(ft)
+    after = json.loads((tmp_path / "ft" / "split.json").read_text())
+    assert after["train"] == before["train"] and after["val"] == before["val"]
+    assert result.metrics["val_examples"] == len(before["val"])
+    # Another CSV is refused: it would give another split.
+    other = _write_csv(images / "other.csv", rows)
+    ft2 = _run_config("fine_tuning", other, tmp_path / "ft2", init_from=str(tmp_path / "fe"))
+    with pytest.raises(ValueError, match="--train_csv"):
+        train.run(ft2)
