@@ -4,7 +4,7 @@ Runs baseline -> augmented -> feature_extraction -> fine_tuning into
 subfolders of --model_dir (fine_tuning starts from feature_extraction), then
 prints and writes comparison.md, comparison.json and comparison.png.
 
-Without --train_dir (or --train_tfrecords / --tfds_name) it runs the built-in demo: it writes a small
+Without --train_dir (or --train_csv / --train_tfrecords / --tfds_name) it runs the built-in demo: it writes a small
 deterministic two-class image folder and trains every stage at a small image
 size in a few minutes on a laptop CPU.
 
@@ -38,7 +38,8 @@ DEMO_EPOCHS = {"baseline": 6, "augmented": 6, "feature_extraction": 3, "fine_tun
 def _run():
     from catdog import demo
     from catdog import stages as stages_lib
-    is_demo = not (FLAGS.train_dir or FLAGS.train_tfrecords or FLAGS.tfds_name)
+    is_demo = not (FLAGS.train_dir or FLAGS.train_tfrecords or FLAGS.tfds_name
+                    or FLAGS.train_csv)
     if is_demo:
         if FLAGS.model_dir is None:
             FLAGS.model_dir = DEMO_MODEL_DIR

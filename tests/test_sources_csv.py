@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -14,7 +15,7 @@ from catdog import data
 from catdog import scan
 from catdog import splits
 from catdog import train
-from helpers import write_image
+from helpers import REPO, write_image
 
 _OPENED = []  # paths opened while a test records them (see _record_opens)
 _WATCHED = set()
@@ -338,3 +339,29 @@ def test_fine_tuning_reads_the_csv_split_of_its_feature_extraction_run(tmp_path)
     ft2 = _run_config("fine_tuning", other, tmp_path / "ft2", init_from=str(tmp_path / "fe"))
     with pytest.raises(ValueError, match="--train_csv"):
         train.run(ft2)
+
+
+def _script(script, *args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, os.path.join(REPO, "scripts", script), *args],
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_scripts_train_from_a_csv_and_refuse_a_bad_column_with_exit_2(tmp_path):
+    images = tmp_path / "images"
+    rows = _photos(images, classes=("cats", "dogs"), per_class=10)
+    csv_path = _write_csv(images / "labels.csv", rows)
+    common = [f"--train_csv={csv_path}", "--validation_split=0.2", "--image_size=32",
+              "--batch_size=8", "--epochs=1", "--verbose=0"]
+    # run_pipeline trains the CSV, not its built-in demo.
+    proc = _script("run_pipeline.py", *common, "--stages=baseline",
+                   f"--model_dir={tmp_path}/p")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Demo" not in proc.stdout
+    metrics = json.loads((tmp_path / "p" / "baseline" / "metrics.json").read_text())
+    assert metrics["csv_report"]["train"]["rows"] == 20
+    bad = _script("train_baseline.py", *common, "--label_column=breed",
+                  f"--model_dir={tmp_path}/b")
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert "--label_column" in bad.stderr and "labels.csv" in bad.stderr
+    assert "Traceback" not in bad.stderr
