@@ -1,11 +1,13 @@
 """Evaluation of a trained catdog model on a held-out test set.
 
 :func:`evaluate` runs a training run's ``model.keras`` over a test folder
-(one subfolder per class, the same class names as the model) or a TFDS
-split, and writes into ``out_dir`` (default ``<model_dir>/evaluation``):
+(one subfolder per class, the same class names as the model), a CSV of
+files and labels (resolved and reported as training reads one, see
+:mod:`catdog.sources.csv_labels`) or a TFDS split, and writes into ``out_dir`` (default ``<model_dir>/evaluation``):
 
 - ``evaluation.json``: every metric, the confusion matrix, the threshold,
-  the counts and the skipped files (``[{"path", "reason"}]``);
+  the counts, the skipped files (``[{"path", "reason"}]``) and, for a CSV,
+  its rows and their problems (``csv_report``);
 - ``evaluation.md``: the same as readable Markdown tables;
 - ``predictions.csv``: one row per image, columns
   ``path,label,probability,predicted,correct``;
@@ -54,6 +56,7 @@ from catdog import fileio
 from catdog import figures
 from catdog import model_io
 from catdog import scan
+from catdog.sources import csv_labels
 
 EVALUATION_DIR = "evaluation"
 JSON_FILE = "evaluation.json"
@@ -314,6 +317,8 @@ def format_report(result: dict) -> str:
     lines += ["Confusion matrix (rows: true class, columns: predicted class)", ""]
     lines += _table(("true \\ predicted", *names),
                     [(n, *row) for n, row in zip(names, matrix)]) + [""]
+    if result.get("csv_report"):
+        lines += ["CSV rows:", ""] + csv_labels.problem_lines(result["csv_report"]) + [""]
     if result["skipped_files"]:
         lines += ["Skipped files (not evaluated):", ""]
         lines += [f"- {s['path']}: {s['reason']}" for s in result["skipped_files"]]
@@ -349,6 +354,20 @@ def _folder_examples(test_dir, class_names, max_pixels):
         raise ValueError(f"No usable image in --test_dir {test_dir!r}: all "
                          f"{len(paths)} files were skipped (see skipped_files).")
     return good_paths, good_labels, skipped
+
+
+def _csv_examples(test_csv, class_names, max_pixels, **columns):
+    """(paths, labels, skipped, csv report) of a test CSV, checked as training does."""
+    paths, labels, rows = csv_labels.csv_examples(test_csv, list(class_names),
+                                                  flag="test_csv", **columns)
+    if not paths:
+        raise ValueError(f"No row of --test_csv {test_csv!r} has a class of the model "
+                         f"({class_names}): {rows.report()['problems']}.")
+    good_paths, good_labels, skipped = data_lib.keep_usable(paths, labels, max_pixels)
+    if not good_paths:
+        raise ValueError(f"No usable image in --test_csv {test_csv!r}: all "
+                         f"{len(paths)} files were skipped (see skipped_files).")
+    return good_paths, good_labels, skipped, rows.report()
 
 
 def _tfds_dataset(name, split, data_dir, image_size, batch_size, class_names):
@@ -403,6 +422,8 @@ def _check_threshold(threshold, num_classes):
 # ---------------------------------------------------------------------------
 
 def evaluate(model_dir, test_dir: Optional[str] = None, *,
+             test_csv: Optional[str] = None, image_dir: Optional[str] = None,
+             filename_column: str = "", label_column: str = "",
              tfds_name: Optional[str] = None, tfds_split: Optional[str] = None,
              tfds_data_dir: Optional[str] = None, threshold: float = 0.5,
              batch_size: int = 32, out_dir: Optional[str] = None) -> dict:
@@ -413,6 +434,11 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
         the class names and image size come from its ``config.json``.
       test_dir: folder with one subfolder per model class (nested
         subfolders count for their top-level class).
+      test_csv: instead of ``test_dir``, a CSV of file names (or ids) and
+        labels; rows of other classes than the model's are counted and left out.
+      image_dir: folder the CSV's file names are relative to (default: its folder).
+      filename_column, label_column: the CSV's columns (default: the
+        first two of its header).
       tfds_name: a TFDS image classification dataset instead of
         ``test_dir`` (read from ``tfds_data_dir``; never downloaded here).
       tfds_split: the TFDS split, e.g. ``"test"`` or ``"train[80%:]"``.
@@ -426,7 +452,8 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
       The content of ``evaluation.json``: ``metrics`` (see
       :func:`compute_metrics`), ``class_names``, ``threshold``,
       ``num_examples``, ``counts`` (true examples per class),
-      ``skipped_files``, ``test_data``, ``model_dir``, ``out_dir`` and
+      ``skipped_files``, ``csv_report`` (a CSV's rows and problems, else
+      None), ``test_data``, ``model_dir``, ``out_dir`` and
       ``files`` (the paths written).
 
     Raises:
@@ -434,10 +461,17 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
         a finished run, a test folder whose classes differ from the model's,
         or no usable test image.
     """
-    if (test_dir is None) == (tfds_name is None):
+    if sum(x is not None for x in (test_dir, test_csv, tfds_name)) != 1:
         raise ValueError("Pass exactly one of --test_dir (a folder of class "
-                         "subfolders) or --tfds_name (with --tfds_split). "
-                         f"Received: test_dir={test_dir!r}, tfds_name={tfds_name!r}")
+                         "subfolders), --test_csv (a CSV of files and labels) or "
+                         "--tfds_name (with --tfds_split). Received: "
+                         f"test_dir={test_dir!r}, test_csv={test_csv!r}, "
+                         f"tfds_name={tfds_name!r}")
+    for name, value in (("image_dir", image_dir), ("filename_column", filename_column),
+                        ("label_column", label_column)):
+        if value and test_csv is None:
+            raise ValueError(f"`--{name}` goes with --test_csv (a CSV of files and "
+                             f"labels). Received: {name}={value!r}")
     if tfds_name is not None and not tfds_split:
         raise ValueError("`--tfds_split` is required with --tfds_name, e.g. "
                          f"'test' or 'train[80%:]'. Received: tfds_split={tfds_split!r}")
@@ -454,11 +488,17 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
         model_io.probabilities_fn(model, num_classes),
         input_signature=[tf.TensorSpec([None, *image_size, 3], tf.uint8)])
 
-    skipped, images_of = [], None
-    if test_dir is not None:
-        test_dir = os.fspath(test_dir)
+    skipped, images_of, csv_report = [], None, None
+    if test_dir is not None or test_csv is not None:
         max_pixels = (config.get("data") or {}).get("max_pixels") or scan.DEFAULT_MAX_PIXELS
-        paths, labels, skipped = _folder_examples(test_dir, class_names, max_pixels)
+        if test_csv is not None:
+            test_dir = os.fspath(test_csv)
+            paths, labels, skipped, csv_report = _csv_examples(
+                test_dir, class_names, max_pixels, image_dir=image_dir or "",
+                filename_column=filename_column, label_column=label_column)
+        else:
+            test_dir = os.fspath(test_dir)
+            paths, labels, skipped = _folder_examples(test_dir, class_names, max_pixels)
         # deterministic=True: the batches come out in file order, so row i
         # of the probabilities belongs to paths[i].
         ds = data_lib.build_dataset(
@@ -509,6 +549,7 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
         "num_mistakes": sum(not r["correct"] for r in rows),
         "counts": {n: int(c) for n, c in zip(class_names, counts)},
         "skipped_files": skipped,
+        "csv_report": csv_report,
         "metrics": metrics,
         "predictions_probability": (
             f"P({class_names[1]})" if num_classes == 2 else "P(predicted class)"),

@@ -1,7 +1,9 @@
-r"""Evaluates a trained catdog model on a test folder (or a TFDS split).
+r"""Evaluates a trained catdog model on a test folder, a CSV or a TFDS split.
 
-Example:
+Examples:
   python scripts/evaluate.py --model_dir=runs/baseline --test_dir=test_set
+  python scripts/evaluate.py --model_dir=runs/baseline --test_csv=test_labels.csv \
+      --image_dir=test_images
 
 Writes into --out_dir (default <model_dir>/evaluation): evaluation.json,
 evaluation.md (the table printed here), predictions.csv (most confident
@@ -27,6 +29,19 @@ _TEST_DIR = flags.DEFINE_string(
     "test_dir", None,
     "Test folder with one subfolder per class, named as the model's classes "
     "(e.g. test_set/ with cats/ and dogs/).")
+_TEST_CSV = flags.DEFINE_string(
+    "test_csv", None,
+    "Instead of --test_dir: a CSV with a file name (or an id whose one image "
+    "file has that stem) and a label per row; rows of other classes than the "
+    "model's and every unusable row are counted and listed.")
+_IMAGE_DIR = flags.DEFINE_string(
+    "image_dir", None,
+    "With --test_csv: the folder its file names are relative to (default: the "
+    "CSV's folder); paths leaving it are never read.")
+_FILENAME_COLUMN = flags.DEFINE_string(
+    "filename_column", "", "With --test_csv: its file name column (default: the first).")
+_LABEL_COLUMN = flags.DEFINE_string(
+    "label_column", "", "With --test_csv: its label column (default: the second).")
 _TFDS_NAME = flags.DEFINE_string(
     "tfds_name", None,
     "Instead of --test_dir: a TFDS image classification dataset already in "
@@ -51,7 +66,9 @@ def _evaluate():
         raise ValueError("`--model_dir` is required: the folder of a finished "
                          "training run.")
     result = evaluate.evaluate(
-        _MODEL_DIR.value, _TEST_DIR.value, tfds_name=_TFDS_NAME.value,
+        _MODEL_DIR.value, _TEST_DIR.value, test_csv=_TEST_CSV.value,
+        image_dir=_IMAGE_DIR.value, filename_column=_FILENAME_COLUMN.value,
+        label_column=_LABEL_COLUMN.value, tfds_name=_TFDS_NAME.value,
         tfds_split=_TFDS_SPLIT.value, tfds_data_dir=_TFDS_DATA_DIR.value,
         threshold=_THRESHOLD.value, batch_size=_BATCH_SIZE.value,
         out_dir=_OUT_DIR.value)

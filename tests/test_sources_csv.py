@@ -365,3 +365,44 @@ def test_scripts_train_from_a_csv_and_refuse_a_bad_column_with_exit_2(tmp_path):
     assert bad.returncode == 2, bad.stderr[-2000:]
     assert "--label_column" in bad.stderr and "labels.csv" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_evaluate_test_csv_reads_the_rows_like_the_folder_and_reports_them(tmp_path):
+    from catdog import evaluate as ev
+    import helpers
+
+    model_dir = helpers.write_run(tmp_path / "model", helpers.build_model(2),
+                                  ["cats", "dogs"], (32, 32))
+    test_dir = tmp_path / "test"
+    rows = []
+    for label, name in enumerate(("cats", "dogs")):
+        for i in range(4):
+            _image(test_dir / name / f"{name}_{i}.jpg", label, seed=20 + 4 * label + i)
+            rows.append((f"{name}/{name}_{i}", name))  # ids without extension
+    _image(test_dir / "bird.jpg", 2, seed=50)  # not in a class folder
+    rows += [("cats/gone.jpg", "cats"), ("../model/x.jpg", "dogs"), ("bird.jpg", "birds")]
+    csv_path = _write_csv(tmp_path / "test.csv", rows, header=("id", "breed"))
+    folder = ev.evaluate(model_dir, str(test_dir), out_dir=str(tmp_path / "by_folder"))
+    result = ev.evaluate(model_dir, test_csv=csv_path, image_dir=str(test_dir),
+                         label_column="breed", out_dir=str(tmp_path / "by_csv"))
+    assert result["num_examples"] == folder["num_examples"] == 8
+    assert result["metrics"] == folder["metrics"]
+    assert result["counts"] == {"cats": 4, "dogs": 4}
+    problems = result["csv_report"]["problems"]
+    assert {k: v["count"] for k, v in problems.items()} == {
+        "missing_file": 1, "outside_image_dir": 1, "unknown_label": 1}
+    saved = json.loads((tmp_path / "by_csv" / "evaluation.json").read_text())
+    assert saved["csv_report"] == result["csv_report"]
+    report = (tmp_path / "by_csv" / "evaluation.md").read_text()
+    assert "gone.jpg" in report and "leaves the image folder" in report
+    with pytest.raises(ValueError, match="exactly one"):
+        ev.evaluate(model_dir, str(test_dir), test_csv=csv_path)
+    with pytest.raises(ValueError, match="--label_column"):
+        ev.evaluate(model_dir, str(test_dir), label_column="breed")
+    proc = _script("evaluate.py", f"--model_dir={model_dir}", f"--test_csv={csv_path}",
+                   f"--image_dir={test_dir}", "--label_column=breed",
+                   f"--out_dir={tmp_path}/by_script")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CSV rows" in proc.stdout and "1 rows whose file is not" in proc.stdout
+    assert json.loads((tmp_path / "by_script" / "evaluation.json").read_text())[
+        "metrics"] == folder["metrics"]
