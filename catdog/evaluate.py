@@ -358,7 +358,7 @@ def _folder_examples(test_dir, class_names, max_pixels):
 
 def _csv_examples(test_csv, class_names, max_pixels, **columns):
     """(paths, labels, skipped, csv report) of a test CSV, checked as training does."""
-    paths, labels, rows = csv_labels.csv_examples(test_csv, list(class_names),
+    paths, labels, _, rows = csv_labels.csv_examples(test_csv, list(class_names),
                                                   flag="test_csv", **columns)
     if not paths:
         raise ValueError(f"No row of --test_csv {test_csv!r} has a class of the model "

@@ -1,13 +1,16 @@
-r"""Write a folder of class subfolders into TFRecord shards with a manifest.
+r"""Write a folder of class subfolders (or a CSV's rows) into TFRecord shards with a manifest.
 
 Examples:
   python scripts/build_tfrecords.py --data_dir=training_set --output_dir=shards/train
   python scripts/build_tfrecords.py --data_dir=test_set --output_dir=shards/val \
       --num_shards=2 --max_side=512
+  python scripts/build_tfrecords.py --csv=labels.csv --image_dir=train \
+      --output_dir=shards/train
   python scripts/train_baseline.py --train_tfrecords='shards/train/*.tfrecord' \
       --val_tfrecords='shards/val/*.tfrecord' --model_dir=runs/baseline
 
-Bad files are skipped and listed in manifest.json; source files are only read.
+Bad files are skipped and listed in manifest.json (with --csv, also every
+unusable row, counted); source files are only read.
 """
 
 import json
@@ -20,6 +23,17 @@ from catdog.config import DEFAULT_MAX_PIXELS
 
 flags.DEFINE_string("data_dir", None,
                     "Folder with one subfolder of images per class.")
+flags.DEFINE_string("csv", None,
+                    "Instead of --data_dir: a CSV with a file name (or an id whose one "
+                    "image file has that stem) and a label per row; the classes are its "
+                    "labels, sorted, unless --class_names.")
+flags.DEFINE_string("image_dir", None,
+                    "With --csv: the folder its file names are relative to (default: "
+                    "the CSV's folder); paths leaving it are never read.")
+flags.DEFINE_string("filename_column", "",
+                    "With --csv: its file name column (default: the first).")
+flags.DEFINE_string("label_column", "",
+                    "With --csv: its label column (default: the second).")
 flags.DEFINE_string("output_dir", None,
                     "Where the shards and manifest.json go (created; local or a "
                     "tf.io.gfile URL such as gs://bucket/shards/train).")
@@ -44,15 +58,27 @@ FLAGS = flags.FLAGS
 
 def _build():
     from catdog.sources import tfrecord_writer  # heavy import after flag parsing
-    if not FLAGS.data_dir or not FLAGS.output_dir:
-        missing = "data_dir" if not FLAGS.data_dir else "output_dir"
+    if FLAGS.csv and FLAGS.data_dir:
+        raise ValueError("Give --csv (labels from a CSV) or --data_dir (class folders), "
+                         f"not both. Received: csv={FLAGS.csv!r}, data_dir={FLAGS.data_dir!r}")
+    for name in ("image_dir", "filename_column", "label_column"):
+        if FLAGS[name].value and not FLAGS.csv:
+            raise ValueError(f"`--{name}` goes with --csv. "
+                             f"Received: {name}={FLAGS[name].value!r}")
+    if not (FLAGS.data_dir or FLAGS.csv) or not FLAGS.output_dir:
+        missing = "data_dir" if not (FLAGS.data_dir or FLAGS.csv) else "output_dir"
         raise ValueError(f"`--{missing}` is required. Received: {missing}=None")
     manifest = tfrecord_writer.write_tfrecords(
-        FLAGS.data_dir, FLAGS.output_dir, num_shards=FLAGS.num_shards,
+        (FLAGS.image_dir or "") if FLAGS.csv else FLAGS.data_dir, FLAGS.output_dir,
+        num_shards=FLAGS.num_shards,
         max_side=FLAGS.max_side, jpeg_quality=FLAGS.jpeg_quality,
         class_names=FLAGS.class_names, prefix=FLAGS.prefix, seed=FLAGS.seed,
-        max_pixels=FLAGS.max_pixels)
+        max_pixels=FLAGS.max_pixels, csv_path=FLAGS.csv or "",
+        filename_column=FLAGS.filename_column, label_column=FLAGS.label_column)
     print(json.dumps({k: manifest[k] for k in ("class_names", "num_examples", "counts")}))
+    if manifest.get("csv_report"):
+        from catdog.sources import csv_labels
+        print("\n".join(csv_labels.problem_lines(manifest["csv_report"])))
     print(f"{len(manifest['shards'])} shard(s) and {tfrecord_writer.MANIFEST} in "
           f"{FLAGS.output_dir}; {len(manifest['skipped'])} file(s) skipped"
           + (" (listed in the manifest)." if manifest["skipped"] else "."), flush=True)

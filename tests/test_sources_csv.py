@@ -406,3 +406,72 @@ def test_evaluate_test_csv_reads_the_rows_like_the_folder_and_reports_them(tmp_p
     assert "CSV rows" in proc.stdout and "1 rows whose file is not" in proc.stdout
     assert json.loads((tmp_path / "by_script" / "evaluation.json").read_text())[
         "metrics"] == folder["metrics"]
+
+
+def _messy_csv(tmp_path):
+    """A CSV over ``images/`` with one row of each common problem and one corrupt file."""
+    images = tmp_path / "images"
+    rows = _photos(images, classes=("cats", "dogs"), per_class=4)
+    with open(images / "broken.jpg", "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 truncated")
+    _image(images / "unlisted.jpg")
+    rows += [("broken.jpg", "dogs"), ("gone.jpg", "cats"), ("cats_0.jpg", "cats"),
+             ("../outside.jpg", "dogs")]
+    return _write_csv(tmp_path / "labels.csv", rows), str(images)
+
+
+def test_build_tfrecords_from_a_csv_writes_its_usable_rows_with_their_labels(tmp_path):
+    import tensorflow as tf
+    from catdog.sources import tfrecord_writer
+    from catdog.sources import tfrecords
+
+    csv_path, images = _messy_csv(tmp_path)
+    out = str(tmp_path / "shards")
+    manifest = tfrecord_writer.write_tfrecords(images, out, csv_path=csv_path,
+                                               class_names=["dogs", "cats"], num_shards=2,
+                                               progress=False)
+    assert manifest["class_names"] == ["dogs", "cats"]
+    assert manifest["counts"] == {"dogs": 4, "cats": 4} and manifest["num_examples"] == 8
+    assert [os.path.basename(s["path"]) for s in manifest["skipped"]] == ["broken.jpg"]
+    problems = manifest["csv_report"]["problems"]
+    assert {k: v["count"] for k, v in problems.items()} == {
+        "missing_file": 1, "duplicate_row": 1, "outside_image_dir": 1, "unlisted_image": 1}
+    assert manifest["source_csv"] == csv_path
+    files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
+    assert n == 8
+    seen = {}
+    for f in files:
+        for record in tf.data.TFRecordDataset(f):
+            p = tf.io.parse_single_example(record, tfrecords._FEATURES)
+            seen[p["image/filename"].numpy().decode()] = int(p["image/class/label"])
+    assert seen == {f"{c}_{i}.jpg": ["dogs", "cats"].index(c)
+                    for c in ("cats", "dogs") for i in range(4)}
+    proc = _script("build_tfrecords.py", f"--csv={csv_path}", f"--image_dir={images}",
+                   f"--output_dir={tmp_path}/by_script")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = json.loads((tmp_path / "by_script" / "manifest.json").read_text())
+    assert written["class_names"] == ["cats", "dogs"] and written["num_examples"] == 8
+    assert "1 rows whose file is not in the image folder" in proc.stdout
+    both = _script("build_tfrecords.py", f"--csv={csv_path}", f"--data_dir={images}",
+                   f"--output_dir={tmp_path}/both")
+    assert both.returncode == 2 and "--csv" in both.stderr and "--data_dir" in both.stderr
+
+
+def test_scan_data_with_a_csv_lists_its_row_problems_and_bad_images(tmp_path):
+    csv_path, images = _messy_csv(tmp_path)
+    out = tmp_path / "scan.json"
+    proc = _script("scan_data.py", f"--csv={csv_path}", f"--image_dir={images}",
+                   f"--json_out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "broken.jpg" in proc.stdout
+    for text in ("1 rows whose file is not in the image folder", "gone.jpg",
+                 "1 rows whose path leaves the image folder", "1 image files in the image "
+                 "folder without a row", "unlisted.jpg"):
+        assert text in proc.stdout, text
+    report = json.loads(out.read_text())
+    assert [c["usable"] for c in report["classes"]] == [4, 4]
+    assert [c["bad"] for c in report["classes"]] == [0, 1]
+    assert report["csv_report"]["problems"]["duplicate_row"]["count"] == 1
+    bad = _script("scan_data.py", f"--csv={csv_path}", "--label_column=breed")
+    assert bad.returncode == 2 and "--label_column" in bad.stderr
+    assert "Traceback" not in bad.stderr

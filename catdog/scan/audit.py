@@ -61,6 +61,8 @@ class ScanReport:
       duplicates_within_class: groups of byte-identical files of one class.
       seconds: wall time of the scan.
       layout_warnings: doubts about the folder layout itself.
+      csv_report: files labelled by a CSV: its rows and their problems
+        (``{"csv", "image_dir", "rows", "used", "problems"}``), else None.
     """
 
     data_dir: str
@@ -76,6 +78,7 @@ class ScanReport:
     duplicates_within_class: tuple[tuple[str, ...], ...]
     seconds: float
     layout_warnings: tuple[str, ...] = ()
+    csv_report: dict | None = None
 
     @property
     def bad_files(self) -> list[FileCheck]:
@@ -159,6 +162,7 @@ class ScanReport:
                 "within_class": [list(g) for g in self.duplicates_within_class],
             },
             "seconds": round(self.seconds, 3),
+            **({"csv_report": self.csv_report} if self.csv_report else {}),
         }
 
     def _short(self, path: str) -> str:
@@ -211,6 +215,13 @@ class ScanReport:
                 lines.append(f"  ... and {len(items) - max_listed} more "
                              f"(the JSON report lists all)")
 
+        if self.csv_report:
+            r = self.csv_report
+            lines.append(f"CSV {r['csv']}: {r['rows']} rows, {r['used']} files used; "
+                         f"row problems: {sum(e['count'] for e in r['problems'].values())}")
+            for entry in r["problems"].values():
+                lines.append(f"  {entry['count']} {entry['what']}, e.g. "
+                             + "; ".join(entry["examples"]))
         reasons = self._reason_counts()
         if reasons:
             lines.append("bad files by reason: " + ", ".join(
@@ -301,6 +312,8 @@ def scan_directory(
     use_cache: bool = True,
     follow_links: bool = False,
     num_parallel: int | None = None,
+    files: tuple | None = None,
+    csv_report: dict | None = None,
 ) -> ScanReport:
     """Checks every image of a class folder and looks for duplicates.
 
@@ -317,6 +330,10 @@ def scan_directory(
       use_cache: as in ``check_files``.
       follow_links: as in ``list_image_files``.
       num_parallel: as in ``check_files``.
+      files: ``(paths, labels, class_names)`` to check instead of the class
+        folders of ``data_dir`` (files labelled by a CSV; ``data_dir`` is
+        then their image folder).
+      csv_report: the CSV's rows and problems, kept in the report.
 
     Returns:
       A ``ScanReport``.
@@ -331,8 +348,12 @@ def scan_directory(
     if isinstance(other_dirs, (str, os.PathLike)):
         other_dirs = [other_dirs]
     other_dirs = [listing.require_directory(d, "other directory") for d in other_dirs]
-    paths, labels, names, ignored = listing.index_class_folders(
-        data_dir, class_names, follow_links)
+    if files is None:
+        paths, labels, names, ignored = listing.index_class_folders(
+            data_dir, class_names, follow_links)
+        layout = _split_like_warning(data_dir, paths, labels, names)
+    else:
+        (paths, labels, names), ignored, layout = (list(f) for f in files), [], ()
     checks = check_files(paths, max_pixels=max_pixels, num_parallel=num_parallel,
                          progress=progress, cache_dir=cache_dir, use_cache=use_cache)
 
@@ -382,5 +403,6 @@ def scan_directory(
         duplicates_across_dirs=tuple(across_dirs),
         duplicates_within_class=tuple(within_class),
         seconds=time.perf_counter() - start,
-        layout_warnings=_split_like_warning(data_dir, paths, labels, names),
+        layout_warnings=layout,
+        csv_report=csv_report,
     )

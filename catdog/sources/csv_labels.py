@@ -84,7 +84,8 @@ class CsvRows:
         """What ``metrics.json`` records of this CSV (JSON-ready)."""
         return {"csv": self.csv_path, "image_dir": self.image_dir, "rows": self.rows,
                 "used": len(self.paths) if self.used is None else self.used,
-                "problems": {k: self.problems[k] for k in PROBLEMS if k in self.problems}}
+                "problems": {k: dict(self.problems[k], what=PROBLEMS[k])
+                             for k in PROBLEMS if k in self.problems}}
 
 
 def _inside(real: str, real_root: str) -> bool:
@@ -232,7 +233,7 @@ def _summary(rows: CsvRows) -> str:
     return "; ".join(f"{e['count']} {PROBLEMS[k]}" for k, e in found.items()) or "no problem"
 
 
-def _class_names(rows: CsvRows, given, label_column: str) -> list:
+def _class_names(rows: CsvRows, given, label_column: str, flag: str = "train_csv") -> list:
     found = sorted({label for label in rows.labels})
     column = label_column or "the second column"
     if given:
@@ -240,13 +241,13 @@ def _class_names(rows: CsvRows, given, label_column: str) -> list:
         absent = [n for n in given if n not in found]
         if absent:
             raise ValueError(
-                f"`--class_names` {absent} have no usable row in --train_csv "
+                f"`--class_names` {absent} have no usable row in --{flag} "
                 f"{rows.csv_path!r} (column {column}); its labels are {found}. "
                 f"Received: class_names={given}")
         return given
     if len(found) < 2:
         raise ValueError(
-            f"--train_csv {rows.csv_path!r} needs at least two classes in its label "
+            f"--{flag} {rows.csv_path!r} needs at least two classes in its label "
             f"column ({column}) among its usable rows; found {found} "
             f"({_summary(rows)}).")
     return found
@@ -330,31 +331,33 @@ def index_csv(data_config, progress: bool = True) -> batching.DataIndex:
     return batching.DataIndex(class_names, train, val, skipped, csv_report=report)
 
 
-def csv_examples(csv_path: str, class_names, *, image_dir: str = "",
+def csv_examples(csv_path: str, class_names=None, *, image_dir: str = "",
                  filename_column: str = "", label_column: str = "",
-                 flag: str = "test_csv"):
-    """``(paths, labels, rows)`` of a CSV labelled with known ``class_names``.
+                 flag: str = "test_csv", check_classes: bool = False):
+    """``(paths, labels, class_names, rows)`` of one CSV, for evaluation and TFRecords.
 
-    For evaluation and TFRecord writing: rows whose label is not one of
-    ``class_names`` are counted as ``unknown_label``, unlisted images of the
-    image folder as ``unlisted_image``; nothing is decode-checked here.
-    ``class_names=None`` takes the CSV's labels, sorted.
+    Rows whose label is not one of ``class_names`` are counted as
+    ``unknown_label``, unlisted images of the image folder as
+    ``unlisted_image``; nothing is decode-checked here. ``class_names=None``
+    takes the CSV's labels, sorted; ``check_classes`` refuses, as training
+    does, a given class no row has or fewer than two classes.
 
     Raises:
-      ValueError: as :func:`read_csv_rows`, or no usable row.
+      ValueError: as :func:`read_csv_rows`, no usable row, or (with
+        ``check_classes``) bad classes.
     """
     rows = read_csv_rows(csv_path, image_dir, filename_column, label_column, flag=flag)
     if not rows.paths:
         raise ValueError(f"--{flag} {csv_path!r} has no usable row: {_summary(rows)} "
                          f"(image folder {rows.image_dir!r}).")
-    if class_names is None:
-        class_names = _class_names(rows, None, label_column)
+    if class_names is None or check_classes:
+        class_names = _class_names(rows, class_names, label_column, flag)
     for real, path in rows.images.items():
         if real not in rows.listed:
             rows.add_problem("unlisted_image", os.path.relpath(path, rows.image_dir))
     paths, labels = _labelled(rows, list(class_names))
     _log_problems(rows)
-    return paths, labels, rows
+    return paths, labels, list(class_names), rows
 
 
 def problem_lines(report: Optional[dict]) -> list:
@@ -364,6 +367,6 @@ def problem_lines(report: Optional[dict]) -> list:
     lines = [f"{report['csv']}: {report['rows']} rows, {report['used']} files used "
              f"(images in {report['image_dir']})"]
     for kind, entry in report["problems"].items():
-        lines.append(f"- {entry['count']} {PROBLEMS[kind]}, e.g. "
+        lines.append(f"- {entry['count']} {entry['what']}, e.g. "
                      + "; ".join(entry["examples"]))
     return lines

@@ -31,6 +31,7 @@ import tensorflow as tf
 from catdog import config
 from catdog import fileio
 from catdog import scan
+from catdog.sources import csv_labels
 from catdog.sources.tfrecords import MANIFEST, MANIFEST_FORMAT
 
 #: Aim for shards of about this many bytes when ``num_shards`` is not given
@@ -75,15 +76,17 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
                     class_names: Optional[Sequence[str]] = None,
                     prefix: str = "", seed: int = 1337,
                     max_pixels: int = config.DEFAULT_MAX_PIXELS,
-                    progress: bool = True) -> dict:
-    """Writes the images of a class folder into TFRecord shards.
+                    progress: bool = True, csv_path: str = "",
+                    filename_column: str = "", label_column: str = "") -> dict:
+    """Writes the images of a class folder (or of a CSV's rows) into TFRecord shards.
 
     Files are shuffled (with ``seed``) before they are dealt into shards, so
     every shard holds a mix of classes and reading a few shards in parallel
     already gives mixed batches.
 
     Args:
-      data_dir: folder with one subfolder per class.
+      data_dir: folder with one subfolder per class; with ``csv_path``, the
+        folder the CSV's file names are relative to ("": the CSV's folder).
       output_dir: where the shards and ``manifest.json`` go (created; local or
         a ``tf.io.gfile`` URL).
       num_shards: number of shards; 0 picks about 128 MB per shard.
@@ -96,6 +99,10 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
       seed: seed of the file order.
       max_pixels: files whose header declares more pixels are skipped.
       progress: show progress of the file check.
+      csv_path: labels from this CSV instead of class folders (see
+        :mod:`catdog.sources.csv_labels`); its rows and their problems go to
+        the manifest's ``csv_report``.
+      filename_column, label_column: the CSV's columns (default: the first two).
 
     Returns:
       The manifest (also written to ``output_dir/manifest.json``).
@@ -112,8 +119,16 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"`--jpeg_quality` must be in 1..100. Received: "
                          f"jpeg_quality={jpeg_quality}")
-    paths, labels, class_names = scan.list_image_files(
-        data_dir, class_names=list(class_names) if class_names else None)
+    report = None
+    if csv_path:
+        paths, labels, class_names, rows = csv_labels.csv_examples(
+            csv_path, list(class_names) if class_names else None, image_dir=data_dir or "",
+            filename_column=filename_column, label_column=label_column, flag="csv",
+            check_classes=True)
+        data_dir, report = rows.image_dir, rows.report()
+    else:
+        paths, labels, class_names = scan.list_image_files(
+            data_dir, class_names=list(class_names) if class_names else None)
     good, skipped = scan.usable_checks(paths, labels, max_pixels, progress)
     if not good:
         raise ValueError(f"No readable image in {data_dir!r}; nothing to write.")
@@ -162,6 +177,7 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
         "counts": {name: int(counts.get(name, 0)) for name in class_names},
         "shards": shards,
         "skipped": skipped,
+        **({"source_csv": csv_path, "csv_report": report} if csv_path else {}),
         "max_side": int(max_side),
         "jpeg_quality": int(jpeg_quality) if max_side else None,
     }
