@@ -276,7 +276,7 @@ class TrainConfig:
     class_weight: str = option(
         "none", "Loss weight of each class in training (never in validation): "
         "'none'; 'balanced', n_samples / (n_classes * count) from the "
-        "training split's class counts (folder inputs); or every class "
+        "training split's class counts (folder and CSV inputs); or every class "
         "by name, e.g. 'cats=1,dogs=3'. The weights used are in "
         "metrics.json.")
 
@@ -440,9 +440,12 @@ def _validate_sources(config: Config) -> None:
 
 def _validate_csv(d: "DataConfig") -> None:
     """The CSV settings go with --train_csv; the two columns differ."""
-    for name in ("val_csv", "image_dir"):
+    for name in ("val_csv", "image_dir", "filename_column", "label_column"):
         if getattr(d, name) and not d.train_csv:
             _fail(name, getattr(d, name), "goes with --train_csv (labels from a CSV file)")
+    if d.train_csv and d.val_dir:
+        _fail("val_dir", d.val_dir, "goes with --train_dir; with --train_csv give the "
+              "validation rows as --val_csv (or hold out --validation_split)")
     if d.filename_column and d.filename_column == d.label_column:
         _fail("label_column", d.label_column,
               "must be another column than --filename_column")

@@ -3,7 +3,8 @@
 :func:`evaluate` runs a training run's ``model.keras`` over a test folder
 (one subfolder per class, the same class names as the model), a CSV of
 files and labels (resolved and reported as training reads one, see
-:mod:`catdog.sources.csv_labels`) or a TFDS split, and writes into ``out_dir`` (default ``<model_dir>/evaluation``):
+:mod:`catdog.sources.csv_labels`) or a TFDS split, and writes into
+``out_dir`` (default ``<model_dir>/evaluation``):
 
 - ``evaluation.json``: every metric, the confusion matrix, the threshold,
   the counts, the skipped files (``[{"path", "reason"}]``) and, for a CSV,

@@ -49,8 +49,8 @@ from catdog import watchdog as watchdog_lib
 def resolve_class_weight(config: config_lib.Config, index) -> Optional[dict]:
     """``{class name: weight}`` of ``--class_weight`` for ``index``, or ``None``.
 
-    ``balanced`` counts the training split's labels, which only folder
-    inputs list; TFRecord and TFDS inputs take explicit weights.
+    ``balanced`` counts the training split's labels, which only folder and
+    CSV inputs list; TFRecord and TFDS inputs take explicit weights.
     """
     value = config.train.class_weight
     counts = None
@@ -60,7 +60,7 @@ def resolve_class_weight(config: config_lib.Config, index) -> Optional[dict]:
         names = ",".join(f"{name}=1" for name in index.class_names)
         raise ValueError(
             f"`--class_weight` 'balanced' needs the class counts of the training "
-            f"split, which catdog knows for --train_dir folders only; give each "
+            f"split, which catdog knows for --train_dir and --train_csv inputs only; give each "
             f"class its weight instead, as in --class_weight={names} with "
             f"your weights. "
             f"Received: class_weight={value!r}")

@@ -4,9 +4,9 @@ Runs baseline -> augmented -> feature_extraction -> fine_tuning into
 subfolders of --model_dir (fine_tuning starts from feature_extraction), then
 prints and writes comparison.md, comparison.json and comparison.png.
 
-Without --train_dir (or --train_csv / --train_tfrecords / --tfds_name) it runs the built-in demo: it writes a small
-deterministic two-class image folder and trains every stage at a small image
-size in a few minutes on a laptop CPU.
+Without --train_dir (or --train_csv / --train_tfrecords / --tfds_name) it runs
+the built-in demo: it writes a small deterministic two-class image folder and
+trains every stage at a small image size in a few minutes on a laptop CPU.
 
 Examples:
   python scripts/run_pipeline.py                       # the demo

@@ -475,3 +475,23 @@ def test_scan_data_with_a_csv_lists_its_row_problems_and_bad_images(tmp_path):
     bad = _script("scan_data.py", f"--csv={csv_path}", "--label_column=breed")
     assert bad.returncode == 2 and "--label_column" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_a_csv_without_header_row_is_refused_instead_of_losing_its_first_row(tmp_path):
+    rows = _photos(tmp_path, classes=("cats", "dogs"), per_class=3)
+    csv_path = _write_csv(tmp_path / "labels.csv", rows, header=None)
+    with pytest.raises(ValueError, match="header row") as e:
+        data.index_source(_cfg(csv_path))
+    assert "cats_0.jpg" in str(e.value) and "labels.csv" in str(e.value)
+
+
+def test_csv_flags_without_a_csv_and_a_val_dir_with_a_csv_are_errors(tmp_path):
+    c = C.baseline()
+    c.train.model_dir = str(tmp_path / "run")
+    c.data.train_dir, c.data.label_column = "photos", "breed"
+    with pytest.raises(ValueError, match="--label_column"):
+        c.validate()
+    c.data.train_dir, c.data.label_column = "", ""
+    c.data.train_csv, c.data.val_dir = "labels.csv", "valid"
+    with pytest.raises(ValueError, match="--val_dir.*--val_csv"):
+        c.validate()

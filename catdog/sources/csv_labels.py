@@ -163,6 +163,15 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
         if _inside(real, real_root):
             out.images[real] = path
             by_stem[os.path.splitext(os.path.relpath(path, root))[0]].append(path)
+    first = table[0][fi].strip() if fi < len(table[0]) else ""
+    if first and not os.path.isabs(first) and (
+            by_stem.get(os.path.normpath(first)) or (
+                _inside(os.path.realpath(os.path.join(root, first)), real_root)
+                and os.path.isfile(os.path.join(root, first)))):
+        raise ValueError(
+            f"The first row of --{flag} {csv_path!r} looks like data ({first!r} is an "
+            f"image of {root!r}), not a header row; add a header row naming the "
+            "columns (e.g. 'file,label') so no image is lost.")
     chosen = {}  # real path -> (path, label, line)
     conflicting = {}
     for line, row in enumerate(table[1:], start=2):
