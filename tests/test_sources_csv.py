@@ -15,7 +15,7 @@ from catdog import data
 from catdog import scan
 from catdog import splits
 from catdog import train
-from helpers import REPO, write_image
+from helpers import REPO, tree_state, write_image
 
 _OPENED = []  # paths opened while a test records them (see _record_opens)
 _WATCHED = set()
@@ -303,6 +303,7 @@ def test_a_stage_trains_from_a_csv_and_reports_its_rows(tmp_path):
     rows += [("gone.jpg", "cats"), ("cats_0.jpg", "cats")]
     _image(images / "extra.jpg")
     csv_path = _write_csv(images / "labels.csv", rows)
+    before = tree_state(images)
     result = train.run(_run_config("baseline", csv_path, tmp_path / "run"))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["train_examples"] == 16 and metrics["val_examples"] == 4
@@ -315,6 +316,15 @@ def test_a_stage_trains_from_a_csv_and_reports_its_rows(tmp_path):
     # A rerun of the finished run resumes (same split): nothing more trains.
     again = train.run(_run_config("baseline", csv_path, tmp_path / "run"))
     assert again.metrics["epochs_completed"] == 1
+    # The run wrote nothing into the image folder.
+    assert tree_state(images) == before
+    # A row added to the CSV changes the split: resuming is refused, naming it.
+    _image(images / "late.jpg")
+    _write_csv(images / "labels.csv", rows + [("late.jpg", "dogs")])
+    more = _run_config("baseline", csv_path, tmp_path / "run")
+    more.train.epochs = 2
+    with pytest.raises(ValueError, match="1 file added.*late.jpg"):
+        train.run(more)
 
 
 @pytest.mark.slow
