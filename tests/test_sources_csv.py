@@ -505,3 +505,17 @@ def test_csv_flags_without_a_csv_and_a_val_dir_with_a_csv_are_errors(tmp_path):
     c.data.train_csv, c.data.val_dir = "labels.csv", "valid"
     with pytest.raises(ValueError, match="--val_dir.*--val_csv"):
         c.validate()
+
+
+def test_relative_csv_and_image_dir_resolve_from_the_working_directory(tmp_path, monkeypatch):
+    rows = _photos(tmp_path / "images", classes=("cats", "dogs"), per_class=4)
+    _image(tmp_path / "outside.jpg", 1)
+    _write_csv(tmp_path / "labels.csv", rows + [("../outside.jpg", "dogs")])
+    monkeypatch.chdir(tmp_path)
+    index = data.index_source(_cfg("labels.csv", image_dir="images"))
+    used = index.train.paths + index.val.paths
+    assert len(used) == 8 and all(os.path.isfile(p) for p in used)
+    assert _count(index, "outside_image_dir") == 1
+    record = splits.split_record(_cfg("labels.csv", image_dir="images"), index)
+    assert data.index_from_split(_cfg("labels.csv", image_dir="images"), record,
+                                 "the earlier run").val.paths == index.val.paths

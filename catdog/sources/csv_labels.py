@@ -92,6 +92,28 @@ def _inside(real: str, real_root: str) -> bool:
     return os.path.commonpath([real, real_root]) == real_root
 
 
+def _resolve(name: str, root: str, real_root: str, by_stem: dict):
+    """``(path, None)`` of the file a row names, or ``(None, problem kind)``.
+
+    The containment checks come first and touch nothing outside ``root``:
+    the name as text (absolute, ``..``), then ``realpath`` (symlinks), each
+    with ``commonpath``; only a path inside is ever looked at.
+    """
+    path = os.path.normpath(os.path.join(root, name))
+    if os.path.isabs(name) or not _inside(os.path.abspath(path), os.path.abspath(root)):
+        return None, "outside_image_dir"
+    if not _inside(os.path.realpath(path), real_root):
+        return None, "outside_image_dir"
+    if os.path.isfile(path):
+        return path, None
+    if name.lower().endswith(scan.IMAGE_EXTENSIONS):
+        return None, "missing_file"
+    matches = by_stem.get(os.path.normpath(name), [])
+    if len(matches) > 1:
+        return None, "ambiguous_id"
+    return (matches[0], None) if matches else (None, "missing_file")
+
+
 def _columns(header, path, flag, filename_column, label_column):
     header = [h.strip() for h in header]
 
@@ -163,13 +185,10 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
         if _inside(real, real_root):
             out.images[real] = path
             by_stem[os.path.splitext(os.path.relpath(path, root))[0]].append(path)
-    first = table[0][fi].strip() if fi < len(table[0]) else ""
-    if first and not os.path.isabs(first) and (
-            by_stem.get(os.path.normpath(first)) or (
-                _inside(os.path.realpath(os.path.join(root, first)), real_root)
-                and os.path.isfile(os.path.join(root, first)))):
+    head = table[0][fi].strip() if fi < len(table[0]) else ""
+    if head and _resolve(head, root, real_root, by_stem)[0]:
         raise ValueError(
-            f"The first row of --{flag} {csv_path!r} looks like data ({first!r} is an "
+            f"The first row of --{flag} {csv_path!r} looks like data ({head!r} is an "
             f"image of {root!r}), not a header row; add a header row naming the "
             "columns (e.g. 'file,label') so no image is lost.")
     chosen = {}  # real path -> (path, label, line)
@@ -187,25 +206,18 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
         if not label:
             out.add_problem("empty_label", where)
             continue
-        path = os.path.normpath(os.path.join(root, name))
-        # realpath + commonpath BEFORE anything touches the file: a path that
-        # leaves the image folder (.., absolute, symlinks) is never opened.
-        if os.path.isabs(name) or not _inside(os.path.realpath(path), real_root):
-            out.add_problem("outside_image_dir", where)
+        # A path that leaves the image folder (.., absolute, symlinks) is
+        # refused before anything touches the file: it is never opened.
+        path, problem = _resolve(name, root, real_root, by_stem)
+        if problem == "ambiguous_id":
+            matches = by_stem[os.path.normpath(name)]
+            out.add_problem(problem, f"{where} matches " + ", ".join(
+                os.path.basename(m) for m in matches))
+            out.listed.update(os.path.realpath(m) for m in matches)
             continue
-        if not os.path.isfile(path):
-            matches = ([] if name.lower().endswith(scan.IMAGE_EXTENSIONS)
-                       else by_stem.get(os.path.normpath(name), []))
-            if len(matches) > 1:
-                out.add_problem("ambiguous_id", f"{where} matches " + ", ".join(
-                    os.path.basename(m) for m in matches))
-                for m in matches:
-                    out.listed.add(os.path.realpath(m))
-                continue
-            if not matches:
-                out.add_problem("missing_file", where)
-                continue
-            path = matches[0]
+        if problem:
+            out.add_problem(problem, where)
+            continue
         real = os.path.realpath(path)
         out.listed.add(real)
         if real in conflicting:
@@ -214,8 +226,8 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
             if chosen[real][1] == label:
                 out.add_problem("duplicate_row", f"{where} (first on line {chosen[real][2]})")
             else:
-                first = chosen.pop(real)
-                conflicting[real] = [(first[1], first[2]), (label, line)]
+                earlier = chosen.pop(real)
+                conflicting[real] = [(earlier[1], earlier[2]), (label, line)]
         else:
             chosen[real] = (path, label, line)
     for real, seen in conflicting.items():
