@@ -10,7 +10,8 @@ Pixels stay uint8 up to the model: the cache is 4x smaller than float32 and
 all rescaling / augmentation happens inside the model.
 
 This module picks the source a :class:`catdog.config.DataConfig` names (a
-class folder, TFRecord shards or a TFDS dataset, see :mod:`catdog.sources`)
+class folder, a labels CSV, TFRecord shards or a TFDS dataset, see
+:mod:`catdog.sources`)
 and re-exports the input names users import from ``catdog.data``: the
 decode (:mod:`catdog.decode`), the file check (:mod:`catdog.scan`), the
 index and batching tail (:mod:`catdog.batching`) and the split
@@ -136,7 +137,7 @@ def build_datasets(data_config, index: Optional[DataIndex] = None,
                    progress: bool = True):
     """Returns ``(train_ds, val_ds, index)`` for a :class:`DataConfig`.
 
-    The source is the folder ``train_dir``, the TFRecord shards
+    The source is the folder ``train_dir``, the CSV ``train_csv``, the TFRecord shards
     ``train_tfrecords`` or the TFDS dataset ``tfds_name`` (see
     :func:`index_source`); every source decodes with the same function.
     Validation data is never shuffled, never augmented (augmentation lives in
