@@ -519,3 +519,24 @@ def test_relative_csv_and_image_dir_resolve_from_the_working_directory(tmp_path,
     record = splits.split_record(_cfg("labels.csv", image_dir="images"), index)
     assert data.index_from_split(_cfg("labels.csv", image_dir="images"), record,
                                  "the earlier run").val.paths == index.val.paths
+
+
+def test_fine_tuning_flags_take_the_csv_settings_of_the_init_from_run(tmp_path):
+    from absl import flags
+    from catdog import cli
+
+    init = tmp_path / "fe"
+    init.mkdir()
+    stage3 = C.feature_extraction()
+    stage3.data.train_csv, stage3.data.image_dir = "labels.csv", "images"
+    stage3.data.label_column = "breed"
+    (init / "config.json").write_text(json.dumps(stage3.to_dict()))
+    values = flags.FlagValues()
+    cli.define_training_flags(values)
+    values(["prog", f"--init_from={init}", f"--model_dir={tmp_path}/ft"])
+    c = cli.config_from_flags("fine_tuning", values)
+    assert (c.data.train_csv, c.data.image_dir, c.data.label_column) == (
+        "labels.csv", "images", "breed")
+    assert c.data.train_dir == ""
+    c.validate()
+    assert "--train_csv=labels.csv" in cli.flagfile_text(values)
