@@ -205,6 +205,18 @@ class ModelConfig:
         "ImageDataGenerator's was 'nearest').", choices=FILL_MODES)
     fill_value: float = option(
         0.0, "Augmentation: the pixel value (0..255) of --fill_mode=constant.")
+    rand_augment: bool = option(
+        False, "Augmentation: Keras' RandAugment after the other layers: each "
+        "training batch gets --rand_augment_num_ops operations drawn from 11 "
+        "(shear, translation, rotation, brightness, color, contrast, sharpness, "
+        "posterization, solarization, auto contrast, equalization) at "
+        "--rand_augment_magnitude, each image its own random strength.")
+    rand_augment_magnitude: float = option(
+        0.5, "Augmentation: RandAugment's factor, the strength of its "
+        "operations, in [0, 1] (with --rand_augment).")
+    rand_augment_num_ops: int = option(
+        2, "Augmentation: RandAugment operations applied one after the other "
+        "to each training batch, 1..11 (with --rand_augment).")
     fine_tune_layers: int = option(
         0, "Top backbone layers fine_tuning unfreezes; 0: the "
         "backbone's top block (vgg16: block5, its last 4 layers).")
@@ -258,6 +270,20 @@ class TrainConfig:
         "training split's class counts (folder inputs); or every class "
         "by name, e.g. 'cats=1,dogs=3'. The weights used are in "
         "metrics.json.")
+    # MixUp and CutMix mix the labels too, so they act on the training
+    # batches in tf.data (catdog.augment.mix_batches), not in the model.
+    mixup: float = option(
+        0.0, "MixUp alpha: each training image is blended with another of its "
+        "batch, images and labels alike, by a weight drawn from "
+        "Beta(alpha, alpha) (0.2 is common); 0: off. Never on validation, "
+        "evaluation or prediction. With --cutmix too, each batch gets one of "
+        "the two, chosen at random.")
+    cutmix: float = option(
+        0.0, "CutMix alpha in (0, 1]: a random box of each training image is "
+        "replaced by the same box of another image of its batch, and the "
+        "labels mixed by the box's area; the area kept is drawn from "
+        "Beta(alpha, alpha) (1.0 is common); 0: off. Never on validation, "
+        "evaluation or prediction.")
 
 
 @dataclasses.dataclass
@@ -362,6 +388,7 @@ def validate(config: Config) -> None:
     parsed = _parse_class_weight(t.class_weight)
     if isinstance(parsed, dict) and d.class_names:
         class_weights(t.class_weight, d.class_names, None)
+    _validate_mixing(t)
     _validate_sources(config)
 
 
@@ -389,6 +416,40 @@ def _validate_augmentation(m: "ModelConfig") -> None:
             _fail(name, value, "must be in [0, 1] (0: off)")
     if not (number(m.fill_value) and 0.0 <= m.fill_value <= 255.0):
         _fail("fill_value", m.fill_value, "must be a pixel value in [0, 255]")
+    if not (number(m.rand_augment_magnitude) and 0.0 <= m.rand_augment_magnitude <= 1.0):
+        _fail("rand_augment_magnitude", m.rand_augment_magnitude, "must be in [0, 1]")
+    if (isinstance(m.rand_augment_num_ops, bool) or not isinstance(m.rand_augment_num_ops, int)
+            or not 1 <= m.rand_augment_num_ops <= 11):
+        _fail("rand_augment_num_ops", m.rand_augment_num_ops,
+              "must be an integer from 1 to 11 (RandAugment's operations)")
+
+
+def _validate_mixing(t: "TrainConfig") -> None:
+    """MixUp / CutMix alphas, and the settings that cannot go with mixed labels."""
+    for name, upper in (("mixup", math.inf), ("cutmix", 1.0)):
+        value = getattr(t, name)
+        if not (_number(value) and 0.0 <= value <= upper):
+            _fail(name, value, "must be 0 (off) or a positive alpha"
+                  + (" of at most 1 (Keras' CutMix)" if upper == 1.0 else ""))
+    for name in ("mixup", "cutmix"):
+        value = getattr(t, name)
+        if not value:
+            continue
+        if _parse_class_weight(t.class_weight) is not None:
+            _fail(name, value,
+                  f"mixes the labels, so a class has no weight of its own: --{name} "
+                  f"cannot go with --class_weight={t.class_weight!r}; give one of "
+                  f"the two (--{name}=0 or --class_weight=none)")
+        if t.fast_features:
+            _fail(name, value,
+                  f"mixes training images, but --fast_features trains the head on "
+                  f"features computed once from unmixed images; give one of the "
+                  f"two (--{name}=0 or --nofast_features)")
+
+
+def _number(value) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value))
 
 
 def _validate_sources(config: Config) -> None:
@@ -450,7 +511,7 @@ def split_fields(data: DataConfig) -> tuple:
 #: and jit_compile. The dtype policy is checked as resolved, not as asked.
 RESUME_SETTINGS = {
     "data": ("image_size", "batch_size", "seed", "shuffle_buffer", "dct_scaling"),
-    "train": ("learning_rate", "class_weight"),
+    "train": ("learning_rate", "class_weight", "mixup", "cutmix"),
     "model": {
         "baseline": ("stage", "dropout", "augment"),
         "augmented": ("stage", "dropout", "augment"),
@@ -464,8 +525,12 @@ RESUME_SETTINGS = {
 #: The augmentation settings: ModelConfig fields and the arguments of
 #: catdog.augment.build_augmentation, by the same names.
 AUGMENTATION_SETTINGS = ("flip", "rotation", "zoom", "zoom_width", "translation", "shear",
-                         "brightness", "contrast", "fill_mode", "fill_value")
-_AUGMENTATION_SETTINGS = AUGMENTATION_SETTINGS[:3]
+                         "brightness", "contrast", "fill_mode", "fill_value", "rand_augment",
+                         "rand_augment_magnitude", "rand_augment_num_ops")
+# Recorded in every fingerprint with the block on: the first three, and
+# RandAugment's (only settings both backup and rerun record are compared, so
+# a backup from before RandAugment existed still resumes).
+_AUGMENTATION_SETTINGS = AUGMENTATION_SETTINGS[:3] + AUGMENTATION_SETTINGS[10:]
 
 
 def resume_settings(config: Config) -> dict:
@@ -479,7 +544,7 @@ def resume_settings(config: Config) -> dict:
         # Later settings count only when set: a backup made before they
         # existed (with their defaults) still resumes.
         defaults = ModelConfig()
-        model += tuple(name for name in AUGMENTATION_SETTINGS[3:]
+        model += tuple(name for name in AUGMENTATION_SETTINGS[3:10]
                        if getattr(config.model, name) != getattr(defaults, name))
     out.update((name, record["model"][name]) for name in model)
     if config.stage == "feature_extraction":
