@@ -419,3 +419,87 @@ def test_fine_tuning_computes_under_its_own_precision(tiny_folders, tmp_path, st
     head = ft.model.get_layer("predictions").kernel.numpy()
     assert head.shape == fe.model.get_layer("predictions").kernel.shape
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+# ---------------------------------------------------------------------------
+# --mixup / --cutmix: training batches mixed, validation hard
+# ---------------------------------------------------------------------------
+
+def _three_classes(tmp_path):
+    root = tmp_path / "three"
+    if not root.exists():
+        make_class_folder(root / "tr", classes=("bird", "cat", "dog"), per_class=8, seed=1)
+        make_class_folder(root / "va", classes=("bird", "cat", "dog"), per_class=3, seed=2)
+    return str(root / "tr"), str(root / "va")
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_mixup_reaches_the_training_batches_only(tiny_folders, tmp_path, num_classes):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    folders = tiny_folders if num_classes == 2 else _three_classes(tmp_path)
+    c = _config("baseline", *folders, tmp_path / "run")
+    c.train.mixup = 0.4
+    index = data.index_source(c.data, progress=False)
+    train_ds, val_ds = train._fit_inputs(c, index, tf.distribute.get_strategy())
+    width = 1 if num_classes == 2 else 3
+    labels = [y.numpy() for _ in range(2) for _, y in train_ds]  # two epochs
+    assert all(y.shape == (8, width) and y.dtype == np.float32 for y in labels)
+    soft = np.concatenate(labels)
+    assert ((soft > 0.01) & (soft < 0.99)).any()  # the loss sees mixed labels
+    # Every batch of both epochs is mixed anew (no two alike).
+    assert len({tuple(np.round(y.ravel(), 5)) for y in labels}) == len(labels)
+    for _, y in val_ds:  # hard: 0/1 (one-hot rows for three classes)
+        y = y.numpy()
+        assert set(np.unique(y)) <= {0.0, 1.0}
+        assert y.shape[1:] == (width,)
+        if num_classes > 2:
+            assert (y.sum(axis=1) == 1).all()
+    c.train.mixup = 0.0
+    plain, _ = train._fit_inputs(c, index, tf.distribute.get_strategy())
+    assert set(np.unique(np.concatenate([y.numpy() for _, y in plain]))) <= {0.0, 1.0, 2.0}
+
+
+def test_each_worker_mixes_its_batches_its_own_way(tiny_folders, tmp_path):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    c = _config("baseline", *tiny_folders, tmp_path / "run")
+    c.train.cutmix = 1.0
+    index = data.index_source(c.data, progress=False)
+    batches = data.build_split(c.data, index, "val", training=False)
+
+    def labels(worker):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
+                                             num_replicas_in_sync=2)
+        ds = train._training_batches(batches, c, index.num_classes, context)
+        return np.concatenate([y.numpy() for _, y in ds])
+
+    assert not np.allclose(labels(0), labels(1))
+    np.testing.assert_array_equal(labels(0), labels(0))  # each worker reproducibly
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+@pytest.mark.parametrize("setting", ["mixup", "cutmix"])
+def test_a_stage_trains_with_mixed_labels(tiny_folders, tmp_path, num_classes, setting):
+    folders = tiny_folders if num_classes == 2 else _three_classes(tmp_path)
+    c = _config("augmented", *folders, tmp_path / "run", rand_augment=True)
+    c.train.epochs = 1
+    setattr(c.train, setting, 0.5)
+    result = train.run(c, progress=False)
+    final = result.metrics["final"]
+    assert 0.0 <= final["accuracy"] <= 1.0 and 0.0 <= final["val_accuracy"] <= 1.0
+    assert np.isfinite(final["loss"]) and np.isfinite(final["val_loss"])
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["train"][setting] == 0.5 and record["model"]["rand_augment"] is True
+    # The saved model takes images only, does not mix and gives class probabilities.
+    model = models.load_model(str(tmp_path / "run"))
+    x = np.random.RandomState(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert model.output.shape[1:] == ((1,) if num_classes == 2 else (3,))
+    # val_loss is the plain loss of the saved (best, here only) model on hard labels.
+    _, val_ds, _ = data.build_datasets(c.data, data.index_source(c.data, progress=False))
+    saved = models.compile_model(model, num_classes, 1e-3)
+    assert final["val_loss"] == pytest.approx(saved.evaluate(val_ds, verbose=0)[0], rel=1e-4)
+    # A rerun without the setting would train differently: refused.
+    changed = copy.deepcopy(c)
+    setattr(changed.train, setting, 0.0)
+    with pytest.raises(ValueError, match=f"{setting} 0.5 -> 0.0"):
+        train.run(changed, progress=False)
