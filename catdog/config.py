@@ -206,11 +206,9 @@ class ModelConfig:
     fill_value: float = option(
         0.0, "Augmentation: the pixel value (0..255) of --fill_mode=constant.")
     rand_augment: bool = option(
-        False, "Augmentation: Keras' RandAugment after the other layers: each "
-        "training batch gets --rand_augment_num_ops operations drawn from 11 "
-        "(shear, translation, rotation, brightness, color, contrast, sharpness, "
-        "posterization, solarization, auto contrast, equalization) at "
-        "--rand_augment_magnitude, each image its own random strength.")
+        False, "Augmentation: Keras' RandAugment after the other layers: each training "
+        "batch gets --rand_augment_num_ops of its 11 operations (shear, rotation, "
+        "color, solarization, ...), each image its own strength.")
     rand_augment_magnitude: float = option(
         0.5, "Augmentation: RandAugment's factor, the strength of its "
         "operations, in [0, 1] (with --rand_augment).")
@@ -394,10 +392,7 @@ def validate(config: Config) -> None:
 
 def _validate_augmentation(m: "ModelConfig") -> None:
     """The augmentation strengths, in the ranges their Keras layers accept."""
-    def number(value):
-        return (not isinstance(value, bool) and isinstance(value, (int, float))
-                and math.isfinite(value))
-
+    number = _number
     if m.flip not in FLIPS:
         _fail("flip", m.flip, f"must be one of {FLIPS}")
     if m.fill_mode not in FILL_MODES:
@@ -425,26 +420,18 @@ def _validate_augmentation(m: "ModelConfig") -> None:
 
 
 def _validate_mixing(t: "TrainConfig") -> None:
-    """MixUp / CutMix alphas, and the settings that cannot go with mixed labels."""
-    for name, upper in (("mixup", math.inf), ("cutmix", 1.0)):
+    """MixUp / CutMix alphas, and the settings mixed labels cannot go with."""
+    for name, most in (("mixup", math.inf), ("cutmix", 1.0)):
         value = getattr(t, name)
-        if not (_number(value) and 0.0 <= value <= upper):
+        if not (_number(value) and 0.0 <= value <= most):
             _fail(name, value, "must be 0 (off) or a positive alpha"
-                  + (" of at most 1 (Keras' CutMix)" if upper == 1.0 else ""))
-    for name in ("mixup", "cutmix"):
-        value = getattr(t, name)
-        if not value:
-            continue
-        if _parse_class_weight(t.class_weight) is not None:
-            _fail(name, value,
-                  f"mixes the labels, so a class has no weight of its own: --{name} "
-                  f"cannot go with --class_weight={t.class_weight!r}; give one of "
-                  f"the two (--{name}=0 or --class_weight=none)")
-        if t.fast_features:
-            _fail(name, value,
-                  f"mixes training images, but --fast_features trains the head on "
-                  f"features computed once from unmixed images; give one of the "
-                  f"two (--{name}=0 or --nofast_features)")
+                  + ("" if most == math.inf else f" up to {most:g} (Keras' CutMix)"))
+        clash = ("class_weight" if value and _parse_class_weight(t.class_weight) is not None
+                 else "fast_features" if value and t.fast_features else None)
+        if clash:
+            why = ("a mixed label has no one class to weight" if clash == "class_weight" else
+                   "the head would train on features computed once from unmixed images")
+            _fail(name, value, f"cannot go with --{clash} ({why}); give one of the two")
 
 
 def _number(value) -> bool:
@@ -527,9 +514,8 @@ RESUME_SETTINGS = {
 AUGMENTATION_SETTINGS = ("flip", "rotation", "zoom", "zoom_width", "translation", "shear",
                          "brightness", "contrast", "fill_mode", "fill_value", "rand_augment",
                          "rand_augment_magnitude", "rand_augment_num_ops")
-# Recorded in every fingerprint with the block on: the first three, and
-# RandAugment's (only settings both backup and rerun record are compared, so
-# a backup from before RandAugment existed still resumes).
+# Always in the fingerprint with the block on (a backup that lacks a setting,
+# from before it existed, still resumes: only settings both record are compared).
 _AUGMENTATION_SETTINGS = AUGMENTATION_SETTINGS[:3] + AUGMENTATION_SETTINGS[10:]
 
 
