@@ -268,20 +268,19 @@ class TrainConfig:
         "training split's class counts (folder inputs); or every class "
         "by name, e.g. 'cats=1,dogs=3'. The weights used are in "
         "metrics.json.")
-    # MixUp and CutMix mix the labels too, so they act on the training
-    # batches in tf.data (catdog.augment.mix_batches), not in the model.
+    # They mix labels too, so they act in tf.data (augment.mix_batches), not the model.
     mixup: float = option(
-        0.0, "MixUp alpha: each training image is blended with another of its "
-        "batch, images and labels alike, by a weight drawn from "
-        "Beta(alpha, alpha) (0.2 is common); 0: off. Never on validation, "
-        "evaluation or prediction. With --cutmix too, each batch gets one of "
-        "the two, chosen at random.")
+        0.0, "MixUp alpha: each training image and its label are blended with another "
+        "of its batch by a weight from Beta(alpha, alpha) (0.2 is common); 0: off. "
+        "With --cutmix too, each batch gets one of the two at random.")
     cutmix: float = option(
-        0.0, "CutMix alpha in (0, 1]: a random box of each training image is "
-        "replaced by the same box of another image of its batch, and the "
-        "labels mixed by the box's area; the area kept is drawn from "
-        "Beta(alpha, alpha) (1.0 is common); 0: off. Never on validation, "
-        "evaluation or prediction.")
+        0.0, "CutMix alpha in (0, 1]: a random box of each training image is replaced "
+        "by another image's of its batch, labels mixed by area; the share kept is "
+        "drawn from Beta(alpha, alpha) (1.0 is common); 0: off.")
+    label_smoothing: float = option(
+        0.0, "Training labels y become y * (1 - s) + s / classes (two classes: "
+        "s / 2), as Keras' label_smoothing; validation labels and val_loss stay "
+        "plain. 0: off.")
 
 
 @dataclasses.dataclass
@@ -420,18 +419,20 @@ def _validate_augmentation(m: "ModelConfig") -> None:
 
 
 def _validate_mixing(t: "TrainConfig") -> None:
-    """MixUp / CutMix alphas, and the settings mixed labels cannot go with."""
-    for name, most in (("mixup", math.inf), ("cutmix", 1.0)):
+    """MixUp / CutMix alphas, label smoothing, and what soft labels cannot go with."""
+    for name, ok, expected in (
+            ("mixup", lambda v: v >= 0, "0 (off) or a positive alpha"),
+            ("cutmix", lambda v: 0 <= v <= 1, "0 (off) or a positive alpha up to 1"),
+            ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1) (0: off)")):
         value = getattr(t, name)
-        if not (_number(value) and 0.0 <= value <= most):
-            _fail(name, value, "must be 0 (off) or a positive alpha"
-                  + ("" if most == math.inf else f" up to {most:g} (Keras' CutMix)"))
-        clash = ("class_weight" if value and _parse_class_weight(t.class_weight) is not None
-                 else "fast_features" if value and t.fast_features else None)
-        if clash:
-            why = ("a mixed label has no one class to weight" if clash == "class_weight" else
-                   "the head would train on features computed once from unmixed images")
-            _fail(name, value, f"cannot go with --{clash} ({why}); give one of the two")
+        if not (_number(value) and ok(value)):
+            _fail(name, value, f"must be {expected}")
+        if value and name != "label_smoothing" and _parse_class_weight(t.class_weight):
+            _fail(name, value, "cannot go with --class_weight (a mixed label has no one "
+                  "class to weight); give one of the two")
+        if value and t.fast_features:
+            _fail(name, value, "cannot go with --fast_features (the head would train on "
+                  "features computed once from plain images); give one of the two")
 
 
 def _number(value) -> bool:
@@ -498,7 +499,7 @@ def split_fields(data: DataConfig) -> tuple:
 #: and jit_compile. The dtype policy is checked as resolved, not as asked.
 RESUME_SETTINGS = {
     "data": ("image_size", "batch_size", "seed", "shuffle_buffer", "dct_scaling"),
-    "train": ("learning_rate", "class_weight", "mixup", "cutmix"),
+    "train": ("learning_rate", "class_weight", "mixup", "cutmix", "label_smoothing"),
     "model": {
         "baseline": ("stage", "dropout", "augment"),
         "augmented": ("stage", "dropout", "augment"),

@@ -210,3 +210,22 @@ def test_mixing_and_rand_augment_are_part_of_the_resume_fingerprint():
     c.model.augment = False  # no block: RandAugment plays no part
     assert "rand_augment" not in C.resume_settings(c)
     assert C.resume_settings(c)["mixup"] == 0.2  # the pipeline mixes whatever the block
+
+
+def test_label_smoothing_is_checked_and_part_of_the_resume_fingerprint():
+    c = _valid("baseline")
+    assert c.train.label_smoothing == 0.0
+    assert C.resume_settings(c)["label_smoothing"] == 0.0
+    for bad in (-0.1, 1.0, float("nan")):
+        c.train.label_smoothing = bad
+        with pytest.raises(ValueError) as e:
+            c.validate()
+        assert "--label_smoothing" in str(e.value) and repr(bad) in str(e.value)
+    c.train.label_smoothing = 0.1
+    c.validate()
+    assert C.resume_settings(c)["label_smoothing"] == 0.1
+    c.train.class_weight = "balanced"  # the dominant class is still the label's
+    c.validate()
+    c.train.fast_features = True
+    with pytest.raises(ValueError, match="--label_smoothing.*--fast_features"):
+        c.validate()

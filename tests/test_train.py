@@ -503,3 +503,35 @@ def test_a_stage_trains_with_mixed_labels(tiny_folders, tmp_path, num_classes, s
     setattr(changed.train, setting, 0.0)
     with pytest.raises(ValueError, match=f"{setting} 0.5 -> 0.0"):
         train.run(changed, progress=False)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_label_smoothing_softens_training_labels_only(tiny_folders, tmp_path, num_classes):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    folders = tiny_folders if num_classes == 2 else _three_classes(tmp_path)
+    c = _config("baseline", *folders, tmp_path / "run")
+    c.train.label_smoothing = 0.2
+    index = data.index_source(c.data, progress=False)
+    train_ds, val_ds = train._fit_inputs(c, index, tf.distribute.get_strategy())
+    got = np.unique(np.concatenate([y.numpy().ravel() for _, y in train_ds]))
+    # Keras' smoothing: y * (1 - s) + s / classes (BCE: two classes).
+    k = 2 if num_classes == 2 else 3
+    np.testing.assert_allclose(got, [0.2 / k, 0.8 + 0.2 / k], rtol=1e-6)
+    val = np.unique(np.concatenate([y.numpy().ravel() for _, y in val_ds]))
+    np.testing.assert_array_equal(val, [0.0, 1.0])
+
+
+def test_a_stage_trains_with_label_smoothing(tmp_path):
+    c = _config("baseline", *_three_classes(tmp_path), tmp_path / "run")
+    c.train.epochs, c.train.label_smoothing = 1, 0.1
+    final = train.run(c, progress=False).metrics["final"]
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["train"]["label_smoothing"] == 0.1
+    # val_loss is the plain (unsmoothed) loss of the saved model.
+    _, val_ds, _ = data.build_datasets(c.data, data.index_source(c.data, progress=False))
+    saved = models.compile_model(models.load_model(str(tmp_path / "run")), 3, 1e-3)
+    assert final["val_loss"] == pytest.approx(saved.evaluate(val_ds, verbose=0)[0], rel=1e-4)
+    changed = copy.deepcopy(c)
+    changed.train.label_smoothing = 0.0
+    with pytest.raises(ValueError, match="label_smoothing 0.1 -> 0.0"):
+        train.run(changed, progress=False)
