@@ -221,7 +221,8 @@ def mix_batches(dataset: tf.data.Dataset, num_classes: int, *, mixup: float = 0.
 
     # Sequential on purpose: the layers draw from seed generators (variables),
     # and batches mixed in parallel would read the same state and get the
-    # same mixing. Mixing a batch costs little next to decoding it.
+    # same mixing. Prefetched, it overlaps the training step (its cost is in
+    # BUILD_NOTES.md).
     return dataset.map(mix).prefetch(tf.data.AUTOTUNE)
 
 

@@ -535,3 +535,30 @@ def test_a_stage_trains_with_label_smoothing(tmp_path):
     changed.train.label_smoothing = 0.0
     with pytest.raises(ValueError, match="label_smoothing 0.1 -> 0.0"):
         train.run(changed, progress=False)
+
+
+@pytest.mark.slow  # a TensorFlow start-up with two logical CPUs (~30 s)
+def test_mirrored_stage_with_mixing_rand_augment_and_smoothing(tmp_path):
+    # Three classes over 2 replicas: one-hot mixed labels split across the
+    # replicas, RandAugment's per-replica seeds, the one-hot validation.
+    import subprocess
+    import sys
+    from helpers import REPO
+    train_dir, val_dir = _three_classes(tmp_path)
+    model_dir = tmp_path / "m"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    env.pop("TF_CONFIG", None)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tests", "_stage_worker.py"),
+         str(tmp_path / "r.json"), "--logical_cpus", "2", "--",
+         f"--train_dir={train_dir}", f"--val_dir={val_dir}", "--image_size=24",
+         "--batch_size=8", "--epochs=2", "--verbose=0", f"--model_dir={model_dir}",
+         "--strategy=mirrored", "--augment", "--rand_augment", "--mixup=0.4",
+         "--cutmix=1.0", "--label_smoothing=0.1"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["replicas"] == 2 and metrics["epochs_completed"] == 2
+    assert all(np.isfinite(metrics["final"][k]) for k in ("loss", "val_loss"))
+    record = json.loads((model_dir / "config.json").read_text())
+    assert (record["train"]["mixup"], record["train"]["cutmix"]) == (0.4, 1.0)
