@@ -93,7 +93,9 @@ def build_augmentation(flip: str = "horizontal", rotation: float = 0.1,
                        name: str = AUGMENTATION_NAME, *, zoom_width: Optional[float] = None,
                        translation: float = 0.0, shear: float = 0.0,
                        brightness: float = 0.0, contrast: float = 0.0,
-                       fill_mode: str = "reflect", fill_value: float = 0.0) -> keras.Sequential:
+                       fill_mode: str = "reflect", fill_value: float = 0.0,
+                       rand_augment: bool = False, rand_augment_magnitude: float = 0.5,
+                       rand_augment_num_ops: int = 2) -> keras.Sequential:
     """Returns the augmentation block as one Keras layer.
 
     A strength of 0 leaves its layer out; the defaults are flip, rotation and
@@ -115,6 +117,11 @@ def build_augmentation(flip: str = "horizontal", rotation: float = 0.1,
         outside the image (``"reflect"``, ``"wrap"``, ``"constant"``,
         ``"nearest"``).
       fill_value: the pixel value of ``fill_mode="constant"``.
+      rand_augment: append Keras' ``RandAugment`` (on 0..255 pixels) after
+        the other layers.
+      rand_augment_magnitude: ``RandAugment``'s ``factor`` (0..1).
+      rand_augment_num_ops: ``RandAugment``'s ``num_ops``, operations drawn
+        per batch.
 
     Returns:
       An :class:`Augmentation` (a ``keras.Sequential``) taking images with values 0..255 and returning
@@ -142,6 +149,10 @@ def build_augmentation(flip: str = "horizontal", rotation: float = 0.1,
     if contrast:
         layers.append(keras.layers.RandomContrast(contrast, value_range=(0, 255),
                                                   seed=seed_of(6), dtype="float32"))
+    if rand_augment:
+        layers.append(keras.layers.RandAugment(
+            value_range=(0, 255), num_ops=int(rand_augment_num_ops),
+            factor=float(rand_augment_magnitude), seed=seed_of(7), dtype="float32"))
     return Augmentation(layers, name=name)
 
 
@@ -149,6 +160,77 @@ def from_model_config(model_config, seed: Optional[int] = None) -> keras.Sequent
     """The block of a :class:`catdog.config.ModelConfig`'s augmentation settings."""
     return build_augmentation(seed=seed, **{name: getattr(model_config, name)
                                             for name in config_lib.AUGMENTATION_SETTINGS})
+
+
+# --------------------------------------------------------------------------
+# MixUp and CutMix: training batches in tf.data, labels mixed with the images
+# --------------------------------------------------------------------------
+
+#: Added to the run's seed for the mixing layers (the block's layers take seed + 0..7).
+MIX_SEED_OFFSET = 100
+
+
+def mix_batches(dataset: tf.data.Dataset, num_classes: int, *, mixup: float = 0.0,
+                cutmix: float = 0.0, seed: Optional[int] = None) -> tf.data.Dataset:
+    """Training batches mixed by Keras' ``MixUp`` and/or ``CutMix``, labels included.
+
+    They change the labels, so they cannot live in the model (which sees
+    images only); they act on batched ``(images, labels)`` of the training
+    split. With both alphas set, each batch gets one of the two, chosen at
+    random with equal chances (as timm's ``Mixup`` switches).
+
+    Args:
+      dataset: batches of ``(uint8 images, labels)`` in catdog's label
+        encoding: float ``(batch, 1)`` for two classes, int ``(batch,)``
+        for more.
+      num_classes: classes of the labels.
+      mixup: ``MixUp`` alpha (weights from Beta(alpha, alpha)); 0: off.
+      cutmix: ``CutMix`` alpha in (0, 1] (the share of each image kept is
+        drawn from Beta(alpha, alpha)); 0: off.
+      seed: seed of the mixing; every worker of a job passes its own.
+
+    Returns:
+      Batches of ``(float32 images in 0..255, float32 labels)``: ``(batch,
+      1)`` probabilities of the second class for two classes, one-hot rows
+      mixed for more (what ``BinaryCrossentropy`` and
+      ``CategoricalCrossentropy`` take).
+    """
+    seed_of = lambda k: None if seed is None else seed + k
+    mixers = []
+    if mixup:
+        mixers.append(keras.layers.MixUp(alpha=float(mixup), seed=seed_of(0),
+                                         dtype="float32"))
+    if cutmix:
+        # A factor (a, a) draws Beta(a, a) itself; Keras' CutMix otherwise
+        # first draws its alpha uniformly from (0, factor).
+        mixers.append(keras.layers.CutMix(factor=(float(cutmix), float(cutmix)),
+                                          seed=seed_of(1), dtype="float32"))
+    if not mixers:
+        raise ValueError("mix_batches needs mixup > 0 or cutmix > 0.")
+    choice = keras.random.SeedGenerator(seed_of(2))
+
+    def mix(images, labels):
+        labels = soft_label_encoding(labels, num_classes)
+        data = {"images": tf.cast(images, tf.float32), "labels": labels}
+        if len(mixers) == 1:
+            out = mixers[0](data)
+        else:
+            first = keras.random.uniform((), seed=choice) < 0.5
+            out = tf.cond(first, lambda: mixers[0](dict(data)), lambda: mixers[1](dict(data)))
+        return out["images"], out["labels"]
+
+    # Sequential on purpose: the layers draw from seed generators (variables),
+    # and batches mixed in parallel would read the same state and get the
+    # same mixing. Prefetched, it overlaps the training step (its cost is in
+    # BUILD_NOTES.md).
+    return dataset.map(mix).prefetch(tf.data.AUTOTUNE)
+
+
+def soft_label_encoding(labels, num_classes: int):
+    """catdog's hard labels as float32 soft-label targets (one-hot for >2 classes)."""
+    if num_classes > 2:
+        return tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=tf.float32)
+    return tf.cast(labels, tf.float32)
 
 
 # --------------------------------------------------------------------------

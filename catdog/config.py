@@ -226,6 +226,16 @@ class ModelConfig:
         "ImageDataGenerator's was 'nearest').", choices=FILL_MODES)
     fill_value: float = option(
         0.0, "Augmentation: the pixel value (0..255) of --fill_mode=constant.")
+    rand_augment: bool = option(
+        False, "Augmentation: Keras' RandAugment after the other layers: each training "
+        "batch gets --rand_augment_num_ops of its 11 operations (shear, rotation, "
+        "color, solarization, ...), each image its own strength.")
+    rand_augment_magnitude: float = option(
+        0.5, "Augmentation: RandAugment's factor, the strength of its "
+        "operations, in [0, 1] (with --rand_augment).")
+    rand_augment_num_ops: int = option(
+        2, "Augmentation: RandAugment operations applied one after the other "
+        "to each training batch, 1..11 (with --rand_augment).")
     fine_tune_layers: int = option(
         0, "Top backbone layers fine_tuning unfreezes; 0: the "
         "backbone's top block (vgg16: block5, its last 4 layers).")
@@ -279,6 +289,19 @@ class TrainConfig:
         "training split's class counts (folder and CSV inputs); or every class "
         "by name, e.g. 'cats=1,dogs=3'. The weights used are in "
         "metrics.json.")
+    # They mix labels too, so they act in tf.data (augment.mix_batches), not the model.
+    mixup: float = option(
+        0.0, "MixUp alpha: each training image and its label are blended with another "
+        "of its batch by a weight from Beta(alpha, alpha) (0.2 is common); 0: off. "
+        "With --cutmix too, each batch gets one of the two at random.")
+    cutmix: float = option(
+        0.0, "CutMix alpha in (0, 1]: a random box of each training image is replaced "
+        "by another image's of its batch, labels mixed by area; the share kept is "
+        "drawn from Beta(alpha, alpha) (1.0 is common); 0: off.")
+    label_smoothing: float = option(
+        0.0, "Training labels y become y * (1 - s) + s / classes (two classes: "
+        "s / 2), as Keras' label_smoothing; validation labels and val_loss stay "
+        "plain. 0: off.")
 
 
 @dataclasses.dataclass
@@ -383,15 +406,13 @@ def validate(config: Config) -> None:
     parsed = _parse_class_weight(t.class_weight)
     if isinstance(parsed, dict) and d.class_names:
         class_weights(t.class_weight, d.class_names, None)
+    _validate_mixing(t)
     _validate_sources(config)
 
 
 def _validate_augmentation(m: "ModelConfig") -> None:
     """The augmentation strengths, in the ranges their Keras layers accept."""
-    def number(value):
-        return (not isinstance(value, bool) and isinstance(value, (int, float))
-                and math.isfinite(value))
-
+    number = _number
     if m.flip not in FLIPS:
         _fail("flip", m.flip, f"must be one of {FLIPS}")
     if m.fill_mode not in FILL_MODES:
@@ -410,6 +431,34 @@ def _validate_augmentation(m: "ModelConfig") -> None:
             _fail(name, value, "must be in [0, 1] (0: off)")
     if not (number(m.fill_value) and 0.0 <= m.fill_value <= 255.0):
         _fail("fill_value", m.fill_value, "must be a pixel value in [0, 255]")
+    if not (number(m.rand_augment_magnitude) and 0.0 <= m.rand_augment_magnitude <= 1.0):
+        _fail("rand_augment_magnitude", m.rand_augment_magnitude, "must be in [0, 1]")
+    if (isinstance(m.rand_augment_num_ops, bool) or not isinstance(m.rand_augment_num_ops, int)
+            or not 1 <= m.rand_augment_num_ops <= 11):
+        _fail("rand_augment_num_ops", m.rand_augment_num_ops,
+              "must be an integer from 1 to 11 (RandAugment's operations)")
+
+
+def _validate_mixing(t: "TrainConfig") -> None:
+    """MixUp / CutMix alphas, label smoothing, and what soft labels cannot go with."""
+    for name, ok, expected in (
+            ("mixup", lambda v: v >= 0, "0 (off) or a positive alpha"),
+            ("cutmix", lambda v: 0 <= v <= 1, "0 (off) or a positive alpha up to 1"),
+            ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1) (0: off)")):
+        value = getattr(t, name)
+        if not (_number(value) and ok(value)):
+            _fail(name, value, f"must be {expected}")
+        if value and name != "label_smoothing" and _parse_class_weight(t.class_weight):
+            _fail(name, value, "cannot go with --class_weight (a mixed label has no one "
+                  "class to weight); give one of the two")
+        if value and t.fast_features:
+            _fail(name, value, "cannot go with --fast_features (the head would train on "
+                  "features computed once from plain images); give one of the two")
+
+
+def _number(value) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value))
 
 
 def _validate_sources(config: Config) -> None:
@@ -488,7 +537,7 @@ def split_fields(data: DataConfig) -> tuple:
 #: and jit_compile. The dtype policy is checked as resolved, not as asked.
 RESUME_SETTINGS = {
     "data": ("image_size", "batch_size", "seed", "shuffle_buffer", "dct_scaling"),
-    "train": ("learning_rate", "class_weight"),
+    "train": ("learning_rate", "class_weight", "mixup", "cutmix", "label_smoothing"),
     "model": {
         "baseline": ("stage", "dropout", "augment"),
         "augmented": ("stage", "dropout", "augment"),
@@ -502,8 +551,11 @@ RESUME_SETTINGS = {
 #: The augmentation settings: ModelConfig fields and the arguments of
 #: catdog.augment.build_augmentation, by the same names.
 AUGMENTATION_SETTINGS = ("flip", "rotation", "zoom", "zoom_width", "translation", "shear",
-                         "brightness", "contrast", "fill_mode", "fill_value")
-_AUGMENTATION_SETTINGS = AUGMENTATION_SETTINGS[:3]
+                         "brightness", "contrast", "fill_mode", "fill_value", "rand_augment",
+                         "rand_augment_magnitude", "rand_augment_num_ops")
+# Always in the fingerprint with the block on (a backup that lacks a setting,
+# from before it existed, still resumes: only settings both record are compared).
+_AUGMENTATION_SETTINGS = AUGMENTATION_SETTINGS[:3] + AUGMENTATION_SETTINGS[10:]
 
 
 def resume_settings(config: Config) -> dict:
@@ -517,7 +569,7 @@ def resume_settings(config: Config) -> dict:
         # Later settings count only when set: a backup made before they
         # existed (with their defaults) still resumes.
         defaults = ModelConfig()
-        model += tuple(name for name in AUGMENTATION_SETTINGS[3:]
+        model += tuple(name for name in AUGMENTATION_SETTINGS[3:10]
                        if getattr(config.model, name) != getattr(defaults, name))
     out.update((name, record["model"][name]) for name in model)
     if config.stage == "feature_extraction":

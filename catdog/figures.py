@@ -172,10 +172,30 @@ def augment_images(images, n_variants: int, *, flip: str = "horizontal",
                      .astype(np.uint8) for _ in range(n_variants)])
 
 
+def mix_images(images, *, mixup: float = 0.0, cutmix: float = 0.0,
+               seed: Optional[int] = 1337) -> tuple:
+    """The images as one batch mixed by :func:`catdog.augment.mix_batches`.
+
+    Returns:
+      ``(uint8 (N, H, W, 3) mixed images, the share of its own image in each)``.
+    """
+    from catdog import augment  # Keras layers: imported only when drawing
+
+    n = len(images)
+    # Each image its own class: its label's share of its own class is the
+    # share of its own image in the mix.
+    ds = tf.data.Dataset.from_tensors((np.stack(images), np.arange(n, dtype=np.int32)))
+    x, y = next(iter(augment.mix_batches(ds, max(3, n), mixup=mixup, cutmix=cutmix,
+                                         seed=seed)))
+    mixed = np.clip(np.round(x.numpy()), 0, 255).astype(np.uint8)
+    return mixed, y.numpy()[np.arange(n), np.arange(n)]
+
+
 def augmentation_grid(image_paths_or_folder, path: str, *, image_size=(160, 160),
                       n_images: int = 4, n_variants: int = 6,
                       flip: str = "horizontal", rotation: float = 0.1,
-                      zoom: float = 0.2, seed: Optional[int] = 1337, **settings) -> str:
+                      zoom: float = 0.2, seed: Optional[int] = 1337,
+                      mixup: float = 0.0, cutmix: float = 0.0, **settings) -> str:
     """Draws images next to random augmentations of them.
 
     The augmentation is :func:`catdog.augment.build_augmentation` with
@@ -194,6 +214,9 @@ def augmentation_grid(image_paths_or_folder, path: str, *, image_size=(160, 160)
       flip, rotation, zoom: augmentation settings (see
         :class:`catdog.config.ModelConfig`).
       seed: seed of the random layers, for the same picture every time.
+      mixup, cutmix: with either set, a last column shows the images mixed
+        as one training batch (:func:`mix_images`), with each one's share
+        of its own image; in training the block then augments them.
       **settings: the other augmentation settings (``zoom_width``,
         ``translation``, ``shear``, ``brightness``, ``contrast``,
         ``fill_mode``, ``fill_value``).
@@ -222,21 +245,29 @@ def augmentation_grid(image_paths_or_folder, path: str, *, image_size=(160, 160)
     variants = augment_images(np.stack(images), n_variants, flip=flip,
                               rotation=rotation, zoom=zoom, seed=seed, **settings)
 
-    rows, cols = len(images), n_variants + 1
+    mixed = mix_images(images, mixup=mixup, cutmix=cutmix, seed=seed) if (
+        mixup or cutmix) else None
+    rows, cols = len(images), n_variants + 1 + (mixed is not None)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * _CELL, rows * _CELL + 0.6),
                              squeeze=False)
     for r in range(rows):
         for c in range(cols):
             ax = axes[r][c]
-            ax.imshow(images[r] if c == 0 else variants[c - 1][r])
+            is_mixed = mixed is not None and c == cols - 1
+            ax.imshow(images[r] if c == 0 else mixed[0][r] if is_mixed
+                      else variants[c - 1][r])
             ax.set_xticks([])
             ax.set_yticks([])
+            if is_mixed:
+                ax.set_xlabel(f"{mixed[1][r]:.0%} its own", fontsize=8)
             if r == 0:
-                ax.set_title("original" if c == 0 else f"augmented {c}", fontsize=9)
+                ax.set_title("original" if c == 0 else "mixed batch" if is_mixed
+                             else f"augmented {c}", fontsize=9)
             if c == 0:
                 ax.set_ylabel(_short(names[r]), fontsize=8)
     title = ", ".join([f"flip={flip}", f"rotation={rotation}", f"zoom={zoom}"]
-                      + [f"{k}={v}" for k, v in settings.items()
+                      + [f"{k}={v}" for k, v in dict(settings, mixup=mixup,
+                                                     cutmix=cutmix).items()
                          if v not in (None, 0, "reflect")])  # only what is set
     fig.suptitle(f"Training-time augmentation ({title}); "
                  f"{image_size[0]}x{image_size[1]} pixels", fontsize=10)

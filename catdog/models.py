@@ -246,15 +246,17 @@ def unfreeze_top(model: keras.Model, backbone_name: str,
 
 
 def compile_model(model: keras.Model, num_classes: int, learning_rate: float,
-                  jit_compile="auto") -> keras.Model:
+                  jit_compile="auto", soft_labels: bool = False) -> keras.Model:
     """Compiles with the run's optimizer, loss and metrics.
 
     Under a ``mixed_float16`` policy, ``compile`` wraps the optimizer in a
-    ``LossScaleOptimizer`` by itself.
+    ``LossScaleOptimizer`` by itself. ``soft_labels``: the training labels
+    are mixed (``--mixup`` / ``--cutmix``), see :func:`training_loss`.
     """
     model.compile(optimizer=training_optimizer(learning_rate),
-                  loss=training_loss(num_classes),
-                  metrics=training_metrics(num_classes), jit_compile=jit_compile)
+                  loss=training_loss(num_classes, soft_labels=soft_labels),
+                  metrics=training_metrics(num_classes, soft_labels=soft_labels),
+                  jit_compile=jit_compile)
     return model
 
 
@@ -263,21 +265,70 @@ def training_optimizer(learning_rate: float) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(learning_rate)
 
 
-def training_loss(num_classes: int) -> keras.losses.Loss:
-    """Binary cross-entropy for two classes, sparse categorical cross-entropy for more."""
+def training_loss(num_classes: int, soft_labels: bool = False) -> keras.losses.Loss:
+    """Binary cross-entropy for two classes, sparse categorical cross-entropy for more.
+
+    With ``soft_labels`` (mixed training labels: one-hot rows for more than
+    two classes, validation labels one-hot too) more classes take
+    categorical cross-entropy, the same number on hard labels.
+    """
     if num_classes == 2:
         return keras.losses.BinaryCrossentropy()
+    if soft_labels:
+        return keras.losses.CategoricalCrossentropy()
     return keras.losses.SparseCategoricalCrossentropy()
 
 
-def training_metrics(num_classes: int) -> list:
-    """Two classes: accuracy, precision, recall and AUC. More: accuracy."""
+def training_metrics(num_classes: int, soft_labels: bool = False) -> list:
+    """Two classes: accuracy, precision, recall and AUC. More: accuracy.
+
+    With ``soft_labels`` each metric scores the dominant class of each
+    (mixed) label, see :class:`DominantLabel`.
+    """
+    if soft_labels:
+        return [DominantLabel(m) for m in training_metrics(num_classes)]
     if num_classes == 2:
         return [keras.metrics.BinaryAccuracy(name="accuracy"),
                 keras.metrics.Precision(name="precision"),
                 keras.metrics.Recall(name="recall"),
                 keras.metrics.AUC(name="auc")]
     return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
+
+@keras.saving.register_keras_serializable(package="catdog")
+class DominantLabel(keras.metrics.Metric):
+    """A hard-label metric fed the dominant class of soft (mixed) labels.
+
+    MixUp and CutMix make training labels soft; accuracy, precision, recall
+    and AUC compare a label with a class, so a 0.7/0.3 label counts as its
+    0.7 class. Labels ``(batch, 1)`` are rounded, one-hot rows ``(batch,
+    classes)`` become their argmax (the wrapped metrics take catdog's hard
+    encoding). Hard labels (validation) score exactly as without the wrapper.
+    """
+
+    def __init__(self, metric, name=None, dtype=None):
+        if isinstance(metric, dict):
+            metric = keras.saving.deserialize_keras_object(metric)
+        super().__init__(name=name or metric.name, dtype=dtype or metric.dtype)
+        self.metric = metric
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.convert_to_tensor(y_true)
+        if y_true.shape[-1] == 1:
+            y_true = ops.round(y_true)
+        else:
+            y_true = ops.argmax(y_true, axis=-1)
+        return self.metric.update_state(y_true, y_pred, sample_weight=sample_weight)
+
+    def result(self):
+        return self.metric.result()
+
+    def reset_state(self):
+        self.metric.reset_state()
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype,
+                "metric": keras.saving.serialize_keras_object(self.metric)}
 
 
 def load_model(path: str) -> keras.Model:

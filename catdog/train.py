@@ -29,6 +29,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from catdog import augment
 from catdog import batching
 from catdog import callbacks as callbacks_lib
 from catdog import config as config_lib
@@ -79,7 +80,9 @@ def with_class_weights(dataset: tf.data.Dataset, weights) -> tf.data.Dataset:
 
     def add(images, labels):
         classes = labels
-        if labels.shape.rank == 2:
+        if labels.shape.rank == 2 and labels.shape[-1] != 1:  # one-hot (label smoothing)
+            classes = tf.argmax(labels, axis=-1)
+        elif labels.shape.rank == 2:
             classes = tf.squeeze(labels, axis=-1)
         return images, labels, tf.gather(table, tf.cast(tf.round(classes), tf.int32))
 
@@ -100,19 +103,60 @@ def _fit_inputs(config: config_lib.Config, index, strategy, weights=None):
             config.train.fast_features and config.stage == "feature_extraction"):
         # Fast feature extraction reads both splits itself (fast_features.py).
         train_ds, val_ds, _ = data_lib.build_datasets(config.data, index)
-        return train_ds, val_ds
+        return (_training_batches(train_ds, config, index.num_classes),
+                _validation_batches(val_ds, config, index.num_classes))
     data_lib.check_batch_size(config.data, index)
 
     def split_fn(split, training):
         def build(context):
             ds = data_lib.build_split(config.data, index, split, training,
                                       input_context=context)
+            if not training:
+                return _validation_batches(ds, config, index.num_classes)
             # Only training is weighted; validation metrics stay plain.
-            return with_class_weights(ds, weights) if training and weights else ds
+            ds = _training_batches(ds, config, index.num_classes, context)
+            return with_class_weights(ds, weights) if weights else ds
         return build
 
     return (strategy.distribute_datasets_from_function(split_fn("train", True)),
             strategy.distribute_datasets_from_function(split_fn("val", False)))
+
+
+def soft_labels(config: config_lib.Config) -> bool:
+    """Whether ``--mixup``, ``--cutmix`` or ``--label_smoothing`` make training labels soft."""
+    t = config.train
+    return bool(t.mixup or t.cutmix or t.label_smoothing)
+
+
+def _training_batches(ds, config, num_classes: int, input_context=None):
+    """The training batches, mixed by ``--mixup`` / ``--cutmix`` and smoothed, if set.
+
+    Every worker of a multi-worker job mixes with its own seed, so workers
+    holding alike batches do not mix them alike. Smoothing is Keras' own
+    (``y * (1 - s) + s / classes``, two classes for a binary label), done on
+    the labels so that validation keeps plain labels and a plain ``val_loss``.
+    """
+    t = config.train
+    if t.mixup or t.cutmix:
+        worker = input_context.input_pipeline_id if input_context is not None else 0
+        ds = augment.mix_batches(ds, num_classes, mixup=t.mixup, cutmix=t.cutmix,
+                                 seed=config.data.seed + augment.MIX_SEED_OFFSET + 10 * worker)
+    elif t.label_smoothing:
+        ds = ds.map(lambda x, y: (x, augment.soft_label_encoding(y, num_classes)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    if t.label_smoothing:
+        s, k = float(t.label_smoothing), 2 if num_classes == 2 else num_classes
+        ds = ds.map(lambda x, y: (x, y * (1.0 - s) + s / k),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    return ds
+
+
+def _validation_batches(ds, config, num_classes: int):
+    """Validation batches, hard labels always; one-hot when the loss takes soft labels."""
+    if not soft_labels(config) or num_classes == 2:
+        return ds
+    return ds.map(lambda images, labels: (images, augment.soft_label_encoding(
+        labels, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 @dataclasses.dataclass
@@ -240,7 +284,8 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
             # replica with zero images; they must not reach the network.
             train_model = fit_wrappers.empty_batch_safe(train_model)
         models.compile_model(train_model, index.num_classes,
-                             config.train.learning_rate, jit_compile=jit)
+                             config.train.learning_rate, jit_compile=jit,
+                             soft_labels=soft_labels(config))
     logging.info("%s", xla_note)
     # After the model is built (a missing-weights error comes first), before
     # anything is written or trained.

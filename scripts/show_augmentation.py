@@ -6,8 +6,10 @@ Example:
 
 Each row is one image: the original (decoded and resized as in training),
 then --n_variants random augmentations by the same augmentation block the
-model trains with. With --model_dir, the image size and augmentation
-settings come from that run's config.json; flags given explicitly win.
+model trains with; with --mixup or --cutmix, a last column shows the images
+mixed as one training batch, each with the share of its own image. With
+--model_dir, the image size and augmentation settings come from that run's
+config.json; flags given explicitly win.
 
 Exit status: 0 done, 1 unexpected failure, 2 usage error.
 """
@@ -39,9 +41,11 @@ _MODEL_DIR = flags.DEFINE_string(
 _IMAGE_SIZE = flags.DEFINE_string(
     "image_size", f"{_D.image_size[0]},{_D.image_size[1]}",
     "Image size after resizing: 'SIZE' or 'HEIGHT,WIDTH'.")
-# --flip, --rotation, --zoom, ... with the training scripts' help and checks.
+# --flip, --rotation, --zoom, ..., --mixup, --cutmix with the training scripts'
+# help and checks.
+_MIXING = ("mixup", "cutmix")  # TrainConfig: they mix batches in tf.data
 for _spec in options.flag_specs(config_lib.Config()):
-    if _spec.field in config_lib.AUGMENTATION_SETTINGS:
+    if _spec.field in config_lib.AUGMENTATION_SETTINGS + _MIXING:
         if _spec.kind == "enum":
             flags.DEFINE_enum(_spec.flag, _spec.flag_default, list(_spec.choices), _spec.help)
         else:
@@ -55,7 +59,8 @@ _N_VARIANTS = flags.DEFINE_integer("n_variants", 6,
 def _settings():
     """Image size and augmentation settings: flags, or the run's config.json."""
     values = {"image_size": config_lib.parse_image_size(_IMAGE_SIZE.value)}
-    values.update((name, flags.FLAGS[name].value) for name in config_lib.AUGMENTATION_SETTINGS)
+    values.update((name, flags.FLAGS[name].value)
+                  for name in config_lib.AUGMENTATION_SETTINGS + _MIXING)
     if _MODEL_DIR.value:
         path = os.path.join(_MODEL_DIR.value, rundir.CONFIG_FILE)
         if not os.path.isfile(path):
@@ -68,6 +73,7 @@ def _settings():
         from_run = {"image_size": tuple(run.data.image_size)}
         from_run.update((name, getattr(run.model, name))
                         for name in config_lib.AUGMENTATION_SETTINGS)
+        from_run.update((name, getattr(run.train, name)) for name in _MIXING)
         for name, value in from_run.items():
             if not flags.FLAGS[name].present:
                 values[name] = value
@@ -79,6 +85,8 @@ def _settings():
     check.data.image_size = values["image_size"]
     for name in config_lib.AUGMENTATION_SETTINGS:
         setattr(check.model, name, values[name])
+    for name in _MIXING:
+        setattr(check.train, name, values[name])
     check.train.model_dir = "-"  # only the image and augmentation values matter
     check.validate()
     return values
@@ -99,7 +107,7 @@ def _show():
     path = figures.augmentation_grid(
         _DATA_DIR.value, _OUT.value, image_size=values["image_size"],
         n_images=_N_IMAGES.value, n_variants=_N_VARIANTS.value, seed=_SEED.value,
-        **{name: values[name] for name in config_lib.AUGMENTATION_SETTINGS})
+        **{name: values[name] for name in config_lib.AUGMENTATION_SETTINGS + _MIXING})
     print(f"Wrote {path}")
 
 

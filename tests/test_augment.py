@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from catdog import augment
@@ -89,6 +90,10 @@ _REPLICAS_SCRIPT = textwrap.dedent("""
     with strategy.scope():
         block = augment.build_augmentation(seed=7)
     out = {"block": report(block)}
+    with strategy.scope():  # RandAugment draws from its own generator
+        rand = augment.build_augmentation(flip="none", rotation=0.0, zoom=0.0, seed=7,
+                                          rand_augment=True, rand_augment_num_ops=3)
+    out["rand_augment"] = report(rand)
     # The same block after a round trip through model.keras (safe mode).
     inputs = keras.Input((24, 24, 3))
     model = keras.Model(inputs, augment.build_augmentation(seed=7)(inputs))
@@ -108,7 +113,7 @@ def test_replicas_draw_different_transforms(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
     out = json.loads(line[len("RESULT "):])
-    for name in ("block", "loaded"):
+    for name in ("block", "loaded", "rand_augment"):
         assert out[name]["replicas_differ"] == [True, True], (name, out)
         assert all(out[name]["augmented"]), (name, out)
         assert all(out[name]["steps_differ"]), (name, out)
@@ -349,3 +354,116 @@ def test_generator_shear_range_tilts_vertical_lines_as_the_generator():
     tilts = np.array([90 - abs(_line_angle_degrees(img)) for img in out])
     limit = np.degrees(np.arctan(np.sin(np.radians(30))))
     assert tilts.max() <= limit + 1.0 and tilts.max() >= limit - 4.0, tilts
+
+
+# ---------------------------------------------------------------------------
+# RandAugment in the block; MixUp and CutMix on training batches
+# ---------------------------------------------------------------------------
+
+def test_rand_augment_joins_the_block_on_0_255_pixels_and_only_trains():
+    from catdog import config as config_lib
+    m = config_lib.ModelConfig(rand_augment=True, rand_augment_magnitude=0.3,
+                               rand_augment_num_ops=3)
+    block = augment.from_model_config(m, seed=5)
+    layer = block.layers[-1]
+    assert type(layer).__name__ == "RandAugment"
+    assert tuple(layer.value_range) == (0, 255)
+    assert tuple(layer.factor) == (0.0, 0.3) and layer.num_ops == 3
+    x = np.random.RandomState(0).uniform(0, 255, (4, 24, 24, 3)).astype("float32")
+    np.testing.assert_array_equal(block(x).numpy(), x)
+    np.testing.assert_array_equal(block(x, training=False).numpy(), x)
+    only = augment.build_augmentation(flip="none", rotation=0.0, zoom=0.0, seed=5,
+                                      rand_augment=True, rand_augment_num_ops=11)
+    y = only(x, training=True).numpy()
+    assert not np.allclose(y, x)
+    assert y.min() >= -0.5 and y.max() <= 255.5  # stays in the pixel range
+    assert augment.build_augmentation().layers[-1].__class__.__name__ == "RandomZoom"
+
+
+def test_rand_augment_block_saves_and_loads(tmp_path):
+    import keras
+    inputs = keras.Input((24, 24, 3))
+    block = augment.build_augmentation(seed=2, rand_augment=True, rand_augment_num_ops=1)
+    model = keras.Model(inputs, block(inputs))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    layer = loaded.layers[-1].layers[-1]
+    assert type(layer).__name__ == "RandAugment" and layer.num_ops == 1
+    x = np.random.RandomState(1).uniform(0, 255, (2, 24, 24, 3)).astype("float32")
+    np.testing.assert_array_equal(loaded(x).numpy(), x)
+
+
+def _batches(num_classes, n=16, batch=8, size=12):
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, (n, size, size, 3)).astype(np.uint8)
+    classes = np.arange(n) % num_classes
+    labels = (classes.astype(np.float32)[:, None] if num_classes == 2
+              else classes.astype(np.int32))
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch), images
+
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mixed_batches_have_soft_labels_that_sum_to_one(mixup, cutmix):
+    for num_classes in (2, 3):
+        ds, images = _batches(num_classes)
+        mixed = augment.mix_batches(ds, num_classes, mixup=mixup, cutmix=cutmix, seed=1)
+        for x, y in mixed:
+            x, y = x.numpy(), y.numpy()
+            assert x.dtype == np.float32 and x.shape == (8, 12, 12, 3)
+            assert 0.0 <= x.min() and x.max() <= 255.0
+            assert y.dtype == np.float32
+            assert y.shape == ((8, 1) if num_classes == 2 else (8, num_classes))
+            assert ((y > 0.01) & (y < 0.99)).any(), y  # soft, not 0/1
+            if num_classes > 2:  # one-hot, mixed: every row a distribution
+                np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5)
+                assert y.min() >= 0.0
+
+
+def _labelled_pixels(num_classes=2, n=8, size=32):
+    """Batches whose green channel is 255 on class-1 images, 0 on the others."""
+    ds, images = _batches(num_classes, n=n, batch=n, size=size)
+    images[..., 1] = np.where(np.arange(n) % num_classes == 1, 255, 0)[:, None, None]
+    labels = next(iter(ds))[1]
+    return tf.data.Dataset.from_tensors((images, labels))
+
+
+@pytest.mark.parametrize("mixup,cutmix,tolerance", [
+    (0.4, 0.0, 1e-4),  # a blend: green is exactly the mixed label
+    # a box: green is the share of class-1 pixels; the box's label weight is
+    # its exact area, the pixels it covers differ by under a row and a column
+    (0.0, 1.0, 65 / 1024),
+])
+def test_the_mixed_label_is_the_share_of_each_class_in_the_pixels(mixup, cutmix, tolerance):
+    for seed in range(3):
+        x, y = next(iter(augment.mix_batches(_labelled_pixels(), 2, mixup=mixup,
+                                             cutmix=cutmix, seed=seed)))
+        green = x.numpy()[..., 1].mean(axis=(1, 2)) / 255.0
+        np.testing.assert_allclose(y.numpy()[:, 0], green, atol=tolerance)
+        assert ((green > 0.01) & (green < 0.99)).any()
+
+
+def test_every_batch_and_every_epoch_mixes_anew():
+    ds, _ = _batches(2, n=32)
+    mixed = augment.mix_batches(ds.repeat(2), 2, mixup=0.4, cutmix=1.0, seed=2)
+    labels = [tuple(np.round(y.numpy().ravel(), 5)) for _, y in mixed]
+    assert len(labels) == 8 and len(set(labels)) == 8
+    again = [tuple(np.round(y.numpy().ravel(), 5))
+             for _, y in augment.mix_batches(ds.repeat(2), 2, mixup=0.4, cutmix=1.0, seed=2)]
+    assert again == labels  # same seed, same mixing
+    other = [tuple(np.round(y.numpy().ravel(), 5))
+             for _, y in augment.mix_batches(ds.repeat(2), 2, mixup=0.4, cutmix=1.0, seed=3)]
+    assert other != labels
+
+
+def test_with_both_each_batch_gets_mixup_or_cutmix():
+    ds, images = _batches(2, n=8, size=16)
+    kinds = set()
+    mixed = augment.mix_batches(ds.repeat(12), 2, mixup=0.4, cutmix=1.0, seed=5)
+    originals = images.astype(np.float32)
+    for x, _ in mixed:
+        x = x.numpy()
+        # CutMix copies pixels: every pixel is one of the batch's originals'.
+        copied = all(any(np.array_equal(x[i][r, c], originals[j][r, c]) for j in range(8))
+                     for i in range(8) for r, c in ((0, 0), (8, 8), (15, 15)))
+        kinds.add("cutmix" if copied else "mixup")
+    assert kinds == {"cutmix", "mixup"}

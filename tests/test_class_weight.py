@@ -180,3 +180,11 @@ def test_fast_features_weight_the_head_training(tiny_folders, tmp_path, fit_call
     result = train.run(c, progress=False)
     assert fit_calls[-1]["class_weight"] == {0: 1.0, 1: 3.0}  # the head's fit
     assert result.metrics["class_weight"] == {"cats": 1.0, "dogs": 3.0}
+
+
+def test_weights_of_one_hot_soft_labels_are_those_of_their_dominant_class():
+    # --label_smoothing with three classes: one-hot rows, smoothed.
+    labels = np.array([[0.9, 0.05, 0.05], [0.05, 0.05, 0.9]], np.float32)
+    ds = tf.data.Dataset.from_tensors((np.zeros((2, 2), np.float32), labels))
+    (_, _, w), = list(train.with_class_weights(ds, [1.0, 2.0, 3.0]))
+    assert w.numpy().tolist() == [1.0, 3.0]

@@ -315,3 +315,33 @@ def test_sigkilled_worker_ends_the_other_with_75_and_the_job_resumes(  # TF's
     assert metrics["epochs_completed"] == done + 2
     assert "Resuming from backup" in (tmp_path / "again-1.log").read_text()
     assert not [d for d in os.listdir(model_dir) if d.startswith(".worker-")]
+
+
+@pytest.mark.slow  # two worker processes (~1-2 min under load)
+def test_two_workers_train_with_mixing_rand_augment_and_smoothing(tmp_path):
+    # Each worker builds its own mixing (its own seed) inside
+    # distribute_datasets_from_function; the workers stay in step.
+    from helpers import make_class_folder
+    classes = ("bird", "cat", "dog")
+    train_dir = make_class_folder(tmp_path / "tr", classes=classes, per_class=8, seed=1)
+    val_dir = make_class_folder(tmp_path / "va", classes=classes, per_class=3, seed=2)
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    model_dir = tmp_path / "m"
+    procs = []
+    for i in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        procs.append(subprocess.Popen(
+            [sys.executable, WORKER, str(tmp_path / f"r{i}.json"), "--",
+             *_flags(train_dir, val_dir, model_dir), "--strategy=multi_worker",
+             "--augment", "--rand_augment", "--mixup=0.4", "--cutmix=1.0",
+             "--label_smoothing=0.1"],
+            env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(2))
+    assert r0["weights_sha256"] == r1["weights_sha256"]
+    assert len(_history(model_dir)) == 2
+    assert json.loads((model_dir / "config.json").read_text())["train"]["cutmix"] == 1.0

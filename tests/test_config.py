@@ -153,3 +153,79 @@ def test_resume_settings_of_a_default_augmentation_are_those_recorded_before():
                                 "contrast", "fill_mode", "fill_value"}
     c.model.shear = 0.1
     assert C.resume_settings(c)["shear"] == 0.1  # a changed strength refuses a resume
+
+
+# ---------------------------------------------------------------------------
+# RandAugment (in the model), MixUp and CutMix (in the training pipeline)
+# ---------------------------------------------------------------------------
+
+def test_mixing_and_rand_augment_are_off_by_default():
+    for stage in C.STAGES:
+        c = C.for_stage(stage)
+        assert (c.train.mixup, c.train.cutmix) == (0.0, 0.0)
+        assert c.model.rand_augment is False
+        assert (c.model.rand_augment_magnitude, c.model.rand_augment_num_ops) == (0.5, 2)
+
+
+@pytest.mark.parametrize("section,field,value", [
+    ("train", "mixup", -0.2), ("train", "mixup", float("nan")), ("train", "mixup", True),
+    ("train", "cutmix", -1.0), ("train", "cutmix", 1.5),
+    ("model", "rand_augment_magnitude", -0.1), ("model", "rand_augment_magnitude", 1.2),
+    ("model", "rand_augment_num_ops", 0), ("model", "rand_augment_num_ops", 12),
+])
+def test_mixing_and_rand_augment_values_out_of_range_name_their_flag(section, field, value):
+    c = _valid("augmented")
+    setattr(getattr(c, section), field, value)
+    with pytest.raises(ValueError) as e:
+        c.validate()
+    assert f"--{field}" in str(e.value) and repr(value) in str(e.value)
+
+
+@pytest.mark.parametrize("field", ["mixup", "cutmix"])
+def test_mixing_refuses_class_weight_and_fast_features_naming_both_flags(field):
+    c = _valid("feature_extraction")
+    setattr(c.train, field, 0.2)
+    c.validate()  # alone it is fine
+    c.train.class_weight = "balanced"
+    with pytest.raises(ValueError, match=f"--{field}.*--class_weight"):
+        c.validate()
+    c.train.class_weight = "none"
+    c.train.fast_features = True
+    with pytest.raises(ValueError, match=f"--{field}.*--fast_features"):
+        c.validate()
+
+
+def test_mixing_and_rand_augment_are_part_of_the_resume_fingerprint():
+    c = _valid("augmented")
+    settings = C.resume_settings(c)
+    # Always recorded (a backup from before they existed lacks them and
+    # still resumes: only settings both sides record are compared), so a
+    # rerun that leaves them out is compared too.
+    assert (settings["mixup"], settings["cutmix"]) == (0.0, 0.0)
+    assert settings["rand_augment"] is False
+    c.train.mixup, c.model.rand_augment, c.model.rand_augment_num_ops = 0.2, True, 3
+    settings = C.resume_settings(c)
+    assert settings["mixup"] == 0.2 and settings["rand_augment"] is True
+    assert settings["rand_augment_num_ops"] == 3
+    c.model.augment = False  # no block: RandAugment plays no part
+    assert "rand_augment" not in C.resume_settings(c)
+    assert C.resume_settings(c)["mixup"] == 0.2  # the pipeline mixes whatever the block
+
+
+def test_label_smoothing_is_checked_and_part_of_the_resume_fingerprint():
+    c = _valid("baseline")
+    assert c.train.label_smoothing == 0.0
+    assert C.resume_settings(c)["label_smoothing"] == 0.0
+    for bad in (-0.1, 1.0, float("nan")):
+        c.train.label_smoothing = bad
+        with pytest.raises(ValueError) as e:
+            c.validate()
+        assert "--label_smoothing" in str(e.value) and repr(bad) in str(e.value)
+    c.train.label_smoothing = 0.1
+    c.validate()
+    assert C.resume_settings(c)["label_smoothing"] == 0.1
+    c.train.class_weight = "balanced"  # the dominant class is still the label's
+    c.validate()
+    c.train.fast_features = True
+    with pytest.raises(ValueError, match="--label_smoothing.*--fast_features"):
+        c.validate()

@@ -245,3 +245,47 @@ def test_augment_images_applies_the_other_settings():
     per_image = shift.reshape(2, 3, -1)
     assert np.abs(per_image - per_image[..., :1]).max() <= 1.0
     assert np.abs(per_image[..., 0]).max() > 3.0
+
+
+def test_show_augmentation_draws_rand_augment_and_checks_its_flags(folder, tmp_path):
+    out = tmp_path / "rand.png"
+    proc = _script(f"--data_dir={folder}", f"--out={out}", "--n_images=2", "--n_variants=2",
+                   "--rand_augment", "--rand_augment_num_ops=3",
+                   "--rand_augment_magnitude=0.8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _size(out) == (3 * 200, 2 * 200 + 60)
+    bad = _script(f"--data_dir={folder}", f"--out={tmp_path}/b.png", "--rand_augment",
+                  "--rand_augment_magnitude=2")
+    assert bad.returncode == 2 and "--rand_augment_magnitude" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_augment_images_applies_rand_augment():
+    images = np.random.RandomState(0).uniform(0, 255, (2, 24, 24, 3)).astype("float32")
+    plain = figures.augment_images(images, 2, rotation=0.0, zoom=0.0, seed=1)
+    rand = figures.augment_images(images, 2, rotation=0.0, zoom=0.0, seed=1,
+                                  rand_augment=True, rand_augment_num_ops=4)
+    # The same flips (same seed), then RandAugment's operations on top.
+    np.testing.assert_array_equal(
+        plain, figures.augment_images(images, 2, rotation=0.0, zoom=0.0, seed=1))
+    assert not np.array_equal(rand, plain)
+
+
+def test_show_augmentation_adds_a_column_of_the_mixed_batch(folder, tmp_path):
+    out = tmp_path / "mixed.png"
+    proc = _script(f"--data_dir={folder}", f"--out={out}", "--n_images=3", "--n_variants=2",
+                   "--mixup=0.4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _size(out) == (4 * 200, 3 * 200 + 60)  # original, 2 variants, mixed
+    bad = _script(f"--data_dir={folder}", f"--out={tmp_path}/b.png", "--cutmix=2")
+    assert bad.returncode == 2 and "--cutmix" in bad.stderr
+
+
+def test_mixed_column_images_and_shares():
+    rng = np.random.RandomState(0)
+    images = [rng.randint(0, 256, (16, 16, 3)).astype(np.uint8) for _ in range(3)]
+    mixed, own = figures.mix_images(images, cutmix=1.0, seed=3)
+    assert mixed.shape == (3, 16, 16, 3) and mixed.dtype == np.uint8
+    for i in range(3):  # CutMix: the share of its own pixels kept, within a row and column
+        kept = (mixed[i] == images[i]).all(axis=-1).mean()
+        assert abs(kept - own[i]) <= 33 / 256 or own[i] == 1.0

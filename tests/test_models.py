@@ -287,3 +287,56 @@ def test_load_for_fine_tuning_wraps_a_bare_backbone(tmp_path):
     x = np.random.RandomState(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_array_equal(m(x).numpy(), old(x).numpy())
     assert models.unfreeze_top(m, "mobilenet") == 2
+
+
+# ---------------------------------------------------------------------------
+# Soft (mixed) labels: --mixup / --cutmix
+# ---------------------------------------------------------------------------
+
+def test_soft_labels_take_a_loss_for_soft_targets():
+    assert isinstance(models.training_loss(2, soft_labels=True), keras.losses.BinaryCrossentropy)
+    assert isinstance(models.training_loss(3, soft_labels=True),
+                      keras.losses.CategoricalCrossentropy)
+    assert isinstance(models.training_loss(3), keras.losses.SparseCategoricalCrossentropy)
+    # The same number as the sparse loss on hard labels (validation).
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], np.float32)
+    sparse = models.training_loss(3)(np.array([0, 2]), p)
+    soft = models.training_loss(3, soft_labels=True)(np.eye(3, dtype=np.float32)[[0, 2]], p)
+    assert float(soft) == pytest.approx(float(sparse), rel=1e-6)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_metrics_on_soft_labels_score_the_dominant_label(num_classes):
+    rng = np.random.RandomState(0)
+    if num_classes == 2:
+        soft = rng.uniform(0, 1, (64, 1)).astype(np.float32)
+        hard = np.round(soft)
+        pred = rng.uniform(0, 1, (64, 1)).astype(np.float32)
+    else:
+        soft = rng.dirichlet([0.5] * 3, 64).astype(np.float32)
+        hard = soft.argmax(axis=1)
+        pred = rng.dirichlet([1.0] * 3, 64).astype(np.float32)
+    soft_metrics = models.training_metrics(num_classes, soft_labels=True)
+    plain = models.training_metrics(num_classes)
+    assert [m.name for m in soft_metrics] == [m.name for m in plain]
+    for on_soft, on_hard in zip(soft_metrics, plain):
+        on_soft.update_state(soft, pred)
+        on_hard.update_state(hard, pred)
+        assert float(on_soft.result()) == pytest.approx(float(on_hard.result()), rel=1e-6), \
+            on_hard.name
+    # Hard labels (validation) score exactly as the plain metrics.
+    one_hot = hard if num_classes == 2 else np.eye(3, dtype=np.float32)[hard]
+    for on_soft, on_hard in zip(models.training_metrics(num_classes, soft_labels=True), plain):
+        on_soft.update_state(one_hot, pred)
+        assert float(on_soft.result()) == pytest.approx(float(on_hard.result()), rel=1e-6)
+
+
+def test_a_model_compiled_for_soft_labels_trains_and_saves(tmp_path):
+    m = models.build_model(_cfg("baseline"), num_classes=3)
+    models.compile_model(m, 3, 1e-3, soft_labels=True)
+    x = np.random.RandomState(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+    y = np.random.RandomState(1).dirichlet([0.5] * 3, 8).astype(np.float32)
+    history = m.fit(x, y, epochs=1, verbose=0)
+    assert {"loss", "accuracy"} <= set(history.history)
+    m.save(tmp_path / "m.keras")
+    assert models.load_model(str(tmp_path / "m.keras")).output.shape[1:] == (3,)

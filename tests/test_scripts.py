@@ -189,3 +189,17 @@ def test_rerun_with_other_settings_exits_2_and_leaves_the_run_alone(tiny_folders
     after = tree_state(tmp_path / "m")
     assert {k: v for k, v in after.items() if ".catdog.lock" not in k} == \
         {k: v for k, v in before.items() if ".catdog.lock" not in k}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--mixup=-0.2"], "--mixup"),
+    (["--cutmix=1.5"], "--cutmix"),
+    (["--cutmix=1", "--class_weight=balanced"], "--class_weight"),
+    (["--rand_augment", "--rand_augment_num_ops=0"], "--rand_augment_num_ops"),
+])
+def test_mixing_and_rand_augment_usage_errors_exit_2(tiny_folders, tmp_path, args, needle):
+    proc = _run("train_augmented.py", *_common(*tiny_folders), *args,
+                f"--model_dir={tmp_path}/m")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "m" / "config.json")

@@ -419,3 +419,146 @@ def test_fine_tuning_computes_under_its_own_precision(tiny_folders, tmp_path, st
     head = ft.model.get_layer("predictions").kernel.numpy()
     assert head.shape == fe.model.get_layer("predictions").kernel.shape
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+# ---------------------------------------------------------------------------
+# --mixup / --cutmix: training batches mixed, validation hard
+# ---------------------------------------------------------------------------
+
+def _three_classes(tmp_path):
+    root = tmp_path / "three"
+    if not root.exists():
+        make_class_folder(root / "tr", classes=("bird", "cat", "dog"), per_class=8, seed=1)
+        make_class_folder(root / "va", classes=("bird", "cat", "dog"), per_class=3, seed=2)
+    return str(root / "tr"), str(root / "va")
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_mixup_reaches_the_training_batches_only(tiny_folders, tmp_path, num_classes):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    folders = tiny_folders if num_classes == 2 else _three_classes(tmp_path)
+    c = _config("baseline", *folders, tmp_path / "run")
+    c.train.mixup = 0.4
+    index = data.index_source(c.data, progress=False)
+    train_ds, val_ds = train._fit_inputs(c, index, tf.distribute.get_strategy())
+    width = 1 if num_classes == 2 else 3
+    labels = [y.numpy() for _ in range(2) for _, y in train_ds]  # two epochs
+    assert all(y.shape == (8, width) and y.dtype == np.float32 for y in labels)
+    soft = np.concatenate(labels)
+    assert ((soft > 0.01) & (soft < 0.99)).any()  # the loss sees mixed labels
+    # Every batch of both epochs is mixed anew (no two alike).
+    assert len({tuple(np.round(y.ravel(), 5)) for y in labels}) == len(labels)
+    for _, y in val_ds:  # hard: 0/1 (one-hot rows for three classes)
+        y = y.numpy()
+        assert set(np.unique(y)) <= {0.0, 1.0}
+        assert y.shape[1:] == (width,)
+        if num_classes > 2:
+            assert (y.sum(axis=1) == 1).all()
+    c.train.mixup = 0.0
+    plain, _ = train._fit_inputs(c, index, tf.distribute.get_strategy())
+    assert set(np.unique(np.concatenate([y.numpy() for _, y in plain]))) <= {0.0, 1.0, 2.0}
+
+
+def test_each_worker_mixes_its_batches_its_own_way(tiny_folders, tmp_path):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    c = _config("baseline", *tiny_folders, tmp_path / "run")
+    c.train.cutmix = 1.0
+    index = data.index_source(c.data, progress=False)
+    batches = data.build_split(c.data, index, "val", training=False)
+
+    def labels(worker):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
+                                             num_replicas_in_sync=2)
+        ds = train._training_batches(batches, c, index.num_classes, context)
+        return np.concatenate([y.numpy() for _, y in ds])
+
+    assert not np.allclose(labels(0), labels(1))
+    np.testing.assert_array_equal(labels(0), labels(0))  # each worker reproducibly
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+@pytest.mark.parametrize("setting", ["mixup", "cutmix"])
+def test_a_stage_trains_with_mixed_labels(tiny_folders, tmp_path, num_classes, setting):
+    folders = tiny_folders if num_classes == 2 else _three_classes(tmp_path)
+    c = _config("augmented", *folders, tmp_path / "run", rand_augment=True)
+    c.train.epochs = 1
+    setattr(c.train, setting, 0.5)
+    result = train.run(c, progress=False)
+    final = result.metrics["final"]
+    assert 0.0 <= final["accuracy"] <= 1.0 and 0.0 <= final["val_accuracy"] <= 1.0
+    assert np.isfinite(final["loss"]) and np.isfinite(final["val_loss"])
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["train"][setting] == 0.5 and record["model"]["rand_augment"] is True
+    # The saved model takes images only, does not mix and gives class probabilities.
+    model = models.load_model(str(tmp_path / "run"))
+    x = np.random.RandomState(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert model.output.shape[1:] == ((1,) if num_classes == 2 else (3,))
+    # val_loss is the plain loss of the saved (best, here only) model on hard labels.
+    _, val_ds, _ = data.build_datasets(c.data, data.index_source(c.data, progress=False))
+    saved = models.compile_model(model, num_classes, 1e-3)
+    assert final["val_loss"] == pytest.approx(saved.evaluate(val_ds, verbose=0)[0], rel=1e-4)
+    # A rerun without the setting would train differently: refused.
+    changed = copy.deepcopy(c)
+    setattr(changed.train, setting, 0.0)
+    with pytest.raises(ValueError, match=f"{setting} 0.5 -> 0.0"):
+        train.run(changed, progress=False)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_label_smoothing_softens_training_labels_only(tiny_folders, tmp_path, num_classes):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    folders = tiny_folders if num_classes == 2 else _three_classes(tmp_path)
+    c = _config("baseline", *folders, tmp_path / "run")
+    c.train.label_smoothing = 0.2
+    index = data.index_source(c.data, progress=False)
+    train_ds, val_ds = train._fit_inputs(c, index, tf.distribute.get_strategy())
+    got = np.unique(np.concatenate([y.numpy().ravel() for _, y in train_ds]))
+    # Keras' smoothing: y * (1 - s) + s / classes (BCE: two classes).
+    k = 2 if num_classes == 2 else 3
+    np.testing.assert_allclose(got, [0.2 / k, 0.8 + 0.2 / k], rtol=1e-6)
+    val = np.unique(np.concatenate([y.numpy().ravel() for _, y in val_ds]))
+    np.testing.assert_array_equal(val, [0.0, 1.0])
+
+
+def test_a_stage_trains_with_label_smoothing(tmp_path):
+    c = _config("baseline", *_three_classes(tmp_path), tmp_path / "run")
+    c.train.epochs, c.train.label_smoothing = 1, 0.1
+    final = train.run(c, progress=False).metrics["final"]
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["train"]["label_smoothing"] == 0.1
+    # val_loss is the plain (unsmoothed) loss of the saved model.
+    _, val_ds, _ = data.build_datasets(c.data, data.index_source(c.data, progress=False))
+    saved = models.compile_model(models.load_model(str(tmp_path / "run")), 3, 1e-3)
+    assert final["val_loss"] == pytest.approx(saved.evaluate(val_ds, verbose=0)[0], rel=1e-4)
+    changed = copy.deepcopy(c)
+    changed.train.label_smoothing = 0.0
+    with pytest.raises(ValueError, match="label_smoothing 0.1 -> 0.0"):
+        train.run(changed, progress=False)
+
+
+@pytest.mark.slow  # a TensorFlow start-up with two logical CPUs (~30 s)
+def test_mirrored_stage_with_mixing_rand_augment_and_smoothing(tmp_path):
+    # Three classes over 2 replicas: one-hot mixed labels split across the
+    # replicas, RandAugment's per-replica seeds, the one-hot validation.
+    import subprocess
+    import sys
+    from helpers import REPO
+    train_dir, val_dir = _three_classes(tmp_path)
+    model_dir = tmp_path / "m"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    env.pop("TF_CONFIG", None)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tests", "_stage_worker.py"),
+         str(tmp_path / "r.json"), "--logical_cpus", "2", "--",
+         f"--train_dir={train_dir}", f"--val_dir={val_dir}", "--image_size=24",
+         "--batch_size=8", "--epochs=2", "--verbose=0", f"--model_dir={model_dir}",
+         "--strategy=mirrored", "--augment", "--rand_augment", "--mixup=0.4",
+         "--cutmix=1.0", "--label_smoothing=0.1"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["replicas"] == 2 and metrics["epochs_completed"] == 2
+    assert all(np.isfinite(metrics["final"][k]) for k in ("loss", "val_loss"))
+    record = json.loads((model_dir / "config.json").read_text())
+    assert (record["train"]["mixup"], record["train"]["cutmix"]) == (0.4, 1.0)
