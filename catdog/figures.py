@@ -71,13 +71,14 @@ def learning_curves(rows: list, path: str, title: str = "") -> str:
     return path
 
 
-def comparison(histories: dict, path: str, title: str = "") -> str:
+def comparison(histories: dict, path: str, title: str = "", best: str = "") -> str:
     """Overlays train (dashed) and validation (solid) curves of several stages.
 
     Args:
       histories: ``{stage name: history rows}`` in display order.
       path: PNG file to write.
       title: figure title.
+      best: the stage to mark (thicker validation curve, "(best)" in the legend).
 
     Returns:
       ``path``.
@@ -94,8 +95,10 @@ def comparison(histories: dict, path: str, title: str = "") -> str:
                 ax.plot(epochs, [r[metric] for r in rows], "--", color=color,
                         alpha=0.6, label=f"{stage} train")
             if "val_" + metric in rows[0]:
+                mark = " (best)" if stage == best else ""
                 ax.plot(epochs, [r["val_" + metric] for r in rows], "-o",
-                        markersize=3, color=color, label=f"{stage} validation")
+                        markersize=3, color=color, label=f"{stage} validation{mark}",
+                        linewidth=3.0 if mark else 1.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
