@@ -109,6 +109,24 @@ def comparison(histories: dict, path: str, title: str = "", best: str = "") -> s
     return path
 
 
+def lr_range_test(rates: Sequence[float], losses: Sequence[float], suggested: float,
+                  path: str, title: str = "") -> str:
+    """Plots a learning-rate range test: loss against rate (log scale), ``suggested`` marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(rates, losses, "-")
+    ax.axvline(suggested, color="tab:red", linestyle="--",
+               label=f"suggested {suggested:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.suptitle(title or "learning-rate range test")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
 def save_figure(fig, path: str) -> str:
     """Writes ``fig`` as PNG via a temp file and rename (never half a file), closes it."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

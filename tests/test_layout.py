@@ -32,7 +32,7 @@ LAYERS = [
     ["catdog.fit_wrappers", "catdog.resume_check", "catdog.fine_tuning", "catdog.figures"],
     ["catdog.fast_features"],
     ["catdog.train"],                               # one stage
-    ["catdog.stages", "catdog.model_io"],           # the four-stage job; loading models
+    ["catdog.stages", "catdog.model_io", "catdog.lr_finder"],  # + the rate range test
     ["catdog.predict", "catdog.export", "catdog.evaluate"],
     ["catdog.cli"],
 ]
