@@ -322,3 +322,26 @@ def test_top_k_accuracy_with_more_classes(tmp_path):
     assert {"top_k_accuracy", "val_top_k_accuracy"} <= set(row)
     assert float(row["val_top_k_accuracy"]) >= float(row["val_accuracy"])
     assert result.metrics["monitor"] == "val_top_k_accuracy"
+
+
+@pytest.mark.slow  # a stage-3 run on features (~15-30 s)
+def test_fast_features_head_trains_with_the_run_optimizer_and_schedule(
+        tiny_folders, tmp_path, monkeypatch):
+    train_dir, val_dir = tiny_folders
+    c = _config(train_dir, val_dir, tmp_path / "fast", epochs=2, lr_schedule="step",
+                lr_step_epochs=1, lr_decay_factor=0.5, optimizer="sgd", learning_rate=0.01)
+    c.model.stage, c.model.augment = "feature_extraction", False
+    c.model.backbone, c.model.backbone_alpha, c.model.weights = "mobilenet", 0.25, "none"
+    c.train.fast_features = True
+    seen = []
+    original = keras.Model.compile
+
+    def compile_spy(self, *args, **kwargs):
+        seen.append((self.name, kwargs.get("optimizer")))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "compile", compile_spy)
+    train.run(c, progress=False)
+    head = [opt for name, opt in seen if name == "head"]
+    assert len(head) == 1 and isinstance(head[0], keras.optimizers.SGD)
+    np.testing.assert_allclose(_column(tmp_path / "fast"), [0.01, 0.005], rtol=1e-6)
