@@ -89,6 +89,9 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
         trains: settings, split), for the check before a resume.
       start_time: ``time.time()`` when this attempt started (default: when
         training begins); each commit adds the time since to :attr:`seconds`.
+      state_callbacks: callbacks whose counters are committed with every
+        backup and restored with it (``state_key``, ``resume_state()``,
+        ``restore_state(dict)``; e.g. :mod:`catdog.controls`' early stopping).
     """
 
     _METADATA = "training_metadata.json"
@@ -96,13 +99,14 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
     def __init__(self, backup_dir: str, write_dir: str | None = None,
                  save_freq="epoch", delete_checkpoint: bool = False,
                  fingerprint: dict | None = None,
-                 start_time: float | None = None):
+                 start_time: float | None = None, state_callbacks=()):
         super().__init__(backup_dir=backup_dir, save_freq=save_freq,
                          double_checkpoint=False,
                          delete_checkpoint=delete_checkpoint)
         self.write_dir = write_dir or backup_dir
         self.fingerprint = fingerprint
         self._start_time = start_time
+        self.state_callbacks = tuple(state_callbacks)
         self._saves = 0
         self._seconds_before = 0.0  # committed by earlier attempts
         self._seconds = 0.0
@@ -140,6 +144,10 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.model._initial_epoch = metadata["epoch"]  # pylint: disable=protected-access
         self._saves = int(metadata.get("save", 0))
         self._seconds_before = self._seconds = float(metadata.get("seconds", 0.0))
+        states = metadata.get("callbacks") or {}
+        for callback in self.state_callbacks:  # after their own on_train_begin
+            if callback.state_key in states:
+                callback.restore_state(states[callback.state_key])
         _log.info("Resuming from backup %s: epoch %d.", weights_path,
                   metadata["epoch"])
 
@@ -164,6 +172,9 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
         }
         if self.fingerprint is not None:
             metadata["fingerprint"] = self.fingerprint
+        if self.state_callbacks:
+            metadata["callbacks"] = {c.state_key: c.resume_state()
+                                     for c in self.state_callbacks}
         fileio.write_text(metadata_path, json.dumps(metadata))
         self._seconds = seconds
         if old and old != name:

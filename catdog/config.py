@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 
 from catdog.class_weighting import CLASS_WEIGHT_MODES, class_weights  # noqa: F401
 from catdog.class_weighting import parse_class_weight as _parse_class_weight
+from catdog.control_settings import LR_SCHEDULES, OPTIMIZERS, validate_controls
 from catdog.options import document_options, flag_error, option
 
 STAGES = ("baseline", "augmented", "feature_extraction", "fine_tuning")
@@ -256,8 +257,8 @@ class TrainConfig:
         10, "Epochs to train (default: the stage preset: baseline 30, "
         "augmented 50, feature_extraction 20, fine_tuning 20).", flag_default=None)
     learning_rate: float = option(
-        1e-3, "Adam learning rate (default: the stage preset: 1e-3, 1e-3, "
-        "5e-3, 1e-4).", flag_default=None)
+        1e-3, "Base learning rate of the optimizer (default: the stage preset: "
+        "1e-3, 1e-3, 5e-3, 1e-4).", flag_default=None)
     mixed_precision: str = option(
         "auto", "Dtype policy: 'auto' is mixed_float16 on GPUs, mixed_bfloat16 "
         "on TPUs, float32 on CPUs.", choices=PRECISIONS)
@@ -302,6 +303,49 @@ class TrainConfig:
         0.0, "Training labels y become y * (1 - s) + s / classes (two classes: "
         "s / 2), as Keras' label_smoothing; validation labels and val_loss stay "
         "plain. 0: off.")
+    # Training controls (catdog.controls); the defaults train as the presets
+    # always did: constant Adam rate, best model by val_accuracy, every epoch.
+    lr_schedule: str = option(
+        "constant", "Learning-rate schedule: 'constant'; 'cosine' (decays to 0 at "
+        "the last step of --epochs); 'step' (times --lr_decay_factor every "
+        "--lr_step_epochs epochs); 'plateau' (times --lr_decay_factor when "
+        "--monitor has not improved for --lr_plateau_patience epochs). "
+        "history.csv's learning_rate column holds each epoch's last rate.",
+        choices=LR_SCHEDULES)
+    warmup_epochs: float = option(
+        0.0, "Epochs of linear learning-rate warm-up from 0, counted in steps "
+        "(e.g. 0.5); 0: none. Not with --lr_schedule=plateau.")
+    lr_step_epochs: int = option(
+        10, "--lr_schedule=step: epochs between two decays.")
+    lr_decay_factor: float = option(
+        0.1, "--lr_schedule=step and plateau: the rate's multiplier at each decay.")
+    lr_plateau_patience: int = option(
+        2, "--lr_schedule=plateau: epochs without improvement of --monitor "
+        "before the rate is lowered.")
+    monitor: str = option(
+        "val_accuracy", "Validation metric that picks the best model (model.keras), "
+        "early stopping and the plateau: val_loss (lower is better) or any other "
+        "val_ metric the run logs (val_auc, ...: higher is better).")
+    early_stopping_patience: int = option(
+        0, "Stop training when --monitor has not improved for this many epochs "
+        "(model.keras keeps the best epoch; metrics.json says why training "
+        "stopped); 0: off.")
+    optimizer: str = option(
+        "adam", "Optimizer: 'adam', 'adamw' (decoupled weight decay) or 'sgd' "
+        "(with --momentum).", choices=OPTIMIZERS)
+    weight_decay: Optional[float] = option(
+        None, "Decoupled weight decay of the optimizer (unset: AdamW's 0.004 "
+        "with --optimizer=adamw, none with adam and sgd).", kind="float",
+        flag_default=None)
+    momentum: float = option(
+        0.9, "--optimizer=sgd: momentum (0: plain SGD).")
+    top_k: Optional[int] = option(
+        None, "Also report top-k accuracy (top_k_accuracy) with more than two "
+        "classes (unset: 5 with more than 5 classes, else off; 0: off).",
+        kind="integer", flag_default=None)
+    steps_per_execution: int = option(
+        1, "Training steps per call of the compiled function (compile's); more "
+        "cuts the per-step overhead on GPUs and TPUs; 1 suits CPUs.")
 
 
 @dataclasses.dataclass
@@ -403,6 +447,7 @@ def validate(config: Config) -> None:
             or t.worker_timeout_seconds <= 0):
         _fail("worker_timeout_seconds", t.worker_timeout_seconds,
               "must be a positive number of seconds")
+    validate_controls(t)
     parsed = _parse_class_weight(t.class_weight)
     if isinstance(parsed, dict) and d.class_names:
         class_weights(t.class_weight, d.class_names, None)
@@ -531,13 +576,18 @@ def split_fields(data: DataConfig) -> tuple:
 #: split itself, so the data may move. Model settings count only for the
 #: stages that use them (run_pipeline shares one config across stages), the
 #: augmentation strengths only with augmentation on. Not listed, so free to
-#: change on a resume: epochs (a larger value trains the remaining epochs),
-#: where data and results live (train_dir, val_dir, the TFRecord globs, the CSV files,
-#: tfds_data_dir, cache, model_dir), deterministic, verbose, strategy, tpu
-#: and jit_compile. The dtype policy is checked as resolved, not as asked.
+#: change on a resume: epochs (a larger value trains the remaining epochs;
+#: except with --lr_schedule=cosine, which decays over them), where data and
+#: results live (train_dir, val_dir, the TFRecord globs, the CSV files,
+#: tfds_data_dir, cache, model_dir), deterministic, verbose, strategy, tpu,
+#: jit_compile, early_stopping_patience (when to stop, not what a step
+#: learns), top_k (a metric) and steps_per_execution. The parameters of a
+#: schedule count with that schedule, momentum with sgd. The dtype policy is
+#: checked as resolved, not as asked.
 RESUME_SETTINGS = {
     "data": ("image_size", "batch_size", "seed", "shuffle_buffer", "dct_scaling"),
-    "train": ("learning_rate", "class_weight", "mixup", "cutmix", "label_smoothing"),
+    "train": ("learning_rate", "class_weight", "mixup", "cutmix", "label_smoothing",
+              "lr_schedule", "warmup_epochs", "monitor", "optimizer", "weight_decay"),
     "model": {
         "baseline": ("stage", "dropout", "augment"),
         "augmented": ("stage", "dropout", "augment"),
@@ -572,6 +622,13 @@ def resume_settings(config: Config) -> dict:
         model += tuple(name for name in AUGMENTATION_SETTINGS[3:10]
                        if getattr(config.model, name) != getattr(defaults, name))
     out.update((name, record["model"][name]) for name in model)
+    t = config.train
+    # The settings of the schedule and optimizer chosen; cosine decays over
+    # --epochs, so there a resume must keep it.
+    more = {"step": ("lr_step_epochs", "lr_decay_factor"), "cosine": ("epochs",),
+            "plateau": ("lr_plateau_patience", "lr_decay_factor")}.get(t.lr_schedule, ())
+    more += ("momentum",) if t.optimizer == "sgd" else ()
+    out.update((name, record["train"][name]) for name in more)
     if config.stage == "feature_extraction":
         # Only stage 3 trains differently with fast features (the others ignore it).
         out["fast_features"] = bool(config.train.fast_features)

@@ -56,6 +56,7 @@ from catdog import data as data_lib
 from catdog import fileio
 from catdog import figures
 from catdog import model_io
+from catdog import models
 from catdog import scan
 from catdog.sources import csv_labels
 
@@ -140,7 +141,7 @@ def predicted_labels(probabilities, threshold: float = 0.5) -> np.ndarray:
 
 
 def compute_metrics(labels, probabilities, class_names: Sequence[str],
-                    threshold: float = 0.5) -> dict:
+                    threshold: float = 0.5, top_k: int = 0) -> dict:
     """All metrics of ``(N, C)`` probabilities against integer labels.
 
     Args:
@@ -149,6 +150,8 @@ def compute_metrics(labels, probabilities, class_names: Sequence[str],
         as ``[1 - p, p]``, see :func:`catdog.model_io.probabilities_fn`).
       class_names: the C class names in label order.
       threshold: binary decision threshold on ``P(class_names[1])``.
+      top_k: with more than two classes, also ``top_k_accuracy`` (the true
+        class among the k most probable) and ``top_k``; 0: off.
 
     Returns:
       A dict with ``accuracy``; ``per_class`` (``{name: {precision, recall,
@@ -199,6 +202,10 @@ def compute_metrics(labels, probabilities, class_names: Sequence[str],
         out.update(positive_class=class_names[1], precision=positive["precision"],
                    recall=positive["recall"], f1=positive["f1"],
                    roc_auc=positive["roc_auc"])
+    if top_k and num_classes > 2:
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+        out.update(top_k=int(top_k), top_k_accuracy=_ratio(
+            int((top == labels[:, None]).any(axis=1).sum()), labels.size))
     return out
 
 
@@ -309,6 +316,8 @@ def format_report(result: dict) -> str:
                     ("macro recall", _fmt(m["macro_recall"])),
                     ("macro F1", _fmt(m["macro_f1"])),
                     ("macro ROC AUC (one-vs-rest)", _fmt(m["macro_roc_auc"]))]
+        if m.get("top_k"):
+            summary.append((f"top-{m['top_k']} accuracy", _fmt(m["top_k_accuracy"])))
     lines += _table(("metric", "value"), summary) + [""]
     lines += _table(("class", "precision", "recall", "F1", "ROC AUC", "support"),
                     [(n, _fmt(v["precision"]), _fmt(v["recall"]), _fmt(v["f1"]),
@@ -427,7 +436,8 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
              filename_column: str = "", label_column: str = "",
              tfds_name: Optional[str] = None, tfds_split: Optional[str] = None,
              tfds_data_dir: Optional[str] = None, threshold: float = 0.5,
-             batch_size: int = 32, out_dir: Optional[str] = None) -> dict:
+             batch_size: int = 32, out_dir: Optional[str] = None,
+             top_k: Optional[int] = None) -> dict:
     """Evaluates a training run's model on a test folder or a TFDS split.
 
     Args:
@@ -448,6 +458,8 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
         probability is above this (0 < threshold < 1).
       batch_size: images per model call.
       out_dir: where the results go; default ``<model_dir>/evaluation``.
+      top_k: k of the top-k accuracy (more than two classes; 0: off); None:
+        the run's ``--top_k`` (unset there: 5 with more than 5 classes).
 
     Returns:
       The content of ``evaluation.json``: ``metrics`` (see
@@ -484,6 +496,8 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
     num_classes = len(class_names)
     _check_threshold(threshold, num_classes)
     threshold = float(threshold)
+    top_k = models.resolve_top_k(
+        (config.get("train") or {}).get("top_k") if top_k is None else top_k, num_classes)
     out_dir = os.fspath(out_dir) if out_dir else os.path.join(model_dir, EVALUATION_DIR)
     probabilities = tf.function(
         model_io.probabilities_fn(model, num_classes),
@@ -528,7 +542,7 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
         probs = np.concatenate(chunks)
         test_data = ref
 
-    metrics = compute_metrics(labels, probs, class_names, threshold)
+    metrics = compute_metrics(labels, probs, class_names, threshold, top_k)
     rows = prediction_rows(paths, labels, probs, class_names, threshold)
     os.makedirs(out_dir, exist_ok=True)
     files = {name: os.path.join(out_dir, name) for name in (

@@ -150,7 +150,8 @@ for _name in _HOOKS:
 
 def fit_head_on_features(model: keras.Model, train_images: tf.data.Dataset,
                          val_ds: tf.data.Dataset, config, num_classes: int,
-                         callbacks=(), strategy=None, class_weight=None) -> dict:
+                         callbacks=(), strategy=None, class_weight=None,
+                         make_optimizer=None, top_k: int = 0, epochs=None) -> dict:
     """Trains the head of a stage-3 ``model`` on features computed once.
 
     Args:
@@ -165,6 +166,10 @@ def fit_head_on_features(model: keras.Model, train_images: tf.data.Dataset,
         full model, the others see the head model.
       strategy: the run's ``tf.distribute`` strategy (head compiled in its scope).
       class_weight: ``{label: weight}`` for the training loss, or ``None``.
+      make_optimizer: returns the run's optimizer (default: Adam at the
+        config's rate); the head trains with it, as the slow path would.
+      top_k: k of the ``top_k_accuracy`` metric; 0: off.
+      epochs: epochs to fit to (default: the config's).
 
     Returns:
       Timings and sizes, also written to ``model_dir/fast_features.json``
@@ -204,7 +209,9 @@ def fit_head_on_features(model: keras.Model, train_images: tf.data.Dataset,
         # The last validation batch may leave a replica with zero features.
         head_model = fit_wrappers.empty_batch_safe(head_model)
     with scope:
-        models.compile_model(head_model, num_classes, t.learning_rate, jit_compile=jit)
+        models.compile_model(head_model, num_classes, t.learning_rate, jit_compile=jit,
+                             optimizer=make_optimizer() if make_optimizer else None,
+                             top_k=top_k, steps_per_execution=t.steps_per_execution)
 
     epoch_seconds = []
 
@@ -217,7 +224,8 @@ def fit_head_on_features(model: keras.Model, train_images: tf.data.Dataset,
 
     wrapped = [_OnFullModel(cb, model) if isinstance(cb, keras.callbacks.ModelCheckpoint)
                else cb for cb in callbacks]
-    head_model.fit(train_ds, validation_data=head_val, epochs=t.epochs,
+    head_model.fit(train_ds, validation_data=head_val,
+                   epochs=t.epochs if epochs is None else epochs,
                    callbacks=[_EpochTimer()] + wrapped, verbose=t.verbose,
                    class_weight=class_weight, shuffle=False)
     report = {"feature_seconds": round(feature_seconds, 3),

@@ -71,13 +71,14 @@ def learning_curves(rows: list, path: str, title: str = "") -> str:
     return path
 
 
-def comparison(histories: dict, path: str, title: str = "") -> str:
+def comparison(histories: dict, path: str, title: str = "", best: str = "") -> str:
     """Overlays train (dashed) and validation (solid) curves of several stages.
 
     Args:
       histories: ``{stage name: history rows}`` in display order.
       path: PNG file to write.
       title: figure title.
+      best: the stage to mark (thicker validation curve, "(best)" in the legend).
 
     Returns:
       ``path``.
@@ -94,13 +95,33 @@ def comparison(histories: dict, path: str, title: str = "") -> str:
                 ax.plot(epochs, [r[metric] for r in rows], "--", color=color,
                         alpha=0.6, label=f"{stage} train")
             if "val_" + metric in rows[0]:
+                mark = " (best)" if stage == best else ""
                 ax.plot(epochs, [r["val_" + metric] for r in rows], "-o",
-                        markersize=3, color=color, label=f"{stage} validation")
+                        markersize=3, color=color, label=f"{stage} validation{mark}",
+                        linewidth=3.0 if mark else 1.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title or "catdog stages: train (dashed) vs validation (solid)")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
+def lr_range_test(rates: Sequence[float], losses: Sequence[float], suggested: float,
+                  path: str, title: str = "") -> str:
+    """Plots a learning-rate range test: loss against rate (log scale), ``suggested`` marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(rates, losses, "-")
+    ax.axvline(suggested, color="tab:red", linestyle="--",
+               label=f"suggested {suggested:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.suptitle(title or "learning-rate range test")
     fig.tight_layout()
     save_figure(fig, path)
     return path

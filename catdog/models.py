@@ -245,24 +245,83 @@ def unfreeze_top(model: keras.Model, backbone_name: str,
     return count
 
 
-def compile_model(model: keras.Model, num_classes: int, learning_rate: float,
-                  jit_compile="auto", soft_labels: bool = False) -> keras.Model:
+def compile_model(model: keras.Model, num_classes: int, learning_rate,
+                  jit_compile="auto", soft_labels: bool = False, *, optimizer=None,
+                  top_k: int = 0, steps_per_execution: int = 1) -> keras.Model:
     """Compiles with the run's optimizer, loss and metrics.
 
     Under a ``mixed_float16`` policy, ``compile`` wraps the optimizer in a
-    ``LossScaleOptimizer`` by itself. ``soft_labels``: the training labels
-    are mixed (``--mixup`` / ``--cutmix``), see :func:`training_loss`.
+    ``LossScaleOptimizer`` by itself.
+
+    Args:
+      learning_rate: a rate or a ``LearningRateSchedule``, for the default
+        optimizer (Adam) when ``optimizer`` is not given.
+      soft_labels: the training labels are mixed (``--mixup`` /
+        ``--cutmix``), see :func:`training_loss`.
+      optimizer: the run's optimizer (:func:`training_optimizer`).
+      top_k: also ``top_k_accuracy`` at this k (:func:`top_k_metrics`); 0: off.
+      steps_per_execution: training steps per call of the compiled function.
     """
-    model.compile(optimizer=training_optimizer(learning_rate),
+    top = top_k_metrics(top_k)
+    if soft_labels:
+        top = [DominantLabel(m) for m in top]
+    model.compile(optimizer=optimizer or training_optimizer(learning_rate),
                   loss=training_loss(num_classes, soft_labels=soft_labels),
-                  metrics=training_metrics(num_classes, soft_labels=soft_labels),
-                  jit_compile=jit_compile)
+                  metrics=training_metrics(num_classes, soft_labels=soft_labels) + top,
+                  jit_compile=jit_compile, steps_per_execution=steps_per_execution)
     return model
 
 
-def training_optimizer(learning_rate: float) -> keras.optimizers.Optimizer:
-    """The optimizer of every stage: Adam at ``learning_rate``."""
-    return keras.optimizers.Adam(learning_rate)
+def training_optimizer(learning_rate, name: str = "adam", weight_decay=None,
+                       momentum: float = 0.9) -> keras.optimizers.Optimizer:
+    """The run's optimizer: Adam (the default of every stage), AdamW or SGD.
+
+    Args:
+      learning_rate: a rate or a ``LearningRateSchedule``.
+      name: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+      weight_decay: decoupled weight decay; ``None``: Keras' default
+        (AdamW 0.004; none for Adam and SGD).
+      momentum: SGD's momentum.
+    """
+    decay = {} if weight_decay is None else {"weight_decay": weight_decay}
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate, **decay)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=momentum, **decay)
+    if name != "adam":
+        raise ValueError(f"`--optimizer` must be one of ('adam', 'adamw', 'sgd'). "
+                         f"Received: optimizer={name!r}")
+    return keras.optimizers.Adam(learning_rate, **decay)
+
+
+def top_k_metrics(k: int) -> list:
+    """``[SparseTopKCategoricalAccuracy(k, name="top_k_accuracy")]``, or ``[]`` for k=0."""
+    if not k:
+        return []
+    return [keras.metrics.SparseTopKCategoricalAccuracy(k=k, name="top_k_accuracy")]
+
+
+def resolve_top_k(top_k, num_classes: int) -> int:
+    """The k of ``--top_k`` for ``num_classes`` (0: off).
+
+    Unset: 5 with more than 5 classes, else off. Raises ValueError naming
+    ``--top_k`` for two classes (one sigmoid output) or a k that is not
+    below the number of classes (it would always be 1.0).
+    """
+    if top_k is None:
+        return 5 if num_classes > 5 else 0
+    if top_k and (num_classes <= 2 or top_k >= num_classes):
+        raise ValueError(
+            f"`--top_k` must be 0 or between 1 and the number of classes - 1 "
+            f"({num_classes - 1}), with more than two classes; this run has "
+            f"{num_classes}. Received: top_k={top_k!r}")
+    return int(top_k)
+
+
+def validation_metric_names(num_classes: int, top_k: int = 0) -> list:
+    """The ``val_`` keys a compiled catdog model logs: what ``--monitor`` may name."""
+    names = ["loss"] + [m.name for m in training_metrics(num_classes) + top_k_metrics(top_k)]
+    return ["val_" + name for name in names]
 
 
 def training_loss(num_classes: int, soft_labels: bool = False) -> keras.losses.Loss:

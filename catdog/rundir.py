@@ -96,6 +96,27 @@ def summarize_history(rows: list) -> dict:
             "epochs_completed": len(rows)}
 
 
+def summarize_monitor(rows: list, monitor: str, mode: str = "max") -> dict:
+    """The best model's epoch by ``monitor``: what ``model.keras`` holds.
+
+    Returns ``monitor``, ``best_epoch`` (1-based; the first of equal values,
+    as the best-model checkpoint keeps it), ``best_monitor_value`` and
+    ``model_val_accuracy`` (that epoch's validation accuracy). With
+    ``val_accuracy`` its ``best_epoch`` is :func:`summarize_history`'s.
+    """
+    if not rows:
+        return {"monitor": monitor, "best_epoch": None, "best_monitor_value": None,
+                "model_val_accuracy": None}
+    values = np.array([r.get(monitor, float("nan")) for r in rows], dtype=float)
+    if np.isnan(values).all():
+        best = len(rows) - 1
+    else:
+        best = int(np.nanargmax(values) if mode == "max" else np.nanargmin(values))
+    return {"monitor": monitor, "best_epoch": int(rows[best]["epoch"]) + 1,
+            "best_monitor_value": float(values[best]),
+            "model_val_accuracy": float(rows[best].get("val_accuracy", float("nan")))}
+
+
 def versions() -> dict:
     """Versions of the libraries a result depends on."""
     # pylint: disable=import-outside-toplevel

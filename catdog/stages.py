@@ -3,7 +3,10 @@
 :func:`run_pipeline` trains ``baseline``, ``augmented``, ``feature_extraction``
 and ``fine_tuning`` into subfolders of one model dir (fine-tuning starts from
 the feature-extraction run) and writes ``comparison.md``, ``comparison.json``
-and ``comparison.png`` (learning curves of every stage overlaid).
+and ``comparison.png`` (learning curves of every stage overlaid). The stage
+whose saved model has the highest validation accuracy is marked in all three
+and named as the model to export, so a fine-tuning that made things worse
+never goes unnoticed.
 """
 
 from __future__ import annotations
@@ -108,16 +111,62 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
         histories[stage] = rundir.read_history(
             os.path.join(config.train.model_dir, rundir.HISTORY_FILE))
         rows.append(_summary(stage, config, result.metrics, note))
+    best = best_stage(rows)
+    for row in rows:
+        row["best"] = best is not None and row["stage"] == best["stage"]
+    export_note = _export_note(rows, best)
     comparison = {"model_dir": model_dir, "seconds": round(time.time() - start, 1),
-                  "stages": rows}
+                  "stages": rows, "best_stage": best["stage"] if best else None,
+                  "export_model": (os.path.join(best["model_dir"], rundir.MODEL_FILE)
+                                   if best else None)}
     fileio.write_json(os.path.join(model_dir, COMPARISON_JSON), comparison)
     table = format_table(rows)
     fileio.write_text(os.path.join(model_dir, COMPARISON_MD),
-                      "# catdog stage comparison\n\n" + table + "\n")
-    figures.comparison(histories, os.path.join(model_dir, COMPARISON_PNG))
-    print("\n" + table + f"\n\nResults: {model_dir}/{{{COMPARISON_MD},"
+                      "# catdog stage comparison\n\n" + table + "\n\n" + export_note + "\n")
+    figures.comparison(histories, os.path.join(model_dir, COMPARISON_PNG),
+                       best=best["stage"] if best else "")
+    if _last_is_worse(rows, best):
+        logging.warning("%s", export_note)
+    else:
+        logging.info("%s", export_note)
+    print("\n" + table + f"\n\n{export_note}\n\nResults: {model_dir}/{{{COMPARISON_MD},"
           f"{COMPARISON_JSON},{COMPARISON_PNG}}}", flush=True)
     return comparison
+
+
+def best_stage(rows: list):
+    """The summary row whose saved model has the highest validation accuracy.
+
+    That is ``model_val_accuracy`` (the validation accuracy of the epoch in
+    ``model.keras``, which ``--monitor`` picks); of equal ones the earlier,
+    simpler stage. None when no stage has a validation accuracy.
+    """
+    scored = [r for r in rows if r.get("model_val_accuracy") is not None
+              and r["model_val_accuracy"] == r["model_val_accuracy"]]  # not NaN
+    if not scored:
+        return None
+    return max(scored, key=lambda r: r["model_val_accuracy"])  # first of the maxima
+
+
+def _export_note(rows, best) -> str:
+    """The line naming the model to export, and why when it is not the last stage's."""
+    if best is None:
+        return "No stage has a validation accuracy; no model to recommend for export."
+    note = (f"Best stage by validation accuracy: {best['stage']} "
+            f"({best['model_val_accuracy']:.4f}); export "
+            f"{os.path.join(best['model_dir'], rundir.MODEL_FILE)}.")
+    if _last_is_worse(rows, best):
+        last = rows[-1]
+        note += (f" The last stage, {last['stage']}, reached only "
+                 f"{last['model_val_accuracy']:.4f}: its model is worse.")
+    return note
+
+
+def _last_is_worse(rows, best) -> bool:
+    last = rows[-1] if rows else None
+    return (best is not None and last is not best
+            and last.get("model_val_accuracy") is not None
+            and last["model_val_accuracy"] < best["model_val_accuracy"])
 
 
 def _summary(stage, config, metrics, note):
@@ -131,6 +180,9 @@ def _summary(stage, config, metrics, note):
         weights = f"{config.model.backbone}, {_weights_label(config.model.weights)}"
     return {"stage": stage,
             "best_val_accuracy": metrics["best_val_accuracy"],
+            # The validation accuracy of the epoch in model.keras (by --monitor).
+            "model_val_accuracy": metrics.get("model_val_accuracy",
+                                              metrics["best_val_accuracy"]),
             "best_epoch": metrics["best_epoch"],
             "final_val_accuracy": metrics["final_val_accuracy"],
             "epochs_completed": metrics["epochs_completed"],
@@ -152,14 +204,15 @@ def _weights_label(weights):
 
 
 def format_table(rows: list) -> str:
-    """A Markdown table of the stage summaries."""
+    """A Markdown table of the stage summaries; the last column marks the best stage."""
     header = ("| stage | best val acc | best epoch | final val acc | epochs | "
-              "trainable params | seconds | weights |")
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---|"]
+              "trainable params | seconds | weights | export |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---|---|"]
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
     for r in rows:
         lines.append(
             f"| {r['stage']} | {fmt(r['best_val_accuracy'])} | {r['best_epoch']} | "
             f"{fmt(r['final_val_accuracy'])} | {r['epochs_completed']} | "
-            f"{r['trainable_params']:,} | {r['seconds']:.0f} | {r['weights']} |")
+            f"{r['trainable_params']:,} | {r['seconds']:.0f} | {r['weights']} | "
+            f"{'**best**' if r.get('best') else ''} |")
     return "\n".join(lines)

@@ -6,8 +6,8 @@
 - ``config.json``: every setting, class names and library versions;
 - ``split.json``: the exact training and validation inputs (see
   :func:`catdog.data.split_record`);
-- ``history.csv``: one row per epoch with every metric;
-- ``model.keras``: the best epoch by validation accuracy;
+- ``history.csv``: one row per epoch with every metric and the learning rate;
+- ``model.keras``: the best epoch by ``--monitor`` (validation accuracy by default);
 - ``logs/``: TensorBoard logs;
 - ``learning_curves.png``: train/validation accuracy and loss;
 - ``metrics.json``: the summary a scheduler or a comparison reads;
@@ -33,6 +33,7 @@ from catdog import augment
 from catdog import batching
 from catdog import callbacks as callbacks_lib
 from catdog import config as config_lib
+from catdog import controls
 from catdog import data as data_lib
 from catdog import distribute
 from catdog import figures
@@ -231,6 +232,10 @@ def run(config: config_lib.Config, progress: bool = True,
         raise ValueError(
             f"Classes {index.class_names} differ from those of --init_from "
             f"{config.model.init_from!r}: {init.get('class_names')}.")
+    top_k = models.resolve_top_k(config.train.top_k, index.num_classes)
+    # Before anything is built: an unknown metric would fail after an epoch.
+    controls.check_monitor(config.train.monitor,
+                           models.validation_metric_names(index.num_classes, top_k))
     class_weight = resolve_class_weight(config, index)
     if class_weight:
         logging.info("Class weights in training: %s", class_weight)
@@ -244,18 +249,58 @@ def run(config: config_lib.Config, progress: bool = True,
         try:
             result = _fit_and_write(config, index, train_ds, val_ds, strategy, policy,
                                     out, start, weights_note, extra_files or {},
-                                    watchdog, class_weight)
+                                    watchdog, class_weight, top_k)
         finally:
             distribute.cleanup_artifact_dir(out, model_dir)
     if chief:
-        logging.info("%s done: best val_accuracy %.4f at epoch %s; results in %s",
-                     config.stage, result.metrics["best_val_accuracy"] or float("nan"),
-                     result.metrics["best_epoch"], model_dir)
+        m = result.metrics
+        logging.info("%s done (%s): best %s %.4f at epoch %s (val_accuracy %.4f); "
+                     "results in %s", config.stage, m["stopped"], m["monitor"],
+                     m["best_monitor_value"] if m["best_monitor_value"] is not None
+                     else float("nan"), m["best_epoch"],
+                     m["model_val_accuracy"] if m["model_val_accuracy"] is not None
+                     else float("nan"), model_dir)
     return result
 
 
+def _steps_per_epoch(config, index, train_ds) -> int:
+    """Optimizer steps per epoch: the training dataset's batches (last partial dropped)."""
+    if isinstance(train_ds, tf.data.Dataset):
+        steps = int(train_ds.cardinality())
+        if steps > 0:
+            return steps
+    # A multi-worker job's distributed dataset: every worker runs as many
+    # steps as the global batch allows.
+    return max(1, len(index.train) // config.data.batch_size)
+
+
+def _make_optimizer(config, steps_per_epoch):
+    """``(optimizer factory, schedule or None)`` of the run's training controls."""
+    t = config.train
+    rate = controls.learning_rate(t, steps_per_epoch)
+    schedule = None if isinstance(rate, float) else rate
+    return (lambda: models.training_optimizer(rate, t.optimizer, t.weight_decay,
+                                              t.momentum)), schedule
+
+
+def _control_callbacks(config):
+    """``(plateau or None, early stopping or None)`` of ``--lr_schedule`` and
+    ``--early_stopping_patience``, on ``--monitor``."""
+    t = config.train
+    plateau = early = None
+    if t.lr_schedule == "plateau":
+        plateau = controls.ResumableReduceLROnPlateau(
+            monitor=t.monitor, mode=controls.monitor_mode(t.monitor),
+            factor=t.lr_decay_factor, patience=t.lr_plateau_patience,
+            verbose=int(t.verbose > 0))
+    if t.early_stopping_patience:
+        early = controls.ResumableEarlyStopping(t.monitor, t.early_stopping_patience)
+    return plateau, early
+
+
 def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
-                   start, weights_note, extra_files, watchdog, class_weight) -> RunResult:
+                   start, weights_note, extra_files, watchdog, class_weight,
+                   top_k=0) -> RunResult:
     """Builds, compiles and fits under the strategy; writes artifacts into ``out``.
 
     ``out`` is ``model_dir`` on the chief and a private scratch folder on
@@ -283,9 +328,13 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
             # A last validation batch smaller than the replicas leaves some
             # replica with zero images; they must not reach the network.
             train_model = fit_wrappers.empty_batch_safe(train_model)
+        steps_per_epoch = _steps_per_epoch(config, index, train_ds)
+        make_optimizer, schedule = _make_optimizer(config, steps_per_epoch)
         models.compile_model(train_model, index.num_classes,
                              config.train.learning_rate, jit_compile=jit,
-                             soft_labels=soft_labels(config))
+                             soft_labels=soft_labels(config),
+                             optimizer=make_optimizer(), top_k=top_k,
+                             steps_per_execution=config.train.steps_per_execution)
     logging.info("%s", xla_note)
     # After the model is built (a missing-weights error comes first), before
     # anything is written or trained.
@@ -299,22 +348,35 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
     fileio.write_json(os.path.join(out, rundir.SPLIT_FILE), split)
     for name, text in extra_files.items():
         fileio.write_text(os.path.join(out, name), text)
+    monitor = config.train.monitor
+    plateau, early = _control_callbacks(config)
+    stateful = [c for c in (plateau, early) if c is not None]
     backup = callbacks_lib.ResumableBackupAndRestore(
         os.path.join(model_dir, rundir.BACKUP_DIR), write_dir=os.path.join(out, rundir.BACKUP_DIR),
-        fingerprint=fingerprint, start_time=start)
+        fingerprint=fingerprint, start_time=start, state_callbacks=stateful)
     callbacks = [
         # First, so it stops before any other callback sees a partial epoch.
         callbacks_lib.PreemptionCallback(strategy),
         # Stops watching the other workers when fit ends (the last collective).
         watchdog,
+        # Before the plateau lowers the rate and before the CSV and TensorBoard.
+        controls.LearningRateLogger(schedule),
         callbacks_lib.BestModelCheckpoint(os.path.join(out, rundir.MODEL_FILE),
-                                       monitor="val_accuracy", mode="max",
+                                       monitor=monitor, mode=controls.monitor_mode(monitor),
                                        model_to_save=model, start_over=not resuming),
+        *stateful,
         callbacks_lib.ResumableCSVLogger(os.path.join(out, rundir.HISTORY_FILE)),
-        keras.callbacks.TensorBoard(os.path.join(out, rundir.LOGS_DIR)),
+        controls.TensorBoard(os.path.join(out, rundir.LOGS_DIR)),
         # Last: writing the backup is the commit point of an epoch.
         backup,
     ]
+    # A run that stopped early stays stopped when run again: fit to the
+    # committed epoch trains nothing (as for a finished run).
+    epochs = config.train.epochs
+    committed = callbacks_lib.read_backup_metadata(os.path.join(model_dir, rundir.BACKUP_DIR))
+    if early is not None and committed and (committed.get("callbacks") or {}).get(
+            early.state_key, {}).get("stopped_epoch"):
+        epochs = min(epochs, int(committed["epoch"]))
     by_label = (dict(enumerate(class_weight.values())) if class_weight else None)
     if config.train.fast_features and config.stage == "feature_extraction":
         # catdog.fast_features: the frozen backbone runs once over the images
@@ -325,11 +387,12 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         fast_features.fit_head_on_features(
             model, data_lib.build_split(config.data, index, "train", training=False),
             val_ds, config, index.num_classes, callbacks, strategy,
-            class_weight=by_label)
+            class_weight=by_label, make_optimizer=make_optimizer, top_k=top_k,
+            epochs=epochs)
     else:
         # Keras maps a plain dataset's labels to weights (training data only);
         # a multi-worker job's inputs carry them already (_fit_inputs).
-        train_model.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs,
+        train_model.fit(train_ds, validation_data=val_ds, epochs=epochs,
                         callbacks=callbacks, verbose=config.train.verbose,
                         class_weight=None if distribute.is_multi_worker(strategy)
                         else by_label,
@@ -339,7 +402,11 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
     metrics = {
         "stage": config.stage,
         **rundir.summarize_history(rows),
+        # best_epoch: the epoch of model.keras, by --monitor.
+        **rundir.summarize_monitor(rows, monitor, controls.monitor_mode(monitor)),
         "epochs_requested": config.train.epochs,
+        "stopped": (early.reason() if early is not None and early.stopped
+                    else "completed all epochs"),
         "train_examples": len(index.train),
         "val_examples": len(index.val),
         "class_names": index.class_names,

@@ -57,6 +57,9 @@ _THRESHOLD = flags.DEFINE_float(
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Images per model call.")
 _OUT_DIR = flags.DEFINE_string(
     "out_dir", None, "Folder for the results (default: <model_dir>/evaluation).")
+_TOP_K = flags.DEFINE_integer(
+    "top_k", None, "More than two classes: also report top-k accuracy at this k "
+    "(0: off; default: the run's --top_k, unset there: 5 with more than 5 classes).")
 
 
 def _evaluate():
@@ -71,7 +74,7 @@ def _evaluate():
         label_column=_LABEL_COLUMN.value, tfds_name=_TFDS_NAME.value,
         tfds_split=_TFDS_SPLIT.value, tfds_data_dir=_TFDS_DATA_DIR.value,
         threshold=_THRESHOLD.value, batch_size=_BATCH_SIZE.value,
-        out_dir=_OUT_DIR.value)
+        out_dir=_OUT_DIR.value, top_k=_TOP_K.value)
     print(evaluate.format_report(result))
     print(f"Results written to {result['out_dir']}")
 

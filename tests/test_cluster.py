@@ -237,6 +237,37 @@ def test_killed_run_resumes_with_each_epoch_once(tiny_folders, tmp_path, sig, co
     _assert_complete(model_dir, done + 2)
 
 
+@pytest.mark.slow  # a killed script run and its rerun (~40 s)
+def test_killed_cosine_run_resumes_the_schedule_at_the_same_step(tiny_folders, tmp_path):
+    """SIGKILL mid-run, same command again: the learning_rate column is the
+    one an uninterrupted run has (the schedule follows the restored step)."""
+    import math  # pylint: disable=import-outside-toplevel
+    train_dir, val_dir = tiny_folders
+    model_dir = tmp_path / "m"
+    epochs, steps = 12, 8  # 32 training images in batches of 4
+    flags_ = _flags(train_dir, val_dir, model_dir, epochs=epochs, batch=4) + [
+        "--lr_schedule=cosine", "--warmup_epochs=1"]
+    proc = _start(flags_)
+    assert _wait_for_epochs(proc, model_dir, 2), proc.communicate()[1][-3000:]
+    proc.kill()
+    proc.communicate(timeout=120)
+    assert 2 <= len(_history(model_dir)) < epochs
+    again = subprocess.run([sys.executable, SCRIPT, *flags_], env=_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _assert_complete(model_dir, epochs)
+    total, warmup = epochs * steps, steps
+
+    def rate(step):
+        if step < warmup:
+            return 1e-3 * step / warmup
+        return 1e-3 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+    rates = [float(r["learning_rate"]) for r in _history(model_dir)]
+    assert rates == pytest.approx([rate((e + 1) * steps - 1) for e in range(epochs)],
+                                  rel=1e-5)
+
+
 def test_second_live_run_is_refused(tiny_folders, tmp_path):
     train_dir, val_dir = tiny_folders
     model_dir = tmp_path / "m"

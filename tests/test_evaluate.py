@@ -9,6 +9,7 @@ and so every metric and the CSV order, is computed here by hand.
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -156,6 +157,36 @@ def test_multiclass_metrics_hand_computed():
     # "b": positive 0.3 vs negatives 0.1, 0.1, 0.4 -> 2/3.
     assert pc["b"]["roc_auc"] == pytest.approx(2 / 3)
     assert "precision" not in m and "roc_auc" not in m  # binary-only keys
+
+
+def test_top_k_accuracy_hand_computed():
+    probs = np.array([[0.8, 0.1, 0.05, 0.05],   # true 0: top-1
+                      [0.5, 0.3, 0.1, 0.1],     # true 1: second
+                      [0.5, 0.3, 0.15, 0.05],   # true 2: third
+                      [0.1, 0.2, 0.3, 0.4]])    # true 0: last
+    m = ev.compute_metrics([0, 1, 2, 0], probs, ["a", "b", "c", "d"], top_k=2)
+    assert (m["top_k"], m["top_k_accuracy"], m["accuracy"]) == (2, 0.5, 0.25)
+    report = ev.format_report(
+        {"metrics": m, "class_names": ["a", "b", "c", "d"], "model_dir": "m",
+         "test_data": "t", "num_examples": 4, "skipped_files": [], "threshold": None})
+    assert re.search(r"\| top-2 accuracy +\| 0\.5000 +\|", report)
+    assert "top_k" not in ev.compute_metrics([0, 1, 2, 0], probs, ["a", "b", "c", "d"])
+
+
+def test_evaluate_reports_top_k_with_more_classes(tmp_path):
+    model_dir = _model_dir(tmp_path / "m3", ["red", "green", "blue"])
+    test_dir = tmp_path / "t3"
+    _solid(test_dir / "red" / "r1.png", 200, 20, 20)
+    _solid(test_dir / "green" / "g1.png", 20, 200, 20)
+    _solid(test_dir / "blue" / "b2_looks_red.png", 150, 20, 100)  # blue second
+    m = ev.evaluate(model_dir, str(test_dir), out_dir=str(tmp_path / "o"), top_k=2)["metrics"]
+    assert m["top_k"] == 2 and m["accuracy"] == pytest.approx(2 / 3)
+    assert m["top_k_accuracy"] == 1.0
+    # Unset: the run's --top_k, else 5 with more than 5 classes (here 3: off).
+    assert "top_k" not in ev.evaluate(model_dir, str(test_dir),
+                                      out_dir=str(tmp_path / "o2"))["metrics"]
+    with pytest.raises(ValueError, match="--top_k"):
+        ev.evaluate(model_dir, str(test_dir), out_dir=str(tmp_path / "o3"), top_k=3)
 
 
 def test_metric_input_errors():

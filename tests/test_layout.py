@@ -19,19 +19,20 @@ MAX_LINES = 600
 # module is placed here on purpose (the test fails for an unplaced one).
 LAYERS = [
     ["catdog.options", "catdog.errors", "catdog.fileio", "catdog.decode", "catdog.demo"],
-    ["catdog.class_weighting"],
+    ["catdog.class_weighting", "catdog.control_settings"],
     ["catdog.config"],
     ["catdog.rundir", "catdog.scan"],               # run-dir names; file checks
     ["catdog.batching", "catdog.image_paths"],
     ["catdog.file_cache", "catdog.splits"],
     ["catdog.sources"],                             # folder, CSV, TFRecords, TFDS
     ["catdog.data"],                                # the public face of input
-    ["catdog.augment", "catdog.backbones", "catdog.precision", "catdog.distribute"],
+    ["catdog.augment", "catdog.backbones", "catdog.precision", "catdog.distribute",
+     "catdog.controls"],                           # schedules, early stopping
     ["catdog.models", "catdog.callbacks", "catdog.keras_patches", "catdog.watchdog"],
     ["catdog.fit_wrappers", "catdog.resume_check", "catdog.fine_tuning", "catdog.figures"],
     ["catdog.fast_features"],
     ["catdog.train"],                               # one stage
-    ["catdog.stages", "catdog.model_io"],           # the four-stage job; loading models
+    ["catdog.stages", "catdog.model_io", "catdog.lr_finder"],  # + the rate range test
     ["catdog.predict", "catdog.export", "catdog.evaluate"],
     ["catdog.cli"],
 ]

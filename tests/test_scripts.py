@@ -59,6 +59,10 @@ def test_all_four_stage_scripts(tiny_folders, tmp_path):
     (["--epochs=0"], "--epochs"),
     (["--validation_split=1.5", "--val_dir="], "--validation_split"),
     (["--class_names=cats,horses"], "horses"),
+    (["--early_stopping_patience=-1"], "--early_stopping_patience"),
+    # An unknown metric, after the data is indexed: the valid ones are listed.
+    (["--monitor=val_f1"], "val_loss, val_accuracy, val_precision, val_recall, val_auc"),
+    (["--top_k=1"], "--top_k"),  # two classes: one sigmoid output
 ])
 def test_usage_errors_exit_2_with_a_message(tiny_folders, tmp_path, args, needle):
     train_dir, val_dir = tiny_folders

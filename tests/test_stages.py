@@ -1,4 +1,6 @@
 import json
+import logging
+import os
 
 import pytest
 
@@ -66,3 +68,60 @@ def test_stage_config_takes_presets_and_chains_fine_tuning(tmp_path):
     assert ft.model.init_from == str(tmp_path / "feature_extraction")
     assert ft.train.epochs == 3 and ft.train.learning_rate == 1e-4
     assert base.model.stage == "baseline"  # the base is not modified
+
+
+def _fake_stage_runs(monkeypatch, accuracies):
+    """train.run replaced by one that records a history with the given val accuracy."""
+    from catdog import train  # pylint: disable=import-outside-toplevel
+
+    def fake_run(config, weights_note=""):
+        os.makedirs(config.train.model_dir, exist_ok=True)
+        acc = accuracies[config.stage]
+        with open(os.path.join(config.train.model_dir, "history.csv"), "w") as f:
+            f.write(f"epoch,accuracy,val_accuracy,loss,val_loss\n0,0.5,{acc},0.7,0.6\n")
+        metrics = {"best_val_accuracy": acc, "best_epoch": 1, "final_val_accuracy": acc,
+                   "epochs_completed": 1, "train_examples": 32, "val_examples": 12,
+                   "trainable_params": 10, "seconds": 1.0, "model_val_accuracy": acc}
+        return train.RunResult(metrics)
+
+    monkeypatch.setattr(train, "run", fake_run)
+
+
+def test_the_best_stage_is_marked_and_named_for_export(tmp_path, monkeypatch, caplog, capsys):
+    _fake_stage_runs(monkeypatch, {"baseline": 0.7, "augmented": 0.8,
+                                   "feature_extraction": 0.9, "fine_tuning": 0.85})
+    from catdog import figures  # pylint: disable=import-outside-toplevel
+    marked = []
+    original = figures.comparison
+    monkeypatch.setattr(figures, "comparison", lambda histories, path, title="", best="": (
+        marked.append(best), original(histories, path, title, best))[1])
+    with caplog.at_level(logging.INFO):
+        comp = stages.run_pipeline(_base("t", "v", tmp_path), str(tmp_path))
+    assert comp["best_stage"] == "feature_extraction"
+    assert marked == ["feature_extraction"]  # comparison.png marks it too
+    assert comp["export_model"] == str(tmp_path / "feature_extraction" / "model.keras")
+    assert [r["best"] for r in comp["stages"]] == [False, False, True, False]
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert saved["best_stage"] == "feature_extraction"
+    table = (tmp_path / "comparison.md").read_text()
+    assert "| feature_extraction |" in table
+    line = next(l for l in table.splitlines() if l.startswith("| feature_extraction |"))
+    assert line.endswith("| **best** |")
+    # Stage 4 made it worse: said in the log (a warning), the file and the output.
+    note = ("Best stage by validation accuracy: feature_extraction (0.9000); export "
+            f"{tmp_path / 'feature_extraction' / 'model.keras'}. The last stage, "
+            "fine_tuning, reached only 0.8500: its model is worse.")
+    assert note in table and note in capsys.readouterr().out
+    assert any(r.levelno == logging.WARNING and note in r.getMessage() for r in caplog.records)
+
+
+def test_a_tie_goes_to_the_earlier_stage_without_a_warning(tmp_path, monkeypatch, caplog):
+    _fake_stage_runs(monkeypatch, {"baseline": 0.7, "augmented": 0.7})
+    with caplog.at_level(logging.INFO):
+        comp = stages.run_pipeline(_base("t", "v", tmp_path), str(tmp_path),
+                                   stages=("baseline", "augmented"))
+    # A tie goes to the earlier, simpler stage, and the later one is not "worse".
+    assert comp["best_stage"] == "baseline"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "export " + str(tmp_path / "baseline" / "model.keras") in caplog.text
+    assert stages.best_stage([{"stage": "x", "model_val_accuracy": None}]) is None
