@@ -23,7 +23,8 @@ from typing import Any, Optional, Sequence
 
 from catdog.class_weighting import CLASS_WEIGHT_MODES, class_weights  # noqa: F401
 from catdog.class_weighting import parse_class_weight as _parse_class_weight
-from catdog.control_settings import LR_SCHEDULES, OPTIMIZERS, validate_controls
+from catdog.control_settings import (LR_SCHEDULES, OPTIMIZERS, control_resume_fields,
+                                     validate_controls)
 from catdog.options import document_options, flag_error, option
 
 STAGES = ("baseline", "augmented", "feature_extraction", "fine_tuning")
@@ -622,13 +623,7 @@ def resume_settings(config: Config) -> dict:
         model += tuple(name for name in AUGMENTATION_SETTINGS[3:10]
                        if getattr(config.model, name) != getattr(defaults, name))
     out.update((name, record["model"][name]) for name in model)
-    t = config.train
-    # The settings of the schedule and optimizer chosen; cosine decays over
-    # --epochs, so there a resume must keep it.
-    more = {"step": ("lr_step_epochs", "lr_decay_factor"), "cosine": ("epochs",),
-            "plateau": ("lr_plateau_patience", "lr_decay_factor")}.get(t.lr_schedule, ())
-    more += ("momentum",) if t.optimizer == "sgd" else ()
-    out.update((name, record["train"][name]) for name in more)
+    out.update((name, record["train"][name]) for name in control_resume_fields(config.train))
     if config.stage == "feature_extraction":
         # Only stage 3 trains differently with fast features (the others ignore it).
         out["fast_features"] = bool(config.train.fast_features)

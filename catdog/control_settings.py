@@ -64,3 +64,15 @@ def validate_controls(t) -> None:
     if not (_integer(t.steps_per_execution) and 1 <= t.steps_per_execution <= 100000):
         _fail("steps_per_execution", t.steps_per_execution,
               "must be an integer of at least 1")
+
+
+def control_resume_fields(t) -> tuple:
+    """The TrainConfig fields of the chosen schedule and optimizer that a resume must keep.
+
+    Beyond those always kept (``catdog.config.RESUME_SETTINGS``): the
+    parameters of the schedule in use (cosine decays over ``epochs``, so
+    there a resume must keep it) and SGD's momentum.
+    """
+    fields = {"step": ("lr_step_epochs", "lr_decay_factor"), "cosine": ("epochs",),
+              "plateau": ("lr_plateau_patience", "lr_decay_factor")}.get(t.lr_schedule, ())
+    return fields + (("momentum",) if t.optimizer == "sgd" else ())
