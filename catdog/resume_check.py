@@ -37,9 +37,15 @@ def resume_problem(model_dir: str, fingerprint: dict, split: dict) -> Optional[s
         return None
     changes, data_changed = [], False
     before, now = old.get("settings", {}), fingerprint["settings"]
-    for key in sorted(set(before) & set(now)):
-        if before[key] != now[key]:
-            changes.append(f"{key} {json.dumps(before[key])} -> {json.dumps(now[key])}")
+    defaults = _setting_defaults()
+    for key in sorted(set(before) | set(now)):
+        # A setting recorded on one side only (recorded when set, or newer
+        # than the backup) stands for its default on the other.
+        if key not in defaults and not (key in before and key in now):
+            continue
+        was, is_now = before.get(key, defaults.get(key)), now.get(key, defaults.get(key))
+        if was != is_now:
+            changes.append(f"{key} {json.dumps(was)} -> {json.dumps(is_now)}")
     if old.get("split_digest") != fingerprint["split_digest"]:
         previous = fileio.read_json(os.path.join(model_dir, rundir.SPLIT_FILE))
         if previous and data_lib.split_digest(previous) == old.get("split_digest"):
@@ -65,6 +71,15 @@ def resume_problem(model_dir: str, fingerprint: dict, split: dict) -> Optional[s
             f"or data, and resuming it would mix two trainings. Changed since: "
             f"{'; '.join(changes)}. Either pass a new --model_dir for this run, or "
             f"delete {backup_dir}/ to train from scratch in this model_dir; {going_on}")
+
+
+def _setting_defaults() -> dict:
+    """``{field: default}`` of every section's settings, as config.json records them."""
+    record = config_lib.Config().to_dict()
+    out = {}
+    for section in ("data", "model", "train"):
+        out.update(record[section])
+    return out
 
 
 def check_resume(config, split: dict, policy: str, strategy):

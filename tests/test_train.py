@@ -253,6 +253,23 @@ def test_rerun_with_other_settings_or_data_is_refused_before_training(tmp_path):
     assert _artifacts(run) == before
 
 
+def test_resume_refuses_a_setting_recorded_on_one_side_only(tmp_path):
+    """Augmentation strengths enter the fingerprint only when set, so a backup
+    trained with --shear and a rerun without it (or the other way round) hold
+    the key on one side only: that is a change all the same."""
+    root = make_class_folder(tmp_path / "photos", per_class=10)
+    c = _config("augmented", root, "", tmp_path / "run", shear=0.1)
+    c.data.validation_split, c.train.epochs = 0.25, 1
+    train.run(c)
+    again = copy.deepcopy(c)
+    again.model.shear, again.train.epochs = 0.0, 2
+    with pytest.raises(ValueError, match=r"shear 0\.1 -> 0\.0"):
+        train.run(again)
+    # Settings at their defaults on both sides still resume.
+    c.train.epochs = 2
+    assert train.run(c).metrics["epochs_completed"] == 2
+
+
 def test_resume_ignores_what_does_not_shape_training(tmp_path):
     """More epochs, a moved data folder, other output or speed settings, model
     flags the stage does not use (run_pipeline shares one config): the run
