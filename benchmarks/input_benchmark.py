@@ -104,7 +104,7 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
             data_dir = sample_folder(listing, max_images, workdir)
             listing = scan.list_image_files(data_dir)
         result = _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
-                      shards, workdir)
+                      shards, workdir, sampled=bool(max_images))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # only our own symlinks
     if run is not None:
@@ -119,7 +119,7 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
 
 
 def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
-         shards, workdir) -> dict:
+         shards, workdir, sampled=False) -> dict:
     result = {"data_dir": data_dir, "image_size": list(image_size),
               "batch_size": batch_size, "repeats": repeats, "machine": machine(),
               "loadavg_start": loadavg()}
@@ -134,7 +134,10 @@ def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
 
     # The one-off file check catdog does before training, timed on its own.
     start = time.perf_counter()
-    checks = scan.check_files(paths)
+    # The check results of a sample (temporary symlinks) go to a cache of
+    # its own, deleted with it, not into the user's check cache.
+    checks = scan.check_files(
+        paths, cache_dir=os.path.join(workdir, "check-cache") if sampled else None)
     result["catdog_scan_seconds"] = round(time.perf_counter() - start, 3)
     good = [(c.path, l) for c, l in zip(checks, labels) if c.ok]
     result["catdog_skipped_files"] = len(paths) - len(good)

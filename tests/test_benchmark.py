@@ -67,6 +67,10 @@ def test_benchmark_script_writes_consistent_json(tmp_path):
     assert "| catdog, cached epoch |" in proc.stdout
     assert "page cache warmed" in proc.stdout
     assert not any(p.startswith("catdog-bench-") for p in os.listdir(tmp_path))
+    # The sample is a temporary folder: its check results are not left in the
+    # user's check cache, where they would pile up run after run.
+    cache = os.environ["CATDOG_CACHE_DIR"]
+    assert not os.path.isdir(cache) or os.listdir(cache) == []
 
 
 def test_benchmark_rejects_a_missing_folder(tmp_path):
