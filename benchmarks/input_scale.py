@@ -26,6 +26,7 @@ from PIL import Image
 
 from catdog import scan
 from catdog import splits
+from benchmarks.input_loaders import loadavg, machine
 from benchmarks.input_memory import rss_bytes
 
 CLASS_NAMES = ("cats", "dogs")
@@ -140,8 +141,8 @@ def run_scale(counts, image_size: int = 32, log=print) -> dict:
       the seconds to write each count; ``phases`` one row per count and phase
       (``listing``, ``check_cold``, ``check_warm``, ``split``).
     """
-    result = {"counts": list(counts), "image_size": image_size, "generate": [],
-              "phases": []}
+    result = {"counts": list(counts), "image_size": image_size, "machine": machine(),
+              "loadavg_start": loadavg(), "generate": [], "phases": []}
     workdir = tempfile.mkdtemp(prefix="catdog-scale-")
     try:  # TensorFlow's start-up (first tf.data pipeline) is not timed
         write_jpegs(os.path.join(workdir, "data"), 8, image_size)
@@ -184,13 +185,16 @@ def run_scale(counts, image_size: int = 32, log=print) -> dict:
             result["phases"] += rows
         finally:
             shutil.rmtree(workdir, ignore_errors=True)  # only what we wrote
+    result["loadavg_end"] = loadavg()
     return result
 
 
 def format_scale_table(r: dict) -> str:
     """A Markdown table of a :func:`run_scale` result."""
     lines = [f"Generated {r['image_size']}x{r['image_size']} JPEGs, 2 classes; check "
-             "cache cold, then warm", "",
+             f"cache cold, then warm; {r['machine']['cores']} cores "
+             f"({r['machine']['cpu']}); load average {r['loadavg_start']} -> "
+             f"{r['loadavg_end']}", "",
              "| files | phase | seconds | files/s | peak extra RSS | per file |",
              "|---:|---|---:|---:|---:|---:|"]
     for row in r["phases"]:
