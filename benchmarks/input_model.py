@@ -125,6 +125,7 @@ def bottleneck(input_rate, model_rate, cached_rate=None) -> dict:
     verdict += ")"
     return {"bottleneck": "input" if input_limits else "model",
             "bottleneck_verdict": verdict,
-            "ratio_model_vs_input": round(model_rate / input_rate, 3),
-            "ratio_model_vs_cached_input": (round(model_rate / cached_rate, 3)
+            # Four significant digits: a slow model's ratio can be 0.0005.
+            "ratio_model_vs_input": float(f"{model_rate / input_rate:.4g}"),
+            "ratio_model_vs_cached_input": (float(f"{model_rate / cached_rate:.4g}")
                                             if cached_rate else None)}

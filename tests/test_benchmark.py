@@ -156,7 +156,7 @@ def test_benchmark_says_whether_the_input_or_the_run_s_model_is_the_bottleneck(t
     assert r["model_train_steps"] == 3 and r["model_device"] == "CPU"
     assert r["model_train_img_per_s"] > 0
     assert r["ratio_model_vs_input"] == pytest.approx(
-        r["model_train_img_per_s"] / r["catdog_first_epoch_img_per_s"], abs=1e-3)
+        r["model_train_img_per_s"] / r["catdog_first_epoch_img_per_s"], rel=1e-3)
     expected = "input" if r["ratio_model_vs_input"] > 1 else "model"
     assert r["bottleneck"] == expected
     assert r["bottleneck_verdict"].startswith(
@@ -201,6 +201,8 @@ def test_bottleneck_verdict_names_the_slower_side():
     assert slow_model["bottleneck_verdict"].startswith(
         "the model is the bottleneck: catdog feeds it 4.0x faster than it trains")
     assert slow_model["ratio_model_vs_input"] == 0.25
+    tiny = input_model.bottleneck(1000.0, 13.3, cached_rate=28000.0)
+    assert tiny["ratio_model_vs_cached_input"] == 0.000475  # not rounded to 0.0
 
 
 def test_scale_mode_times_each_phase_in_a_temporary_folder_it_deletes(tmp_path):
