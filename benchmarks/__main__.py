@@ -25,21 +25,55 @@ flags.DEFINE_integer("repeats", 3,
 flags.DEFINE_string("train_tfrecords", None,
                     "Also time catdog reading these TFRecord shards (a glob, as for "
                     "training; e.g. written from --data_dir by build_tfrecords.py).")
+flags.DEFINE_string("model_dir", None,
+                    "A finished training run (model.keras + config.json): also time "
+                    "its model's training step on batches of the same shape and say "
+                    "whether the input or the model is the bottleneck. Without "
+                    "--image_size / --batch_size the run's are used.")
+flags.DEFINE_integer("model_steps", 10,
+                     "Timed training steps of --model_dir's model (after 2 untimed).")
+flags.DEFINE_string("scale", None,
+                    "Scale mode instead of --data_dir: comma-separated file counts, "
+                    "e.g. 1000,10000,100000; at each, small generated JPEGs in a "
+                    "temporary folder (deleted afterwards) are listed, checked (cold "
+                    "check cache, then warm) and split, printing files/s and peak "
+                    "extra memory per phase.")
 FLAGS = flags.FLAGS
 
 
 def _run():
+    if FLAGS.scale is not None:
+        if FLAGS.data_dir or FLAGS.model_dir:
+            raise ValueError("`--scale` generates its own files: pass it without "
+                             "--data_dir and --model_dir. Received: "
+                             f"scale={FLAGS.scale!r}, data_dir={FLAGS.data_dir!r}, "
+                             f"model_dir={FLAGS.model_dir!r}")
+        from benchmarks import input_scale  # pylint: disable=import-outside-toplevel
+        counts = input_scale.parse_counts(FLAGS.scale)
+        result = input_scale.run_scale(counts, log=lambda line: print(line, flush=True))
+        print("\n" + input_scale.format_scale_table(result), flush=True)
+        _write_json(result)
+        return
     from benchmarks import input_benchmark as benchmark  # heavy import after flag parsing
     from catdog import config as config_lib
     if not FLAGS.data_dir:
-        raise ValueError("`--data_dir` is required. Received: data_dir=None")
-    size = config_lib.parse_image_size(FLAGS.image_size)
-    result = benchmark.run_benchmark(FLAGS.data_dir, size, FLAGS.batch_size,
+        raise ValueError("`--data_dir` (or `--scale`) is required. Received: data_dir=None")
+    # With --model_dir, flags left at their defaults take the run's values.
+    keep = lambda name: FLAGS[name].present or not FLAGS.model_dir
+    size = config_lib.parse_image_size(FLAGS.image_size) if keep("image_size") else None
+    result = benchmark.run_benchmark(FLAGS.data_dir, size,
+                                     FLAGS.batch_size if keep("batch_size") else None,
                                      augment=FLAGS.augment, max_images=FLAGS.max_images,
                                      repeats=FLAGS.repeats,
                                      train_tfrecords=FLAGS.train_tfrecords or "",
+                                     model_dir=FLAGS.model_dir or "",
+                                     model_steps=FLAGS.model_steps,
                                      log=lambda line: print(line, flush=True))
     print("\n" + benchmark.format_table(result), flush=True)
+    _write_json(result)
+
+
+def _write_json(result):
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)

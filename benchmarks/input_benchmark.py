@@ -31,6 +31,7 @@ from benchmarks.input_loaders import (
     cache_element_bytes, loadavg, machine, rate, ratio, sample_folder, symlink_folder,
     time_augmentation, time_catdog, time_catdog_tfrecords, time_decode_ceiling, time_idg,
     time_keras, time_memcpy, warm_page_cache)
+from benchmarks import input_model
 from benchmarks.input_memory import check_memory
 
 RESULT_KEYS = ("images", "idg_img_per_s", "keras_img_per_s", "keras_cached_img_per_s",
@@ -41,7 +42,8 @@ RESULT_KEYS = ("images", "idg_img_per_s", "keras_img_per_s", "keras_cached_img_p
 
 def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
                   augment: bool = False, max_images: int = 0, repeats: int = 3,
-                  log=print, train_tfrecords: str = "") -> dict:
+                  log=print, train_tfrecords: str = "", model_dir: str = "",
+                  model_steps: int = 10) -> dict:
     """Times every loader on ``data_dir`` and returns the figures.
 
     Loaders are timed round-robin ``repeats`` times and each figure is the
@@ -61,12 +63,25 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
       train_tfrecords: also time catdog reading these TFRecord shards (a
         glob, as for training), e.g. written from ``data_dir`` by
         ``build_tfrecords.py``; timed in every round like the other loaders.
+      model_dir: a finished training run: also time its model's training
+        step on batches of the same shape and say whether the input or the
+        model limits training. ``image_size`` / ``batch_size`` None take the
+        run's.
+      model_steps: timed training steps of the model (>= 1).
 
     Returns:
       A dict with at least :data:`RESULT_KEYS`; rates are images per second,
       ratios are computed from the rates in the same dict.
     """
-    image_size = tuple(int(s) for s in image_size)
+    run = None
+    if model_dir:  # a wrong model_dir fails here, before anything is timed
+        if model_steps < 1:
+            raise ValueError(f"`--model_steps` must be >= 1. Received: model_steps={model_steps}")
+        model, config = input_model.load_run(model_dir)
+        image_size, batch_size = input_model.run_shape(model, config, image_size, batch_size)
+        run = (model, config)
+    image_size = tuple(int(s) for s in image_size or (224, 224))
+    batch_size = 32 if batch_size is None else batch_size
     if not os.path.isdir(data_dir):
         raise ValueError(f"`--data_dir` must be a folder of class subfolders. "
                          f"Received: data_dir={data_dir!r}")
@@ -88,14 +103,23 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
         if max_images:
             data_dir = sample_folder(listing, max_images, workdir)
             listing = scan.list_image_files(data_dir)
-        return _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
-                    shards, workdir)
+        result = _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
+                      shards, workdir, sampled=bool(max_images))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # only our own symlinks
+    if run is not None:
+        result.update(model_dir=model_dir, model_stage=run[1].get("stage"),
+                      **input_model.time_train_step(*run, image_size, batch_size,
+                                                    steps=model_steps))
+        result.update(input_model.bottleneck(result["catdog_first_epoch_img_per_s"],
+                                             result["model_train_img_per_s"],
+                                             result["catdog_cached_epoch_img_per_s"]))
+        log(result["bottleneck_verdict"])
+    return result
 
 
 def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
-         shards, workdir) -> dict:
+         shards, workdir, sampled=False) -> dict:
     result = {"data_dir": data_dir, "image_size": list(image_size),
               "batch_size": batch_size, "repeats": repeats, "machine": machine(),
               "loadavg_start": loadavg()}
@@ -110,7 +134,10 @@ def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
 
     # The one-off file check catdog does before training, timed on its own.
     start = time.perf_counter()
-    checks = scan.check_files(paths)
+    # The check results of a sample (temporary symlinks) go to a cache of
+    # its own, deleted with it, not into the user's check cache.
+    checks = scan.check_files(
+        paths, cache_dir=os.path.join(workdir, "check-cache") if sampled else None)
     result["catdog_scan_seconds"] = round(time.perf_counter() - start, 3)
     good = [(c.path, l) for c, l in zip(checks, labels) if c.ok]
     result["catdog_skipped_files"] = len(paths) - len(good)
@@ -254,6 +281,9 @@ def format_table(r: dict) -> str:
                   "catdog_tfrecords_first_epoch_img_per_s"),
                  ("catdog from TFRecord shards, cached epoch",
                   "catdog_tfrecords_cached_epoch_img_per_s")]
+    if "model_train_img_per_s" in r:
+        rows += [(f"model of {r['model_dir']} ({r['model_stage']}): training step on "
+                  f"in-memory batches, {r['model_device']}", "model_train_img_per_s")]
     if "idg_augment_img_per_s" in r:
         rows += [("ImageDataGenerator + flip/rotation 35/zoom 0.2", "idg_augment_img_per_s"),
                  ("catdog augmentation block (flip/rotation 0.1/zoom 0.2) on cached "
@@ -292,5 +322,7 @@ def format_table(r: dict) -> str:
         f"{mb(r['catdog_cache_rss_delta_bytes'])} ({r['cache_rss_vs_nhw3']} x) over the "
         f"first epoch; stock Keras cache (float32): {mb(r['keras_cache_bytes'])}",
     ]
+    if "bottleneck_verdict" in r:
+        lines.append(f"- {r['bottleneck_verdict']}")
     return "\n".join(lines)
 

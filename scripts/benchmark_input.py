@@ -8,8 +8,17 @@ with the ratios and writes the figures as JSON. The page cache is warmed
 first so every loader reads from memory. Other load on the machine skews
 the figures: compare ratios from one run, and rerun.
 
-Example:
+With --model_dir=RUN it also times that run's training step (forward,
+backward, optimizer update, compiled as the run compiled it) on in-memory
+batches of the same shape and prints whether the input or the model is the
+bottleneck. --scale=1000,10000,100000 instead times listing, the file check
+(cold and warm cache) and the split on generated JPEGs in a temporary folder,
+with files/s and peak extra memory per phase.
+
+Examples:
   python scripts/benchmark_input.py --data_dir=training_set --json_out=bench.json --augment
+  python scripts/benchmark_input.py --data_dir=training_set --model_dir=runs/augmented
+  python scripts/benchmark_input.py --scale=1000,10000,100000 --json_out=scale.json
 """
 
 import os

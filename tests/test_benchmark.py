@@ -67,6 +67,10 @@ def test_benchmark_script_writes_consistent_json(tmp_path):
     assert "| catdog, cached epoch |" in proc.stdout
     assert "page cache warmed" in proc.stdout
     assert not any(p.startswith("catdog-bench-") for p in os.listdir(tmp_path))
+    # The sample is a temporary folder: its check results are not left in the
+    # user's check cache, where they would pile up run after run.
+    cache = os.environ["CATDOG_CACHE_DIR"]
+    assert not os.path.isdir(cache) or os.listdir(cache) == []
 
 
 def test_benchmark_rejects_a_missing_folder(tmp_path):
@@ -129,3 +133,105 @@ def test_benchmark_times_every_loader_on_the_usable_files_of_a_messy_folder(tmp_
     assert "3 unusable, left out of every loader" in benchmark.format_table(r)
     assert sorted(os.listdir(os.path.join(root, "cats")) +
                   os.listdir(os.path.join(root, "dogs"))) == before
+
+
+def _run_script(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "benchmark_input.py"),
+                           *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def test_benchmark_says_whether_the_input_or_the_run_s_model_is_the_bottleneck(tmp_path):
+    import helpers  # pylint: disable=import-outside-toplevel
+    root = make_class_folder(tmp_path / "imgs", per_class=6, size=40)
+    run = helpers.write_run(tmp_path / "run", helpers.build_model(2, (24, 24)),
+                            ["cats", "dogs"], (24, 24))
+    out = tmp_path / "bench.json"
+    proc = _run_script(f"--data_dir={root}", f"--model_dir={run}", "--batch_size=4",
+                       "--max_images=8", "--repeats=1", "--model_steps=3",
+                       f"--json_out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["image_size"] == [24, 24]  # the run's input size, not the flag default
+    assert r["model_train_steps"] == 3 and r["model_device"] == "CPU"
+    assert r["model_train_img_per_s"] > 0
+    assert r["ratio_model_vs_input"] == pytest.approx(
+        r["model_train_img_per_s"] / r["catdog_first_epoch_img_per_s"], rel=1e-3)
+    expected = "input" if r["ratio_model_vs_input"] > 1 else "model"
+    assert r["bottleneck"] == expected
+    assert r["bottleneck_verdict"].startswith(
+        "input is the bottleneck: the model could train" if expected == "input"
+        else "the model is the bottleneck: catdog feeds it")
+    assert f"- {r['bottleneck_verdict']}" in proc.stdout
+    assert "training step on in-memory batches, CPU |" in proc.stdout
+
+
+def test_benchmark_model_dir_must_be_a_finished_run(tmp_path):
+    root = make_class_folder(tmp_path / "imgs", per_class=2, size=16)
+    (tmp_path / "empty").mkdir()
+    proc = _run_script(f"--data_dir={root}", f"--model_dir={tmp_path / 'empty'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--model_dir" in proc.stderr and "model.keras" in proc.stderr
+    proc = _run_script(f"--data_dir={root}", "--scale=10,20")
+    assert proc.returncode == 2 and "--scale" in proc.stderr
+
+
+def test_model_timing_runs_training_steps_that_update_the_weights():
+    import helpers  # pylint: disable=import-outside-toplevel
+    from benchmarks import input_model  # pylint: disable=import-outside-toplevel
+    model = helpers.build_model(3, (16, 16))
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    r = input_model.time_train_step(model, {"class_names": ["a", "b", "c"]}, (16, 16),
+                                    batch_size=2, steps=2, warmup=1)
+    assert r["model_train_steps"] == 2 and r["model_train_img_per_s"] > 0
+    assert model.optimizer.iterations.numpy() == 3  # warm-up + timed: optimizer steps
+    assert any(not np.array_equal(a, w.numpy())
+               for a, w in zip(before, model.trainable_weights))
+
+
+def test_bottleneck_verdict_names_the_slower_side():
+    from benchmarks import input_model  # pylint: disable=import-outside-toplevel
+    slow_input = input_model.bottleneck(100.0, 320.0, cached_rate=5000.0)
+    assert slow_input["bottleneck"] == "input"
+    assert slow_input["bottleneck_verdict"].startswith(
+        "input is the bottleneck: the model could train 3.2x faster than catdog feeds it")
+    assert "the model limits them" in slow_input["bottleneck_verdict"]
+    slow_model = input_model.bottleneck(400.0, 100.0, cached_rate=9000.0)
+    assert slow_model["bottleneck"] == "model"
+    assert slow_model["bottleneck_verdict"].startswith(
+        "the model is the bottleneck: catdog feeds it 4.0x faster than it trains")
+    assert slow_model["ratio_model_vs_input"] == 0.25
+    tiny = input_model.bottleneck(1000.0, 13.3, cached_rate=28000.0)
+    assert tiny["ratio_model_vs_cached_input"] == 0.000475  # not rounded to 0.0
+
+
+def test_scale_mode_times_each_phase_in_a_temporary_folder_it_deletes(tmp_path):
+    tmp, cache = tmp_path / "tmp", tmp_path / "cache"
+    tmp.mkdir()
+    out = tmp_path / "scale.json"
+    env = dict(os.environ, TMPDIR=str(tmp), CATDOG_CACHE_DIR=str(cache))
+    proc = _run_script("--scale=50,100", f"--json_out={out}", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["counts"] == [50, 100]
+    phases = [(row["files"], row["phase"]) for row in r["phases"]]
+    assert phases == [(n, p) for n in (50, 100)
+                      for p in ("listing", "check_cold", "check_warm", "split")]
+    for row in r["phases"]:
+        assert row["files_per_s"] > 0 and row["peak_extra_rss_bytes"] >= 0
+    assert "| 100 | check_cold |" in proc.stdout
+    assert os.listdir(tmp) == []  # generated files and their check cache deleted
+    assert not cache.exists()  # the user's check cache is left alone
+
+
+def test_scale_mode_writes_distinct_usable_jpegs_in_class_folders(tmp_path):
+    from benchmarks import input_scale  # pylint: disable=import-outside-toplevel
+    from catdog import scan  # pylint: disable=import-outside-toplevel
+    input_scale.write_jpegs(str(tmp_path), 12, size=16)
+    paths, labels, names = scan.list_image_files(str(tmp_path))
+    assert names == ["cats", "dogs"] and sorted(labels) == [0] * 6 + [1] * 6
+    contents = {open(p, "rb").read() for p in paths}
+    assert len(contents) == 12  # every file's bytes differ
+    assert all(c.ok for c in scan.check_files(paths, use_cache=False))
+    with pytest.raises(ValueError, match="scale='3'"):
+        input_scale.parse_counts("3")

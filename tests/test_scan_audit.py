@@ -134,3 +134,40 @@ def test_script_usage_errors_exit_2_without_traceback(flags_, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+class _CountedLabel(int):
+    """An int label that counts how often it is compared for equality."""
+
+    comparisons = 0
+
+    def __eq__(self, other):
+        type(self).comparisons += 1
+        return int(self) == other
+
+    __hash__ = int.__hash__
+
+
+def test_audit_work_grows_linearly_with_files_classes_and_copies(tmp_path, monkeypatch):
+    """Class counts and copies within a class are tallied once per file, not
+    once per file and class or per pair of copies (40 classes and 1,500
+    identical files took 3,000 + 2,250,000 label comparisons)."""
+    from catdog.scan import audit  # pylint: disable=import-outside-toplevel
+    classes = [f"class{i:02d}" for i in range(40)]
+    helpers.write_tree(tmp_path / "data", {name: ["png", "png"] for name in classes})
+    index = audit.listing.index_class_folders
+
+    def counted_index(*args, **kwargs):
+        paths, labels, names, ignored = index(*args, **kwargs)
+        return paths, [_CountedLabel(l) for l in labels], names, ignored
+
+    copies = [(f"/elsewhere/copy{i}.jpg", 100, ("class", _CountedLabel(3)))
+              for i in range(1500)]
+    monkeypatch.setattr(audit.listing, "index_class_folders", counted_index)
+    monkeypatch.setattr(audit, "_identical_groups", lambda items, threads: [copies])
+    _CountedLabel.comparisons = 0
+    report = scan.scan_directory(str(tmp_path / "data"), progress=False, use_cache=False)
+    assert [(c.name, c.total, c.usable, c.bad) for c in report.classes] == [
+        (name, 2, 2, 0) for name in classes]
+    assert report.duplicates_within_class == (tuple(p for p, _, _ in copies),)
+    assert _CountedLabel.comparisons <= 10 * (80 + 1500)  # a few per file and copy

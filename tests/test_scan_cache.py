@@ -95,3 +95,27 @@ def test_cache_location_follows_env_var_and_argument(tmp_path, scan_cache_dir):
     assert len(_cache_files(tmp_path / "mine")) == 1
     scan.check_files([path], cache_dir=str(tmp_path / "unused"), use_cache=False)
     assert not (tmp_path / "unused").exists()
+
+
+def test_cache_forgets_files_that_are_gone_and_keeps_the_others(tmp_path, scan_cache_dir):
+    """A folder whose files are replaced run after run keeps a cache the size of
+    the folder, not of every file it ever held; checking one part of a folder
+    (validation files apart from training files) keeps the other part's."""
+    root = tmp_path / "data"
+    written = helpers.write_tree(root, {"cats": ["jpeg"] * 6, "dogs": ["png"] * 6})
+    paths = written["cats"] + written["dogs"]
+    entries = lambda: set(json.loads(_cache_files(scan_cache_dir)[0].read_text())["entries"])
+
+    scan.check_files(paths[::2])
+    scan.check_files(paths[1::2])  # the other part of the same folder
+    assert len(_cache_files(scan_cache_dir)) == 1
+    assert entries() == {os.path.abspath(p) for p in paths}
+    for generation in range(3):  # files renamed between runs, as a user re-exports
+        renamed = []
+        for path in paths:
+            new = f"{path[:-4]}_{generation}{path[-4:]}"
+            os.rename(path, new)
+            renamed.append(new)
+        paths = renamed
+        scan.check_files(paths)
+        assert entries() == {os.path.abspath(p) for p in paths}, generation

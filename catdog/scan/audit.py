@@ -357,11 +357,12 @@ def scan_directory(
     checks = check_files(paths, max_pixels=max_pixels, num_parallel=num_parallel,
                          progress=progress, cache_dir=cache_dir, use_cache=use_cache)
 
-    classes = []
-    for label, name in enumerate(names):
-        mine = [c for c, l in zip(checks, labels) if l == label]
-        usable = sum(c.ok for c in mine)
-        classes.append(ClassSummary(name, len(mine), usable, len(mine) - usable))
+    # One pass over the files, whatever the number of classes.
+    totals, usable = collections.Counter(labels), collections.Counter(
+        l for c, l in zip(checks, labels) if c.ok)
+    classes = [ClassSummary(name, totals[label], usable[label],
+                            totals[label] - usable[label])
+               for label, name in enumerate(names)]
 
     # Tag each file with where it came from: ("class", label) or ("other", i).
     items = [(c.path, c.size_bytes, ("class", l))
@@ -385,10 +386,11 @@ def scan_directory(
             across_classes.append(group_paths)
         if class_labels and has_other:
             across_dirs.append(group_paths)
-        if len(class_labels) != len(set(class_labels)):
+        per_class = collections.Counter(class_labels)  # not .count() per copy
+        if len(class_labels) != len(per_class):
             within_class.append(tuple(
                 item[0] for item in group
-                if item[2][0] == "class" and class_labels.count(item[2][1]) > 1))
+                if item[2][0] == "class" and per_class[item[2][1]] > 1))
 
     return ScanReport(
         data_dir=data_dir,

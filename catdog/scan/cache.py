@@ -41,13 +41,16 @@ class CheckCache:
 
     A result is the verdict on one file, ``(ok, reason, format, width,
     height)``, valid while the file keeps its size and modification time and
-    for the same ``max_pixels``.
+    for the same ``max_pixels``. Saving forgets the local files that no
+    longer exist, so the cache of a folder whose files are renamed or
+    replaced over time stays the size of the folder.
     """
 
     def __init__(self, cache_dir: str | None, paths: Sequence[str]):
         self.file = None
         self._entries: dict[str, list] = {}
         self._dirty = False
+        self._used: set[str] = set()  # keys looked up or stored by this check
         local = [os.path.abspath(p) for p in paths if not fileio.is_remote(p)]
         folders = sorted({os.path.dirname(p) for p in local})
         data_root = os.path.commonpath(folders) if folders else None
@@ -82,7 +85,9 @@ class CheckCache:
 
     def get(self, path: str, stamp, max_pixels: int):
         """The cached verdict on ``path`` at ``stamp`` (``(size, mtime_ns)``), or None."""
-        entry = self._entries.get(fileio.abspath(path))
+        key = fileio.abspath(path)
+        self._used.add(key)
+        entry = self._entries.get(key)
         try:
             size, mtime_ns, limit, ok, reason, fmt, width, height = entry
         except (TypeError, ValueError):
@@ -95,11 +100,29 @@ class CheckCache:
 
     def put(self, path: str, stamp, max_pixels: int, verdict) -> None:
         """Stores ``verdict`` (``(ok, reason, format, width, height)``) for ``path``."""
-        self._entries[fileio.abspath(path)] = [stamp[0], stamp[1], max_pixels, *verdict]
+        key = fileio.abspath(path)
+        self._used.add(key)
+        self._entries[key] = [stamp[0], stamp[1], max_pixels, *verdict]
         self._dirty = True
 
+    def _forget_missing(self) -> None:
+        # Only entries this check did not use can be of files that are gone
+        # (one lstat each); entries of other files that still exist are kept
+        # (validation files are checked apart from the training files of the
+        # same folder). Remote entries are kept: a network call each would
+        # cost more than the entry.
+        gone = [key for key in self._entries
+                if key not in self._used and not fileio.is_remote(key)
+                and not os.path.lexists(key)]
+        for key in gone:
+            del self._entries[key]
+        self._dirty = self._dirty or bool(gone)
+
     def save(self) -> None:
-        if self.file is None or not self._dirty:
+        if self.file is None:
+            return
+        self._forget_missing()
+        if not self._dirty:
             return
         content = {"schema": _CACHE_SCHEMA, "tensorflow": tf.__version__,
                    "entries": self._entries}
