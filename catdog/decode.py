@@ -11,20 +11,173 @@ This is a leaf module: it imports nothing else of catdog.
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Callable, Optional
 
 import tensorflow as tf
 
 #: Version of the pixels catdog's decode produces. It is part of every file
 #: cache key, so a cache of older pixels is never read: bump it whenever
 #: decode_and_resize or decode_and_resize_scaled change a single pixel.
-DECODE_VERSION = 1
+#: 2: JPEGs are turned upright by their EXIF orientation.
+DECODE_VERSION = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+    """How encoded bytes become the pixels a model sees.
+
+    Every source, evaluation, prediction and the exported serving signature
+    decode with the options of the run (recorded in its ``config.json``), so
+    a model always sees pixels made the way it was trained on.
+
+    Attributes:
+      exif_orientation: turn JPEGs upright by their EXIF orientation tag, as
+        a photo viewer shows them.
+    """
+
+    exif_orientation: bool = True
+
+    def record(self) -> dict:
+        """The options as JSON-ready ``{field: value}`` (part of file cache keys)."""
+        return dataclasses.asdict(self)
+
+
+#: The options of runs recorded before the options existed: their pixels.
+LEGACY_OPTIONS = DecodeOptions(exif_orientation=False)
+
+
+def options_of(data) -> DecodeOptions:
+    """The :class:`DecodeOptions` of a ``DataConfig`` or a ``config.json`` data dict.
+
+    A setting missing from a dict (a ``config.json`` written before the
+    setting existed) takes the value of :data:`LEGACY_OPTIONS`: the pixels
+    that run was trained on.
+    """
+    if isinstance(data, DecodeOptions):
+        return data
+    if data is None or isinstance(data, dict):
+        data = data or {}
+        get = lambda name: data.get(name, getattr(LEGACY_OPTIONS, name))
+    else:
+        get = lambda name: getattr(data, name, getattr(LEGACY_OPTIONS, name))
+    return DecodeOptions(**{f.name: get(f.name) for f in dataclasses.fields(DecodeOptions)})
+
+
+def _resolve(options: Optional[DecodeOptions]) -> DecodeOptions:
+    return DecodeOptions() if options is None else options
 
 #: DCT scale-down factors libjpeg supports, largest first.
 DCT_RATIOS = (8, 4, 2)
 
 
-def decode_and_resize(contents: tf.Tensor, image_size) -> tf.Tensor:
+# ---------------------------------------------------------------------------
+# EXIF orientation, read in the graph from the JPEG bytes.
+# ---------------------------------------------------------------------------
+
+_ORIENTATION_TAG = 0x0112
+_EXIF_ID = "Exif\x00\x00"  # opens the APP1 payload, before the TIFF header
+#: Bytes of a JPEG searched for its Exif segment (the largest APP0 and APP1).
+_EXIF_SEARCH_BYTES = 2 * 65536
+#: IFD0 entries looked at; cameras write about a dozen.
+_MAX_ENTRIES = 64
+
+
+def _read_bytes(contents: tf.Tensor, pos: tf.Tensor, n: int) -> tf.Tensor:
+    """``n`` bytes of ``contents`` from ``pos`` as int64, zero-padded past the end."""
+    length = tf.cast(tf.strings.length(contents), tf.int64)
+    pos = tf.clip_by_value(tf.cast(pos, tf.int64), 0, length)
+    raw = tf.io.decode_raw(tf.strings.substr(contents, pos, n), tf.uint8)
+    raw = tf.cast(raw, tf.int64)
+    raw = tf.pad(raw, [[0, n - tf.shape(raw, out_type=tf.int64)[0]]])
+    raw.set_shape((n,))
+    return raw
+
+
+def _exif_tiff_start(contents: tf.Tensor) -> tf.Tensor:
+    """Offset of the TIFF header of the JPEG's Exif APP1 segment, or -1.
+
+    The Exif APP1 segment opens a JPEG (right after SOI, or after a JFIF
+    APP0), so the first ``"Exif\\0\\0"`` in the first 64 KB, preceded by an
+    APP1 marker and its length, is it. One substring search: a segment walk
+    in tf ops costs several times more per image.
+    """
+    head = tf.strings.substr(contents, 0, _EXIF_SEARCH_BYTES)
+    parts = tf.strings.split(head, sep=_EXIF_ID, maxsplit=1)
+    pos = tf.cast(tf.strings.length(parts[0]), tf.int64)  # where the id starts
+    marker = _read_bytes(contents, pos - 4, 2)
+    found = (tf.size(parts) == 2) & (pos >= 4) & tf.reduce_all(
+        tf.equal(marker, tf.constant([0xFF, 0xE1], tf.int64)))
+    return tf.where(found, pos + len(_EXIF_ID), tf.constant(-1, tf.int64))
+
+
+def _tiff_orientation(contents: tf.Tensor, tiff: tf.Tensor) -> tf.Tensor:
+    """The orientation value of IFD0 of the TIFF block at ``tiff``, or 1."""
+    head = _read_bytes(contents, tiff, 8)
+    little = tf.equal(head[0], 0x49) & tf.equal(head[1], 0x49)  # "II"
+    big = tf.equal(head[0], 0x4D) & tf.equal(head[1], 0x4D)  # "MM"
+
+    def number(b):  # b: [..., n] bytes in the file's byte order
+        n = b.shape[-1]
+        weights = tf.where(little, tf.constant([256 ** k for k in range(n)], tf.int64),
+                           tf.constant([256 ** k for k in reversed(range(n))], tf.int64))
+        return tf.reduce_sum(b * weights, axis=-1)
+
+    ifd = tiff + number(head[4:8])
+    count = tf.minimum(number(_read_bytes(contents, ifd, 2)), _MAX_ENTRIES)
+    entries = tf.reshape(_read_bytes(contents, ifd + 2, 12 * _MAX_ENTRIES), (_MAX_ENTRIES, 12))
+    used = tf.range(_MAX_ENTRIES, dtype=tf.int64) < count
+    is_tag = used & tf.equal(number(entries[:, 0:2]), _ORIENTATION_TAG) \
+        & tf.equal(number(entries[:, 2:4]), 3)  # SHORT
+    value = tf.reduce_max(tf.where(is_tag, number(entries[:, 8:10]), 0))
+    valid = (little | big) & tf.equal(number(head[2:4]), 42) & (value >= 1) & (value <= 8)
+    return tf.where(valid, value, 1)
+
+
+@tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+def exif_orientation(contents: tf.Tensor) -> tf.Tensor:
+    """The EXIF orientation (1-8) of encoded image bytes, as an int32 scalar.
+
+    Read in the graph (tf ops only): the Exif APP1 segment of a JPEG, its
+    TIFF header (byte order ``II`` or ``MM``) and the orientation entry
+    (0x0112) of IFD0. Anything else (not a JPEG, no Exif segment, a missing,
+    out-of-range or garbled tag) is 1, upright: EXIF never fails a decode.
+    A ``tf.function``, so an eager decode (prediction) runs the parse as one
+    graph rather than op by op.
+    """
+    # No tf.cond: every read is clamped to the bytes, so the parse is safe
+    # on any input, and cheaper than control flow.
+    tiff = _exif_tiff_start(contents)
+    value = _tiff_orientation(contents, tiff)
+    upright = ~tf.io.is_jpeg(contents) | (tiff < 0)
+    return tf.cast(tf.where(upright, tf.constant(1, tf.int64), value), tf.int32)
+
+
+def _swaps_sides(orientation: tf.Tensor) -> tf.Tensor:
+    """Orientations 5-8 are stored turned by 90 degrees: height and width swap."""
+    return orientation >= 5
+
+
+def _apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """Turns ``image`` (HxWxC) upright as EXIF ``orientation`` says.
+
+    5-8 transpose first; then 2, 3, 6, 7 flip left-right and 3, 4, 7, 8 flip
+    up-down (6 is a quarter turn clockwise, 8 counter-clockwise).
+    """
+    def turn():
+        perm = tf.where(_swaps_sides(orientation), tf.constant([1, 0, 2]),
+                        tf.constant([0, 1, 2]))
+        lr = tf.reduce_any(tf.equal(orientation, [2, 3, 6, 7]))
+        ud = tf.reduce_any(tf.equal(orientation, [3, 4, 7, 8]))
+        return tf.reverse(tf.transpose(image, perm),
+                          tf.boolean_mask(tf.constant([0, 1]), tf.stack([ud, lr])))
+
+    # Upright photos (nearly all) skip the copies of a transpose and a reverse.
+    return tf.cond(orientation > 1, turn, lambda: image)
+
+
+def decode_and_resize(contents: tf.Tensor, image_size,
+                      options: Optional[DecodeOptions] = None) -> tf.Tensor:
     """Decodes encoded image bytes and resizes them to ``image_size``.
 
     The one decode function of catdog: training, evaluation, prediction and
@@ -34,14 +187,20 @@ def decode_and_resize(contents: tf.Tensor, image_size) -> tf.Tensor:
       contents: scalar string tensor with JPEG, PNG, GIF (first frame) or BMP
         bytes. Grayscale, RGBA and 16-bit images are converted to 8-bit RGB.
       image_size: ``(height, width)`` of the output.
+      options: :class:`DecodeOptions` (default: ``DecodeOptions()``). With
+        ``exif_orientation``, a JPEG is turned upright by its EXIF tag
+        before resizing.
 
     Returns:
       A ``uint8`` tensor of shape ``(height, width, 3)``. Resizing is
       bilinear, as in ``keras.utils.image_dataset_from_directory``.
     """
+    options = _resolve(options)
     height, width = int(image_size[0]), int(image_size[1])
     image = tf.io.decode_image(
         contents, channels=3, dtype=tf.uint8, expand_animations=False)
+    if options.exif_orientation:
+        image = _apply_orientation(image, exif_orientation(contents))
     return _resize_to_uint8(image, height, width)
 
 
@@ -57,7 +216,8 @@ def _resize_to_uint8(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
     return image
 
 
-def decode_and_resize_scaled(contents: tf.Tensor, image_size) -> tf.Tensor:
+def decode_and_resize_scaled(contents: tf.Tensor, image_size,
+                             options: Optional[DecodeOptions] = None) -> tf.Tensor:
     """Like :func:`decode_and_resize`, but decodes large JPEGs at reduced scale.
 
     Policy: a JPEG at least ``r`` times the target size on BOTH sides, for the
@@ -80,29 +240,42 @@ def decode_and_resize_scaled(contents: tf.Tensor, image_size) -> tf.Tensor:
     :func:`decode_and_resize`, which validation during training, evaluation,
     prediction and the exported model use.
 
+    With ``options.exif_orientation`` the image is turned upright after the
+    scaled decode; the size policy compares the upright sides (a JPEG
+    stored turned by 90 degrees has its header's height and width swapped).
+
     Args:
       contents: scalar string tensor of encoded image bytes.
       image_size: ``(height, width)`` of the output.
+      options: :class:`DecodeOptions`, as for :func:`decode_and_resize`.
 
     Returns:
       A ``uint8`` tensor of shape ``(height, width, 3)``.
     """
+    options = _resolve(options)
     height, width = int(image_size[0]), int(image_size[1])
 
     def exact():
-        return decode_and_resize(contents, (height, width))
+        return decode_and_resize(contents, (height, width), options)
 
     def scaled_jpeg():
         shape = tf.io.extract_jpeg_shape(contents)
+        orientation = (exif_orientation(contents) if options.exif_orientation
+                       else tf.constant(1, tf.int32))
+        swap = _swaps_sides(orientation)
+        stored_height = tf.where(swap, width, height)
+        stored_width = tf.where(swap, height, width)
 
         def at(ratio):
             def decode():
                 image = tf.io.decode_jpeg(contents, channels=3, ratio=ratio,
                                           dct_method="INTEGER_FAST")
+                image = _apply_orientation(image, orientation)
                 return _resize_to_uint8(image, height, width)
             return decode
 
-        fits = lambda r: tf.logical_and(shape[0] >= r * height, shape[1] >= r * width)
+        fits = lambda r: tf.logical_and(shape[0] >= r * stored_height,
+                                        shape[1] >= r * stored_width)
         return tf.case([(fits(r), at(r)) for r in DCT_RATIOS], default=exact,
                        exclusive=False)
 
@@ -111,11 +284,14 @@ def decode_and_resize_scaled(contents: tf.Tensor, image_size) -> tf.Tensor:
     return image
 
 
-def decoder(dct_scaling: bool) -> Callable[[tf.Tensor, tuple], tf.Tensor]:
+def decoder(dct_scaling: bool, options: Optional[DecodeOptions] = None
+            ) -> Callable[[tf.Tensor, tuple], tf.Tensor]:
     """The decode of one split: ``(contents, image_size) -> uint8 image``.
 
     Every source (folder, TFRecords, TFDS) picks its decode here:
     :func:`decode_and_resize_scaled` with ``dct_scaling``, else
-    :func:`decode_and_resize`.
+    :func:`decode_and_resize`, both with ``options``.
     """
-    return decode_and_resize_scaled if dct_scaling else decode_and_resize
+    options = _resolve(options)
+    decode = decode_and_resize_scaled if dct_scaling else decode_and_resize
+    return lambda contents, image_size: decode(contents, image_size, options)

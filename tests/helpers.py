@@ -236,6 +236,45 @@ def write_jpeg_exif_only(path) -> str:
     return _write(path, b"\xff\xd8" + app1 + b"".join(segments) + scan)
 
 
+#: PIL transposes that undo EXIF orientation k (as ImageOps.exif_transpose).
+_EXIF_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                 8: Image.Transpose.ROTATE_90}
+#: The inverse of each: what a camera stores for an upright scene.
+_EXIF_STORED = {**_EXIF_UPRIGHT, 6: Image.Transpose.ROTATE_90,
+                8: Image.Transpose.ROTATE_270}
+
+
+def upright_pixels(height: int = 48, width: int = 32) -> np.ndarray:
+    """An asymmetric picture (8x8 blocks of distinct flat colours): every flip,
+    rotation and transpose of it differs, and JPEG keeps it nearly exact."""
+    rng = np.random.RandomState(7)
+    blocks = rng.randint(0, 256, (height // 8, width // 8, 3)).astype(np.uint8)
+    return np.kron(blocks, np.ones((8, 8, 1), np.uint8))
+
+
+def oriented_jpeg_bytes(upright: np.ndarray, orientation, exif: bool = True) -> bytes:
+    """A JPEG whose EXIF orientation tag says how to turn it back to ``upright``.
+
+    The stored pixels are ``upright`` turned as a camera held sideways stores
+    them, so a viewer that honours the tag shows ``upright``.
+    """
+    image = Image.fromarray(upright)
+    if orientation in _EXIF_STORED:
+        image = image.transpose(_EXIF_STORED[orientation])
+    info = Image.Exif()
+    info[0x0112] = orientation
+    options = {"exif": info} if exif else {}
+    return _pil_bytes(image, "JPEG", quality=95, subsampling=0, **options)
+
+
+def write_oriented_jpeg(path, orientation, upright=None) -> str:
+    """Writes :func:`oriented_jpeg_bytes` of ``upright`` (default :func:`upright_pixels`)."""
+    upright = upright_pixels() if upright is None else upright
+    return _write(path, oriented_jpeg_bytes(upright, orientation))
+
+
 def write_jpeg_with_trailer(path) -> str:
     """A complete JPEG followed by 10 KB of appended data (as phones append
     motion-photo or maker data after the end-of-image marker)."""
