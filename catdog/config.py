@@ -146,6 +146,11 @@ class DataConfig:
         "size on both sides at 1/2, 1/4 or 1/8 scale in the DCT domain "
         "(faster decode; pixels differ slightly from the exact decode "
         "that validation, evaluation, prediction and export use).")
+    exif_orientation: bool = option(
+        True, "Turn JPEGs upright by their EXIF orientation tag, as photo viewers "
+        "show them, before resizing. Recorded in config.json: evaluation, "
+        "prediction and export of the model decode the same way (a config.json "
+        "without it means off, the decode of older catdog versions).")
 
 
 @document_options
@@ -330,6 +335,8 @@ def validate(config: Config) -> None:
     if d.shuffle_buffer < 0:
         _fail("shuffle_buffer", d.shuffle_buffer,
               "must be >= 0 (0: the default, see --help)")
+    if not isinstance(d.exif_orientation, bool):
+        _fail("exif_orientation", d.exif_orientation, "must be true or false")
     if d.max_pixels < 1:
         _fail("max_pixels", d.max_pixels, "must be a positive number of pixels")
     if m.head not in HEADS:
@@ -449,7 +456,8 @@ def split_fields(data: DataConfig) -> tuple:
 #: tfds_data_dir, cache, model_dir), deterministic, verbose, strategy, tpu
 #: and jit_compile. The dtype policy is checked as resolved, not as asked.
 RESUME_SETTINGS = {
-    "data": ("image_size", "batch_size", "seed", "shuffle_buffer", "dct_scaling"),
+    "data": ("image_size", "batch_size", "seed", "shuffle_buffer", "dct_scaling",
+             "exif_orientation"),
     "train": ("learning_rate", "class_weight"),
     "model": {
         "baseline": ("stage", "dropout", "augment"),

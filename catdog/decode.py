@@ -176,6 +176,11 @@ def _apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     return tf.cond(orientation > 1, turn, lambda: image)
 
 
+def apply_exif_orientation(image: tf.Tensor, contents: tf.Tensor) -> tf.Tensor:
+    """Turns a decoded ``image`` upright by the EXIF orientation of its ``contents``."""
+    return _apply_orientation(image, exif_orientation(contents))
+
+
 def decode_and_resize(contents: tf.Tensor, image_size,
                       options: Optional[DecodeOptions] = None) -> tf.Tensor:
     """Decodes encoded image bytes and resizes them to ``image_size``.

@@ -246,12 +246,12 @@ _EXIF_STORED = {**_EXIF_UPRIGHT, 6: Image.Transpose.ROTATE_90,
                 8: Image.Transpose.ROTATE_270}
 
 
-def upright_pixels(height: int = 48, width: int = 32) -> np.ndarray:
-    """An asymmetric picture (8x8 blocks of distinct flat colours): every flip,
+def upright_pixels(height: int = 48, width: int = 32, block: int = 8) -> np.ndarray:
+    """An asymmetric picture (blocks of distinct flat colours): every flip,
     rotation and transpose of it differs, and JPEG keeps it nearly exact."""
     rng = np.random.RandomState(7)
-    blocks = rng.randint(0, 256, (height // 8, width // 8, 3)).astype(np.uint8)
-    return np.kron(blocks, np.ones((8, 8, 1), np.uint8))
+    blocks = rng.randint(0, 256, (height // block, width // block, 3)).astype(np.uint8)
+    return np.kron(blocks, np.ones((block, block, 1), np.uint8))
 
 
 def oriented_jpeg_bytes(upright: np.ndarray, orientation, exif: bool = True) -> bytes:
@@ -463,6 +463,43 @@ def write_run(model_dir, model, class_names, image_size):
         json.dump({"stage": "baseline", "class_names": class_names,
                    "data": {"image_size": list(image_size)}}, f)
     return str(model_dir)
+
+
+def upright_detector(upright: np.ndarray, strength: float = 40.0):
+    """A binary model that answers class 1 (probability ~1) for ``upright``
+    and class 0 for any flip, rotation or transpose of it.
+
+    A linear score on the pixels, matched to ``upright``'s pattern: it tells
+    which pixels reached the model, whatever the decode path.
+    """
+    height, width, _ = upright.shape
+    pattern = upright.astype(np.float32) / 255.0
+    pattern -= pattern.mean()
+    kernel = (strength * pattern / np.sum(pattern * pattern)).reshape(-1, 1)
+    inputs = keras.Input((height, width, 3))
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    dense = keras.layers.Dense(1, "sigmoid")
+    model = keras.Model(inputs, dense(x))
+    mean = float(upright.astype(np.float32).mean() / 255.0)
+    # Upright scores +strength/2; a turned copy (uncorrelated pattern) about -strength/2.
+    bias = -float(np.sum(kernel[:, 0]) * mean) - strength / 2
+    dense.set_weights([kernel.astype(np.float32), np.array([bias], np.float32)])
+    return model
+
+
+def write_upright_run(model_dir, upright: np.ndarray, exif_orientation=True) -> str:
+    """A model dir of :func:`upright_detector`; ``exif_orientation=None`` writes
+    a config.json from before the setting existed (no key)."""
+    model_dir = write_run(model_dir, upright_detector(upright), ["turned", "upright"],
+                          upright.shape[:2])
+    if exif_orientation is not None:
+        path = os.path.join(model_dir, "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        config["data"]["exif_orientation"] = bool(exif_orientation)
+        with open(path, "w") as f:
+            json.dump(config, f)
+    return model_dir
 
 
 def image_bytes(seed, shape=(40, 52, 3), fmt="jpeg"):

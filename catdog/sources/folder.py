@@ -79,6 +79,7 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
                   training: bool, cache: str = "memory", seed: int = 1337,
                   shuffle_buffer: int = 0, deterministic: bool = False,
                   split: str = "train", dct_scaling: bool = False,
+                  decode_options: Optional[decode.DecodeOptions] = None,
                   input_context: Optional[tf.distribute.InputContext] = None
                   ) -> tf.data.Dataset:
     """Builds the batched ``tf.data.Dataset`` of ``(uint8 images, labels)``.
@@ -117,6 +118,8 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
       split: name used for the cache file.
       dct_scaling: decode with :func:`catdog.decode.decode_and_resize_scaled` instead of
         :func:`catdog.decode.decode_and_resize` (faster on large JPEGs; not pixel-identical).
+      decode_options: the :class:`catdog.decode.DecodeOptions` of every image
+        (default: ``DecodeOptions()``); part of the file cache key.
       input_context: under ``strategy.distribute_datasets_from_function``,
         the ``tf.distribute.InputContext`` of this worker: the dataset then
         reads and decodes only this worker's share of the files (every
@@ -139,7 +142,8 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
             input_context, batching.element_shares(len(paths), workers),
             batch_size, training, f"the {split} split")
         paths, labels = list(paths)[share.index::workers], list(labels)[share.index::workers]
-    decode_image = decode.decoder(dct_scaling)
+    decode_options = decode_options or decode.DecodeOptions()
+    decode_image = decode.decoder(dct_scaling, decode_options)
 
     # Read and decode in one parallel map: a file's bytes go straight to the
     # decoder on the same thread (no separate read stage to buffer), and with
@@ -156,7 +160,7 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
     def identity(paths, labels):
         return {"source": "files", "files": file_cache.file_stamps(paths, labels),
                 "num_classes": int(num_classes), "image_size": list(image_size),
-                "dct_scaling": bool(dct_scaling)}
+                "dct_scaling": bool(dct_scaling), "decode": decode_options.record()}
 
     use_file_cache = cache not in ("memory", "none")
     prefix = None
