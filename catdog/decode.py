@@ -83,55 +83,52 @@ _EXIF_SEARCH_BYTES = 2 * 65536
 _MAX_ENTRIES = 64
 
 
-def _read_bytes(contents: tf.Tensor, pos: tf.Tensor, n: int) -> tf.Tensor:
-    """``n`` bytes of ``contents`` from ``pos`` as int64, zero-padded past the end."""
+def _window(contents: tf.Tensor, pos: tf.Tensor, n: int) -> tf.Tensor:
+    """Exactly ``n`` bytes of ``contents`` from ``pos`` (a string), zero-padded
+    past the end; ``pos`` outside the bytes reads zeros."""
     length = tf.cast(tf.strings.length(contents), tf.int64)
-    pos = tf.clip_by_value(tf.cast(pos, tf.int64), 0, length)
-    raw = tf.io.decode_raw(tf.strings.substr(contents, pos, n), tf.uint8)
-    raw = tf.cast(raw, tf.int64)
-    raw = tf.pad(raw, [[0, n - tf.shape(raw, out_type=tf.int64)[0]]])
-    raw.set_shape((n,))
-    return raw
+    pos = tf.clip_by_value(pos, 0, length)
+    padded = tf.strings.join([tf.strings.substr(contents, pos, n), "\x00" * n])
+    return tf.strings.substr(padded, 0, n)
 
 
-def _exif_tiff_start(contents: tf.Tensor) -> tf.Tensor:
-    """Offset of the TIFF header of the JPEG's Exif APP1 segment, or -1.
+def _exif_tiff(contents: tf.Tensor):
+    """``(found, 8 TIFF header bytes, offset of the TIFF header)`` of the JPEG's Exif APP1.
 
     The Exif APP1 segment opens a JPEG (right after SOI, or after a JFIF
-    APP0), so the first ``"Exif\\0\\0"`` in the first 64 KB, preceded by an
+    APP0), so the first ``"Exif\\0\\0"`` in the first bytes, preceded by an
     APP1 marker and its length, is it. One substring search: a segment walk
     in tf ops costs several times more per image.
     """
     head = tf.strings.substr(contents, 0, _EXIF_SEARCH_BYTES)
     parts = tf.strings.split(head, sep=_EXIF_ID, maxsplit=1)
     pos = tf.cast(tf.strings.length(parts[0]), tf.int64)  # where the id starts
-    marker = _read_bytes(contents, pos - 4, 2)
-    found = (tf.size(parts) == 2) & (pos >= 4) & tf.reduce_all(
-        tf.equal(marker, tf.constant([0xFF, 0xE1], tf.int64)))
-    return tf.where(found, pos + len(_EXIF_ID), tf.constant(-1, tf.int64))
+    # FF E1, the segment length, the id, the TIFF header: 18 bytes.
+    window = tf.cast(tf.io.decode_raw(_window(contents, pos - 4, 18), tf.uint8), tf.int64)
+    found = (tf.size(parts) == 2) & (pos >= 4) & tf.equal(window[0], 0xFF) \
+        & tf.equal(window[1], 0xE1)
+    return found, window[10:18], pos + len(_EXIF_ID)
 
 
-def _tiff_orientation(contents: tf.Tensor, tiff: tf.Tensor) -> tf.Tensor:
-    """The orientation value of IFD0 of the TIFF block at ``tiff``, or 1."""
-    head = _read_bytes(contents, tiff, 8)
+def _tiff_orientation(contents: tf.Tensor, head: tf.Tensor, tiff: tf.Tensor) -> tf.Tensor:
+    """The orientation value in IFD0 of the TIFF block at ``tiff``, or 0."""
     little = tf.equal(head[0], 0x49) & tf.equal(head[1], 0x49)  # "II"
     big = tf.equal(head[0], 0x4D) & tf.equal(head[1], 0x4D)  # "MM"
-
-    def number(b):  # b: [..., n] bytes in the file's byte order
-        n = b.shape[-1]
-        weights = tf.where(little, tf.constant([256 ** k for k in range(n)], tf.int64),
-                           tf.constant([256 ** k for k in reversed(range(n))], tf.int64))
-        return tf.reduce_sum(b * weights, axis=-1)
-
-    ifd = tiff + number(head[4:8])
-    count = tf.minimum(number(_read_bytes(contents, ifd, 2)), _MAX_ENTRIES)
-    entries = tf.reshape(_read_bytes(contents, ifd + 2, 12 * _MAX_ENTRIES), (_MAX_ENTRIES, 12))
-    used = tf.range(_MAX_ENTRIES, dtype=tf.int64) < count
-    is_tag = used & tf.equal(number(entries[:, 0:2]), _ORIENTATION_TAG) \
-        & tf.equal(number(entries[:, 2:4]), 3)  # SHORT
-    value = tf.reduce_max(tf.where(is_tag, number(entries[:, 8:10]), 0))
-    valid = (little | big) & tf.equal(number(head[2:4]), 42) & (value >= 1) & (value <= 8)
-    return tf.where(valid, value, 1)
+    weights = tf.where(little, tf.constant([1, 256, 65536, 16777216], tf.int64),
+                       tf.constant([16777216, 65536, 256, 1], tf.int64))
+    magic = tf.where(little, head[2] + 256 * head[3], 256 * head[2] + head[3])
+    ifd = tiff + tf.reduce_sum(head[4:8] * weights)
+    # IFD0: an entry count, then 12-byte entries (tag, type, count, value),
+    # read as 16-bit words in the file's byte order.
+    block = _window(contents, ifd, 2 + 12 * _MAX_ENTRIES)
+    words = tf.cast(tf.where(little, tf.io.decode_raw(block, tf.uint16, little_endian=True),
+                             tf.io.decode_raw(block, tf.uint16, little_endian=False)),
+                    tf.int64)
+    entries = tf.reshape(words[1:], (_MAX_ENTRIES, 6))
+    used = tf.range(_MAX_ENTRIES, dtype=tf.int64) < words[0]
+    is_tag = used & tf.equal(entries[:, 0], _ORIENTATION_TAG) & tf.equal(entries[:, 1], 3)
+    value = tf.reduce_max(tf.where(is_tag, entries[:, 4], 0))  # a SHORT, first in its field
+    return tf.where((little | big) & tf.equal(magic, 42), value, 0)
 
 
 @tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
@@ -147,10 +144,10 @@ def exif_orientation(contents: tf.Tensor) -> tf.Tensor:
     """
     # No tf.cond: every read is clamped to the bytes, so the parse is safe
     # on any input, and cheaper than control flow.
-    tiff = _exif_tiff_start(contents)
-    value = _tiff_orientation(contents, tiff)
-    upright = ~tf.io.is_jpeg(contents) | (tiff < 0)
-    return tf.cast(tf.where(upright, tf.constant(1, tf.int64), value), tf.int32)
+    found, head, tiff = _exif_tiff(contents)
+    value = _tiff_orientation(contents, head, tiff)
+    valid = tf.io.is_jpeg(contents) & found & (value >= 1) & (value <= 8)
+    return tf.cast(tf.where(valid, value, 1), tf.int32)
 
 
 def _swaps_sides(orientation: tf.Tensor) -> tf.Tensor:
