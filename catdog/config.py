@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 
 from catdog.class_weighting import CLASS_WEIGHT_MODES, class_weights  # noqa: F401
 from catdog.class_weighting import parse_class_weight as _parse_class_weight
+from catdog.decode import INTERPOLATIONS, RESIZE_MODES
 from catdog.options import document_options, flag_error, option
 
 STAGES = ("baseline", "augmented", "feature_extraction", "fine_tuning")
@@ -151,6 +152,17 @@ class DataConfig:
         "show them, before resizing. Recorded in config.json: evaluation, "
         "prediction and export of the model decode the same way (a config.json "
         "without it means off, the decode of older catdog versions).")
+    resize_mode: str = option(
+        "stretch", "How an image reaches --image_size: 'stretch' (aspect ratio not "
+        "kept), 'crop' the centred largest box of that aspect ratio first, or "
+        "'pad': resize keeping the aspect ratio, centred on black "
+        "(image_dataset_from_directory's crop_to_aspect_ratio / "
+        "pad_to_aspect_ratio). Recorded in config.json.",
+        choices=RESIZE_MODES)
+    interpolation: str = option(
+        "bilinear", "Resize method (tf.image.resize): bilinear, nearest, bicubic, "
+        "area, lanczos3, lanczos5, gaussian, mitchellcubic; rounded and clipped "
+        "to 0..255. Recorded in config.json.", choices=INTERPOLATIONS)
 
 
 @document_options
@@ -337,6 +349,10 @@ def validate(config: Config) -> None:
               "must be >= 0 (0: the default, see --help)")
     if not isinstance(d.exif_orientation, bool):
         _fail("exif_orientation", d.exif_orientation, "must be true or false")
+    if d.resize_mode not in RESIZE_MODES:
+        _fail("resize_mode", d.resize_mode, f"must be one of {RESIZE_MODES}")
+    if d.interpolation not in INTERPOLATIONS:
+        _fail("interpolation", d.interpolation, f"must be one of {INTERPOLATIONS}")
     if d.max_pixels < 1:
         _fail("max_pixels", d.max_pixels, "must be a positive number of pixels")
     if m.head not in HEADS:
@@ -457,7 +473,7 @@ def split_fields(data: DataConfig) -> tuple:
 #: and jit_compile. The dtype policy is checked as resolved, not as asked.
 RESUME_SETTINGS = {
     "data": ("image_size", "batch_size", "seed", "shuffle_buffer", "dct_scaling",
-             "exif_orientation"),
+             "exif_orientation", "resize_mode", "interpolation"),
     "train": ("learning_rate", "class_weight"),
     "model": {
         "baseline": ("stage", "dropout", "augment"),

@@ -34,9 +34,18 @@ class DecodeOptions:
     Attributes:
       exif_orientation: turn JPEGs upright by their EXIF orientation tag, as
         a photo viewer shows them.
+      resize_mode: ``"stretch"`` to the image size (aspect ratio not kept),
+        ``"crop"`` the centred largest box of the target aspect ratio first,
+        or ``"pad"``: resize keeping the aspect ratio and centre it in zeros
+        (``image_dataset_from_directory``'s ``crop_to_aspect_ratio`` /
+        ``pad_to_aspect_ratio``).
+      interpolation: a ``tf.image.resize`` method (:data:`INTERPOLATIONS`);
+        results are rounded and clipped to uint8.
     """
 
     exif_orientation: bool = True
+    resize_mode: str = "stretch"
+    interpolation: str = "bilinear"
 
     def record(self) -> dict:
         """The options as JSON-ready ``{field: value}`` (part of file cache keys)."""
@@ -44,7 +53,12 @@ class DecodeOptions:
 
 
 #: The options of runs recorded before the options existed: their pixels.
-LEGACY_OPTIONS = DecodeOptions(exif_orientation=False)
+LEGACY_OPTIONS = DecodeOptions(exif_orientation=False, resize_mode="stretch",
+                               interpolation="bilinear")
+RESIZE_MODES = ("stretch", "crop", "pad")
+#: Resize methods, as ``image_dataset_from_directory``'s ``interpolation``.
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5",
+                  "gaussian", "mitchellcubic")
 
 
 def options_of(data) -> DecodeOptions:
@@ -191,11 +205,12 @@ def decode_and_resize(contents: tf.Tensor, image_size,
       image_size: ``(height, width)`` of the output.
       options: :class:`DecodeOptions` (default: ``DecodeOptions()``). With
         ``exif_orientation``, a JPEG is turned upright by its EXIF tag
-        before resizing.
+        before resizing; ``resize_mode`` and ``interpolation`` say how it is
+        resized.
 
     Returns:
-      A ``uint8`` tensor of shape ``(height, width, 3)``. Resizing is
-      bilinear, as in ``keras.utils.image_dataset_from_directory``.
+      A ``uint8`` tensor of shape ``(height, width, 3)``. The default resize
+      is a bilinear stretch, as in ``keras.utils.image_dataset_from_directory``.
     """
     options = _resolve(options)
     height, width = int(image_size[0]), int(image_size[1])
@@ -203,17 +218,36 @@ def decode_and_resize(contents: tf.Tensor, image_size,
         contents, channels=3, dtype=tf.uint8, expand_animations=False)
     if options.exif_orientation:
         image = _apply_orientation(image, exif_orientation(contents))
-    return _resize_to_uint8(image, height, width)
+    return _resize_to_uint8(image, height, width, options)
 
 
-def _resize_to_uint8(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
-    # Bilinear resize, rounded back to uint8. TF's bilinear kernel is faster
-    # on float32 input than on uint8 (it converts either way, so the pixels
-    # are identical), and no clip is needed: every output is a convex
-    # combination of input values in [0, 255].
-    image = tf.image.resize(tf.cast(image, tf.float32), (height, width),
-                            method="bilinear")
-    image = tf.cast(tf.round(image), tf.uint8)
+def _resize_to_uint8(image: tf.Tensor, height: int, width: int,
+                     options: Optional[DecodeOptions] = None) -> tf.Tensor:
+    options = _resolve(options)
+    if options.resize_mode == "stretch" and options.interpolation == "bilinear":
+        # Bilinear resize, rounded back to uint8. TF's bilinear kernel is faster
+        # on float32 input than on uint8 (it converts either way, so the pixels
+        # are identical), and no clip is needed: every output is a convex
+        # combination of input values in [0, 255].
+        image = tf.image.resize(tf.cast(image, tf.float32), (height, width),
+                                method="bilinear")
+        image = tf.cast(tf.round(image), tf.uint8)
+    else:
+        # What image_dataset_from_directory does, so the pixels are exactly
+        # its own: crop as keras' smart_resize (the same centred box), pad
+        # with tf.image.resize_with_pad (resize keeping the aspect ratio, then
+        # centre in zeros). Cubic and lanczos kernels overshoot: clip.
+        image = tf.cast(image, tf.float32)
+        if options.resize_mode == "pad":
+            image = tf.image.resize_with_pad(image, height, width,
+                                             method=options.interpolation)
+        else:
+            import keras  # pylint: disable=import-outside-toplevel
+            image = keras.ops.image.resize(
+                image, (height, width), interpolation=options.interpolation,
+                crop_to_aspect_ratio=options.resize_mode == "crop",
+                data_format="channels_last")
+        image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
     image.set_shape((height, width, 3))
     return image
 
@@ -273,7 +307,7 @@ def decode_and_resize_scaled(contents: tf.Tensor, image_size,
                 image = tf.io.decode_jpeg(contents, channels=3, ratio=ratio,
                                           dct_method="INTEGER_FAST")
                 image = _apply_orientation(image, orientation)
-                return _resize_to_uint8(image, height, width)
+                return _resize_to_uint8(image, height, width, options)
             return decode
 
         fits = lambda r: tf.logical_and(shape[0] >= r * stored_height,

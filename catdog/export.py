@@ -189,6 +189,14 @@ def read_export_metadata(saved_model_dir) -> dict:
         return json.load(f)
 
 
+_RESIZE_TEXT = {
+    "stretch": "{method} tf.image.resize to {size}",
+    "crop": "centre crop to the aspect ratio of {size} (keras smart_resize), {method} "
+            "tf.image.resize to {size}",
+    "pad": "{method} tf.image.resize_with_pad to {size}",
+}
+
+
 def _metadata(class_names, image_size, decode_options, source_dir, stage, version,
               tflite_file):
     """The description written to ``assets.extra/catdog.json``."""
@@ -217,8 +225,9 @@ def _metadata(class_names, image_size, decode_options, source_dir, stage, versio
             "tf.io.decode_image(channels=3, expand_animations=False), "
             + ("turned upright by the JPEG's EXIF orientation tag, "
                if decode_options.exif_orientation else "")
-            + f"bilinear tf.image.resize to {height}x{width} (height x width), "
-            "rounded to uint8"),
+            + _RESIZE_TEXT[decode_options.resize_mode].format(
+                method=decode_options.interpolation, size=f"{height}x{width}")
+            + " (height x width), rounded and clipped to uint8"),
         "decode_options": decode_options.record(),
         "tflite": tflite_file,
         "catdog_version": catdog.__version__,

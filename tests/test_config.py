@@ -153,3 +153,12 @@ def test_resume_settings_of_a_default_augmentation_are_those_recorded_before():
                                 "contrast", "fill_mode", "fill_value"}
     c.model.shear = 0.1
     assert C.resume_settings(c)["shear"] == 0.1  # a changed strength refuses a resume
+
+
+@pytest.mark.parametrize("name,value", [("resize_mode", "squash"), ("interpolation", "cubic"),
+                                        ("exif_orientation", "yes")])
+def test_decode_settings_are_checked_naming_the_flag(name, value):
+    c = _valid("baseline")
+    setattr(c.data, name, value)
+    with pytest.raises(ValueError, match=f"`--{name}`"):
+        c.validate()

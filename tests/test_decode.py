@@ -169,3 +169,39 @@ def test_big_endian_exif_and_garbled_tags_never_fail_the_decode(tmp_path):
     # A truncated APP1 (its length runs past the end of the file) is no tag either.
     cut = _mm_exif_jpeg(_mm_tiff(6))[:30]
     assert int(decode.exif_orientation(tf.constant(cut))) == 1
+
+
+# ---------------------------------------------------------------------------
+# Resize modes and interpolation, as keras.utils.image_dataset_from_directory.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("resize_mode,interpolation", [
+    ("crop", "bilinear"), ("pad", "bilinear"), ("stretch", "nearest"),
+    ("stretch", "bicubic"), ("crop", "area"), ("pad", "lanczos3")])
+def test_resize_modes_and_interpolations_are_keras_pixels(tmp_path, resize_mode, interpolation):
+    import keras  # pylint: disable=import-outside-toplevel
+    root = tmp_path / "imgs"
+    rng = np.random.RandomState(3)
+    for i, shape in enumerate([(30, 50, 3), (50, 30, 3), (24, 24, 3), (61, 17, 3)]):
+        write_image(str(root / "a" / f"{i}.png"), rng.randint(0, 256, shape).astype(np.uint8))
+    write_image(str(root / "b" / "x.png"), rng.randint(0, 256, (20, 40, 3)).astype(np.uint8))
+    size = (20, 28)
+    stock = keras.utils.image_dataset_from_directory(
+        str(root), image_size=size, batch_size=64, shuffle=False, verbose=False,
+        interpolation=interpolation, crop_to_aspect_ratio=resize_mode == "crop",
+        pad_to_aspect_ratio=resize_mode == "pad")
+    (images, _), = list(stock)
+    options = decode.DecodeOptions(resize_mode=resize_mode, interpolation=interpolation)
+    for path, expected in zip(stock.file_paths, images.numpy()):
+        ours = decode.decode_and_resize(tf.io.read_file(path), size, options).numpy()
+        assert ours.dtype == np.uint8 and ours.shape == (*size, 3)
+        np.testing.assert_array_equal(
+            ours, np.clip(np.round(expected), 0, 255).astype(np.uint8), err_msg=path)
+
+
+def test_old_records_mean_stretch_and_bilinear():
+    old = decode.options_of({"image_size": [8, 8]})
+    assert (old.resize_mode, old.interpolation, old.exif_orientation) == (
+        "stretch", "bilinear", False)
+    assert decode.DecodeOptions().resize_mode == "stretch"
+    assert decode.DecodeOptions().interpolation == "bilinear"

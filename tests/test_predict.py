@@ -340,3 +340,24 @@ def test_a_model_trained_without_exif_orientation_is_fed_stored_pixels(
     out = loaded.signatures["serving_default"](
         image_bytes=tf.constant([open(p, "rb").read() for p in paths]))
     assert [c.decode() for c in out["classes"].numpy()] == stored
+
+
+def test_resize_mode_of_the_model_dir_is_used_by_predict_and_export(tmp_path):
+    """A photo whose centre is the upright picture, between noise bands: the
+    model dir's 'crop' finds the picture, a 'stretch' model dir squashes it."""
+    upright = helpers.upright_pixels()  # 48x32
+    bands = np.random.RandomState(1).randint(0, 256, (48, 16, 3)).astype(np.uint8)
+    wide = np.concatenate([bands, upright, bands[:, ::-1]], axis=1)  # 48x64
+    photo = helpers.write_image(str(tmp_path / "wide.png"), wide)
+    for mode, expected in (("crop", "upright"), ("stretch", "turned")):
+        run = helpers.write_upright_run(tmp_path / mode, upright)
+        path = os.path.join(run, "config.json")
+        config = json.load(open(path))
+        config["data"]["resize_mode"] = mode
+        json.dump(config, open(path, "w"))
+        assert predict.predict_files(run, [photo])[0]["class"] == expected, mode
+        saved = export.export_saved_model(run, tmp_path / f"export-{mode}")
+        assert predict.predict_files(saved, [photo])[0]["class"] == expected, mode
+        out = tf.saved_model.load(saved).signatures["serving_default"](
+            image_bytes=tf.constant([open(photo, "rb").read()]))
+        assert out["classes"].numpy()[0].decode() == expected, mode
