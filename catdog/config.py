@@ -163,6 +163,9 @@ class DataConfig:
         "bilinear", "Resize method (tf.image.resize): bilinear, nearest, bicubic, "
         "area, lanczos3, lanczos5, gaussian, mitchellcubic; rounded and clipped "
         "to 0..255. Recorded in config.json.", choices=INTERPOLATIONS)
+    follow_links: bool = option(
+        False, "Folder input: descend into symlinked subfolders of the class "
+        "folders (each folder listed once; a link back up is not followed).")
 
 
 @document_options

@@ -29,7 +29,8 @@ def index_data(data_config, progress: bool = True) -> batching.DataIndex:
     Classes follow ``keras.utils.image_dataset_from_directory``: one subfolder
     per class, alphanumeric order unless ``class_names`` is given, nested
     subfolders count for their top-level class. Every candidate file is
-    decode-checked first; bad ones are skipped and reported. Without
+    decode-checked first; bad ones are skipped and reported; symlinked
+    subfolders are followed with ``follow_links``. Without
     ``val_dir``, ``validation_split`` of each class is held out
     (:func:`catdog.splits.split_files`).
 
@@ -49,13 +50,14 @@ def index_data(data_config, progress: bool = True) -> batching.DataIndex:
                          "Received: train_dir=''")
     class_names = (list(data_config.class_names)
                    if data_config.class_names else None)
+    follow_links = bool(data_config.follow_links)
     paths, labels, class_names = scan.list_image_files(
-        data_config.train_dir, class_names=class_names)
+        data_config.train_dir, class_names=class_names, follow_links=follow_links)
     paths, labels, skipped = scan.keep_usable(paths, labels, data_config.max_pixels, progress)
     if data_config.val_dir:
         # Use the training class order so label i means the same class.
         vpaths, vlabels, _ = scan.list_image_files(
-            data_config.val_dir, class_names=class_names)
+            data_config.val_dir, class_names=class_names, follow_links=follow_links)
         vpaths, vlabels, vskipped = scan.keep_usable(vpaths, vlabels, data_config.max_pixels,
                                                      progress)
         skipped += vskipped
