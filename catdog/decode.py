@@ -221,6 +221,20 @@ def decode_and_resize(contents: tf.Tensor, image_size,
     return _resize_to_uint8(image, height, width, options)
 
 
+def _centre_crop(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """The centred largest box of aspect ratio ``height:width``, with the
+    arithmetic of ``keras.utils.smart_resize`` on tensors of unknown size."""
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    crop_h = tf.maximum(tf.minimum(h, tf.cast(tf.cast(w * height, tf.float32) / width,
+                                              tf.int32)), 1)
+    crop_w = tf.maximum(tf.minimum(w, tf.cast(tf.cast(h * width, tf.float32) / height,
+                                              tf.int32)), 1)
+    top = tf.cast(tf.cast(h - crop_h, tf.float32) / 2, tf.int32)
+    left = tf.cast(tf.cast(w - crop_w, tf.float32) / 2, tf.int32)
+    return image[top:top + crop_h, left:left + crop_w]
+
+
 def _resize_to_uint8(image: tf.Tensor, height: int, width: int,
                      options: Optional[DecodeOptions] = None) -> tf.Tensor:
     options = _resolve(options)
@@ -234,19 +248,18 @@ def _resize_to_uint8(image: tf.Tensor, height: int, width: int,
         image = tf.cast(tf.round(image), tf.uint8)
     else:
         # What image_dataset_from_directory does, so the pixels are exactly
-        # its own: crop as keras' smart_resize (the same centred box), pad
-        # with tf.image.resize_with_pad (resize keeping the aspect ratio, then
-        # centre in zeros). Cubic and lanczos kernels overshoot: clip.
+        # its own: crop as keras' smart_resize, pad with
+        # tf.image.resize_with_pad (resize keeping the aspect ratio, then
+        # centre in zeros), tf.image.resize. Cubic and lanczos kernels
+        # overshoot: clip.
         image = tf.cast(image, tf.float32)
         if options.resize_mode == "pad":
             image = tf.image.resize_with_pad(image, height, width,
                                              method=options.interpolation)
         else:
-            import keras  # pylint: disable=import-outside-toplevel
-            image = keras.ops.image.resize(
-                image, (height, width), interpolation=options.interpolation,
-                crop_to_aspect_ratio=options.resize_mode == "crop",
-                data_format="channels_last")
+            if options.resize_mode == "crop":
+                image = _centre_crop(image, height, width)
+            image = tf.image.resize(image, (height, width), method=options.interpolation)
         image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
     image.set_shape((height, width, 3))
     return image

@@ -177,7 +177,8 @@ def test_big_endian_exif_and_garbled_tags_never_fail_the_decode(tmp_path):
 
 @pytest.mark.parametrize("resize_mode,interpolation", [
     ("crop", "bilinear"), ("pad", "bilinear"), ("stretch", "nearest"),
-    ("stretch", "bicubic"), ("crop", "area"), ("pad", "lanczos3")])
+    ("stretch", "bicubic"), ("crop", "area"), ("pad", "lanczos3"), ("stretch", "gaussian"),
+    ("stretch", "mitchellcubic"), ("crop", "lanczos5")])
 def test_resize_modes_and_interpolations_are_keras_pixels(tmp_path, resize_mode, interpolation):
     import keras  # pylint: disable=import-outside-toplevel
     root = tmp_path / "imgs"
