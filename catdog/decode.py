@@ -2,9 +2,11 @@
 
 Training, evaluation, prediction, the file check and the exported serving
 signature all decode with :func:`decode_and_resize`, so they see the same
-pixels. :func:`decode_and_resize_scaled` is the faster DCT-domain variant a
-training split may use (``--dct_scaling``); :func:`decoder` is the one place
-that chooses between the two.
+pixels, made as a run's :class:`DecodeOptions` say (EXIF orientation, resize
+mode, interpolation; recorded in its ``config.json``).
+:func:`decode_and_resize_scaled` is the faster DCT-domain variant a training
+split may use (``--dct_scaling``); :func:`decoder` is the one place that
+chooses between the two.
 
 This is a leaf module: it imports nothing else of catdog.
 """
