@@ -15,6 +15,7 @@ from absl import flags
 from absl import logging
 
 from catdog import config as config_lib
+from catdog import decode
 from catdog import errors
 from catdog import options
 from catdog import rundir
@@ -100,6 +101,9 @@ def inherit_data_flags(init_dir: str, flag_values=flags.FLAGS) -> list:
         data = rundir.read_config(init_dir).get("data") or {}
     except (OSError, ValueError, AttributeError):
         return []
+    # A config.json from before a decode setting existed made its pixels the
+    # old way: fine-tuning goes on with those.
+    data = {**decode.LEGACY_OPTIONS.record(), **data}
     taken = []
     for spec in options.flag_specs(config_lib.Config()):
         name = spec.flag

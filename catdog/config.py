@@ -25,6 +25,7 @@ from catdog.class_weighting import CLASS_WEIGHT_MODES, class_weights  # noqa: F4
 from catdog.class_weighting import parse_class_weight as _parse_class_weight
 from catdog.control_settings import (LR_SCHEDULES, OPTIMIZERS, control_resume_fields,
                                      validate_controls)
+from catdog.decode import INTERPOLATIONS, RESIZE_MODES
 from catdog.options import document_options, flag_error, option
 
 STAGES = ("baseline", "augmented", "feature_extraction", "fine_tuning")
@@ -169,6 +170,25 @@ class DataConfig:
         "size on both sides at 1/2, 1/4 or 1/8 scale in the DCT domain "
         "(faster decode; pixels differ slightly from the exact decode "
         "that validation, evaluation, prediction and export use).")
+    exif_orientation: bool = option(
+        True, "Turn JPEGs upright by their EXIF orientation tag, as photo viewers "
+        "show them, before resizing. Recorded in config.json: evaluation, "
+        "prediction and export of the model decode the same way (a config.json "
+        "without it means off, the decode of older catdog versions).")
+    resize_mode: str = option(
+        "stretch", "How an image reaches --image_size: 'stretch' (aspect ratio not "
+        "kept), 'crop' the centred largest box of that aspect ratio first, or "
+        "'pad': resize keeping the aspect ratio, centred on black "
+        "(image_dataset_from_directory's crop_to_aspect_ratio / "
+        "pad_to_aspect_ratio). Recorded in config.json.",
+        choices=RESIZE_MODES)
+    interpolation: str = option(
+        "bilinear", "Resize method (tf.image.resize): bilinear, nearest, bicubic, "
+        "area, lanczos3, lanczos5, gaussian, mitchellcubic; rounded and clipped "
+        "to 0..255. Recorded in config.json.", choices=INTERPOLATIONS)
+    follow_links: bool = option(
+        False, "Folder input: descend into symlinked subfolders of the class "
+        "folders (each folder listed once; a link back up is not followed).")
 
 
 @document_options
@@ -419,6 +439,12 @@ def validate(config: Config) -> None:
     if d.shuffle_buffer < 0:
         _fail("shuffle_buffer", d.shuffle_buffer,
               "must be >= 0 (0: the default, see --help)")
+    if not isinstance(d.exif_orientation, bool):
+        _fail("exif_orientation", d.exif_orientation, "must be true or false")
+    if d.resize_mode not in RESIZE_MODES:
+        _fail("resize_mode", d.resize_mode, f"must be one of {RESIZE_MODES}")
+    if d.interpolation not in INTERPOLATIONS:
+        _fail("interpolation", d.interpolation, f"must be one of {INTERPOLATIONS}")
     if d.max_pixels < 1:
         _fail("max_pixels", d.max_pixels, "must be a positive number of pixels")
     if m.head not in HEADS:
@@ -586,7 +612,8 @@ def split_fields(data: DataConfig) -> tuple:
 #: schedule count with that schedule, momentum with sgd. The dtype policy is
 #: checked as resolved, not as asked.
 RESUME_SETTINGS = {
-    "data": ("image_size", "batch_size", "seed", "shuffle_buffer", "dct_scaling"),
+    "data": ("image_size", "batch_size", "seed", "shuffle_buffer", "dct_scaling",
+             "exif_orientation", "resize_mode", "interpolation"),
     "train": ("learning_rate", "class_weight", "mixup", "cutmix", "label_smoothing",
               "lr_schedule", "warmup_epochs", "monitor", "optimizer", "weight_decay"),
     "model": {

@@ -29,7 +29,8 @@ from catdog.batching import (  # noqa: F401
     STREAM_SHUFFLE_BUFFER, DataIndex, SourceSplit, SplitFiles, batch_pipeline,
     require_every_class)
 from catdog.decode import (  # noqa: F401
-    DCT_RATIOS, DECODE_VERSION, decode_and_resize, decode_and_resize_scaled)
+    DCT_RATIOS, DECODE_VERSION, DecodeOptions, decode_and_resize, decode_and_resize_scaled)
+from catdog.decode import options_of as decode_options_of
 from catdog.scan import keep_usable
 from catdog.sources import csv_labels
 from catdog.sources import tfds
@@ -123,6 +124,8 @@ def build_split(data_config, index: DataIndex, split: str,
                   # Validation always decodes exactly: the checkpoint is chosen
                   # on the pixels evaluation, prediction and export see.
                   dct_scaling=data_config.dct_scaling and split == "train",
+                  # The pixels the run records in config.json, for every split.
+                  decode_options=decode_options_of(data_config),
                   input_context=input_context)
     if data_config.train_tfrecords:
         return tfrecords.build_tfrecord_dataset(files.source, num_examples=len(files),

@@ -380,12 +380,13 @@ def _csv_examples(test_csv, class_names, max_pixels, **columns):
     return good_paths, good_labels, skipped, rows.report()
 
 
-def _tfds_dataset(name, split, data_dir, image_size, batch_size, class_names):
+def _tfds_dataset(name, split, data_dir, image_size, batch_size, class_names,
+                  decode_options):
     """A batched (uint8 images, labels, references) dataset from TFDS.
 
     Images are read as encoded bytes (``SkipDecoding``) and go through
-    :func:`catdog.data.decode_and_resize`, so they get exactly the decode
-    and resize of folder input.
+    :func:`catdog.data.decode_and_resize` with the model's ``decode_options``,
+    so they get exactly the decode and resize of folder input.
     """
     import tensorflow_datasets as tfds  # optional: only for TFDS input
 
@@ -409,7 +410,7 @@ def _tfds_dataset(name, split, data_dir, image_size, batch_size, class_names):
                             decoders={image_key: tfds.decode.SkipDecoding()})
     image_size = tuple(image_size)
     ds = ds.enumerate().map(
-        lambda i, ex: (data_lib.decode_and_resize(ex[0], image_size),
+        lambda i, ex: (data_lib.decode_and_resize(ex[0], image_size, decode_options),
                        tf.cast(ex[1], tf.int64), i),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), tfds_names
@@ -493,6 +494,8 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
                          f"Received: batch_size={batch_size!r}")
     model_dir = os.fspath(model_dir)
     model, config, image_size, class_names = model_io.load_for_inference(model_dir)
+    # The pixels the model was trained on (an older config.json: the old decode).
+    decode_options = model_io.config_decode_options(config)
     num_classes = len(class_names)
     _check_threshold(threshold, num_classes)
     threshold = float(threshold)
@@ -519,12 +522,12 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
         ds = data_lib.build_dataset(
             paths, labels, num_classes=num_classes, image_size=image_size,
             batch_size=batch_size, training=False, cache="none",
-            deterministic=True, split="test")
+            deterministic=True, split="test", decode_options=decode_options)
         probs = np.concatenate([probabilities(images).numpy() for images, _ in ds])
         test_data = test_dir
     else:
         ds, _ = _tfds_dataset(tfds_name, tfds_split, tfds_data_dir, image_size,
-                              batch_size, class_names)
+                              batch_size, class_names, decode_options)
         chunks, labels, paths, images_of = [], [], [], {}
         ref = f"tfds:{tfds_name}/{tfds_split}"
         for images, batch_labels, index in ds:

@@ -11,7 +11,9 @@ Signatures:
 ``serving_default``
     ``image_bytes``: ``tf.string [N]``, encoded JPEG/PNG/GIF/BMP of any size.
     Each image is decoded and resized by :func:`catdog.data.decode_and_resize`
-    (the training decode). TF Serving's REST API accepts binary inputs as
+    (the training decode, with the decode options of the model dir's
+    ``config.json``, e.g. EXIF orientation; a bare ``keras.Model`` gets
+    ``DecodeOptions()``). TF Serving's REST API accepts binary inputs as
     ``{"b64": "..."}`` because the input name ends in ``_bytes``. One
     undecodable image fails the whole request, as a batch op must.
 ``serve_images``
@@ -27,8 +29,8 @@ default (``version="auto"``) ``export_dir`` is that base and each export
 writes the next free version, ``export_dir/1``, ``export_dir/2``, ...
 ``version=<int>`` writes that version, and ``version=None`` writes the
 SavedModel into ``export_dir`` itself. Each version holds
-``assets.extra/catdog.json`` (class names, image size, source model_dir,
-versions) and, with ``tflite=True``, ``model.tflite``.
+``assets.extra/catdog.json`` (class names, image size, decode options,
+source model_dir, versions) and, with ``tflite=True``, ``model.tflite``.
 
 Exports are atomic: everything is written into a hidden temporary folder next
 to the target (same filesystem), then renamed into place, so a reader (or TF
@@ -48,6 +50,7 @@ import keras
 import tensorflow as tf
 
 import catdog
+from catdog import decode
 from catdog import errors
 from catdog import fileio
 from catdog import model_io
@@ -94,6 +97,7 @@ def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
     """
     if isinstance(model_dir_or_model, keras.Model):
         model, config, source_dir = model_dir_or_model, {}, None
+        decode_options = decode.DecodeOptions()
         if class_names is None:
             raise ValueError(
                 "class_names is required to export a keras.Model; pass the "
@@ -105,6 +109,7 @@ def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
         source_dir = os.path.abspath(os.fspath(model_dir_or_model))
         model, config, image_size, class_names = model_io.load_for_inference(
             source_dir, image_size=image_size, class_names=class_names)
+        decode_options = model_io.config_decode_options(config)
 
     parent, target = _resolve_target(export_dir, version, overwrite)
     created = _make_parents(parent)
@@ -113,10 +118,10 @@ def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
         # os.mkdir, not tempfile.mkdtemp: mkdtemp makes the folder 0700, which
         # a serving process running as another user could not read.
         os.mkdir(staging)
-        _write_saved_model(model, staging, image_size, class_names)
+        _write_saved_model(model, staging, image_size, class_names, decode_options)
         tflite_file = _write_tflite(staging) if tflite else None
         _write_metadata(staging, _metadata(
-            class_names, image_size, source_dir, config.get("stage"),
+            class_names, image_size, decode_options, source_dir, config.get("stage"),
             None if version is None else int(os.path.basename(target)), tflite_file))
         _publish(staging, target, overwrite)
     except BaseException:
@@ -131,7 +136,7 @@ def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
     return target
 
 
-def build_serving_functions(model, image_size, class_names):
+def build_serving_functions(model, image_size, class_names, decode_options=None):
     """Returns the ``(serving_default, serve_images)`` Python functions.
 
     Exposed so the exported graphs can be inspected or reused in a larger
@@ -142,6 +147,8 @@ def build_serving_functions(model, image_size, class_names):
       model: a built ``keras.Model`` (see :mod:`catdog.model_io`).
       image_size: ``(height, width)`` the model takes.
       class_names: class names in label order.
+      decode_options: the :class:`catdog.decode.DecodeOptions` of
+        ``serving_default``'s decode (default: ``DecodeOptions()``).
 
     Returns:
       ``serving_default(image_bytes)`` and ``serve_images(images)``, each
@@ -149,6 +156,7 @@ def build_serving_functions(model, image_size, class_names):
       ``class_names`` described in this module's docstring.
     """
     class_names = [str(n) for n in class_names]
+    decode_options = decode_options or decode.DecodeOptions()
     height, width = model_io.checked_image_size(image_size)
     num_classes = model_io.check_model_outputs(model, class_names)
     probabilities_of = model_io.probabilities_fn(model, num_classes)
@@ -166,7 +174,7 @@ def build_serving_functions(model, image_size, class_names):
         # map_fn, not vectorized_map: images differ in size before resizing,
         # so decoding cannot be vectorized anyway.
         images = tf.map_fn(
-            lambda contents: decode_and_resize(contents, (height, width)),
+            lambda contents: decode_and_resize(contents, (height, width), decode_options),
             image_bytes,
             fn_output_signature=tf.TensorSpec((height, width, 3), tf.uint8))
         return serve_images(images)
@@ -181,7 +189,16 @@ def read_export_metadata(saved_model_dir) -> dict:
         return json.load(f)
 
 
-def _metadata(class_names, image_size, source_dir, stage, version, tflite_file):
+_RESIZE_TEXT = {
+    "stretch": "{method} tf.image.resize to {size}",
+    "crop": "centre crop to the aspect ratio of {size} (keras smart_resize), {method} "
+            "tf.image.resize to {size}",
+    "pad": "{method} tf.image.resize_with_pad to {size}",
+}
+
+
+def _metadata(class_names, image_size, decode_options, source_dir, stage, version,
+              tflite_file):
     """The description written to ``assets.extra/catdog.json``."""
     height, width = image_size
     return {
@@ -205,8 +222,13 @@ def _metadata(class_names, image_size, source_dir, stage, version, tflite_file):
         },
         # What a client feeding serve_images (or model.tflite) must reproduce.
         "preprocessing": (
-            "tf.io.decode_image(channels=3, expand_animations=False), bilinear "
-            f"tf.image.resize to {height}x{width} (height x width), rounded to uint8"),
+            "tf.io.decode_image(channels=3, expand_animations=False), "
+            + ("turned upright by the JPEG's EXIF orientation tag, "
+               if decode_options.exif_orientation else "")
+            + _RESIZE_TEXT[decode_options.resize_mode].format(
+                method=decode_options.interpolation, size=f"{height}x{width}")
+            + " (height x width), rounded and clipped to uint8"),
+        "decode_options": decode_options.record(),
         "tflite": tflite_file,
         "catdog_version": catdog.__version__,
         "tensorflow_version": tf.__version__,
@@ -216,10 +238,15 @@ def _metadata(class_names, image_size, source_dir, stage, version, tflite_file):
     }
 
 
-def _write_saved_model(model, path, image_size, class_names):
-    serving_default, serve_images = build_serving_functions(model, image_size, class_names)
+def _write_saved_model(model, path, image_size, class_names, decode_options):
+    serving_default, serve_images = build_serving_functions(
+        model, image_size, class_names, decode_options)
     archive = keras.export.ExportArchive()
     archive.track(model)
+    # Read back by catdog.model_io.saved_model_decode_options: predict.py
+    # decodes a SavedModel's inputs as its serving_default does.
+    archive.add_variable_collection(model_io.DECODE_OPTIONS_COLLECTION, [tf.Variable(
+        json.dumps(decode_options.record(), sort_keys=True), trainable=False)])
     archive.add_endpoint("serving_default", serving_default, input_signature=[
         tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
     archive.add_endpoint(model_io.IMAGES_SIGNATURE, serve_images, input_signature=[

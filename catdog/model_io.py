@@ -16,17 +16,42 @@ probabilities.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from typing import Sequence
 
 import keras
 import tensorflow as tf
 
+from catdog import decode
 from catdog import errors
 from catdog import rundir
 
 #: Signature of an exported SavedModel that takes decoded uint8 images.
 IMAGES_SIGNATURE = "serve_images"
+#: Variable collection of an exported SavedModel recording its decode options (JSON).
+DECODE_OPTIONS_COLLECTION = "catdog_decode_options"
+
+
+def config_decode_options(config: dict) -> decode.DecodeOptions:
+    """The decode options a run's parsed ``config.json`` records.
+
+    A setting missing from it (a run of an older catdog) is that version's
+    decode (:data:`catdog.decode.LEGACY_OPTIONS`), the pixels it trained on.
+    """
+    return decode.options_of((config or {}).get("data") or {})
+
+
+def saved_model_decode_options(loaded) -> decode.DecodeOptions:
+    """The decode options an exported SavedModel's ``serving_default`` uses.
+
+    A SavedModel exported by an older catdog records none: its decode was
+    :data:`catdog.decode.LEGACY_OPTIONS`.
+    """
+    collection = getattr(loaded, DECODE_OPTIONS_COLLECTION, None)
+    if not collection:
+        return decode.LEGACY_OPTIONS
+    return decode.options_of(json.loads(collection[0].numpy().decode("utf-8")))
 
 
 def load_catdog_model(model_dir) -> tuple[keras.Model, dict]:

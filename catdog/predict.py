@@ -9,8 +9,9 @@ Two kinds of model are accepted and give the same answers:
   those the served model returns.
 
 Every file is read and decoded on its own, with
-:func:`catdog.data.decode_and_resize` (the decode used in training), so one
-unreadable file becomes one error row instead of ending the run; decoded
+:func:`catdog.data.decode_and_resize` (the decode used in training, with the
+decode options the model dir's ``config.json`` or the SavedModel records), so
+one unreadable file becomes one error row instead of ending the run; decoded
 images are then sent to the model in batches.
 """
 
@@ -23,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from catdog import decode
 from catdog import errors
 from catdog import model_io
 from catdog import rundir
@@ -80,7 +82,7 @@ def predict_files(model_or_saved_model, paths: Iterable, *, image_size=None,
             or batch_size < 1:
         raise ValueError(
             f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
-    predict_batch, image_size = _make_predictor(
+    predict_batch, image_size, options = _make_predictor(
         model_or_saved_model, image_size, class_names)
 
     rows: list[dict] = []
@@ -98,7 +100,7 @@ def predict_files(model_or_saved_model, paths: Iterable, *, image_size=None,
         row = {"path": path, "class": None, "probability": None, "error": error}
         rows.append(row)
         if error is None:
-            image, row["error"] = _read_and_decode(path, image_size)
+            image, row["error"] = _read_and_decode(path, image_size, options)
             if image is not None:
                 pending.append((row, image))
                 if len(pending) >= batch_size:
@@ -107,7 +109,7 @@ def predict_files(model_or_saved_model, paths: Iterable, *, image_size=None,
     return rows
 
 
-def _read_and_decode(path: str, image_size):
+def _read_and_decode(path: str, image_size, options: decode.DecodeOptions):
     """Returns ``(uint8 image, None)`` or ``(None, reason)`` for one file.
 
     Eager on purpose: an error belongs to exactly one file, and decoding
@@ -121,24 +123,28 @@ def _read_and_decode(path: str, image_size):
     if not contents:
         return None, "empty file (0 bytes)"
     try:
-        return decode_and_resize(tf.constant(contents), image_size).numpy(), None
+        return decode_and_resize(tf.constant(contents), image_size, options).numpy(), None
     except tf.errors.OpError as error:
         return None, (f"not a readable JPEG/PNG/GIF/BMP image ({len(contents)} "
                       f"bytes): {errors.first_line(error)}")
 
 
 def _make_predictor(model_or_saved_model, image_size, class_names):
-    """Returns ``(predict_batch, image_size)`` for any accepted model form.
+    """Returns ``(predict_batch, image_size, decode_options)`` for any accepted model form.
 
     ``predict_batch(uint8 batch)`` yields ``(class name, probability of that
-    class)`` per image.
+    class)`` per image. The decode options are those the model was trained
+    (model_dir) or exported (SavedModel) with; a bare ``keras.Model`` gets
+    ``DecodeOptions()``, catdog's default.
     """
     source = model_or_saved_model
+    options = decode.DecodeOptions()
     if isinstance(source, (str, os.PathLike)):
         source = os.fspath(source)
         if model_io.find_saved_model(source) is None:
-            source, _, image_size, class_names = model_io.load_for_inference(
+            source, config, image_size, class_names = model_io.load_for_inference(
                 source, image_size=image_size, class_names=class_names)
+            options = model_io.config_decode_options(config)
         else:
             source = model_io.load_saved_model(source)
 
@@ -160,7 +166,7 @@ def _make_predictor(model_or_saved_model, image_size, class_names):
             best = probs.argmax(axis=1)  # ties go to the first class, as tf.argmax
             return [(names[i], float(p[i])) for i, p in zip(best, probs)]
 
-        return predict_batch, image_size
+        return predict_batch, image_size, options
 
     signatures = getattr(source, "signatures", None)
     if signatures is None or model_io.IMAGES_SIGNATURE not in signatures:
@@ -186,4 +192,4 @@ def _make_predictor(model_or_saved_model, image_size, class_names):
         classes = out["classes"].numpy()
         return [(c.decode(), float(p.max())) for c, p in zip(classes, probs)]
 
-    return predict_batch, image_size
+    return predict_batch, image_size, model_io.saved_model_decode_options(source)

@@ -236,6 +236,45 @@ def write_jpeg_exif_only(path) -> str:
     return _write(path, b"\xff\xd8" + app1 + b"".join(segments) + scan)
 
 
+#: PIL transposes that undo EXIF orientation k (as ImageOps.exif_transpose).
+_EXIF_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                 8: Image.Transpose.ROTATE_90}
+#: The inverse of each: what a camera stores for an upright scene.
+_EXIF_STORED = {**_EXIF_UPRIGHT, 6: Image.Transpose.ROTATE_90,
+                8: Image.Transpose.ROTATE_270}
+
+
+def upright_pixels(height: int = 48, width: int = 32, block: int = 8) -> np.ndarray:
+    """An asymmetric picture (blocks of distinct flat colours): every flip,
+    rotation and transpose of it differs, and JPEG keeps it nearly exact."""
+    rng = np.random.RandomState(7)
+    blocks = rng.randint(0, 256, (height // block, width // block, 3)).astype(np.uint8)
+    return np.kron(blocks, np.ones((block, block, 1), np.uint8))
+
+
+def oriented_jpeg_bytes(upright: np.ndarray, orientation, exif: bool = True) -> bytes:
+    """A JPEG whose EXIF orientation tag says how to turn it back to ``upright``.
+
+    The stored pixels are ``upright`` turned as a camera held sideways stores
+    them, so a viewer that honours the tag shows ``upright``.
+    """
+    image = Image.fromarray(upright)
+    if orientation in _EXIF_STORED:
+        image = image.transpose(_EXIF_STORED[orientation])
+    info = Image.Exif()
+    info[0x0112] = orientation
+    options = {"exif": info} if exif else {}
+    return _pil_bytes(image, "JPEG", quality=95, subsampling=0, **options)
+
+
+def write_oriented_jpeg(path, orientation, upright=None) -> str:
+    """Writes :func:`oriented_jpeg_bytes` of ``upright`` (default :func:`upright_pixels`)."""
+    upright = upright_pixels() if upright is None else upright
+    return _write(path, oriented_jpeg_bytes(upright, orientation))
+
+
 def write_jpeg_with_trailer(path) -> str:
     """A complete JPEG followed by 10 KB of appended data (as phones append
     motion-photo or maker data after the end-of-image marker)."""
@@ -424,6 +463,43 @@ def write_run(model_dir, model, class_names, image_size):
         json.dump({"stage": "baseline", "class_names": class_names,
                    "data": {"image_size": list(image_size)}}, f)
     return str(model_dir)
+
+
+def upright_detector(upright: np.ndarray, strength: float = 40.0):
+    """A binary model that answers class 1 (probability ~1) for ``upright``
+    and class 0 for any flip, rotation or transpose of it.
+
+    A linear score on the pixels, matched to ``upright``'s pattern: it tells
+    which pixels reached the model, whatever the decode path.
+    """
+    height, width, _ = upright.shape
+    pattern = upright.astype(np.float32) / 255.0
+    pattern -= pattern.mean()
+    kernel = (strength * pattern / np.sum(pattern * pattern)).reshape(-1, 1)
+    inputs = keras.Input((height, width, 3))
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    dense = keras.layers.Dense(1, "sigmoid")
+    model = keras.Model(inputs, dense(x))
+    mean = float(upright.astype(np.float32).mean() / 255.0)
+    # Upright scores +strength/2; a turned copy (uncorrelated pattern) about -strength/2.
+    bias = -float(np.sum(kernel[:, 0]) * mean) - strength / 2
+    dense.set_weights([kernel.astype(np.float32), np.array([bias], np.float32)])
+    return model
+
+
+def write_upright_run(model_dir, upright: np.ndarray, exif_orientation=True) -> str:
+    """A model dir of :func:`upright_detector`; ``exif_orientation=None`` writes
+    a config.json from before the setting existed (no key)."""
+    model_dir = write_run(model_dir, upright_detector(upright), ["turned", "upright"],
+                          upright.shape[:2])
+    if exif_orientation is not None:
+        path = os.path.join(model_dir, "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        config["data"]["exif_orientation"] = bool(exif_orientation)
+        with open(path, "w") as f:
+            json.dump(config, f)
+    return model_dir
 
 
 def image_bytes(seed, shape=(40, 52, 3), fmt="jpeg"):

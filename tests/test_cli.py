@@ -243,3 +243,23 @@ def test_run_pipeline_augment_applies_to_the_stages_that_build_their_model(tmp_p
     on = stages.stage_config(base, "baseline", str(tmp_path), augment=True)
     off = stages.stage_config(base, "feature_extraction", str(tmp_path), augment=False)
     assert on.model.augment is True and off.model.augment is False
+
+
+def test_fine_tuning_decodes_as_its_init_from_run(fv, tmp_path):
+    fe = _stage3_dir(tmp_path, train_dir="photos", resize_mode="crop", interpolation="area",
+                     exif_orientation=False)
+    fv(["prog", f"--init_from={fe}", "--model_dir=ft"])
+    d = cli.config_from_flags("fine_tuning", fv).data
+    assert (d.exif_orientation, d.resize_mode, d.interpolation) == (False, "crop", "area")
+    # A stage-3 run of an older catdog (no decode settings recorded) made its
+    # pixels without EXIF orientation: fine-tuning goes on with those.
+    path = os.path.join(fe, "config.json")
+    record = json.load(open(path))
+    for key in ("exif_orientation", "resize_mode", "interpolation"):
+        del record["data"][key]
+    json.dump(record, open(path, "w"))
+    fresh = flags.FlagValues()
+    cli.define_training_flags(fresh)
+    fresh(["prog", f"--init_from={fe}", "--model_dir=ft"])
+    d = cli.config_from_flags("fine_tuning", fresh).data
+    assert (d.exif_orientation, d.resize_mode, d.interpolation) == (False, "stretch", "bilinear")

@@ -229,3 +229,12 @@ def test_label_smoothing_is_checked_and_part_of_the_resume_fingerprint():
     c.train.fast_features = True
     with pytest.raises(ValueError, match="--label_smoothing.*--fast_features"):
         c.validate()
+
+
+@pytest.mark.parametrize("name,value", [("resize_mode", "squash"), ("interpolation", "cubic"),
+                                        ("exif_orientation", "yes")])
+def test_decode_settings_are_checked_naming_the_flag(name, value):
+    c = _valid("baseline")
+    setattr(c.data, name, value)
+    with pytest.raises(ValueError, match=f"`--{name}`"):
+        c.validate()

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from catdog import decode
+import helpers
 from helpers import write_image
 
 
@@ -77,3 +78,131 @@ def test_decoder_picks_the_scaled_decode_only_when_asked(tmp_path):
                                   (True, decode.decode_and_resize_scaled)):
         np.testing.assert_array_equal(decode.decoder(dct_scaling)(contents, (24, 24)),
                                       expected(contents, (24, 24)))
+
+
+# ---------------------------------------------------------------------------
+# EXIF orientation.
+# ---------------------------------------------------------------------------
+
+ORIENTATIONS = range(1, 9)
+
+
+def assert_upright(image, upright, what):
+    """JPEG tolerance: flat 8x8 colour blocks come back within a few levels."""
+    image = np.asarray(image)
+    assert image.shape == upright.shape, what
+    diff = np.abs(image.astype(int) - upright.astype(int))
+    assert diff.mean() < 2 and diff.max() <= 16, f"{what}: mean {diff.mean()}, max {diff.max()}"
+
+
+def test_exif_orientation_is_read_from_the_bytes():
+    upright = helpers.upright_pixels()
+    for k in ORIENTATIONS:
+        contents = tf.constant(helpers.oriented_jpeg_bytes(upright, k))
+        assert int(decode.exif_orientation(contents)) == k
+
+
+def test_all_eight_exif_orientations_decode_upright_eager_and_in_tf_data(tmp_path):
+    upright = helpers.upright_pixels()  # 48x32: a turn swaps height and width
+    paths = [helpers.write_oriented_jpeg(tmp_path / f"o{k}.jpg", k, upright)
+             for k in ORIENTATIONS]
+    for k, path in zip(ORIENTATIONS, paths):
+        image = decode.decode_and_resize(tf.io.read_file(path), (48, 32))
+        assert_upright(image, upright, f"orientation {k}")
+    graph = tf.data.Dataset.from_tensor_slices(paths).map(
+        lambda p: decode.decode_and_resize(tf.io.read_file(p), (48, 32)))
+    for k, image in zip(ORIENTATIONS, graph):
+        assert_upright(image, upright, f"orientation {k} in tf.data")
+
+
+def test_exif_orientation_off_keeps_the_stored_pixels():
+    upright = helpers.upright_pixels()
+    stored = np.rot90(upright, k=1)  # orientation 6: stored turned 90 degrees left
+    contents = tf.constant(helpers.oriented_jpeg_bytes(upright, 6))
+    off = decode.DecodeOptions(exif_orientation=False)
+    assert_upright(decode.decode_and_resize(contents, (32, 48), off), stored, "off")
+    assert_upright(decode.decode_and_resize(contents, (48, 32)), upright, "on by default")
+
+
+def test_dct_scaled_decode_turns_upright_too():
+    upright = helpers.upright_pixels(192, 128)  # >= 8x the 24x16 target
+    target = upright[4::8, 4::8]  # the 24x16 flat blocks
+    for k in ORIENTATIONS:
+        contents = tf.constant(helpers.oriented_jpeg_bytes(upright, k))
+        scaled = decode.decode_and_resize_scaled(contents, (24, 16)).numpy()
+        assert_upright(scaled, target, f"scaled, orientation {k}")
+
+
+def _mm_exif_jpeg(tiff: bytes) -> bytes:
+    """A JPEG with the given TIFF block as its Exif APP1 (after the JFIF APP0)."""
+    data = helpers.jpeg_bytes("exif")
+    payload = b"Exif\x00\x00" + tiff
+    app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    return data[:2] + app1 + data[2:]
+
+
+def _mm_tiff(value: int, ifd_offset: int = 8, count: int = 1) -> bytes:
+    entry = (b"\x01\x12" + b"\x00\x03" + b"\x00\x00\x00\x01"
+             + value.to_bytes(2, "big") + b"\x00\x00")
+    return b"MM\x00*" + ifd_offset.to_bytes(4, "big") + count.to_bytes(2, "big") + entry
+
+
+def test_big_endian_exif_and_garbled_tags_never_fail_the_decode(tmp_path):
+    plain = helpers.jpeg_bytes("exif")
+    cases = {
+        "big-endian 6": (_mm_exif_jpeg(_mm_tiff(6)), 6),
+        "value 9": (_mm_exif_jpeg(_mm_tiff(9)), 1),
+        "value 0": (_mm_exif_jpeg(_mm_tiff(0)), 1),
+        "IFD beyond the file": (_mm_exif_jpeg(_mm_tiff(6, ifd_offset=2**31)), 1),
+        "entry count beyond the segment": (_mm_exif_jpeg(_mm_tiff(6, count=60000)), 6),
+        "bad byte order": (_mm_exif_jpeg(b"XX" + _mm_tiff(6)[2:]), 1),
+        "empty TIFF": (_mm_exif_jpeg(b""), 1),
+        "no entries": (open(helpers.write_jpeg_exif_only(tmp_path / "e.jpg"), "rb").read(), 1),
+        "no EXIF": (plain, 1),
+        "PNG": (helpers.png_bytes("exif"), 1),
+    }
+    for what, (contents, expected) in cases.items():
+        contents = tf.constant(contents)
+        assert int(decode.exif_orientation(contents)) == expected, what
+        image = decode.decode_and_resize(contents, (16, 16))
+        assert image.shape == (16, 16, 3), what
+    # A truncated APP1 (its length runs past the end of the file) is no tag either.
+    cut = _mm_exif_jpeg(_mm_tiff(6))[:30]
+    assert int(decode.exif_orientation(tf.constant(cut))) == 1
+
+
+# ---------------------------------------------------------------------------
+# Resize modes and interpolation, as keras.utils.image_dataset_from_directory.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("resize_mode,interpolation", [
+    ("crop", "bilinear"), ("pad", "bilinear"), ("stretch", "nearest"),
+    ("stretch", "bicubic"), ("crop", "area"), ("pad", "lanczos3"), ("stretch", "gaussian"),
+    ("stretch", "mitchellcubic"), ("crop", "lanczos5")])
+def test_resize_modes_and_interpolations_are_keras_pixels(tmp_path, resize_mode, interpolation):
+    import keras  # pylint: disable=import-outside-toplevel
+    root = tmp_path / "imgs"
+    rng = np.random.RandomState(3)
+    for i, shape in enumerate([(30, 50, 3), (50, 30, 3), (24, 24, 3), (61, 17, 3)]):
+        write_image(str(root / "a" / f"{i}.png"), rng.randint(0, 256, shape).astype(np.uint8))
+    write_image(str(root / "b" / "x.png"), rng.randint(0, 256, (20, 40, 3)).astype(np.uint8))
+    size = (20, 28)
+    stock = keras.utils.image_dataset_from_directory(
+        str(root), image_size=size, batch_size=64, shuffle=False, verbose=False,
+        interpolation=interpolation, crop_to_aspect_ratio=resize_mode == "crop",
+        pad_to_aspect_ratio=resize_mode == "pad")
+    (images, _), = list(stock)
+    options = decode.DecodeOptions(resize_mode=resize_mode, interpolation=interpolation)
+    for path, expected in zip(stock.file_paths, images.numpy()):
+        ours = decode.decode_and_resize(tf.io.read_file(path), size, options).numpy()
+        assert ours.dtype == np.uint8 and ours.shape == (*size, 3)
+        np.testing.assert_array_equal(
+            ours, np.clip(np.round(expected), 0, 255).astype(np.uint8), err_msg=path)
+
+
+def test_old_records_mean_stretch_and_bilinear():
+    old = decode.options_of({"image_size": [8, 8]})
+    assert (old.resize_mode, old.interpolation, old.exif_orientation) == (
+        "stretch", "bilinear", False)
+    assert decode.DecodeOptions().resize_mode == "stretch"
+    assert decode.DecodeOptions().interpolation == "bilinear"

@@ -375,3 +375,20 @@ def test_script_usage_errors_exit_2(binary_case, tmp_path):
     proc = _script(f"--model_dir={model_dir}", f"--test_dir={test_dir}", "--threshold=1.5")
     assert proc.returncode == 2
     assert "--threshold" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("exif_orientation", [True, False])
+def test_evaluation_decodes_as_the_model_dir_says(tmp_path, exif_orientation):
+    """Photos of all eight EXIF orientations, all truly upright: a model dir
+    recorded with exif_orientation sees them upright; one recorded without it
+    sees them as stored (as it was trained)."""
+    import helpers  # pylint: disable=import-outside-toplevel
+    upright = helpers.upright_pixels()
+    for k in range(1, 9):
+        helpers.write_oriented_jpeg(tmp_path / "test" / "upright" / f"o{k}.jpg", k, upright)
+    write_image(str(tmp_path / "test" / "turned" / "half_turn.png"),
+                np.ascontiguousarray(upright[::-1, ::-1]))
+    run = helpers.write_upright_run(tmp_path / "run", upright, exif_orientation)
+    result = ev.evaluate(run, str(tmp_path / "test"), out_dir=str(tmp_path / "out"))
+    assert result["num_examples"] == 9
+    assert result["num_mistakes"] == (0 if exif_orientation else 7)

@@ -147,3 +147,41 @@ def test_a_live_cache_writer_is_left_alone_and_the_run_uses_another_prefix(tmp_p
     finally:
         holder.kill()
         holder.communicate(timeout=60)
+
+
+def test_a_file_cache_of_other_decode_options_is_not_reused(tmp_path):
+    import helpers  # pylint: disable=import-outside-toplevel
+    upright = helpers.upright_pixels()
+    paths = [helpers.write_oriented_jpeg(tmp_path / "d" / f"o{k}.jpg", k, upright)
+             for k in (6, 8)]
+    cache = tmp_path / "cache"
+
+    def epoch(exif_orientation):
+        ds = data.build_dataset(
+            paths, [0, 1], num_classes=2, image_size=(48, 32), batch_size=2,
+            training=False, cache=str(cache),
+            decode_options=decode.DecodeOptions(exif_orientation=exif_orientation))
+        return np.concatenate([x.numpy() for x, _ in ds])
+
+    on, off = epoch(True), epoch(False)
+    assert np.abs(on.astype(int) - upright.astype(int)).mean() < 2
+    assert np.abs(off.astype(int) - upright.astype(int)).mean() > 20
+    assert len(_cache_names(cache)) == 2
+
+
+def test_a_file_cache_of_another_resize_mode_is_not_reused(tmp_path):
+    rng = np.random.RandomState(0)
+    paths = [write_image(str(tmp_path / "d" / f"{i}.png"),
+                         rng.randint(0, 256, (16, 40, 3)).astype(np.uint8)) for i in range(2)]
+    cache = tmp_path / "cache"
+
+    def epoch(resize_mode):
+        ds = data.build_dataset(
+            paths, [0, 1], num_classes=2, image_size=(16, 16), batch_size=2,
+            training=False, cache=str(cache),
+            decode_options=decode.DecodeOptions(resize_mode=resize_mode))
+        return np.concatenate([x.numpy() for x, _ in ds])
+
+    stretch, pad = epoch("stretch"), epoch("pad")
+    assert not pad[:, :4].any() and stretch[:, :4].any()  # pad: zero rows above the image
+    assert len(_cache_names(cache)) == 2

@@ -118,12 +118,12 @@ def test_predict_files_with_no_usable_file_never_calls_the_model(
     make_predictor = predict._make_predictor
 
     def spying_make_predictor(*args):
-        predict_batch, size = make_predictor(*args)
+        predict_batch, *rest = make_predictor(*args)  # rest: image size, decode options
 
         def spy(batch):
             calls.append(len(batch))
             return predict_batch(batch)
-        return spy, size
+        return (spy, *rest)
 
     monkeypatch.setattr(predict, "_make_predictor", spying_make_predictor)
     for source in (model_dir, exported):
@@ -142,13 +142,13 @@ def test_model_calls_are_batched_around_bad_files(binary_run, images, tmp_path, 
     make_predictor = predict._make_predictor
 
     def spying_make_predictor(*args):
-        predict_batch, size = make_predictor(*args)
+        predict_batch, *rest = make_predictor(*args)  # rest: image size, decode options
 
         def spy(batch):
             batch_sizes.append(len(batch))
             assert batch.dtype == np.uint8 and batch.shape[1:] == (32, 32, 3)
             return predict_batch(batch)
-        return spy, size
+        return (spy, *rest)
 
     monkeypatch.setattr(predict, "_make_predictor", spying_make_predictor)
     mixed = paths[:2] + [bad] + paths[2:]
@@ -301,3 +301,63 @@ def test_script_exits_2_on_a_bad_model_dir(exported, tmp_path):
     assert result.returncode == 2
     assert "--model_dir: No model.keras in model_dir" in result.stderr
     assert "exported SavedModel" in result.stderr and "Traceback" not in result.stderr
+
+
+def _oriented_files(folder, upright):
+    return [helpers.write_oriented_jpeg(folder / f"o{k}.jpg", k, upright) for k in range(1, 9)]
+
+
+def test_every_exif_orientation_is_predicted_upright(tmp_path):
+    upright = helpers.upright_pixels()
+    paths = _oriented_files(tmp_path / "photos", upright)
+    run = helpers.write_upright_run(tmp_path / "run", upright, exif_orientation=True)
+    rows = predict.predict_files(run, paths)
+    assert [r["class"] for r in rows] == ["upright"] * 8, rows
+    assert min(r["probability"] for r in rows) > 0.99
+    # The exported model (serving_default and serve_images via predict) agrees.
+    saved = export.export_saved_model(run, tmp_path / "export")
+    rows = predict.predict_files(saved, paths)
+    assert [r["class"] for r in rows] == ["upright"] * 8, rows
+    loaded = tf.saved_model.load(saved)
+    out = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([open(p, "rb").read() for p in paths]))
+    assert [c.decode() for c in out["classes"].numpy()] == ["upright"] * 8
+
+
+@pytest.mark.parametrize("exif_orientation", [False, None])
+def test_a_model_trained_without_exif_orientation_is_fed_stored_pixels(
+        tmp_path, exif_orientation):
+    """Off, or a config.json from before the setting: the pixels as stored,
+    as that model was trained on, in prediction and in its export."""
+    upright = helpers.upright_pixels()
+    paths = _oriented_files(tmp_path / "photos", upright)
+    run = helpers.write_upright_run(tmp_path / "run", upright, exif_orientation)
+    stored = ["upright"] + ["turned"] * 7
+    assert [r["class"] for r in predict.predict_files(run, paths)] == stored
+    saved = export.export_saved_model(run, tmp_path / "export")
+    assert [r["class"] for r in predict.predict_files(saved, paths)] == stored
+    loaded = tf.saved_model.load(saved)
+    out = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([open(p, "rb").read() for p in paths]))
+    assert [c.decode() for c in out["classes"].numpy()] == stored
+
+
+def test_resize_mode_of_the_model_dir_is_used_by_predict_and_export(tmp_path):
+    """A photo whose centre is the upright picture, between noise bands: the
+    model dir's 'crop' finds the picture, a 'stretch' model dir squashes it."""
+    upright = helpers.upright_pixels()  # 48x32
+    bands = np.random.RandomState(1).randint(0, 256, (48, 16, 3)).astype(np.uint8)
+    wide = np.concatenate([bands, upright, bands[:, ::-1]], axis=1)  # 48x64
+    photo = helpers.write_image(str(tmp_path / "wide.png"), wide)
+    for mode, expected in (("crop", "upright"), ("stretch", "turned")):
+        run = helpers.write_upright_run(tmp_path / mode, upright)
+        path = os.path.join(run, "config.json")
+        config = json.load(open(path))
+        config["data"]["resize_mode"] = mode
+        json.dump(config, open(path, "w"))
+        assert predict.predict_files(run, [photo])[0]["class"] == expected, mode
+        saved = export.export_saved_model(run, tmp_path / f"export-{mode}")
+        assert predict.predict_files(saved, [photo])[0]["class"] == expected, mode
+        out = tf.saved_model.load(saved).signatures["serving_default"](
+            image_bytes=tf.constant([open(photo, "rb").read()]))
+        assert out["classes"].numpy()[0].decode() == expected, mode

@@ -146,3 +146,28 @@ def test_paths_with_a_scheme_go_through_tf_io_gfile(tmp_path):
         assert checks[2].reason == "empty file (0 bytes)"
     finally:
         tf.io.gfile.rmtree(root)
+
+
+def test_follow_links_stops_at_cycles_and_lists_each_folder_once(tmp_path):
+    root = tmp_path / "d"
+    written = helpers.write_tree(root, {"cats": ["jpeg"], "dogs": ["png"]})
+    os.symlink(root / "cats", root / "cats" / "loop")  # a folder linking to itself
+    os.symlink(root, root / "dogs" / "up")  # to an ancestor
+    paths, labels, names = scan.list_image_files(root, follow_links=True)
+    assert names == ["cats", "dogs"]
+    assert paths == written["cats"] + written["dogs"]
+    assert labels == [0, 1]
+
+
+def test_follow_links_flag_reaches_the_folder_index(tmp_path):
+    from catdog import config as C  # pylint: disable=import-outside-toplevel
+    from catdog import data  # pylint: disable=import-outside-toplevel
+    root = tmp_path / "d"
+    helpers.write_tree(root, {"cats": ["jpeg"] * 4, "dogs": ["png"] * 4})
+    helpers.write_tree(tmp_path / "elsewhere", {"more": ["jpeg"] * 2})
+    os.symlink(tmp_path / "elsewhere" / "more", root / "cats" / "more")
+    for follow, count in ((False, 8), (True, 10)):
+        cfg = C.DataConfig(train_dir=str(root), validation_split=0.25, image_size=(16, 16),
+                           follow_links=follow)
+        index = data.index_data(cfg, progress=False)
+        assert len(index.train) + len(index.val) == count

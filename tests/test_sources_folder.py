@@ -9,6 +9,7 @@ import tensorflow as tf
 from catdog import config as C
 from catdog import data
 from catdog import decode
+import helpers
 from helpers import id_folder, image_ids, make_class_folder, write_image
 
 
@@ -117,8 +118,8 @@ def _spy_decodes(monkeypatch):
         decoded.extend(image_ids(image.numpy()[None]))
         return 0
 
-    def spy(contents, image_size):
-        image = real(contents, image_size)
+    def spy(contents, image_size, *options):
+        image = real(contents, image_size, *options)
         done = tf.py_function(note, [image], tf.int64)
         with tf.control_dependencies([done]):
             return tf.identity(image)
@@ -161,3 +162,21 @@ def test_uncached_paths_are_shuffled_before_decoding_every_epoch(tmp_path, monke
     assert order1 != order2  # ... again every epoch
     assert first != second
     assert _epoch_ids(build()) == first  # --deterministic: same batches
+
+
+@pytest.mark.parametrize("exif_orientation", [True, False])
+def test_training_and_validation_decode_exif_orientation_as_configured(
+        tmp_path, exif_orientation):
+    upright = helpers.upright_pixels()
+    for split in ("train", "val"):
+        for k in range(1, 9):
+            helpers.write_oriented_jpeg(tmp_path / split / "a" / f"o{k}.jpg", k, upright)
+            helpers.write_oriented_jpeg(tmp_path / split / "b" / f"o{k}.jpg", k, upright)
+    cfg = C.DataConfig(train_dir=str(tmp_path / "train"), val_dir=str(tmp_path / "val"),
+                       image_size=(48, 32), batch_size=4, exif_orientation=exif_orientation)
+    train_ds, val_ds, _ = data.build_datasets(cfg, progress=False)
+    for name, ds in (("train", train_ds), ("val", val_ds)):
+        images = np.concatenate([x.numpy() for x, _ in ds])
+        diff = np.abs(images.astype(int) - upright.astype(int)).mean(axis=(1, 2, 3))
+        upright_count = int(np.sum(diff < 2))
+        assert upright_count == (16 if exif_orientation else 2), (name, diff)

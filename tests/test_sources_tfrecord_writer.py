@@ -85,3 +85,43 @@ def test_script_writes_shards(tmp_path):
         [sys.executable, os.path.join(REPO, "scripts", "build_tfrecords.py"),
          f"--output_dir={out}"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--data_dir" in proc.stderr
+
+
+def test_max_side_reencodes_exif_oriented_photos_upright(tmp_path):
+    """A re-encoded JPEG keeps no EXIF, so the shard holds the upright pixels
+    (and their height/width); a photo small enough to copy keeps its tag."""
+    import helpers  # pylint: disable=import-outside-toplevel
+    from catdog import decode  # pylint: disable=import-outside-toplevel
+    upright = helpers.upright_pixels(96, 64, block=16)
+    root = tmp_path / "photos"
+    for k in (1, 6, 8, 3):
+        helpers.write_oriented_jpeg(root / "a" / f"o{k}.jpg", k, upright)
+        helpers.write_oriented_jpeg(root / "b" / f"o{k}.jpg", k, upright[:48, :32])
+    out = str(tmp_path / "shards")
+    tfrecord_writer.write_tfrecords(str(root), out, num_shards=1, max_side=64,
+                                    progress=False)
+    files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
+    assert n == 8
+    as_stored = decode.DecodeOptions(exif_orientation=False)
+    for record in tf.data.TFRecordDataset(files):
+        example = tf.io.parse_single_example(record, {
+            "image/encoded": tf.io.FixedLenFeature([], tf.string),
+            "image/height": tf.io.FixedLenFeature([], tf.int64),
+            "image/width": tf.io.FixedLenFeature([], tf.int64),
+            "image/class/label": tf.io.FixedLenFeature([], tf.int64)})
+        contents = example["image/encoded"]
+        small = int(example["image/class/label"]) == 1
+        # Height and width as the image is seen: upright (re-encoded: longest side 64).
+        size = (int(example["image/height"]), int(example["image/width"]))
+        assert size == ((48, 32) if small else (64, 43))
+        # The copied small photo is turned by the decode; the re-encoded one
+        # is upright as stored.
+        image = decode.decode_and_resize(
+            contents, (48, 32), decode.DecodeOptions() if small else as_stored).numpy()
+        expected = (upright[:48, :32] if small else
+                    decode.decode_and_resize(tf.io.encode_png(upright), (48, 32)).numpy())
+        diff = np.abs(image.astype(int) - expected.astype(int)).mean()
+        # (Re-encoding blurs the block edges twice: antialiased resize, JPEG.)
+        assert diff < (6 if small else 15), (size, diff)
+        half_turn = np.abs(image.astype(int) - expected[::-1, ::-1].astype(int)).mean()
+        assert half_turn > 40, (size, half_turn)

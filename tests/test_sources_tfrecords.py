@@ -193,8 +193,8 @@ def test_shards_without_memory_cache_shuffle_in_a_bounded_buffer(tmp_path, monke
     decoded = []
     real = decode.decode_and_resize
 
-    def spy(contents, image_size):
-        image = real(contents, image_size)
+    def spy(contents, image_size, *options):
+        image = real(contents, image_size, *options)
         done = tf.py_function(lambda: decoded.append(1) or 0, [], tf.int64)
         with tf.control_dependencies([done]):
             return tf.identity(image)

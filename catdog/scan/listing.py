@@ -42,6 +42,12 @@ def _is_ignored_dir(dir_name: str) -> bool:
     return dir_name.startswith(".") or dir_name.lower() in _IGNORED_DIR_NAMES
 
 
+def _leads_back(path: str, top: str) -> bool:
+    """A folder that is ``top`` or one of its parents (a link cycle when followed)."""
+    real = os.path.realpath(path)
+    return top == real or top.startswith(real.rstrip(os.sep) + os.sep)
+
+
 def _walk_files(directory: str, follow_links: bool) -> tuple[list[str], list[str]]:
     """Lists the files under ``directory``, recursively, in sorted order.
 
@@ -49,13 +55,26 @@ def _walk_files(directory: str, follow_links: bool) -> tuple[list[str], list[str
       ``(candidates, ignored)``: paths with an image extension, and the other
       non-hidden files (a ``.webp`` or ``.heic`` photo silently left out of a
       dataset is worth telling the user about). Hidden files, OS litter and
-      hidden / ``__MACOSX`` directories appear in neither list.
+      hidden / ``__MACOSX`` directories appear in neither list. With
+      ``follow_links``, a folder is listed once (under the first path that
+      reaches it) and a link back to ``directory`` or above it is not
+      followed, so link cycles end.
     """
+    guard = follow_links and not fileio.is_remote(directory)
+    top = os.path.realpath(directory) if guard else ""
+    seen = set()
     walked = []
     for root, dirs, files in fileio.walk(directory, follow_links):
+        if guard:
+            real = os.path.realpath(root)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
         # Prune in place so hidden directories (.git, .ipynb_checkpoints, ...)
         # are not descended into.
-        dirs[:] = sorted(d for d in dirs if not _is_ignored_dir(d.rstrip("/")))
+        dirs[:] = sorted(d for d in dirs if not _is_ignored_dir(d.rstrip("/"))
+                         and not (guard and _leads_back(os.path.join(root, d), top)))
         walked.append((root, sorted(files)))
     # Sorted by directory path, then file name: the order
     # keras.utils.image_dataset_from_directory uses with shuffle=False.

@@ -29,7 +29,8 @@ def index_data(data_config, progress: bool = True) -> batching.DataIndex:
     Classes follow ``keras.utils.image_dataset_from_directory``: one subfolder
     per class, alphanumeric order unless ``class_names`` is given, nested
     subfolders count for their top-level class. Every candidate file is
-    decode-checked first; bad ones are skipped and reported. Without
+    decode-checked first; bad ones are skipped and reported; symlinked
+    subfolders are followed with ``follow_links``. Without
     ``val_dir``, ``validation_split`` of each class is held out
     (:func:`catdog.splits.split_files`).
 
@@ -49,13 +50,14 @@ def index_data(data_config, progress: bool = True) -> batching.DataIndex:
                          "Received: train_dir=''")
     class_names = (list(data_config.class_names)
                    if data_config.class_names else None)
+    follow_links = bool(data_config.follow_links)
     paths, labels, class_names = scan.list_image_files(
-        data_config.train_dir, class_names=class_names)
+        data_config.train_dir, class_names=class_names, follow_links=follow_links)
     paths, labels, skipped = scan.keep_usable(paths, labels, data_config.max_pixels, progress)
     if data_config.val_dir:
         # Use the training class order so label i means the same class.
         vpaths, vlabels, _ = scan.list_image_files(
-            data_config.val_dir, class_names=class_names)
+            data_config.val_dir, class_names=class_names, follow_links=follow_links)
         vpaths, vlabels, vskipped = scan.keep_usable(vpaths, vlabels, data_config.max_pixels,
                                                      progress)
         skipped += vskipped
@@ -79,6 +81,7 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
                   training: bool, cache: str = "memory", seed: int = 1337,
                   shuffle_buffer: int = 0, deterministic: bool = False,
                   split: str = "train", dct_scaling: bool = False,
+                  decode_options: Optional[decode.DecodeOptions] = None,
                   input_context: Optional[tf.distribute.InputContext] = None
                   ) -> tf.data.Dataset:
     """Builds the batched ``tf.data.Dataset`` of ``(uint8 images, labels)``.
@@ -117,6 +120,8 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
       split: name used for the cache file.
       dct_scaling: decode with :func:`catdog.decode.decode_and_resize_scaled` instead of
         :func:`catdog.decode.decode_and_resize` (faster on large JPEGs; not pixel-identical).
+      decode_options: the :class:`catdog.decode.DecodeOptions` of every image
+        (default: ``DecodeOptions()``); part of the file cache key.
       input_context: under ``strategy.distribute_datasets_from_function``,
         the ``tf.distribute.InputContext`` of this worker: the dataset then
         reads and decodes only this worker's share of the files (every
@@ -139,7 +144,8 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
             input_context, batching.element_shares(len(paths), workers),
             batch_size, training, f"the {split} split")
         paths, labels = list(paths)[share.index::workers], list(labels)[share.index::workers]
-    decode_image = decode.decoder(dct_scaling)
+    decode_options = decode_options or decode.DecodeOptions()
+    decode_image = decode.decoder(dct_scaling, decode_options)
 
     # Read and decode in one parallel map: a file's bytes go straight to the
     # decoder on the same thread (no separate read stage to buffer), and with
@@ -156,7 +162,7 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
     def identity(paths, labels):
         return {"source": "files", "files": file_cache.file_stamps(paths, labels),
                 "num_classes": int(num_classes), "image_size": list(image_size),
-                "dct_scaling": bool(dct_scaling)}
+                "dct_scaling": bool(dct_scaling), "decode": decode_options.record()}
 
     use_file_cache = cache not in ("memory", "none")
     prefix = None

@@ -17,6 +17,8 @@ saying how to provide the prepared data (``--tfds_data_dir``).
 
 from __future__ import annotations
 
+from typing import Optional
+
 from absl import logging
 import tensorflow as tf
 
@@ -125,6 +127,7 @@ def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
                        batch_size: int, training: bool, num_examples: int,
                        cache: str = "memory", seed: int = 1337, shuffle_buffer: int = 0,
                        deterministic: bool = False, dct_scaling: bool = False,
+                       decode_options: Optional[decode.DecodeOptions] = None,
                        input_context=None) -> tf.data.Dataset:
     """Batches of ``(uint8 images, labels)`` from one TFDS split.
 
@@ -144,6 +147,8 @@ def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
         within that buffer).
       deterministic: fixed element order in the parallel stages.
       dct_scaling: decode with :func:`catdog.decode.decode_and_resize_scaled`.
+      decode_options: the :class:`catdog.decode.DecodeOptions` of every image
+        (default: ``DecodeOptions()``); part of the file cache key.
       input_context: the ``tf.distribute.InputContext`` of this worker under
         ``strategy.distribute_datasets_from_function``: every worker reads the
         encoded records in the same order (fixed seed and interleave) and
@@ -166,7 +171,8 @@ def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
         ds = _read(builder, split, training, seed, True).shard(workers, share.index)
     else:
         ds = _read(builder, split, training, seed, deterministic)
-    decode_image = decode.decoder(dct_scaling)
+    decode_options = decode_options or decode.DecodeOptions()
+    decode_image = decode.decoder(dct_scaling, decode_options)
 
     def load(example):
         return (decode_image(example["image"], image_size),
@@ -182,7 +188,8 @@ def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
                     "files": file_cache.file_stamps(files),
                     "split": split, "seed": int(seed), "shuffle_files": bool(training),
                     "num_classes": int(num_classes), "image_size": list(image_size),
-                    "dct_scaling": bool(dct_scaling), "deterministic": bool(deterministic)}
+                    "dct_scaling": bool(dct_scaling), "decode": decode_options.record(),
+                    "deterministic": bool(deterministic)}
         cache = file_cache.cache_prefix(
             cache, batching.split_name("tfds", share),
             identity) or "none"

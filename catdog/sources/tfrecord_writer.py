@@ -8,8 +8,11 @@ A folder of class subfolders becomes ``N`` shards plus ``manifest.json``::
 
 Each example holds the ENCODED image bytes (the original file unless
 ``max_side`` re-encodes it), the label, the file name relative to the
-folder, the format and the image height/width (from the file check or the
-JPEG header; 0 when neither gave them). Files are listed and checked with
+folder, the format and the image height/width as the image is seen (from the
+file check or the JPEG header, sides swapped for an EXIF orientation of 5-8;
+0 when neither gave them). A re-encoded photo is turned upright by its EXIF
+orientation first (the new JPEG has no EXIF); a copied file keeps its tag,
+which the training decode applies. Files are listed and checked with
 :mod:`catdog.scan` first, so a bad file never enters a shard; the manifest
 names each skipped file and why. Everything goes through ``tf.io.gfile``
 (``gs://`` and other cloud paths work) and every file is written to a
@@ -29,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from catdog import config
+from catdog import decode
 from catdog import fileio
 from catdog import scan
 from catdog.sources import csv_labels
@@ -48,9 +52,14 @@ def _int64(value: int) -> tf.train.Feature:
 
 
 def _reencode(contents: bytes, max_side: int, quality: int):
-    """Returns (jpeg bytes, height, width) with the longest side <= max_side."""
+    """Returns (jpeg bytes, height, width) with the longest side <= max_side.
+
+    The new JPEG carries no EXIF, so a photo with an EXIF orientation is
+    turned upright first: the shard holds the pixels the photo shows.
+    """
     image = tf.io.decode_image(contents, channels=3, dtype=tf.uint8,
                                expand_animations=False)
+    image = decode.apply_exif_orientation(image, tf.constant(contents))
     h, w = int(image.shape[0]), int(image.shape[1])
     scale = min(1.0, max_side / max(h, w))
     if scale < 1.0:
@@ -63,12 +72,18 @@ def _reencode(contents: bytes, max_side: int, quality: int):
 
 
 def _header_size(check, contents: bytes):
+    """(height, width) as the image is seen: a JPEG whose EXIF orientation
+    turns it by 90 degrees has its header's sides swapped."""
     if check.height and check.width:
-        return int(check.height), int(check.width)
-    if contents[:2] == b"\xff\xd8":
+        height, width = int(check.height), int(check.width)
+    elif contents[:2] == b"\xff\xd8":
         shape = tf.io.extract_jpeg_shape(contents).numpy()
-        return int(shape[0]), int(shape[1])
-    return 0, 0
+        height, width = int(shape[0]), int(shape[1])
+    else:
+        return 0, 0
+    if contents[:2] == b"\xff\xd8" and int(decode.exif_orientation(tf.constant(contents))) >= 5:
+        height, width = width, height
+    return height, width
 
 
 def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,

@@ -149,6 +149,7 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
                            cache: str = "memory", seed: int = 1337,
                            shuffle_buffer: int = 0, deterministic: bool = False,
                            split: str = "train", dct_scaling: bool = False,
+                           decode_options: Optional[decode.DecodeOptions] = None,
                            input_context: Optional[tf.distribute.InputContext] = None
                            ) -> tf.data.Dataset:
     """Reads shards into batches of ``(uint8 images, labels)``.
@@ -179,6 +180,8 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
       deterministic: fixed element order in the parallel stages.
       split: name of the cache file.
       dct_scaling: decode with :func:`catdog.decode.decode_and_resize_scaled`.
+      decode_options: the :class:`catdog.decode.DecodeOptions` of every image
+        (default: ``DecodeOptions()``); part of the file cache key.
       input_context: the ``tf.distribute.InputContext`` of this worker under
         ``strategy.distribute_datasets_from_function`` (see
         :func:`catdog.data.build_split`).
@@ -203,7 +206,8 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
                     num_examples, workers), batch_size, training, what)
             record_shard = (workers, share.index)
         num_examples = share.num_examples
-    decode_image = decode.decoder(dct_scaling)
+    decode_options = decode_options or decode.DecodeOptions()
+    decode_image = decode.decoder(dct_scaling, decode_options)
 
     def load(serialized):
         contents, label = parse_example(serialized)
@@ -222,7 +226,7 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
                         [fileio.join(folder, MANIFEST)]),
                     "record_shard": list(record_shard or ()),
                     "num_classes": int(num_classes), "image_size": list(image_size),
-                    "dct_scaling": bool(dct_scaling)}
+                    "dct_scaling": bool(dct_scaling), "decode": decode_options.record()}
         per_file = training and not record_shard
         prefix = file_cache.cache_prefix(
             cache, name, dict(identity, layout=["per-file" if per_file else "whole",
