@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from typing import Any, Optional, Sequence
 
 from catdog.class_weighting import CLASS_WEIGHT_MODES, class_weights  # noqa: F401
@@ -146,6 +147,13 @@ class DataConfig:
         "size on both sides at 1/2, 1/4 or 1/8 scale in the DCT domain "
         "(faster decode; pixels differ slightly from the exact decode "
         "that validation, evaluation, prediction and export use).")
+    data_service: str = option(
+        "", "tf.data service dispatcher as grpc://HOST:PORT (started with "
+        "scripts/data_service.py): the training split is read, decoded, "
+        "shuffled and batched on the service's workers, each file once per "
+        "epoch (dynamic sharding); validation stays in this process. Folder "
+        "input only; the training split is then not cached (--cache applies "
+        "to validation). Empty: off.")
 
 
 @document_options
@@ -363,6 +371,7 @@ def validate(config: Config) -> None:
     if isinstance(parsed, dict) and d.class_names:
         class_weights(t.class_weight, d.class_names, None)
     _validate_sources(config)
+    _validate_data_service(config)
 
 
 def _validate_augmentation(m: "ModelConfig") -> None:
@@ -415,6 +424,38 @@ def _validate_sources(config: Config) -> None:
               "must be a TFDS split such as 'train[:80%]' with --tfds_name")
 
 
+def _validate_data_service(config: Config) -> None:
+    """--data_service: the address, and what it cannot be combined with."""
+    d, t = config.data, config.train
+    if not d.data_service:
+        return
+    # The form catdog.data_service.parse_address accepts.
+    if not re.match(r"^grpc://([^:/\s]+|\[[0-9a-fA-F:.]+\]):\d{1,5}$", d.data_service) or not (
+            0 < int(d.data_service.rsplit(":", 1)[1]) < 65536):
+        _fail("data_service", d.data_service,
+              "must be the tf.data service dispatcher as grpc://HOST:PORT "
+              "(see scripts/data_service.py)")
+    other = [name for name, value in (("train_tfrecords", d.train_tfrecords),
+                                      ("tfds_name", d.tfds_name)) if value]
+    if other:
+        raise ValueError(
+            f"`--data_service` reads a folder (--train_dir); it cannot be combined with "
+            f"--{other[0]}. Use --train_dir, or drop --data_service. "
+            f"Received: data_service={d.data_service!r}, {other[0]}={getattr(d, other[0])!r}")
+    if t.strategy in ("multi_worker", "tpu"):
+        raise ValueError(
+            f"`--data_service` is for one trainer process; --strategy={t.strategy} "
+            "is not supported with it (each trainer would need its own share of the "
+            "service's jobs). Use --strategy=auto, default, one_device or mirrored, or "
+            f"drop --data_service. Received: data_service={d.data_service!r}, "
+            f"strategy={t.strategy!r}")
+    if t.fast_features:
+        raise ValueError(
+            "`--fast_features` reads the training split once in this process to compute "
+            "its features; it cannot be combined with --data_service. Drop one of them. "
+            f"Received: data_service={d.data_service!r}, fast_features=True")
+
+
 # --------------------------------------------------------------------------
 # Which settings shape a run: checked when fine-tuning and when resuming.
 # --------------------------------------------------------------------------
@@ -446,7 +487,7 @@ def split_fields(data: DataConfig) -> tuple:
 #: augmentation strengths only with augmentation on. Not listed, so free to
 #: change on a resume: epochs (a larger value trains the remaining epochs),
 #: where data and results live (train_dir, val_dir, the TFRecord globs,
-#: tfds_data_dir, cache, model_dir), deterministic, verbose, strategy, tpu
+#: tfds_data_dir, cache, data_service, model_dir), deterministic, verbose, strategy, tpu
 #: and jit_compile. The dtype policy is checked as resolved, not as asked.
 RESUME_SETTINGS = {
     "data": ("image_size", "batch_size", "seed", "shuffle_buffer", "dct_scaling"),
