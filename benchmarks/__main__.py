@@ -25,6 +25,10 @@ flags.DEFINE_integer("repeats", 3,
 flags.DEFINE_string("train_tfrecords", None,
                     "Also time catdog reading these TFRecord shards (a glob, as for "
                     "training; e.g. written from --data_dir by build_tfrecords.py).")
+flags.DEFINE_list("data_service_workers", [],
+                  "Also time an epoch of catdog through a local tf.data service "
+                  "(dispatcher and workers in this process) with each of these "
+                  "numbers of workers, e.g. '1,2'; empty: not timed.")
 FLAGS = flags.FLAGS
 
 
@@ -34,10 +38,17 @@ def _run():
     if not FLAGS.data_dir:
         raise ValueError("`--data_dir` is required. Received: data_dir=None")
     size = config_lib.parse_image_size(FLAGS.image_size)
+    try:
+        service_workers = tuple(int(w) for w in FLAGS.data_service_workers)
+    except ValueError:
+        raise ValueError("`--data_service_workers` must be comma-separated numbers of "
+                         "workers such as 1,2. Received: data_service_workers="
+                         f"{','.join(FLAGS.data_service_workers)}") from None
     result = benchmark.run_benchmark(FLAGS.data_dir, size, FLAGS.batch_size,
                                      augment=FLAGS.augment, max_images=FLAGS.max_images,
                                      repeats=FLAGS.repeats,
                                      train_tfrecords=FLAGS.train_tfrecords or "",
+                                     service_workers=service_workers,
                                      log=lambda line: print(line, flush=True))
     print("\n" + benchmark.format_table(result), flush=True)
     if FLAGS.json_out:

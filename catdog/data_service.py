@@ -117,9 +117,7 @@ def service_pipeline(ds: tf.data.Dataset, *, service: str, batch_size: int,
     """
     n = max(1, int(num_examples))
     buffer = min(n, int(shuffle_buffer) or batching.STREAM_SHUFFLE_BUFFER)
-    # No seed: a worker builds its pipeline anew every epoch, so a fixed seed
-    # would repeat the same permutation every epoch.
-    ds = ds.shuffle(buffer, reshuffle_each_iteration=True)
+    ds = _unseeded_shuffle(ds, buffer)
     ds = ds.batch(batch_size, drop_remainder=False, num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=False)
     ds = ds.prefetch(tf.data.AUTOTUNE)
@@ -127,6 +125,26 @@ def service_pipeline(ds: tf.data.Dataset, *, service: str, batch_size: int,
     ds = ds.rebatch(batch_size, drop_remainder=True)
     ds = ds.apply(tf.data.experimental.assert_cardinality(n // batch_size))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _unseeded_shuffle(ds: tf.data.Dataset, buffer: int) -> tf.data.Dataset:
+    """``ds.shuffle(buffer)`` with seeds drawn anew by every pipeline instance.
+
+    A worker builds its pipeline anew for every epoch, so any fixed seed
+    repeats the same permutation every epoch, and without an explicit seed
+    tf.data derives a fixed one from the global seed (which a training run
+    sets). Built while the global seed reads as unset, the shuffle op gets
+    seeds (0, 0): random on every instance. Only the seed value is swapped;
+    the global op-seed sequence goes on unchanged.
+    """
+    from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
+    ctx = context.context()
+    saved = ctx._seed  # pylint: disable=protected-access
+    ctx._seed = None  # pylint: disable=protected-access
+    try:
+        return ds.shuffle(buffer, reshuffle_each_iteration=True)
+    finally:
+        ctx._seed = saved  # pylint: disable=protected-access
 
 
 def start_dispatcher(port: int, work_dir: Optional[str] = None, **config

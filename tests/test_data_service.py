@@ -202,3 +202,27 @@ def test_server_addresses_and_ports_are_checked_with_the_flag_named():
         data_service.parse_host_port("grpc://h:1")
     assert data_service.parse_host_port("dispatcher-host:5050") == ("dispatcher-host", 5050)
     assert data_service.parse_address("grpc://[::1]:5050") == ("::1", 5050)
+
+
+def test_workers_shuffle_anew_every_epoch():
+    """A worker rebuilds its pipeline every epoch: a seeded shuffle there (an
+    explicit seed, or one derived from the global seed a training run sets)
+    would give the same order every epoch."""
+    from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
+    previous = context.global_seed()
+    tf.random.set_seed(1337)  # as train.run does
+    dispatcher = data_service.start_dispatcher(0, job_gc_check_interval_ms=500,
+                                               job_gc_timeout_ms=500)
+    worker = data_service.start_worker(dispatcher.target.split("://")[1], 0,
+                                       host="localhost")
+    try:
+        ds = tf.data.Dataset.range(64).map(lambda i: (i, i))
+        ds = data_service.service_pipeline(ds, service=dispatcher.target, batch_size=64,
+                                           num_examples=64, shuffle_buffer=0)
+        orders = [next(iter(ds))[0].numpy().tolist() for _ in range(2)]
+    finally:
+        tf.random.set_seed(previous)
+        worker.stop()
+        dispatcher.stop()
+    assert sorted(orders[0]) == sorted(orders[1]) == list(range(64))
+    assert orders[0] != orders[1]
