@@ -449,6 +449,12 @@ def _validate_data_service(config: Config) -> None:
             "service's jobs). Use --strategy=auto, default, one_device or mirrored, or "
             f"drop --data_service. Received: data_service={d.data_service!r}, "
             f"strategy={t.strategy!r}")
+    if d.deterministic:
+        raise ValueError(
+            "`--deterministic` cannot hold with --data_service: the service deals files "
+            "out to whichever worker asks first, so the order of training batches "
+            "differs between runs. Drop one of them. "
+            f"Received: data_service={d.data_service!r}, deterministic=True")
     if t.fast_features:
         raise ValueError(
             "`--fast_features` reads the training split once in this process to compute "

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Optional
 
 import tensorflow as tf
+from absl import logging
 
 # Public names of catdog.data that live in the modules below it.
 from catdog.batching import (  # noqa: F401
@@ -132,6 +133,9 @@ def build_split(data_config, index: DataIndex, split: str,
     service = data_config.data_service if split == "train" and training else ""
     if service:
         check_reachable(service)
+        logging.info("Training split through the tf.data service at %s: read and decoded "
+                     "on its workers every epoch, not cached (--cache=%s applies to the "
+                     "validation split).", service, data_config.cache)
     return build_dataset(files.paths, files.labels, split=split, data_service=service,
                          **common)
 

@@ -111,12 +111,13 @@ def test_a_malformed_address_names_the_flag(value):
     ("strategy", "multi_worker", "--strategy"),
     ("strategy", "tpu", "--strategy"),
     ("fast_features", True, "--fast_features"),
+    ("deterministic", True, "--deterministic"),
 ])
 def test_unsupported_combinations_name_both_flags(field, value, flag):
     c = C.for_stage("feature_extraction")
     c.data.train_dir, c.train.model_dir = "x", "m"
     c.data.data_service = "grpc://localhost:5000"
-    setattr(c.train, field, value)
+    setattr(c.data if field == "deterministic" else c.train, field, value)
     with pytest.raises(ValueError, match=f"--data_service.*{flag}|{flag}.*--data_service"):
         c.validate()
 
@@ -226,3 +227,21 @@ def test_workers_shuffle_anew_every_epoch():
         dispatcher.stop()
     assert sorted(orders[0]) == sorted(orders[1]) == list(range(64))
     assert orders[0] != orders[1]
+
+
+@pytest.mark.slow
+def test_a_mirrored_run_over_two_cpu_replicas_trains_through_the_service(service, tmp_path):
+    train_dir = make_class_folder(tmp_path / "train", per_class=12, seed=1)
+    val_dir = make_class_folder(tmp_path / "valid", per_class=4, seed=2)
+    result = tmp_path / "result.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tests", "_stage_worker.py"), str(result),
+         "--logical_cpus", "2", "--", f"--train_dir={train_dir}", f"--val_dir={val_dir}",
+         "--image_size=32", "--batch_size=8", "--epochs=2", "--verbose=0",
+         "--strategy=mirrored", f"--data_service={service}",
+         f"--model_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(result.read_text())["metrics"]
+    assert metrics["replicas"] == 2 and metrics["epochs_completed"] == 2, metrics
