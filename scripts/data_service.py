@@ -29,9 +29,10 @@ flags.DEFINE_boolean("dispatcher", False,
                      "Run the dispatcher (one per training job).")
 flags.DEFINE_boolean("worker", False,
                      "Run a worker; it registers with --dispatcher_address.")
-flags.DEFINE_integer("port", 5050,
-                     "TCP port to serve on (0: any free port). The trainer's "
-                     "--data_service names the dispatcher's.")
+flags.DEFINE_integer("port", None,
+                     "TCP port to serve on (0: any free port); default: 5050 for "
+                     "--dispatcher, 5051 for --worker. The trainer's --data_service "
+                     "names the dispatcher's.")
 flags.DEFINE_string("dispatcher_address", None,
                     "--worker: the dispatcher as HOST:PORT (no grpc://).")
 flags.DEFINE_string("worker_host", None,
@@ -59,17 +60,18 @@ def _start():
                          "dispatcher. Received: dispatcher_address=None")
     # TensorFlow only once the flags make sense: a usage error answers at once.
     from catdog import data_service  # pylint: disable=import-outside-toplevel
-    data_service.check_port(FLAGS.port, allow_zero=True)
+    port = FLAGS.port if FLAGS.port is not None else (5050 if FLAGS.dispatcher else 5051)
+    data_service.check_port(port, allow_zero=True)
     if FLAGS.dispatcher:
-        server = data_service.start_dispatcher(FLAGS.port, work_dir=FLAGS.work_dir)
+        server = data_service.start_dispatcher(port, work_dir=FLAGS.work_dir)
         port = int(server.target.rsplit(":", 1)[1])
         logging.info("dispatcher serving on port %d (trainers: "
                      "--data_service=grpc://%s:%d)", port, socket.gethostname(), port)
         return server, "dispatcher"
     data_service.parse_host_port(FLAGS.dispatcher_address)
     host = FLAGS.worker_host or socket.gethostname()
-    server = data_service.start_worker(FLAGS.dispatcher_address, FLAGS.port, host=host)
-    logging.info("worker serving on %s:%d, registered with %s", host, FLAGS.port,
+    server = data_service.start_worker(FLAGS.dispatcher_address, port, host=host)
+    logging.info("worker serving on %s:%d, registered with %s", host, port,
                  FLAGS.dispatcher_address)
     return server, "worker"
 
