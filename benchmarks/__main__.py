@@ -38,6 +38,10 @@ flags.DEFINE_string("scale", None,
                     "temporary folder (deleted afterwards) are listed, checked (cold "
                     "check cache, then warm) and split, printing files/s and peak "
                     "extra memory per phase.")
+flags.DEFINE_list("data_service_workers", [],
+                  "Also time an epoch of catdog through a local tf.data service "
+                  "(dispatcher and workers in this process) with each of these "
+                  "numbers of workers, e.g. '1,2'; empty: not timed.")
 FLAGS = flags.FLAGS
 
 
@@ -58,6 +62,12 @@ def _run():
     from catdog import config as config_lib
     if not FLAGS.data_dir:
         raise ValueError("`--data_dir` (or `--scale`) is required. Received: data_dir=None")
+    try:
+        service_workers = tuple(int(w) for w in FLAGS.data_service_workers)
+    except ValueError:
+        raise ValueError("`--data_service_workers` must be comma-separated numbers of "
+                         "workers such as 1,2. Received: data_service_workers="
+                         f"{','.join(FLAGS.data_service_workers)}") from None
     # With --model_dir, flags left at their defaults take the run's values.
     keep = lambda name: FLAGS[name].present or not FLAGS.model_dir
     size = config_lib.parse_image_size(FLAGS.image_size) if keep("image_size") else None
@@ -68,6 +78,7 @@ def _run():
                                      train_tfrecords=FLAGS.train_tfrecords or "",
                                      model_dir=FLAGS.model_dir or "",
                                      model_steps=FLAGS.model_steps,
+                                     service_workers=service_workers,
                                      log=lambda line: print(line, flush=True))
     print("\n" + benchmark.format_table(result), flush=True)
     _write_json(result)

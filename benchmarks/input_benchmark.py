@@ -21,6 +21,7 @@ loader pays disk reads another one does not.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -28,9 +29,10 @@ import time
 
 from catdog import scan
 from benchmarks.input_loaders import (
-    cache_element_bytes, loadavg, machine, rate, ratio, sample_folder, symlink_folder,
-    time_augmentation, time_catdog, time_catdog_tfrecords, time_decode_ceiling, time_idg,
-    time_keras, time_memcpy, warm_page_cache)
+    cache_element_bytes, loadavg, local_data_service, machine, rate, ratio, sample_folder,
+    symlink_folder, time_augmentation, time_catdog, time_catdog_service,
+    time_catdog_tfrecords, time_decode_ceiling, time_idg, time_keras, time_memcpy,
+    warm_page_cache)
 from benchmarks import input_model
 from benchmarks.input_memory import check_memory
 
@@ -43,7 +45,7 @@ RESULT_KEYS = ("images", "idg_img_per_s", "keras_img_per_s", "keras_cached_img_p
 def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
                   augment: bool = False, max_images: int = 0, repeats: int = 3,
                   log=print, train_tfrecords: str = "", model_dir: str = "",
-                  model_steps: int = 10) -> dict:
+                  model_steps: int = 10, service_workers=()) -> dict:
     """Times every loader on ``data_dir`` and returns the figures.
 
     Loaders are timed round-robin ``repeats`` times and each figure is the
@@ -68,6 +70,9 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
         model limits training. ``image_size`` / ``batch_size`` None take the
         run's.
       model_steps: timed training steps of the model (>= 1).
+      service_workers: also time one epoch of catdog through a local
+        tf.data service with each of these numbers of in-process workers
+        (e.g. ``(1, 2)``), in every round.
 
     Returns:
       A dict with at least :data:`RESULT_KEYS`; rates are images per second,
@@ -91,6 +96,11 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
         raise ValueError(f"`--repeats` must be >= 1. Received: repeats={repeats}")
     if max_images < 0:
         raise ValueError(f"`--max_images` must be >= 0. Received: max_images={max_images}")
+    service_workers = tuple(service_workers or ())
+    if any(isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 16
+           for w in service_workers):
+        raise ValueError("`--data_service_workers` must be numbers of workers between 1 "
+                         f"and 16. Received: data_service_workers={list(service_workers)}")
     shards = None
     if train_tfrecords:  # a wrong glob fails here, before anything is timed
         from catdog.sources import tfrecords  # pylint: disable=import-outside-toplevel
@@ -103,8 +113,11 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
         if max_images:
             data_dir = sample_folder(listing, max_images, workdir)
             listing = scan.list_image_files(data_dir)
-        result = _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
-                      shards, workdir, sampled=bool(max_images))
+        with contextlib.ExitStack() as stack:
+            services = {w: stack.enter_context(local_data_service(w))
+                        for w in service_workers}
+            result = _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
+                          shards, workdir, services, sampled=bool(max_images))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # only our own symlinks
     if run is not None:
@@ -119,7 +132,7 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
 
 
 def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
-         shards, workdir, sampled=False) -> dict:
+         shards, workdir, services, sampled=False) -> dict:
     result = {"data_dir": data_dir, "image_size": list(image_size),
               "batch_size": batch_size, "repeats": repeats, "machine": machine(),
               "loadavg_start": loadavg()}
@@ -188,6 +201,9 @@ def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
         result.update(tfrecords_shards=len(files), tfrecords_examples=examples)
         loaders.append(lambda: time_catdog_tfrecords(
             files, len(manifest["class_names"]), examples, image_size, batch_size))
+    for workers, service in services.items():
+        loaders.append(lambda w=workers, a=service: time_catdog_service(
+            gpaths, glabels, image_size, batch_size, a, w))
     rounds = []
     for i in range(repeats):
         figures = {}
@@ -284,6 +300,11 @@ def format_table(r: dict) -> str:
     if "model_train_img_per_s" in r:
         rows += [(f"model of {r['model_dir']} ({r['model_stage']}): training step on "
                   f"in-memory batches, {r['model_device']}", "model_train_img_per_s")]
+    for workers in sorted(int(k.split("_")[2][:-1]) for k in r
+                          if k.startswith("catdog_service_") and k.endswith("w_img_per_s")):
+        rows.append((f"catdog through a local tf.data service, {workers} in-process "
+                     f"worker{'s' if workers > 1 else ''}, epoch",
+                     f"catdog_service_{workers}w_img_per_s"))
     if "idg_augment_img_per_s" in r:
         rows += [("ImageDataGenerator + flip/rotation 35/zoom 0.2", "idg_augment_img_per_s"),
                  ("catdog augmentation block (flip/rotation 0.1/zoom 0.2) on cached "

@@ -213,6 +213,44 @@ def time_catdog_tfrecords(files, num_classes: int, num_examples: int, image_size
             "catdog_tfrecords_cached_epoch_img_per_s": rate(n2, s2)}
 
 
+@contextlib.contextmanager
+def local_data_service(workers: int):
+    """``grpc://`` address of an in-process dispatcher with ``workers`` workers.
+
+    In-process workers share this process's cores with the trainer side:
+    the figures show the service's own cost and how the work spreads over
+    workers on one machine, not a scale-out over hosts.
+    """
+    from catdog import data_service  # pylint: disable=import-outside-toplevel
+    dispatcher = data_service.start_dispatcher(0, job_gc_check_interval_ms=500,
+                                               job_gc_timeout_ms=500)
+    address = dispatcher.target.split("://", 1)[1]
+    servers = [data_service.start_worker(address, 0, host="localhost")
+               for _ in range(int(workers))]
+    try:
+        yield dispatcher.target
+    finally:
+        for server in servers + [dispatcher]:
+            server.stop()
+
+
+def time_catdog_service(paths, labels, image_size, batch_size: int, service: str,
+                        workers: int) -> dict:
+    """One epoch of catdog's training pipeline through the tf.data service ``service``.
+
+    Every epoch decodes (nothing is cached on the workers), so one epoch is
+    timed; the dataset is registered with the dispatcher before the clock
+    starts.
+    """
+    ds = data_lib.build_dataset(paths, labels, num_classes=2, image_size=image_size,
+                                batch_size=batch_size, training=True, cache="none",
+                                data_service=service)
+    n, s, cpu = time_batches(ds)
+    return {f"catdog_service_{workers}w_img_per_s": rate(n, s),
+            f"catdog_service_{workers}w_img_per_cpu_s": rate(n, cpu),
+            f"catdog_service_{workers}w_images": n}
+
+
 def cache_element_bytes(n: int, image_size) -> int:
     # What the cache holds: one uint8 HxWx3 image and one float32 label per file.
     return int(n * (image_size[0] * image_size[1] * 3 + 4))

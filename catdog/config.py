@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from typing import Any, Optional, Sequence
 
 from catdog.class_weighting import CLASS_WEIGHT_MODES, class_weights  # noqa: F401
@@ -189,6 +190,13 @@ class DataConfig:
     follow_links: bool = option(
         False, "Folder input: descend into symlinked subfolders of the class "
         "folders (each folder listed once; a link back up is not followed).")
+    data_service: str = option(
+        "", "tf.data service dispatcher as grpc://HOST:PORT (started with "
+        "scripts/data_service.py): the training split is read, decoded, "
+        "shuffled and batched on the service's workers, each file once per "
+        "epoch (dynamic sharding); validation stays in this process. Folder "
+        "input only; the training split is then not cached (--cache applies "
+        "to validation). Empty: off.")
 
 
 @document_options
@@ -480,6 +488,7 @@ def validate(config: Config) -> None:
         class_weights(t.class_weight, d.class_names, None)
     _validate_mixing(t)
     _validate_sources(config)
+    _validate_data_service(config)
 
 
 def _validate_augmentation(m: "ModelConfig") -> None:
@@ -572,6 +581,44 @@ def _validate_csv(d: "DataConfig") -> None:
               "must be another column than --filename_column")
 
 
+def _validate_data_service(config: Config) -> None:
+    """--data_service: the address, and what it cannot be combined with."""
+    d, t = config.data, config.train
+    if not d.data_service:
+        return
+    # The form catdog.data_service.parse_address accepts.
+    if not re.match(r"^grpc://([^:/\s]+|\[[0-9a-fA-F:.]+\]):\d{1,5}$", d.data_service) or not (
+            0 < int(d.data_service.rsplit(":", 1)[1]) < 65536):
+        _fail("data_service", d.data_service,
+              "must be the tf.data service dispatcher as grpc://HOST:PORT "
+              "(see scripts/data_service.py)")
+    other = [name for name, value in (("train_tfrecords", d.train_tfrecords),
+                                      ("tfds_name", d.tfds_name)) if value]
+    if other:
+        raise ValueError(
+            f"`--data_service` reads a folder (--train_dir); it cannot be combined with "
+            f"--{other[0]}. Use --train_dir, or drop --data_service. "
+            f"Received: data_service={d.data_service!r}, {other[0]}={getattr(d, other[0])!r}")
+    if t.strategy in ("multi_worker", "tpu"):
+        raise ValueError(
+            f"`--data_service` is for one trainer process; --strategy={t.strategy} "
+            "is not supported with it (each trainer would need its own share of the "
+            "service's jobs). Use --strategy=auto, default, one_device or mirrored, or "
+            f"drop --data_service. Received: data_service={d.data_service!r}, "
+            f"strategy={t.strategy!r}")
+    if d.deterministic:
+        raise ValueError(
+            "`--deterministic` cannot hold with --data_service: the service deals files "
+            "out to whichever worker asks first, so the order of training batches "
+            "differs between runs. Drop one of them. "
+            f"Received: data_service={d.data_service!r}, deterministic=True")
+    if t.fast_features:
+        raise ValueError(
+            "`--fast_features` reads the training split once in this process to compute "
+            "its features; it cannot be combined with --data_service. Drop one of them. "
+            f"Received: data_service={d.data_service!r}, fast_features=True")
+
+
 # --------------------------------------------------------------------------
 # Which settings shape a run: checked when fine-tuning and when resuming.
 # --------------------------------------------------------------------------
@@ -606,7 +653,7 @@ def split_fields(data: DataConfig) -> tuple:
 #: change on a resume: epochs (a larger value trains the remaining epochs;
 #: except with --lr_schedule=cosine, which decays over them), where data and
 #: results live (train_dir, val_dir, the TFRecord globs, the CSV files,
-#: tfds_data_dir, cache, model_dir), deterministic, verbose, strategy, tpu,
+#: tfds_data_dir, cache, data_service, model_dir), deterministic, verbose, strategy, tpu,
 #: jit_compile, early_stopping_patience (when to stop, not what a step
 #: learns), top_k (a metric) and steps_per_execution. The parameters of a
 #: schedule count with that schedule, momentum with sgd. The dtype policy is

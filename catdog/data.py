@@ -23,11 +23,13 @@ from __future__ import annotations
 from typing import Optional
 
 import tensorflow as tf
+from absl import logging
 
 # Public names of catdog.data that live in the modules below it.
 from catdog.batching import (  # noqa: F401
     STREAM_SHUFFLE_BUFFER, DataIndex, SourceSplit, SplitFiles, batch_pipeline,
     require_every_class)
+from catdog.data_service import check_reachable
 from catdog.decode import (  # noqa: F401
     DCT_RATIOS, DECODE_VERSION, DecodeOptions, decode_and_resize, decode_and_resize_scaled)
 from catdog.decode import options_of as decode_options_of
@@ -114,6 +116,10 @@ def build_split(data_config, index: DataIndex, split: str,
     this worker's share, in per-replica batches: every training example is
     used once per epoch across the workers, every validation example is
     evaluated once, and all workers run the same number of steps.
+
+    With ``data_config.data_service`` the training split (``training=True``)
+    is read, decoded, shuffled and batched by the tf.data service's workers
+    (:mod:`catdog.data_service`); every other split stays in this process.
     """
     files = index.train if split == "train" else index.val
     common = dict(num_classes=index.num_classes, image_size=data_config.image_size,
@@ -133,7 +139,14 @@ def build_split(data_config, index: DataIndex, split: str,
     if data_config.tfds_name:
         return tfds.build_tfds_dataset(data_config, files.source,
                                        num_examples=len(files), **common)
-    return build_dataset(files.paths, files.labels, split=split, **common)
+    service = data_config.data_service if split == "train" and training else ""
+    if service:
+        check_reachable(service)
+        logging.info("Training split through the tf.data service at %s: read and decoded "
+                     "on its workers every epoch, not cached (--cache=%s applies to the "
+                     "validation split).", service, data_config.cache)
+    return build_dataset(files.paths, files.labels, split=split, data_service=service,
+                         **common)
 
 
 def build_datasets(data_config, index: Optional[DataIndex] = None,

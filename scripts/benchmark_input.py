@@ -3,7 +3,8 @@ r"""Benchmark catdog's input pipeline against the stock Keras loaders.
 Times, in one run on the same folder: ImageDataGenerator, stock
 image_dataset_from_directory (plain and cached), catdog (first and cached
 epoch, the one-off file check apart; with --train_tfrecords also from
-shards) and the decode ceiling; prints a table
+shards; with --data_service_workers=1,2 an epoch through a local tf.data
+service with 1 and 2 in-process workers) and the decode ceiling; prints a table
 with the ratios and writes the figures as JSON. The page cache is warmed
 first so every loader reads from memory. Other load on the machine skews
 the figures: compare ratios from one run, and rerun.

@@ -235,3 +235,21 @@ def test_scale_mode_writes_distinct_usable_jpegs_in_class_folders(tmp_path):
     assert all(c.ok for c in scan.check_files(paths, use_cache=False))
     with pytest.raises(ValueError, match="scale='3'"):
         input_scale.parse_counts("3")
+
+
+def test_benchmark_times_an_epoch_through_a_local_data_service(tmp_path):
+    root = make_class_folder(tmp_path / "imgs", per_class=9, size=40)
+    r = benchmark.run_benchmark(root, image_size=(32, 32), batch_size=4, repeats=1,
+                                service_workers=(1, 2), log=lambda line: None)
+    for workers in (1, 2):
+        key = f"catdog_service_{workers}w_img_per_s"
+        assert r[key] == r["rounds"][0][key] > 0, key
+        assert r[f"catdog_service_{workers}w_img_per_cpu_s"] > 0
+        # 18 images in batches of 4: 4 full batches, each image at most once.
+        assert r["rounds"][0][f"catdog_service_{workers}w_images"] == 16
+    table = benchmark.format_table(r)
+    assert "| catdog through a local tf.data service, 1 in-process worker, epoch |" in table
+    assert "| catdog through a local tf.data service, 2 in-process workers, epoch |" in table
+    with pytest.raises(ValueError, match="data_service_workers"):
+        benchmark.run_benchmark(root, image_size=(32, 32), batch_size=4, repeats=1,
+                                service_workers=(0,), log=lambda line: None)

@@ -22,7 +22,7 @@ LAYERS = [
     ["catdog.class_weighting", "catdog.control_settings"],
     ["catdog.config"],
     ["catdog.rundir", "catdog.scan"],               # run-dir names; file checks
-    ["catdog.batching", "catdog.image_paths"],
+    ["catdog.batching", "catdog.image_paths", "catdog.data_service"],
     ["catdog.file_cache", "catdog.splits"],
     ["catdog.sources"],                             # folder, CSV, TFRecords, TFDS
     ["catdog.data"],                                # the public face of input

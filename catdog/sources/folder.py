@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from catdog import batching
+from catdog import data_service as data_service_lib
 from catdog import decode
 from catdog import file_cache
 from catdog import scan
@@ -82,8 +83,8 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
                   shuffle_buffer: int = 0, deterministic: bool = False,
                   split: str = "train", dct_scaling: bool = False,
                   decode_options: Optional[decode.DecodeOptions] = None,
-                  input_context: Optional[tf.distribute.InputContext] = None
-                  ) -> tf.data.Dataset:
+                  input_context: Optional[tf.distribute.InputContext] = None,
+                  data_service: str = "") -> tf.data.Dataset:
     """Builds the batched ``tf.data.Dataset`` of ``(uint8 images, labels)``.
 
     The order of operations is the point of this function:
@@ -127,6 +128,9 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
         reads and decodes only this worker's share of the files (every
         ``num_input_pipelines``-th file), yields per-replica batches, and
         every worker runs the same number of steps.
+      data_service: ``grpc://HOST:PORT`` of a tf.data service dispatcher
+        (training only): read, decode, shuffle and batch run on its workers
+        (:func:`catdog.data_service.service_pipeline`); nothing is cached.
 
     Returns:
       A dataset of ``(uint8 [B, H, W, 3], labels)`` batches.
@@ -164,6 +168,19 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
                 "num_classes": int(num_classes), "image_size": list(image_size),
                 "dct_scaling": bool(dct_scaling), "decode": decode_options.record()}
 
+    if data_service and training:
+        if input_context is not None:
+            raise ValueError("`--data_service` serves one trainer; it cannot be "
+                             "combined with a multi-worker strategy (--strategy).")
+        # The dispatcher deals the files out in list order: shuffle the
+        # list once so every stretch of it mixes the classes.
+        order = np.random.RandomState(seed).permutation(len(paths))
+        ds = tf.data.Dataset.from_tensor_slices(
+            records([paths[i] for i in order], [labels[i] for i in order]))
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        return data_service_lib.service_pipeline(
+            ds, service=data_service, batch_size=batch_size, num_examples=len(paths),
+            shuffle_buffer=shuffle_buffer)
     use_file_cache = cache not in ("memory", "none")
     prefix = None
     if use_file_cache and training:
