@@ -69,7 +69,7 @@ def validate_controls(t) -> None:
 def control_resume_fields(t) -> tuple:
     """The TrainConfig fields of the chosen schedule and optimizer that a resume must keep.
 
-    Beyond those always kept (``catdog.config.RESUME_SETTINGS``): the
+    Beyond those always kept (``catdog.resume_check.RESUME_SETTINGS``): the
     parameters of the schedule in use (cosine decays over ``epochs``, so
     there a resume must keep it) and SGD's momentum.
     """

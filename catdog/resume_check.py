@@ -1,7 +1,7 @@
 """The resume check: a backup in model_dir is resumed only by the same training.
 
 Every commit of the backup records a fingerprint of the run: the settings
-of :data:`catdog.config.RESUME_SETTINGS` the stage uses, the resolved dtype
+of :data:`RESUME_SETTINGS` the stage uses, the resolved dtype
 policy, a digest of the split and its sizes. A rerun whose fingerprint
 differs is refused (ValueError) before anything is written or trained,
 with what changed; every worker of a multi-worker job decides the same.
@@ -22,6 +22,64 @@ from catdog import data as data_lib
 from catdog import distribute
 from catdog import fileio
 from catdog import rundir
+from catdog.control_settings import control_resume_fields
+
+
+#: Settings that shape what a run learns. A rerun into a model_dir resumes
+#: from its backup only with the same values (train.run checks before
+#: training); which files are trained and validated on is checked through the
+#: split itself, so the data may move. Model settings count only for the
+#: stages that use them (run_pipeline shares one config across stages), the
+#: augmentation strengths only with augmentation on. Not listed, so free to
+#: change on a resume: epochs (a larger value trains the remaining epochs;
+#: except with --lr_schedule=cosine, which decays over them), where data and
+#: results live (train_dir, val_dir, the TFRecord globs, the CSV files,
+#: tfds_data_dir, cache, data_service, model_dir), deterministic, verbose, strategy, tpu,
+#: jit_compile, early_stopping_patience (when to stop, not what a step
+#: learns), top_k (a metric) and steps_per_execution. The parameters of a
+#: schedule count with that schedule, momentum with sgd. The dtype policy is
+#: checked as resolved, not as asked.
+RESUME_SETTINGS = {
+    "data": ("image_size", "batch_size", "seed", "shuffle_buffer", "dct_scaling",
+             "exif_orientation", "resize_mode", "interpolation"),
+    "train": ("learning_rate", "class_weight", "mixup", "cutmix", "label_smoothing",
+              "lr_schedule", "warmup_epochs", "monitor", "optimizer", "weight_decay"),
+    "model": {
+        "baseline": ("stage", "dropout", "augment"),
+        "augmented": ("stage", "dropout", "augment"),
+        "feature_extraction": ("stage", "backbone", "backbone_alpha", "weights", "head",
+                               "dropout", "augment"),
+        # The rest of the model comes with init_from's model.keras.
+        "fine_tuning": ("stage", "backbone", "backbone_alpha", "head",
+                        "fine_tune_layers", "init_from"),
+    },
+}
+# Always in the fingerprint with the block on (a backup that lacks a setting,
+# from before it existed, still resumes: a missing setting stands for its
+# default, see resume_problem).
+_AUGMENTATION_SETTINGS = (config_lib.AUGMENTATION_SETTINGS[:3]
+                          + config_lib.AUGMENTATION_SETTINGS[10:])
+
+
+def resume_settings(config) -> dict:
+    """``{field: value}`` of :data:`RESUME_SETTINGS` for ``config``'s stage (JSON-ready)."""
+    record = config.to_dict()
+    out = {name: record["data"][name] for name in RESUME_SETTINGS["data"]}
+    out.update((name, record["train"][name]) for name in RESUME_SETTINGS["train"])
+    model = RESUME_SETTINGS["model"].get(config.stage, ())
+    if "augment" in model and config.model.augment:
+        model += _AUGMENTATION_SETTINGS
+        # Later settings count only when set: a backup made before they
+        # existed (with their defaults) still resumes.
+        defaults = config_lib.ModelConfig()
+        model += tuple(name for name in config_lib.AUGMENTATION_SETTINGS[3:10]
+                       if getattr(config.model, name) != getattr(defaults, name))
+    out.update((name, record["model"][name]) for name in model)
+    out.update((name, record["train"][name]) for name in control_resume_fields(config.train))
+    if config.stage == "feature_extraction":
+        # Only stage 3 trains differently with fast features (the others ignore it).
+        out["fast_features"] = bool(config.train.fast_features)
+    return out
 
 
 def resume_problem(model_dir: str, fingerprint: dict, split: dict) -> Optional[str]:
@@ -92,7 +150,7 @@ def check_resume(config, split: dict, policy: str, strategy):
     Every worker of a multi-worker job decides the same: one that finds a
     mismatch stops them all.
     """
-    settings = config_lib.resume_settings(config)
+    settings = resume_settings(config)
     settings["dtype_policy"] = policy
     fingerprint = {
         "settings": settings,

@@ -175,7 +175,7 @@ def run(config: config_lib.Config, progress: bool = True,
     Rerunning the same config into the same ``model_dir`` resumes from the
     last completed epoch (a finished run trains nothing more; a larger
     ``epochs`` trains the remaining ones). A rerun whose split or training
-    settings (:data:`catdog.config.RESUME_SETTINGS`) differ from the backup's
+    settings (:data:`catdog.resume_check.RESUME_SETTINGS`) differ from the backup's
     is refused before training, as is a second live run into the same
     ``model_dir``. Fine-tuning uses exactly the split of its ``init_from``
     run (its ``split.json``).

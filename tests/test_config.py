@@ -4,6 +4,7 @@ import pytest
 
 from catdog import config as C
 from catdog import options
+from catdog import resume_check
 
 
 def _valid(stage="baseline"):
@@ -147,12 +148,12 @@ def test_a_config_json_from_before_the_new_augmentation_settings_loads_as_before
 
 def test_resume_settings_of_a_default_augmentation_are_those_recorded_before():
     c = _valid("augmented")
-    settings = C.resume_settings(c)
+    settings = resume_check.resume_settings(c)
     assert {"flip", "rotation", "zoom"} <= set(settings)
     assert not set(settings) & {"zoom_width", "shear", "translation", "brightness",
                                 "contrast", "fill_mode", "fill_value"}
     c.model.shear = 0.1
-    assert C.resume_settings(c)["shear"] == 0.1  # a changed strength refuses a resume
+    assert resume_check.resume_settings(c)["shear"] == 0.1  # a changed strength refuses a resume
 
 
 # ---------------------------------------------------------------------------
@@ -197,25 +198,25 @@ def test_mixing_refuses_class_weight_and_fast_features_naming_both_flags(field):
 
 def test_mixing_and_rand_augment_are_part_of_the_resume_fingerprint():
     c = _valid("augmented")
-    settings = C.resume_settings(c)
+    settings = resume_check.resume_settings(c)
     # Always recorded (a backup from before they existed lacks them and
-    # still resumes: only settings both sides record are compared), so a
-    # rerun that leaves them out is compared too.
+    # still resumes: a missing setting stands for its default), so a rerun
+    # that leaves them out is compared too.
     assert (settings["mixup"], settings["cutmix"]) == (0.0, 0.0)
     assert settings["rand_augment"] is False
     c.train.mixup, c.model.rand_augment, c.model.rand_augment_num_ops = 0.2, True, 3
-    settings = C.resume_settings(c)
+    settings = resume_check.resume_settings(c)
     assert settings["mixup"] == 0.2 and settings["rand_augment"] is True
     assert settings["rand_augment_num_ops"] == 3
     c.model.augment = False  # no block: RandAugment plays no part
-    assert "rand_augment" not in C.resume_settings(c)
-    assert C.resume_settings(c)["mixup"] == 0.2  # the pipeline mixes whatever the block
+    assert "rand_augment" not in resume_check.resume_settings(c)
+    assert resume_check.resume_settings(c)["mixup"] == 0.2  # the pipeline mixes whatever the block
 
 
 def test_label_smoothing_is_checked_and_part_of_the_resume_fingerprint():
     c = _valid("baseline")
     assert c.train.label_smoothing == 0.0
-    assert C.resume_settings(c)["label_smoothing"] == 0.0
+    assert resume_check.resume_settings(c)["label_smoothing"] == 0.0
     for bad in (-0.1, 1.0, float("nan")):
         c.train.label_smoothing = bad
         with pytest.raises(ValueError) as e:
@@ -223,7 +224,7 @@ def test_label_smoothing_is_checked_and_part_of_the_resume_fingerprint():
         assert "--label_smoothing" in str(e.value) and repr(bad) in str(e.value)
     c.train.label_smoothing = 0.1
     c.validate()
-    assert C.resume_settings(c)["label_smoothing"] == 0.1
+    assert resume_check.resume_settings(c)["label_smoothing"] == 0.1
     c.train.class_weight = "balanced"  # the dominant class is still the label's
     c.validate()
     c.train.fast_features = True

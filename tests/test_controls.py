@@ -17,6 +17,7 @@ from catdog import config as C
 from catdog import controls
 from catdog import data
 from catdog import models
+from catdog import resume_check
 from catdog import train
 from helpers import make_class_folder
 
@@ -262,12 +263,12 @@ def test_plateau_refuses_a_warmup():
 
 def test_schedule_and_optimizer_settings_are_in_the_resume_fingerprint():
     c = C.baseline()
-    defaults = C.resume_settings(c)
+    defaults = resume_check.resume_settings(c)
     assert (defaults["lr_schedule"], defaults["optimizer"], defaults["monitor"]) == (
         "constant", "adam", "val_accuracy")
     assert "epochs" not in defaults and "early_stopping_patience" not in defaults
     c.train.lr_schedule, c.train.optimizer = "step", "sgd"
-    settings = C.resume_settings(c)
+    settings = resume_check.resume_settings(c)
     assert {"lr_step_epochs", "lr_decay_factor", "momentum"} <= set(settings)
 
 

@@ -20,6 +20,7 @@ MAX_LINES = 600
 LAYERS = [
     ["catdog.options", "catdog.errors", "catdog.fileio", "catdog.decode", "catdog.demo"],
     ["catdog.class_weighting", "catdog.control_settings"],
+    ["catdog.config_checks"],                       # the values settings may take
     ["catdog.config"],
     ["catdog.rundir", "catdog.scan"],               # run-dir names; file checks
     ["catdog.batching", "catdog.image_paths", "catdog.data_service"],
