@@ -25,6 +25,7 @@ from catdog.class_weighting import CLASS_WEIGHT_MODES, class_weights  # noqa: F4
 from catdog.class_weighting import parse_class_weight as _parse_class_weight
 from catdog.control_settings import (LR_SCHEDULES, OPTIMIZERS, control_resume_fields,
                                      validate_controls)
+from catdog import label_sets
 from catdog.options import document_options, flag_error, option
 
 STAGES = ("baseline", "augmented", "feature_extraction", "fine_tuning")
@@ -164,6 +165,11 @@ class DataConfig:
     label_column: str = option(
         "", "Column of the CSV holding the label (default: the second column "
         "of the header).")
+    label_separator: str = option(
+        "", "With --train_csv: the label column holds a set of labels per image, "
+        "separated by this character (e.g. '|'): multi-label training, one "
+        "sigmoid output per label. Classes are the union of the labels, sorted, "
+        "unless --class_names. Empty: one label per image.")
     dct_scaling: bool = option(
         False, "Training split only: decode JPEGs at least 2x/4x/8x the image "
         "size on both sides at 1/2, 1/4 or 1/8 scale in the DCT domain "
@@ -454,6 +460,7 @@ def validate(config: Config) -> None:
         class_weights(t.class_weight, d.class_names, None)
     _validate_mixing(t)
     _validate_sources(config)
+    label_sets.validate(config)
 
 
 def _validate_augmentation(m: "ModelConfig") -> None:
@@ -565,7 +572,7 @@ def split_fields(data: DataConfig) -> tuple:
     elif not data.train_tfrecords:
         fields.append("max_pixels")
         if data.train_csv:
-            fields += ["image_dir", "filename_column", "label_column"]
+            fields += ["image_dir", "filename_column", "label_column", "label_separator"]
         if not (data.val_dir or data.val_csv):
             fields += ["validation_split", "seed"]
     return tuple(fields)

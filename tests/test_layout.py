@@ -19,7 +19,7 @@ MAX_LINES = 600
 # module is placed here on purpose (the test fails for an unplaced one).
 LAYERS = [
     ["catdog.options", "catdog.errors", "catdog.fileio", "catdog.decode", "catdog.demo"],
-    ["catdog.class_weighting", "catdog.control_settings"],
+    ["catdog.class_weighting", "catdog.control_settings", "catdog.label_sets"],
     ["catdog.config"],
     ["catdog.rundir", "catdog.scan"],               # run-dir names; file checks
     ["catdog.batching", "catdog.image_paths"],

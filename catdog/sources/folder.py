@@ -79,6 +79,7 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
                   training: bool, cache: str = "memory", seed: int = 1337,
                   shuffle_buffer: int = 0, deterministic: bool = False,
                   split: str = "train", dct_scaling: bool = False,
+                  multi_label: bool = False,
                   input_context: Optional[tf.distribute.InputContext] = None
                   ) -> tf.data.Dataset:
     """Builds the batched ``tf.data.Dataset`` of ``(uint8 images, labels)``.
@@ -117,6 +118,8 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
       split: name used for the cache file.
       dct_scaling: decode with :func:`catdog.decode.decode_and_resize_scaled` instead of
         :func:`catdog.decode.decode_and_resize` (faster on large JPEGs; not pixel-identical).
+      multi_label: ``labels`` are label sets; they become multi-hot float32
+        rows (:func:`catdog.batching.encode_labels`).
       input_context: under ``strategy.distribute_datasets_from_function``,
         the ``tf.distribute.InputContext`` of this worker: the dataset then
         reads and decodes only this worker's share of the files (every
@@ -151,12 +154,12 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
         # fsencode: a file name that is not valid UTF-8 still reaches the
         # file system byte for byte.
         return (tf.constant([os.fsencode(p) for p in paths], tf.string),
-                batching.encode_labels(labels, num_classes))
+                batching.encode_labels(labels, num_classes, multi_label))
 
     def identity(paths, labels):
         return {"source": "files", "files": file_cache.file_stamps(paths, labels),
                 "num_classes": int(num_classes), "image_size": list(image_size),
-                "dct_scaling": bool(dct_scaling)}
+                "dct_scaling": bool(dct_scaling), **({"multi_label": True} if multi_label else {})}
 
     use_file_cache = cache not in ("memory", "none")
     prefix = None
