@@ -33,7 +33,7 @@ LAYERS = [
     ["catdog.fast_features"],
     ["catdog.train"],                               # one stage
     ["catdog.stages", "catdog.model_io", "catdog.lr_finder"],  # + the rate range test
-    ["catdog.predict", "catdog.export", "catdog.evaluate"],
+    ["catdog.predict", "catdog.export", "catdog.evaluate", "catdog.evaluate_sets"],
     ["catdog.cli"],
 ]
 

@@ -184,10 +184,13 @@ def test_a_stage_trains_on_label_sets_and_records_them(trained):
 
 
 def test_evaluate_gives_per_label_figures(trained, tmp_path):
-    from catdog import evaluate
+    from catdog import evaluate, evaluate_sets
     root, _, _, test_csv = trained
-    result = evaluate.evaluate(str(root / "run"), test_csv=test_csv, label_column="tags",
-                               threshold=0.4, out_dir=str(tmp_path / "ev"))
+    with pytest.raises(ValueError, match="multi-label.*evaluate_label_sets"):
+        evaluate.evaluate(str(root / "run"), test_csv=test_csv, label_column="tags")
+    result = evaluate_sets.evaluate_label_sets(
+        str(root / "run"), test_csv=test_csv, label_column="tags", threshold=0.4,
+        out_dir=str(tmp_path / "ev"))
     per_label = result["metrics"]["per_label"]
     assert set(per_label) == {"a", "b", "c"}
     for figures in per_label.values():
@@ -196,7 +199,7 @@ def test_evaluate_gives_per_label_figures(trained, tmp_path):
     assert result["threshold"] == 0.4 and result["multi_label"] is True
     saved = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert saved["metrics"]["per_label"] == json.loads(json.dumps(per_label))
-    assert "| a |" in (tmp_path / "ev" / "evaluation.md").read_text()
+    assert "| a " in (tmp_path / "ev" / "evaluation.md").read_text()
     # The figures are those of the probabilities at the threshold.
     rows = list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv")))
     assert len(rows) == 8
