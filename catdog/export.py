@@ -64,7 +64,8 @@ TFLITE_FILENAME = "model.tflite"
 
 def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
                        class_names=None, tflite: bool = False,
-                       overwrite: bool = False, version="auto") -> str:
+                       overwrite: bool = False, version="auto",
+                       multi_label: bool = False) -> str:
     """Exports a catdog model as a SavedModel with decoding built in.
 
     Args:
@@ -82,6 +83,8 @@ def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
         one is renamed aside, the new one renamed in, then the old deleted).
       version: ``"auto"`` (next free integer under ``export_dir``), a
         positive int, or None (no version folder).
+      multi_label: the model has one sigmoid per label (trained with
+        ``--label_separator``); read from the config of a ``model_dir``.
 
     Returns:
       The path of the SavedModel folder written.
@@ -105,6 +108,7 @@ def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
         source_dir = os.path.abspath(os.fspath(model_dir_or_model))
         model, config, image_size, class_names = model_io.load_for_inference(
             source_dir, image_size=image_size, class_names=class_names)
+        multi_label = bool(config.get("multi_label"))
 
     parent, target = _resolve_target(export_dir, version, overwrite)
     created = _make_parents(parent)
@@ -113,11 +117,12 @@ def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
         # os.mkdir, not tempfile.mkdtemp: mkdtemp makes the folder 0700, which
         # a serving process running as another user could not read.
         os.mkdir(staging)
-        _write_saved_model(model, staging, image_size, class_names)
+        _write_saved_model(model, staging, image_size, class_names, multi_label)
         tflite_file = _write_tflite(staging) if tflite else None
-        _write_metadata(staging, _metadata(
+        metadata = _metadata(
             class_names, image_size, source_dir, config.get("stage"),
-            None if version is None else int(os.path.basename(target)), tflite_file))
+            None if version is None else int(os.path.basename(target)), tflite_file)
+        _write_metadata(staging, dict(metadata, multi_label=bool(multi_label)))
         _publish(staging, target, overwrite)
     except BaseException:
         # Also on KeyboardInterrupt: never leave a half-written export.
@@ -131,7 +136,7 @@ def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
     return target
 
 
-def build_serving_functions(model, image_size, class_names):
+def build_serving_functions(model, image_size, class_names, multi_label: bool = False):
     """Returns the ``(serving_default, serve_images)`` Python functions.
 
     Exposed so the exported graphs can be inspected or reused in a larger
@@ -142,6 +147,9 @@ def build_serving_functions(model, image_size, class_names):
       model: a built ``keras.Model`` (see :mod:`catdog.model_io`).
       image_size: ``(height, width)`` the model takes.
       class_names: class names in label order.
+      multi_label: one sigmoid per label: ``probabilities`` are the k
+        independent label probabilities, ``classes`` the most probable label,
+        and a ``multi_label`` output (``bool [N]``, all True) says so.
 
     Returns:
       ``serving_default(image_bytes)`` and ``serve_images(images)``, each
@@ -156,11 +164,14 @@ def build_serving_functions(model, image_size, class_names):
     def serve_images(images):
         probabilities = probabilities_of(images)
         names = tf.constant(class_names)
-        return {
+        out = {
             "probabilities": probabilities,
             "classes": tf.gather(names, tf.argmax(probabilities, axis=1)),
             "class_names": tf.tile(names[tf.newaxis], [tf.shape(probabilities)[0], 1]),
         }
+        if multi_label:
+            out["multi_label"] = tf.fill([tf.shape(probabilities)[0]], True)
+        return out
 
     def serving_default(image_bytes):
         # map_fn, not vectorized_map: images differ in size before resizing,
@@ -216,8 +227,9 @@ def _metadata(class_names, image_size, source_dir, stage, version, tflite_file):
     }
 
 
-def _write_saved_model(model, path, image_size, class_names):
-    serving_default, serve_images = build_serving_functions(model, image_size, class_names)
+def _write_saved_model(model, path, image_size, class_names, multi_label=False):
+    serving_default, serve_images = build_serving_functions(model, image_size, class_names,
+                                                            multi_label)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serving_default, input_signature=[

@@ -272,3 +272,25 @@ def test_a_monitor_the_run_does_not_log_is_refused(tmp_path):
     with pytest.raises(ValueError, match="val_top_k_accuracy"):
         train.run(c)
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_the_predict_script_prints_and_writes_a_probability_per_label(trained, tmp_path):
+    import subprocess
+    import sys
+    from helpers import REPO
+    root, _, _, _ = trained
+    image = str(root / "test" / "img_6.jpg")
+    out_csv = tmp_path / "out.csv"
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "predict.py"),
+         f"--model_dir={root / 'run'}", f"--csv={out_csv}", "--threshold=0.3", image],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    header, line = done.stdout.splitlines()[:2]
+    assert header.split()[1:] == ["labels", "p(a)", "p(b)", "p(c)"]
+    written = list(csv.DictReader(open(out_csv)))
+    assert list(written[0]) == ["path", "labels", "p_a", "p_b", "p_c", "error"]
+    above = [n for n in "abc" if float(written[0][f"p_{n}"]) > 0.3]
+    assert written[0]["labels"] == "|".join(above)
+    assert line.split()[1] == (",".join(above) or "-")
