@@ -294,3 +294,27 @@ def test_the_predict_script_prints_and_writes_a_probability_per_label(trained, t
     above = [n for n in "abc" if float(written[0][f"p_{n}"]) > 0.3]
     assert written[0]["labels"] == "|".join(above)
     assert line.split()[1] == (",".join(above) or "-")
+
+
+@pytest.mark.slow
+def test_fine_tuning_from_a_multi_label_stage_keeps_label_sets(tmp_path):
+    rows = _dataset(tmp_path / "images", copies=2)
+    csv_path = _write_csv(tmp_path / "images" / "labels.csv", rows)
+    fe = _run_config(csv_path, tmp_path / "fe", stage="feature_extraction")
+    fe.model.backbone, fe.model.backbone_alpha, fe.model.weights = "mobilenet", 0.25, "none"
+    fe.train.epochs = 1
+    train.run(fe)
+    ft = C.for_stage("fine_tuning")
+    ft.model.init_from = str(tmp_path / "fe")
+    ft.train.model_dir, ft.train.epochs, ft.train.verbose = str(tmp_path / "ft"), 1, 0
+    # The data settings come from the stage-3 run, as the flags inherit them.
+    ft.data = C.Config.from_dict(json.loads((tmp_path / "fe" / "config.json").read_text())).data
+    result = train.run(ft)
+    assert result.model.output_shape == (None, 3)
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["multi_label"] is True
+    assert "val_auc" in (tmp_path / "ft" / "history.csv").read_text().splitlines()[0]
+    # A fine-tuning run that leaves --label_separator out would read another split.
+    ft.data.label_separator = ""
+    ft.train.model_dir = str(tmp_path / "ft2")
+    with pytest.raises(ValueError, match="label_separator"):
+        train.run(ft)
