@@ -318,3 +318,31 @@ def test_fine_tuning_from_a_multi_label_stage_keeps_label_sets(tmp_path):
     ft.train.model_dir = str(tmp_path / "ft2")
     with pytest.raises(ValueError, match="label_separator"):
         train.run(ft)
+
+
+def _script(name, *args):
+    import subprocess
+    import sys
+    from helpers import REPO
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, os.path.join(REPO, "scripts", name), *map(str, args)],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_evaluate_script_reports_per_label_figures_and_refuses_a_folder(trained, tmp_path):
+    root, _, _, test_csv = trained
+    done = _script("evaluate.py", f"--model_dir={root / 'run'}", f"--test_csv={test_csv}",
+                   "--label_column=tags", f"--out_dir={tmp_path / 'ev'}")
+    assert done.returncode == 0, done.stderr
+    assert "multi-label" in done.stdout and "| c " in done.stdout
+    saved = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert set(saved["metrics"]["per_label"]) == {"a", "b", "c"}
+    refused = _script("evaluate.py", f"--model_dir={root / 'run'}", f"--test_dir={root}")
+    assert refused.returncode == 2 and "--test_csv" in refused.stderr
+
+
+def test_a_stage_script_refuses_label_sets_from_a_folder(tmp_path):
+    done = _script("train_baseline.py", f"--train_dir={tmp_path}", "--label_separator=|",
+                   f"--model_dir={tmp_path / 'run'}")
+    assert done.returncode == 2
+    assert "--label_separator" in done.stderr and "--train_csv" in done.stderr
