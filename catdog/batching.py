@@ -23,7 +23,11 @@ from catdog import label_sets
 
 @dataclasses.dataclass
 class SplitFiles:
-    """The usable files of one split, in a fixed order."""
+    """The usable files of one split, in a fixed order.
+
+    ``labels`` are ints, or label sets (sorted tuples of ints) with
+    ``--label_separator``.
+    """
 
     paths: list
     labels: list

@@ -58,9 +58,9 @@ def validate(config) -> None:
         flag_error("label_separator", d.label_separator,
                    "goes with --train_csv (sets of labels read from a CSV column); "
                    "folders, TFRecords and TFDS hold one label per image")
-    if d.label_separator.strip() != d.label_separator or "\n" in d.label_separator:
+    if "\n" in d.label_separator or "\r" in d.label_separator:
         flag_error("label_separator", d.label_separator,
-                   "must be a character such as '|' or ' ', without surrounding spaces")
+                   "must be a character such as '|', ';' or ' ' (not a line break)")
     refused = {
         "class_weight": (parse_class_weight(t.class_weight),
                          "weights one class per image; an image with --label_separator "

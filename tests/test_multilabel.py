@@ -346,3 +346,14 @@ def test_a_stage_script_refuses_label_sets_from_a_folder(tmp_path):
                    f"--model_dir={tmp_path / 'run'}")
     assert done.returncode == 2
     assert "--label_separator" in done.stderr and "--train_csv" in done.stderr
+
+
+def test_a_space_separates_labels_too():
+    from catdog import label_sets
+    assert label_sets.parse(" cat  outdoor cat ", " ") == ("cat", "outdoor")
+    c = C.for_stage("baseline")
+    c.data.train_csv, c.data.label_separator, c.train.model_dir = "labels.csv", " ", "run"
+    c.validate()
+    c.data.label_separator = "\n"
+    with pytest.raises(ValueError, match="--label_separator"):
+        c.validate()
