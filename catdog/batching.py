@@ -18,10 +18,16 @@ from typing import Optional
 
 import tensorflow as tf
 
+from catdog import label_sets
+
 
 @dataclasses.dataclass
 class SplitFiles:
-    """The usable files of one split, in a fixed order."""
+    """The usable files of one split, in a fixed order.
+
+    ``labels`` are ints, or label sets (sorted tuples of ints) with
+    ``--label_separator``.
+    """
 
     paths: list
     labels: list
@@ -78,7 +84,9 @@ class DataIndex:
 
 
 def require_every_class(labels, class_names, where):
-    counts = collections.Counter(labels)
+    # A label set (multi-label) counts for each of its classes.
+    counts = collections.Counter(
+        i for label in labels for i in (label if isinstance(label, (tuple, list)) else (label,)))
     empty = [name for i, name in enumerate(class_names) if counts.get(i, 0) == 0]
     if empty:
         raise ValueError(
@@ -86,17 +94,23 @@ def require_every_class(labels, class_names, where):
             "at least one readable image (see the skipped files logged above).")
 
 
-def encode_labels(labels, num_classes: int) -> tf.Tensor:
+def encode_labels(labels, num_classes: int, multi_label: bool = False) -> tf.Tensor:
     """The labels as the model's loss expects them, for every source.
 
     Two classes: float 0/1 with a trailing axis of 1 (one label: shape
     ``(1,)``), for a sigmoid head and binary cross-entropy (Keras'
     ``label_mode="binary"``); more classes: int32, for a softmax head.
+    Label sets (``multi_label``): multi-hot float32 rows of ``num_classes``,
+    for one sigmoid per label, whatever the number of classes.
 
     Args:
-      labels: integer label(s): one label tensor or a sequence of them.
+      labels: integer label(s): one label tensor or a sequence of them; with
+        ``multi_label``, a sequence of label sets (sequences of class numbers).
       num_classes: number of classes.
+      multi_label: the labels are sets.
     """
+    if multi_label:
+        return tf.constant(label_sets.multi_hot(labels, num_classes))
     labels = tf.convert_to_tensor(labels)
     if num_classes == 2:
         return tf.expand_dims(tf.cast(labels, tf.float32), -1)

@@ -158,6 +158,11 @@ class DataConfig:
     label_column: str = option(
         "", "Column of the CSV holding the label (default: the second column "
         "of the header).")
+    label_separator: str = option(
+        "", "With --train_csv: the label column holds a set of labels per image, "
+        "separated by this character (e.g. '|'): multi-label training, one "
+        "sigmoid output per label. Classes are the union of the labels, sorted, "
+        "unless --class_names. Empty: one label per image.")
     dct_scaling: bool = option(
         False, "Training split only: decode JPEGs at least 2x/4x/8x the image "
         "size on both sides at 1/2, 1/4 or 1/8 scale in the DCT domain "
@@ -430,7 +435,7 @@ def split_fields(data: DataConfig) -> tuple:
     elif not data.train_tfrecords:
         fields.append("max_pixels")
         if data.train_csv:
-            fields += ["image_dir", "filename_column", "label_column"]
+            fields += ["image_dir", "filename_column", "label_column", "label_separator"]
         if not (data.val_dir or data.val_csv):
             fields += ["validation_split", "seed"]
     return tuple(fields)

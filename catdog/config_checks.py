@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 
+from catdog import label_sets
 from catdog.class_weighting import class_weights
 from catdog.class_weighting import parse_class_weight as _parse_class_weight
 from catdog.control_settings import validate_controls
@@ -100,6 +101,7 @@ def validate(config) -> None:
     _validate_mixing(t)
     _validate_sources(config)
     _validate_data_service(config)
+    label_sets.validate(config)
 
 
 def _validate_augmentation(m) -> None:

@@ -77,9 +77,12 @@ def index_from_split(data_config, record: dict, where: str,
                 f"{describe_split_change(record, now)}. Point the source flags at "
                 "exactly those shards / splits, or retrain that stage.")
         return index
-    train = keep_usable(record["train"], record["train_labels"], data_config.max_pixels,
+    # JSON holds a label set as a list; the index holds it as a tuple.
+    labels_of = lambda side: [tuple(l) if isinstance(l, list) else l
+                              for l in record[f"{side}_labels"]]
+    train = keep_usable(record["train"], labels_of("train"), data_config.max_pixels,
                         progress)
-    val = keep_usable(record["val"], record["val_labels"], data_config.max_pixels, progress)
+    val = keep_usable(record["val"], labels_of("val"), data_config.max_pixels, progress)
     require_every_class(train[1], class_names, f"the training files of {where}")
     require_every_class(val[1], class_names, f"the validation files of {where}")
     return DataIndex(class_names, SplitFiles(train[0], train[1]),
@@ -146,7 +149,7 @@ def build_split(data_config, index: DataIndex, split: str,
                      "on its workers every epoch, not cached (--cache=%s applies to the "
                      "validation split).", service, data_config.cache)
     return build_dataset(files.paths, files.labels, split=split, data_service=service,
-                         **common)
+                         multi_label=bool(data_config.label_separator), **common)
 
 
 def build_datasets(data_config, index: Optional[DataIndex] = None,

@@ -494,6 +494,9 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
                          f"Received: batch_size={batch_size!r}")
     model_dir = os.fspath(model_dir)
     model, config, image_size, class_names = model_io.load_for_inference(model_dir)
+    if config.get("multi_label"):
+        raise ValueError(f"{model_dir!r} is multi-label: evaluate it with "
+                         "catdog.evaluate_sets.evaluate_label_sets (scripts/evaluate.py does).")
     # The pixels the model was trained on (an older config.json: the old decode).
     decode_options = model_io.config_decode_options(config)
     num_classes = len(class_names)

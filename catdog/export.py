@@ -67,7 +67,8 @@ TFLITE_FILENAME = "model.tflite"
 
 def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
                        class_names=None, tflite: bool = False,
-                       overwrite: bool = False, version="auto") -> str:
+                       overwrite: bool = False, version="auto",
+                       multi_label: bool = False) -> str:
     """Exports a catdog model as a SavedModel with decoding built in.
 
     Args:
@@ -85,6 +86,8 @@ def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
         one is renamed aside, the new one renamed in, then the old deleted).
       version: ``"auto"`` (next free integer under ``export_dir``), a
         positive int, or None (no version folder).
+      multi_label: the model has one sigmoid per label (trained with
+        ``--label_separator``); read from the config of a ``model_dir``.
 
     Returns:
       The path of the SavedModel folder written.
@@ -110,6 +113,7 @@ def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
         model, config, image_size, class_names = model_io.load_for_inference(
             source_dir, image_size=image_size, class_names=class_names)
         decode_options = model_io.config_decode_options(config)
+        multi_label = bool(config.get("multi_label"))
 
     parent, target = _resolve_target(export_dir, version, overwrite)
     created = _make_parents(parent)
@@ -118,11 +122,13 @@ def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
         # os.mkdir, not tempfile.mkdtemp: mkdtemp makes the folder 0700, which
         # a serving process running as another user could not read.
         os.mkdir(staging)
-        _write_saved_model(model, staging, image_size, class_names, decode_options)
+        _write_saved_model(model, staging, image_size, class_names, decode_options,
+                           multi_label)
         tflite_file = _write_tflite(staging) if tflite else None
-        _write_metadata(staging, _metadata(
+        metadata = _metadata(
             class_names, image_size, decode_options, source_dir, config.get("stage"),
-            None if version is None else int(os.path.basename(target)), tflite_file))
+            None if version is None else int(os.path.basename(target)), tflite_file)
+        _write_metadata(staging, dict(metadata, multi_label=bool(multi_label)))
         _publish(staging, target, overwrite)
     except BaseException:
         # Also on KeyboardInterrupt: never leave a half-written export.
@@ -136,7 +142,8 @@ def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
     return target
 
 
-def build_serving_functions(model, image_size, class_names, decode_options=None):
+def build_serving_functions(model, image_size, class_names, decode_options=None,
+                            multi_label: bool = False):
     """Returns the ``(serving_default, serve_images)`` Python functions.
 
     Exposed so the exported graphs can be inspected or reused in a larger
@@ -149,6 +156,9 @@ def build_serving_functions(model, image_size, class_names, decode_options=None)
       class_names: class names in label order.
       decode_options: the :class:`catdog.decode.DecodeOptions` of
         ``serving_default``'s decode (default: ``DecodeOptions()``).
+      multi_label: one sigmoid per label: ``probabilities`` are the k
+        independent label probabilities, ``classes`` the most probable label,
+        and a ``multi_label`` output (``bool [N]``, all True) says so.
 
     Returns:
       ``serving_default(image_bytes)`` and ``serve_images(images)``, each
@@ -164,11 +174,14 @@ def build_serving_functions(model, image_size, class_names, decode_options=None)
     def serve_images(images):
         probabilities = probabilities_of(images)
         names = tf.constant(class_names)
-        return {
+        out = {
             "probabilities": probabilities,
             "classes": tf.gather(names, tf.argmax(probabilities, axis=1)),
             "class_names": tf.tile(names[tf.newaxis], [tf.shape(probabilities)[0], 1]),
         }
+        if multi_label:
+            out["multi_label"] = tf.fill([tf.shape(probabilities)[0]], True)
+        return out
 
     def serving_default(image_bytes):
         # map_fn, not vectorized_map: images differ in size before resizing,
@@ -238,9 +251,10 @@ def _metadata(class_names, image_size, decode_options, source_dir, stage, versio
     }
 
 
-def _write_saved_model(model, path, image_size, class_names, decode_options):
+def _write_saved_model(model, path, image_size, class_names, decode_options,
+                       multi_label=False):
     serving_default, serve_images = build_serving_functions(
-        model, image_size, class_names, decode_options)
+        model, image_size, class_names, decode_options, multi_label)
     archive = keras.export.ExportArchive()
     archive.track(model)
     # Read back by catdog.model_io.saved_model_decode_options: predict.py

@@ -22,6 +22,7 @@ import tensorflow as tf
 from catdog import batching
 from catdog import decode
 from catdog import fileio
+from catdog import label_sets
 
 
 #: Caches of one key that may be written at the same time by different runs.
@@ -41,7 +42,7 @@ def file_stamps(paths, labels=None) -> list:
         except OSError as e:
             raise ValueError(f"{path!r} cannot be read any more ({e}); it changed "
                              "after the file check. Rerun the job.") from e
-        stamps.append([path, size, mtime] + ([int(labels[i])] if labels is not None else []))
+        stamps.append([path, size, mtime] + ([label_sets.record(labels[i])] if labels is not None else []))
     return stamps
 
 

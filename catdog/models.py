@@ -94,7 +94,7 @@ class InferenceBackbone(keras.layers.Wrapper):
 
 
 def _head(x, num_classes: int, dropout: float, pooling: str,
-          zero_init: bool = False):
+          zero_init: bool = False, multi_label: bool = False):
     if pooling == "flatten":
         x = keras.layers.Flatten(name="head_flatten")(x)
     elif pooling == "max":
@@ -108,9 +108,11 @@ def _head(x, num_classes: int, dropout: float, pooling: str,
     # (every class equally likely): random init on large pooled activations
     # starts with confident, wrong logits and wastes the first epochs.
     init = "zeros" if zero_init else "glorot_uniform"
-    if num_classes == 2:
-        return keras.layers.Dense(1, activation="sigmoid", dtype="float32",
-                                  kernel_initializer=init, name=HEAD_NAME)(x)
+    if num_classes == 2 or multi_label:
+        # Label sets: one independent sigmoid per label, also with two labels.
+        return keras.layers.Dense(num_classes if multi_label else 1, activation="sigmoid",
+                                  dtype="float32", kernel_initializer=init,
+                                  name=HEAD_NAME)(x)
     return keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                               kernel_initializer=init, name=HEAD_NAME)(x)
 
@@ -126,12 +128,12 @@ def _augmentation(model_config, seed):
 
 def build_cnn(image_size, num_classes: int = 2, augmentation=None,
               dropout: float = 0.5, filters=(32, 64, 128),
-              name: str = "baseline") -> keras.Model:
+              name: str = "baseline", multi_label: bool = False) -> keras.Model:
     """The small CNN of stages 1 and 2.
 
     ``[augmentation] -> Rescaling(1/255) -> 3 x (BatchNorm -> Conv 3x3 relu ->
     MaxPool 2) -> Flatten -> Dropout -> Dense``. The augmented tensor is what
-    reaches the first convolution.
+    reaches the first convolution. ``multi_label``: one sigmoid per class.
     """
     inputs = image_input(image_size)
     x = inputs
@@ -149,19 +151,21 @@ def build_cnn(image_size, num_classes: int = 2, augmentation=None,
                                             name=f"block{i + 1}_bn")(x)
         x = keras.layers.Conv2D(f, 3, activation="relu", name=f"block{i + 1}_conv")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
-    outputs = _head(x, num_classes, dropout, "flatten")
+    outputs = _head(x, num_classes, dropout, "flatten", multi_label=multi_label)
     return keras.Model(inputs, outputs, name=name)
 
 
 def build_transfer(image_size, num_classes: int, backbone_name: str = "vgg16",
                    weights: str = "imagenet", alpha: float = 1.0,
                    augmentation=None, dropout: float = 0.5, pooling: str = "avg",
-                   name: str = "feature_extraction") -> keras.Model:
+                   name: str = "feature_extraction",
+                   multi_label: bool = False) -> keras.Model:
     """Stage 3: [augmentation] -> preprocess -> frozen backbone -> new head.
 
     The backbone is frozen and runs inside an :class:`InferenceBackbone`, so
     its BatchNormalization and Dropout layers stay in inference mode during
-    ``fit``, also after fine-tuning unfreezes the top block.
+    ``fit``, also after fine-tuning unfreezes the top block. ``multi_label``:
+    one sigmoid per class.
     """
     spec = get_backbone(backbone_name)
     base = build_backbone(backbone_name, image_size, weights, alpha)
@@ -174,7 +178,8 @@ def build_transfer(image_size, num_classes: int, backbone_name: str = "vgg16",
     wrapper = InferenceBackbone(base, name=BACKBONE_NAME)
     wrapper.trainable = False
     x = wrapper(x)
-    outputs = _head(x, num_classes, dropout, pooling, zero_init=True)
+    outputs = _head(x, num_classes, dropout, pooling, zero_init=True,
+                    multi_label=multi_label)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -182,11 +187,14 @@ def build_model(config: config_lib.Config, num_classes: int) -> keras.Model:
     """Builds the model of ``config``'s stage (fine-tuning: see :func:`load_for_fine_tuning`)."""
     m, d = config.model, config.data
     aug = _augmentation(m, d.seed) if m.augment else None
+    multi_label = bool(d.label_separator)
     if m.stage in ("baseline", "augmented"):
-        return build_cnn(d.image_size, num_classes, aug, m.dropout, name=m.stage)
+        return build_cnn(d.image_size, num_classes, aug, m.dropout, name=m.stage,
+                         multi_label=multi_label)
     if m.stage == "feature_extraction":
         return build_transfer(d.image_size, num_classes, m.backbone, m.weights,
-                              m.backbone_alpha, aug, m.dropout, m.head, name=m.stage)
+                              m.backbone_alpha, aug, m.dropout, m.head, name=m.stage,
+                              multi_label=multi_label)
     raise ValueError(f"build_model cannot build stage {m.stage!r}; fine-tuning "
                      "starts from a finished model (load_for_fine_tuning).")
 
@@ -247,7 +255,8 @@ def unfreeze_top(model: keras.Model, backbone_name: str,
 
 def compile_model(model: keras.Model, num_classes: int, learning_rate,
                   jit_compile="auto", soft_labels: bool = False, *, optimizer=None,
-                  top_k: int = 0, steps_per_execution: int = 1) -> keras.Model:
+                  top_k: int = 0, steps_per_execution: int = 1,
+                  multi_label: bool = False) -> keras.Model:
     """Compiles with the run's optimizer, loss and metrics.
 
     Under a ``mixed_float16`` policy, ``compile`` wraps the optimizer in a
@@ -261,13 +270,16 @@ def compile_model(model: keras.Model, num_classes: int, learning_rate,
       optimizer: the run's optimizer (:func:`training_optimizer`).
       top_k: also ``top_k_accuracy`` at this k (:func:`top_k_metrics`); 0: off.
       steps_per_execution: training steps per call of the compiled function.
+      multi_label: label sets (multi-hot targets), see :func:`training_loss`.
     """
     top = top_k_metrics(top_k)
     if soft_labels:
         top = [DominantLabel(m) for m in top]
     model.compile(optimizer=optimizer or training_optimizer(learning_rate),
-                  loss=training_loss(num_classes, soft_labels=soft_labels),
-                  metrics=training_metrics(num_classes, soft_labels=soft_labels) + top,
+                  loss=training_loss(num_classes, soft_labels=soft_labels,
+                                     multi_label=multi_label),
+                  metrics=training_metrics(num_classes, soft_labels=soft_labels,
+                                           multi_label=multi_label) + top,
                   jit_compile=jit_compile, steps_per_execution=steps_per_execution)
     return model
 
@@ -318,34 +330,46 @@ def resolve_top_k(top_k, num_classes: int) -> int:
     return int(top_k)
 
 
-def validation_metric_names(num_classes: int, top_k: int = 0) -> list:
+def validation_metric_names(num_classes: int, top_k: int = 0,
+                            multi_label: bool = False) -> list:
     """The ``val_`` keys a compiled catdog model logs: what ``--monitor`` may name."""
-    names = ["loss"] + [m.name for m in training_metrics(num_classes) + top_k_metrics(top_k)]
+    names = ["loss"] + [m.name for m in training_metrics(num_classes, multi_label=multi_label)
+                        + top_k_metrics(top_k)]
     return ["val_" + name for name in names]
 
 
-def training_loss(num_classes: int, soft_labels: bool = False) -> keras.losses.Loss:
+def training_loss(num_classes: int, soft_labels: bool = False,
+                  multi_label: bool = False) -> keras.losses.Loss:
     """Binary cross-entropy for two classes, sparse categorical cross-entropy for more.
 
-    With ``soft_labels`` (mixed training labels: one-hot rows for more than
+    Label sets (``multi_label``): binary cross-entropy over every label. With ``soft_labels`` (mixed training labels: one-hot rows for more than
     two classes, validation labels one-hot too) more classes take
     categorical cross-entropy, the same number on hard labels.
     """
-    if num_classes == 2:
+    if num_classes == 2 or multi_label:
         return keras.losses.BinaryCrossentropy()
     if soft_labels:
         return keras.losses.CategoricalCrossentropy()
     return keras.losses.SparseCategoricalCrossentropy()
 
 
-def training_metrics(num_classes: int, soft_labels: bool = False) -> list:
+def training_metrics(num_classes: int, soft_labels: bool = False,
+                     multi_label: bool = False) -> list:
     """Two classes: accuracy, precision, recall and AUC. More: accuracy.
+
+    Label sets (``multi_label``): binary accuracy, precision and recall over
+    every (image, label) pair, and the mean of the per-label ROC AUCs.
 
     With ``soft_labels`` each metric scores the dominant class of each
     (mixed) label, see :class:`DominantLabel`.
     """
     if soft_labels:
         return [DominantLabel(m) for m in training_metrics(num_classes)]
+    if multi_label:
+        return [keras.metrics.BinaryAccuracy(name="accuracy"),
+                keras.metrics.Precision(name="precision"),
+                keras.metrics.Recall(name="recall"),
+                keras.metrics.AUC(name="auc", multi_label=True, num_labels=num_classes)]
     if num_classes == 2:
         return [keras.metrics.BinaryAccuracy(name="accuracy"),
                 keras.metrics.Precision(name="precision"),

@@ -49,7 +49,7 @@ CONFIG_FILENAME = rundir.CONFIG_FILE
 
 def predict_files(model_or_saved_model, paths: Iterable, *, image_size=None,
                   class_names: Sequence[str] | None = None,
-                  batch_size: int = 32) -> list[dict]:
+                  batch_size: int = 32, threshold: float = 0.5) -> list[dict]:
     """Classifies image files, one row per file, errors included.
 
     Args:
@@ -66,10 +66,15 @@ def predict_files(model_or_saved_model, paths: Iterable, *, image_size=None,
       image_size: ``(height, width)`` to resize to; must match the model's.
       class_names: class names in label order; must match the model's.
       batch_size: images per model call.
+      threshold: multi-label models (trained with ``--label_separator``):
+        the labels whose probability is above this are predicted.
 
     Returns:
       A list of dicts ``{"path", "class", "probability", "error"}`` in input
       order. ``probability`` is the probability of the predicted ``class``.
+      A multi-label model's rows also hold ``probabilities`` (``{label:
+      probability}``, every label) and ``labels`` (those above
+      ``threshold``, in label order); ``class`` is then the most probable label.
       For an unreadable file (missing, empty, truncated, not an image)
       ``class`` and ``probability`` are None and ``error`` says why;
       otherwise ``error`` is None.
@@ -82,8 +87,11 @@ def predict_files(model_or_saved_model, paths: Iterable, *, image_size=None,
             or batch_size < 1:
         raise ValueError(
             f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"threshold must be strictly between 0 and 1. "
+                         f"Received: threshold={threshold!r}")
     predict_batch, image_size, options = _make_predictor(
-        model_or_saved_model, image_size, class_names)
+        model_or_saved_model, image_size, class_names, float(threshold))
 
     rows: list[dict] = []
     pending: list[tuple[dict, np.ndarray]] = []
@@ -92,8 +100,8 @@ def predict_files(model_or_saved_model, paths: Iterable, *, image_size=None,
         if not pending:
             return
         batch = np.stack([image for _, image in pending])
-        for (row, _), (name, prob) in zip(pending, predict_batch(batch)):
-            row["class"], row["probability"] = name, prob
+        for (row, _), answer in zip(pending, predict_batch(batch)):
+            row.update(answer)
         pending.clear()
 
     for path, error in expand_paths(paths):
@@ -129,22 +137,35 @@ def _read_and_decode(path: str, image_size, options: decode.DecodeOptions):
                       f"bytes): {errors.first_line(error)}")
 
 
-def _make_predictor(model_or_saved_model, image_size, class_names):
+def _answers(names, probs, multi_label, threshold):
+    """The row fields of each image: the most probable class, and label sets."""
+    best = probs.argmax(axis=1)  # ties go to the first class, as tf.argmax
+    out = [{"class": names[i], "probability": float(p[i])} for i, p in zip(best, probs)]
+    if multi_label:
+        for row, p in zip(out, probs):
+            row["probabilities"] = {n: float(q) for n, q in zip(names, p)}
+            row["labels"] = [n for n, q in zip(names, p) if q > threshold]
+    return out
+
+
+def _make_predictor(model_or_saved_model, image_size, class_names, threshold=0.5):
     """Returns ``(predict_batch, image_size, decode_options)`` for any accepted model form.
 
-    ``predict_batch(uint8 batch)`` yields ``(class name, probability of that
-    class)`` per image. The decode options are those the model was trained
+    ``predict_batch(uint8 batch)`` yields the row fields of each image (see
+    :func:`_answers`). The decode options are those the model was trained
     (model_dir) or exported (SavedModel) with; a bare ``keras.Model`` gets
     ``DecodeOptions()``, catdog's default.
     """
     source = model_or_saved_model
     options = decode.DecodeOptions()
+    multi_label = False
     if isinstance(source, (str, os.PathLike)):
         source = os.fspath(source)
         if model_io.find_saved_model(source) is None:
             source, config, image_size, class_names = model_io.load_for_inference(
                 source, image_size=image_size, class_names=class_names)
             options = model_io.config_decode_options(config)
+            multi_label = bool(config.get("multi_label"))
         else:
             source = model_io.load_saved_model(source)
 
@@ -163,8 +184,7 @@ def _make_predictor(model_or_saved_model, image_size, class_names):
 
         def predict_batch(batch):
             probs = probabilities(tf.constant(batch)).numpy()
-            best = probs.argmax(axis=1)  # ties go to the first class, as tf.argmax
-            return [(names[i], float(p[i])) for i, p in zip(best, probs)]
+            return _answers(names, probs, multi_label, threshold)
 
         return predict_batch, image_size, options
 
@@ -189,7 +209,7 @@ def _make_predictor(model_or_saved_model, image_size, class_names):
     def predict_batch(batch):
         out = serve_images(images=tf.constant(batch))
         probs = out["probabilities"].numpy()
-        classes = out["classes"].numpy()
-        return [(c.decode(), float(p.max())) for c, p in zip(classes, probs)]
+        names = [n.decode() for n in out["class_names"].numpy()[0]]
+        return _answers(names, probs, "multi_label" in out, threshold)
 
     return predict_batch, image_size, model_io.saved_model_decode_options(source)

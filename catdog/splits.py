@@ -17,6 +17,7 @@ import os
 from typing import Optional
 
 from catdog import batching
+from catdog import label_sets
 
 
 def split_files(paths, labels, validation_split: float, seed: int, class_dirs=None):
@@ -30,11 +31,13 @@ def split_files(paths, labels, validation_split: float, seed: int, class_dirs=No
     is), so adding or removing one file moves at most one other file between
     the splits, and moving the whole data folder keeps the split.
     (``keras.utils.image_dataset_from_directory`` instead shuffles the whole
-    file list, so one new file reshuffles every split.)
+    file list, so one new file reshuffles every split.) A label set
+    (multi-label) is stratified by its first class, so every file is in
+    exactly one stratum and the split stays a stable partition.
 
     Args:
       paths: the usable files.
-      labels: their integer labels.
+      labels: their integer labels (or label sets: tuples of them).
       validation_split: fraction of each class held out, in (0, 1).
       seed: seed of the hash order; another seed gives another split.
       class_dirs: folder of each class, by label; file names are hashed
@@ -46,7 +49,7 @@ def split_files(paths, labels, validation_split: float, seed: int, class_dirs=No
     """
     members = collections.defaultdict(list)
     for i, label in enumerate(labels):
-        members[label].append(i)
+        members[label_sets.stratum(label)].append(i)
     held_out = set()
     for label, indices in members.items():
         root = class_dirs[label] if class_dirs is not None else None
@@ -117,8 +120,8 @@ def split_record(data_config, index: batching.DataIndex) -> dict:
     if kind in ("folder", "csv"):
         record.update(
             train=list(index.train.paths), val=list(index.val.paths),
-            train_labels=[int(l) for l in index.train.labels],
-            val_labels=[int(l) for l in index.val.labels])
+            train_labels=[label_sets.record(l) for l in index.train.labels],
+            val_labels=[label_sets.record(l) for l in index.val.labels])
         if kind == "folder":
             # "val" is empty when validation is held out of the training folder.
             record["roots"] = {"train": data_config.train_dir, "val": data_config.val_dir}
@@ -165,7 +168,9 @@ def _split_entries(record: dict) -> dict:
             root = roots["val"] if origin == "val_csv" else roots["train"]
             names = record["class_names"]
             for path, label in zip(record[side], record[f"{side}_labels"]):
-                entries[(origin, names[label], _relative(path, root))] = side
+                name = ("|".join(names[i] for i in label) if label_sets.is_multi_label(label)
+                        else names[label])
+                entries[(origin, name, _relative(path, root))] = side
         elif kind == "tfrecords":
             for path in record[side]:
                 entries[("shard", os.path.basename(path))] = side

@@ -232,10 +232,11 @@ def run(config: config_lib.Config, progress: bool = True,
         raise ValueError(
             f"Classes {index.class_names} differ from those of --init_from "
             f"{config.model.init_from!r}: {init.get('class_names')}.")
-    top_k = models.resolve_top_k(config.train.top_k, index.num_classes)
+    multi_label = bool(config.data.label_separator)  # label sets: no top-k
+    top_k = 0 if multi_label else models.resolve_top_k(config.train.top_k, index.num_classes)
     # Before anything is built: an unknown metric would fail after an epoch.
-    controls.check_monitor(config.train.monitor,
-                           models.validation_metric_names(index.num_classes, top_k))
+    controls.check_monitor(config.train.monitor, models.validation_metric_names(
+        index.num_classes, top_k, multi_label=multi_label))
     class_weight = resolve_class_weight(config, index)
     if class_weight:
         logging.info("Class weights in training: %s", class_weight)
@@ -334,7 +335,8 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
                              config.train.learning_rate, jit_compile=jit,
                              soft_labels=soft_labels(config),
                              optimizer=make_optimizer(), top_k=top_k,
-                             steps_per_execution=config.train.steps_per_execution)
+                             steps_per_execution=config.train.steps_per_execution,
+                             multi_label=bool(config.data.label_separator))
     logging.info("%s", xla_note)
     # After the model is built (a missing-weights error comes first), before
     # anything is written or trained.
@@ -343,7 +345,9 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
     record.update(stage=config.stage, class_names=index.class_names,
                   versions=rundir.versions(), dtype_policy=policy,
                   strategy=type(strategy).__name__, replicas=replicas,
-                  argv=list(sys.argv))
+                  argv=list(sys.argv),
+                  # Label sets: one sigmoid per class (evaluate, predict, export read it).
+                  multi_label=bool(config.data.label_separator))
     fileio.write_json(os.path.join(out, rundir.CONFIG_FILE), record)
     fileio.write_json(os.path.join(out, rundir.SPLIT_FILE), split)
     for name, text in extra_files.items():
@@ -410,6 +414,7 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         "train_examples": len(index.train),
         "val_examples": len(index.val),
         "class_names": index.class_names,
+        "multi_label": bool(config.data.label_separator),
         "skipped_files": index.skipped,
         # CSV input: rows read, files used and every kind of bad row, per CSV.
         "csv_report": index.csv_report,

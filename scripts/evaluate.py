@@ -53,7 +53,8 @@ _TFDS_DATA_DIR = flags.DEFINE_string(
 _THRESHOLD = flags.DEFINE_float(
     "threshold", 0.5,
     "Binary models: predict the second class (class_names[1]) when its "
-    "probability is above this; 0 < threshold < 1.")
+    "probability is above this; multi-label models (--label_separator): "
+    "predict each label whose probability is above this; 0 < threshold < 1.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Images per model call.")
 _OUT_DIR = flags.DEFINE_string(
     "out_dir", None, "Folder for the results (default: <model_dir>/evaluation).")
@@ -64,10 +65,27 @@ _TOP_K = flags.DEFINE_integer(
 
 def _evaluate():
     from catdog import evaluate  # TensorFlow loads only after the flags are fine
+    from catdog import evaluate_sets
+    from catdog import rundir
 
     if not _MODEL_DIR.value:
         raise ValueError("`--model_dir` is required: the folder of a finished "
                          "training run.")
+    try:
+        config = rundir.read_config(_MODEL_DIR.value)
+    except (OSError, ValueError):
+        config = {}  # evaluate() says what is wrong with the model_dir
+    if isinstance(config, dict) and evaluate_sets.is_multi_label(config):
+        if _TEST_DIR.value or _TFDS_NAME.value or _TOP_K.value:
+            raise ValueError("`--test_dir`, `--tfds_name` and `--top_k` do not apply to a "
+                             "multi-label model (--label_separator): pass --test_csv.")
+        result = evaluate_sets.evaluate_label_sets(
+            _MODEL_DIR.value, _TEST_CSV.value, image_dir=_IMAGE_DIR.value or "",
+            filename_column=_FILENAME_COLUMN.value, label_column=_LABEL_COLUMN.value,
+            threshold=_THRESHOLD.value, batch_size=_BATCH_SIZE.value, out_dir=_OUT_DIR.value)
+        print(evaluate_sets.format_label_set_report(result))
+        print(f"Results written to {result['out_dir']}")
+        return
     result = evaluate.evaluate(
         _MODEL_DIR.value, _TEST_DIR.value, test_csv=_TEST_CSV.value,
         image_dir=_IMAGE_DIR.value, filename_column=_FILENAME_COLUMN.value,

@@ -7,7 +7,10 @@ Usage:
 Folders are searched recursively for .jpg .jpeg .png .gif .bmp files (any
 case). Prints an aligned table `file  class  probability`, where probability
 is that of the predicted class; a file that cannot be read or decoded gets an
-`ERROR: <reason>` row and the others still run.
+`ERROR: <reason>` row and the others still run. A multi-label model (trained
+with --label_separator) prints `file  labels  p(<label>)...`: the labels whose
+probability is above --threshold, then every label's probability; its --csv
+has columns path,labels,p_<label>...,error.
 
 Exit status: 0 when it ran (even if some files failed), 1 when every file
 failed, 2 on usage errors (bad flags, model or output path).
@@ -38,6 +41,9 @@ _CSV = flags.DEFINE_string(
     "error); an existing CSV file is replaced.")
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", 32, "Images per model call.", lower_bound=1)
+_THRESHOLD = flags.DEFINE_float(
+    "threshold", 0.5, "Multi-label models (--label_separator): a label is predicted "
+    "when its probability is above this; 0 < threshold < 1.")
 
 def main(argv):
     paths = argv[1:]
@@ -49,6 +55,9 @@ def main(argv):
         return cli.usage_error(
             "no files or folders given; list them after the flags, e.g. "
             "predict.py --model_dir=runs/baseline photos/")
+    if not 0.0 < _THRESHOLD.value < 1.0:
+        return cli.usage_error(f"`--threshold` must be strictly between 0 and 1. "
+                               f"Received: threshold={_THRESHOLD.value!r}")
     if _CSV.value is not None:
         problem = _csv_problem(_CSV.value, paths)
         if problem:
@@ -60,13 +69,14 @@ def main(argv):
     flag = "--model_dir" if _MODEL_DIR.value is not None else "--saved_model"
     try:
         if _MODEL_DIR.value is not None:
-            model, _, image_size, class_names = predict.load_for_inference(
-                _MODEL_DIR.value)
+            # A path: its config.json also says whether the model is multi-label.
+            model = _MODEL_DIR.value
+            if predict.model_io.find_saved_model(model) is not None:
+                predict.load_for_inference(model)  # a SavedModel is no model_dir
         else:  # the SavedModel knows its own image size and class names
             model = predict.load_saved_model(_SAVED_MODEL.value)
-            image_size = class_names = None
-        rows = predict.predict_files(model, paths, image_size=image_size,
-                                     class_names=class_names, batch_size=_BATCH_SIZE.value)
+        rows = predict.predict_files(model, paths, batch_size=_BATCH_SIZE.value,
+                                     threshold=_THRESHOLD.value)
     except (ValueError, OSError) as error:
         return cli.usage_error(f"{flag}: {error}")
 
@@ -81,7 +91,18 @@ def main(argv):
     return 1 if failed == len(rows) else 0
 
 
+def _labels_of(rows):
+    """The labels of a multi-label model's rows, or None for a single-label model."""
+    for row in rows:
+        if "probabilities" in row:
+            return list(row["probabilities"])
+    return None
+
+
 def _print_table(rows):
+    labels = _labels_of(rows)
+    if labels is not None:
+        return _print_label_sets(rows, labels)
     cells = [("file", "class", "probability")]
     for row in rows:
         if row["error"] is not None:
@@ -93,6 +114,21 @@ def _print_table(rows):
     class_width = max(len(c[1]) for c in cells if not c[1].startswith("ERROR: "))
     for path, name, probability in cells:
         print(f"{path:<{file_width}}  {name:<{class_width}}  {probability}".rstrip())
+
+
+def _print_label_sets(rows, labels):
+    cells = [("file", "labels", *(f"p({n})" for n in labels))]
+    for row in rows:
+        if row["error"] is not None:
+            cells.append((row["path"], f"ERROR: {row['error']}"))
+        else:
+            cells.append((row["path"], ",".join(row["labels"]) or "-",
+                          *(f"{row['probabilities'][n]:.4f}" for n in labels)))
+    file_width = max(len(c[0]) for c in cells)
+    label_width = max(len(c[1]) for c in cells if not c[1].startswith("ERROR: "))
+    for cell in cells:
+        print(f"{cell[0]:<{file_width}}  {cell[1]:<{label_width}}  "
+              f"{'  '.join(cell[2:])}".rstrip())
 
 
 def _csv_problem(csv_path, inputs):
@@ -111,7 +147,16 @@ def _csv_problem(csv_path, inputs):
 
 def _write_csv(csv_path, rows):
     # Atomic: a crash never leaves half a CSV.
+    labels = _labels_of(rows)
     with fileio.atomic_open(csv_path, newline="") as f:
+        if labels is not None:
+            writer = csv.writer(f)
+            writer.writerow(["path", "labels", *(f"p_{n}" for n in labels), "error"])
+            for row in rows:
+                p = row.get("probabilities") or {}
+                writer.writerow([row["path"], "|".join(row.get("labels") or []),
+                                 *(p.get(n, "") for n in labels), row["error"] or ""])
+            return
         writer = csv.DictWriter(f, ["path", "class", "probability", "error"])
         writer.writeheader()
         writer.writerows(rows)

@@ -19,7 +19,7 @@ MAX_LINES = 600
 # module is placed here on purpose (the test fails for an unplaced one).
 LAYERS = [
     ["catdog.options", "catdog.errors", "catdog.fileio", "catdog.decode", "catdog.demo"],
-    ["catdog.class_weighting", "catdog.control_settings"],
+    ["catdog.class_weighting", "catdog.control_settings", "catdog.label_sets"],
     ["catdog.config_checks"],                       # the values settings may take
     ["catdog.config"],
     ["catdog.rundir", "catdog.scan"],               # run-dir names; file checks
@@ -34,7 +34,7 @@ LAYERS = [
     ["catdog.fast_features"],
     ["catdog.train"],                               # one stage
     ["catdog.stages", "catdog.model_io", "catdog.lr_finder"],  # + the rate range test
-    ["catdog.predict", "catdog.export", "catdog.evaluate"],
+    ["catdog.predict", "catdog.export", "catdog.evaluate", "catdog.evaluate_sets"],
     ["catdog.cli"],
 ]
 

@@ -28,6 +28,7 @@ from typing import Optional
 from absl import logging
 
 from catdog import batching
+from catdog import label_sets
 from catdog import scan
 from catdog import splits
 
@@ -57,7 +58,8 @@ class CsvRows:
       image_dir: the folder its file names are relative to.
       rows: data rows read (the header not counted).
       paths: the resolved files, one per file, in row order.
-      labels: their labels as written in the CSV (strings).
+      labels: their labels as written in the CSV (strings; with a label
+        separator, sorted tuples of strings).
       problems: ``{kind: {"count", "examples"}}`` of :data:`PROBLEMS`.
       listed: real paths of every file some row resolved to.
       images: the image files of ``image_dir`` (inside it, resolved).
@@ -141,7 +143,8 @@ def _columns(header, path, flag, filename_column, label_column):
 
 
 def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
-                  label_column: str = "", flag: str = "train_csv") -> CsvRows:
+                  label_column: str = "", flag: str = "train_csv",
+                  label_separator: str = "") -> CsvRows:
     """Reads one CSV and resolves its file names against its image folder.
 
     Every row that cannot be used is counted in ``problems``; only the rows
@@ -156,6 +159,9 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
         the first column).
       label_column: header name of the label column (default: the second).
       flag: the flag naming the CSV, for messages.
+      label_separator: the label cell is a set of labels separated by this
+        (split, stripped, empty parts dropped, duplicates collapsed);
+        empty: one label per row.
 
     Raises:
       ValueError: the CSV or image folder is missing, a column is unknown,
@@ -199,6 +205,8 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
         out.rows += 1
         cell = lambda i: row[i].strip() if i < len(row) else ""
         name, label = cell(fi), cell(li)
+        if label_separator:
+            label = label_sets.parse(label, label_separator)
         where = f"line {line}: {name!r}"
         if not name:
             out.add_problem("empty_filename", f"line {line}")
@@ -231,7 +239,7 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
         else:
             chosen[real] = (path, label, line)
     for real, seen in conflicting.items():
-        labels = ", ".join(f"{l!r} (line {n})" for l, n in seen)
+        labels = ", ".join(f"{_shown(l)!r} (line {n})" for l, n in seen)
         out.add_problem("conflicting_label",
                         f"{os.path.relpath(real, real_root)!r}: {labels}")
     for path, label, _ in chosen.values():
@@ -241,6 +249,10 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
         raise ValueError(f"--{flag} {csv_path!r} has no rows below its header; it needs "
                          "one row per image.")
     return out
+
+
+def _shown(label) -> str:
+    return "|".join(label) if isinstance(label, tuple) else label
 
 
 def _log_problems(rows: CsvRows) -> None:
@@ -255,7 +267,8 @@ def _summary(rows: CsvRows) -> str:
 
 
 def _class_names(rows: CsvRows, given, label_column: str, flag: str = "train_csv") -> list:
-    found = sorted({label for label in rows.labels})
+    found = sorted({name for label in rows.labels
+                    for name in (label if isinstance(label, tuple) else (label,))})
     column = label_column or "the second column"
     if given:
         given = [str(n) for n in given]
@@ -278,12 +291,16 @@ def _labelled(rows: CsvRows, class_names):
     number = {name: i for i, name in enumerate(class_names)}
     paths, labels = [], []
     for path, label in zip(rows.paths, rows.labels):
-        if label in number:
+        if isinstance(label, tuple) and any(name in number for name in label):
+            # A label set keeps the labels of the run; the others are dropped.
+            paths.append(path)
+            labels.append(tuple(sorted(number[name] for name in label if name in number)))
+        elif label in number:
             paths.append(path)
             labels.append(number[label])
         else:
             rows.add_problem("unknown_label", f"{os.path.relpath(path, rows.image_dir)!r}: "
-                                              f"{label!r}")
+                                              f"{_shown(label)!r}")
     rows.used = len(paths)
     return paths, labels
 
@@ -307,7 +324,8 @@ def index_csv(data_config, progress: bool = True) -> batching.DataIndex:
         without a usable image.
     """
     d = data_config
-    columns = dict(filename_column=d.filename_column, label_column=d.label_column)
+    columns = dict(filename_column=d.filename_column, label_column=d.label_column,
+                   label_separator=d.label_separator)
     train_rows = read_csv_rows(d.train_csv, d.image_dir, flag="train_csv", **columns)
     val_rows = (read_csv_rows(d.val_csv, d.image_dir, flag="val_csv", **columns)
                 if d.val_csv else None)
@@ -354,20 +372,23 @@ def index_csv(data_config, progress: bool = True) -> batching.DataIndex:
 
 def csv_examples(csv_path: str, class_names=None, *, image_dir: str = "",
                  filename_column: str = "", label_column: str = "",
-                 flag: str = "test_csv", check_classes: bool = False):
+                 flag: str = "test_csv", check_classes: bool = False,
+                 label_separator: str = ""):
     """``(paths, labels, class_names, rows)`` of one CSV, for evaluation and TFRecords.
 
     Rows whose label is not one of ``class_names`` are counted as
     ``unknown_label``, unlisted images of the image folder as
     ``unlisted_image``; nothing is decode-checked here. ``class_names=None``
     takes the CSV's labels, sorted; ``check_classes`` refuses, as training
-    does, a given class no row has or fewer than two classes.
+    does, a given class no row has or fewer than two classes. With
+    ``label_separator`` each label is a sorted tuple of class numbers.
 
     Raises:
       ValueError: as :func:`read_csv_rows`, no usable row, or (with
         ``check_classes``) bad classes.
     """
-    rows = read_csv_rows(csv_path, image_dir, filename_column, label_column, flag=flag)
+    rows = read_csv_rows(csv_path, image_dir, filename_column, label_column, flag=flag,
+                         label_separator=label_separator)
     if not rows.paths:
         raise ValueError(f"--{flag} {csv_path!r} has no usable row: {_summary(rows)} "
                          f"(image folder {rows.image_dir!r}).")

@@ -83,6 +83,7 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
                   shuffle_buffer: int = 0, deterministic: bool = False,
                   split: str = "train", dct_scaling: bool = False,
                   decode_options: Optional[decode.DecodeOptions] = None,
+                  multi_label: bool = False,
                   input_context: Optional[tf.distribute.InputContext] = None,
                   data_service: str = "") -> tf.data.Dataset:
     """Builds the batched ``tf.data.Dataset`` of ``(uint8 images, labels)``.
@@ -123,6 +124,8 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
         :func:`catdog.decode.decode_and_resize` (faster on large JPEGs; not pixel-identical).
       decode_options: the :class:`catdog.decode.DecodeOptions` of every image
         (default: ``DecodeOptions()``); part of the file cache key.
+      multi_label: ``labels`` are label sets; they become multi-hot float32
+        rows (:func:`catdog.batching.encode_labels`).
       input_context: under ``strategy.distribute_datasets_from_function``,
         the ``tf.distribute.InputContext`` of this worker: the dataset then
         reads and decodes only this worker's share of the files (every
@@ -161,12 +164,13 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
         # fsencode: a file name that is not valid UTF-8 still reaches the
         # file system byte for byte.
         return (tf.constant([os.fsencode(p) for p in paths], tf.string),
-                batching.encode_labels(labels, num_classes))
+                batching.encode_labels(labels, num_classes, multi_label))
 
     def identity(paths, labels):
         return {"source": "files", "files": file_cache.file_stamps(paths, labels),
                 "num_classes": int(num_classes), "image_size": list(image_size),
-                "dct_scaling": bool(dct_scaling), "decode": decode_options.record()}
+                "dct_scaling": bool(dct_scaling), "decode": decode_options.record(),
+                **({"multi_label": True} if multi_label else {})}
 
     if data_service and training:
         if input_context is not None:
