@@ -59,6 +59,7 @@ from catdog import model_io
 from catdog import models
 from catdog import scan
 from catdog.sources import csv_labels
+from catdog.sources import tfds as tfds_source
 
 EVALUATION_DIR = "evaluation"
 JSON_FILE = "evaluation.json"
@@ -359,10 +360,15 @@ def _folder_examples(test_dir, class_names, max_pixels):
     """(paths, labels, skipped) of a test folder, checked as training does."""
     _check_test_folder(test_dir, class_names)
     paths, labels, _ = scan.list_image_files(test_dir, class_names=list(class_names))
+    return _usable(paths, labels, max_pixels, f"--test_dir {test_dir!r}")
+
+
+def _usable(paths, labels, max_pixels, where):
+    """(paths, labels, skipped) of the files that decode; ValueError if none does."""
     good_paths, good_labels, skipped = data_lib.keep_usable(paths, labels, max_pixels)
     if not good_paths:
-        raise ValueError(f"No usable image in --test_dir {test_dir!r}: all "
-                         f"{len(paths)} files were skipped (see skipped_files).")
+        raise ValueError(f"No usable image in {where}: all {len(paths)} files were "
+                         "skipped (see skipped_files).")
     return good_paths, good_labels, skipped
 
 
@@ -373,47 +379,7 @@ def _csv_examples(test_csv, class_names, max_pixels, **columns):
     if not paths:
         raise ValueError(f"No row of --test_csv {test_csv!r} has a class of the model "
                          f"({class_names}): {rows.report()['problems']}.")
-    good_paths, good_labels, skipped = data_lib.keep_usable(paths, labels, max_pixels)
-    if not good_paths:
-        raise ValueError(f"No usable image in --test_csv {test_csv!r}: all "
-                         f"{len(paths)} files were skipped (see skipped_files).")
-    return good_paths, good_labels, skipped, rows.report()
-
-
-def _tfds_dataset(name, split, data_dir, image_size, batch_size, class_names,
-                  decode_options):
-    """A batched (uint8 images, labels, references) dataset from TFDS.
-
-    Images are read as encoded bytes (``SkipDecoding``) and go through
-    :func:`catdog.data.decode_and_resize` with the model's ``decode_options``,
-    so they get exactly the decode and resize of folder input.
-    """
-    import tensorflow_datasets as tfds  # optional: only for TFDS input
-
-    builder = tfds.builder(name, data_dir=data_dir)
-    keys = builder.info.supervised_keys
-    if not keys or len(keys) != 2:
-        raise ValueError(f"TFDS dataset {name!r} has no (image, label) supervised "
-                         "keys; --tfds_name needs an image classification dataset.")
-    image_key, label_key = keys
-    label_feature = builder.info.features[label_key]
-    tfds_names = list(getattr(label_feature, "names", []) or [])
-    if tfds_names and len(tfds_names) != len(class_names):
-        raise ValueError(
-            f"TFDS dataset {name!r} has classes {tfds_names}, but the model was "
-            f"trained on classes {class_names}; they must be the same classes in "
-            "the same label order.")
-    if tfds_names and tfds_names != list(class_names):
-        logging.warning("TFDS classes %s are matched to the model's classes %s by "
-                        "label index.", tfds_names, class_names)
-    ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False,
-                            decoders={image_key: tfds.decode.SkipDecoding()})
-    image_size = tuple(image_size)
-    ds = ds.enumerate().map(
-        lambda i, ex: (data_lib.decode_and_resize(ex[0], image_size, decode_options),
-                       tf.cast(ex[1], tf.int64), i),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), tfds_names
+    return (*_usable(paths, labels, max_pixels, f"--test_csv {test_csv!r}"), rows.report())
 
 
 def _check_threshold(threshold, num_classes):
@@ -529,7 +495,7 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
         probs = np.concatenate([probabilities(images).numpy() for images, _ in ds])
         test_data = test_dir
     else:
-        ds, _ = _tfds_dataset(tfds_name, tfds_split, tfds_data_dir, image_size,
+        ds, _ = tfds_source.evaluation_dataset(tfds_name, tfds_split, tfds_data_dir, image_size,
                               batch_size, class_names, decode_options)
         chunks, labels, paths, images_of = [], [], [], {}
         ref = f"tfds:{tfds_name}/{tfds_split}"

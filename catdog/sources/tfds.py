@@ -197,3 +197,41 @@ def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
                                    num_examples=num_examples, cache=cache, seed=seed,
                                    shuffle_buffer=shuffle_buffer,
                                    deterministic=deterministic, share=share)
+
+
+def evaluation_dataset(name, split, data_dir, image_size, batch_size, class_names,
+                       decode_options):
+    """A batched (uint8 images, labels, references) dataset from TFDS.
+
+    Images are read as encoded bytes (``SkipDecoding``) and go through
+    :func:`catdog.decode.decode_and_resize` with the model's ``decode_options``,
+    so they get exactly the decode and resize of folder input. Returns the
+    dataset and the TFDS class names (``[]`` when the label has none);
+    :func:`catdog.evaluate.evaluate` reads a test split with it.
+    """
+    tfds = _tfds()
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    keys = builder.info.supervised_keys
+    if not keys or len(keys) != 2:
+        raise ValueError(f"TFDS dataset {name!r} has no (image, label) supervised "
+                         "keys; --tfds_name needs an image classification dataset.")
+    image_key, label_key = keys
+    label_feature = builder.info.features[label_key]
+    tfds_names = list(getattr(label_feature, "names", []) or [])
+    if tfds_names and len(tfds_names) != len(class_names):
+        raise ValueError(
+            f"TFDS dataset {name!r} has classes {tfds_names}, but the model was "
+            f"trained on classes {class_names}; they must be the same classes in "
+            "the same label order.")
+    if tfds_names and tfds_names != list(class_names):
+        logging.warning("TFDS classes %s are matched to the model's classes %s by "
+                        "label index.", tfds_names, class_names)
+    ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False,
+                            decoders={image_key: tfds.decode.SkipDecoding()})
+    image_size = tuple(image_size)
+    ds = ds.enumerate().map(
+        lambda i, ex: (decode.decode_and_resize(ex[0], image_size, decode_options),
+                       tf.cast(ex[1], tf.int64), i),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), tfds_names
