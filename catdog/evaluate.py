@@ -495,8 +495,7 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
     model_dir = os.fspath(model_dir)
     model, config, image_size, class_names = model_io.load_for_inference(model_dir)
     # The pixels the model was trained on (an older config.json: the old decode).
-    decode_options = model_io.model_decode_options(
-        model, model_io.config_decode_options(config))
+    decode_options = model_io.model_decode_options(model, model_io.config_decode_options(config))
     num_classes = len(class_names)
     _check_threshold(threshold, num_classes)
     threshold = float(threshold)
@@ -505,8 +504,7 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
     out_dir = os.fspath(out_dir) if out_dir else os.path.join(model_dir, EVALUATION_DIR)
     probabilities = tf.function(
         model_io.probabilities_fn(model, num_classes),
-        input_signature=[tf.TensorSpec([None, *image_size, decode_options.channels],
-                                       tf.uint8)])
+        input_signature=[tf.TensorSpec([None, *image_size, decode_options.channels], tf.uint8)])
 
     skipped, images_of, csv_report = [], None, None
     if test_dir is not None or test_csv is not None:

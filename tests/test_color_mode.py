@@ -223,3 +223,12 @@ def test_every_source_yields_one_channel_in_grayscale(tmp_path):
             color_mode="grayscale"))
         assert next(iter(train_ds))[0].shape == (4, 16, 16, 1)
         assert next(iter(val_ds))[0].shape[1:] == (16, 16, 1)
+
+
+def test_a_grayscale_pipeline_with_backbone_stages_is_refused_before_training(tmp_path):
+    from catdog import stages  # pylint: disable=import-outside-toplevel
+    base = C.Config()
+    base.data.color_mode = "grayscale"
+    with pytest.raises(ValueError, match=r"--color_mode=grayscale.*--stages=baseline,augmented"):
+        stages.run_pipeline(base, str(tmp_path / "p"))
+    assert not (tmp_path / "p" / "baseline").exists()
