@@ -26,7 +26,7 @@ from catdog.config_checks import (  # noqa: F401
     CACHE_CHOICES, FILL_MODES, FLIPS, HEADS, JIT_CHOICES, PRECISIONS, STAGES, STRATEGIES,
     validate)
 from catdog.control_settings import LR_SCHEDULES, OPTIMIZERS
-from catdog.decode import INTERPOLATIONS, RESIZE_MODES
+from catdog.decode import COLOR_MODES, INTERPOLATIONS, RESIZE_MODES
 from catdog.options import document_options, flag_error, option
 
 DEFAULT_MAX_PIXELS = 89_478_485  # ~90 MP, as Pillow's decompression-bomb limit.
@@ -184,6 +184,12 @@ class DataConfig:
         "bilinear", "Resize method (tf.image.resize): bilinear, nearest, bicubic, "
         "area, lanczos3, lanczos5, gaussian, mitchellcubic; rounded and clipped "
         "to 0..255. Recorded in config.json.", choices=INTERPOLATIONS)
+    color_mode: str = option(
+        "rgb", "Channels images are decoded to: 'rgb' (3) or 'grayscale' (1, "
+        "image_dataset_from_directory's color_mode='grayscale'). Grayscale trains "
+        "the baseline/augmented CNN on 1-channel input; the pretrained backbones "
+        "of feature_extraction/fine_tuning need rgb. Recorded in config.json "
+        "(without it: rgb).", choices=COLOR_MODES)
     follow_links: bool = option(
         False, "Folder input: descend into symlinked subfolders of the class "
         "folders (each folder listed once; a link back up is not followed).")

@@ -17,7 +17,7 @@ from catdog import label_sets
 from catdog.class_weighting import class_weights
 from catdog.class_weighting import parse_class_weight as _parse_class_weight
 from catdog.control_settings import validate_controls
-from catdog.decode import INTERPOLATIONS, RESIZE_MODES
+from catdog.decode import COLOR_MODES, INTERPOLATIONS, RESIZE_MODES
 from catdog.options import flag_error as _fail
 
 STAGES = ("baseline", "augmented", "feature_extraction", "fine_tuning")
@@ -65,6 +65,14 @@ def validate(config) -> None:
         _fail("resize_mode", d.resize_mode, f"must be one of {RESIZE_MODES}")
     if d.interpolation not in INTERPOLATIONS:
         _fail("interpolation", d.interpolation, f"must be one of {INTERPOLATIONS}")
+    if d.color_mode not in COLOR_MODES:
+        _fail("color_mode", d.color_mode, f"must be one of {COLOR_MODES}")
+    if d.color_mode != "rgb" and m.stage in ("feature_extraction", "fine_tuning"):
+        raise ValueError(
+            f"--color_mode={d.color_mode} cannot be used with the {m.stage} stage: its "
+            f"pretrained --backbone={m.backbone} takes 3-channel images. Use "
+            "--color_mode=rgb (the default; grayscale photos are then decoded to 3 "
+            "equal channels), or a baseline/augmented stage for 1-channel input.")
     if d.max_pixels < 1:
         _fail("max_pixels", d.max_pixels, "must be a positive number of pixels")
     if m.head not in HEADS:

@@ -43,11 +43,20 @@ class DecodeOptions:
         ``pad_to_aspect_ratio``).
       interpolation: a ``tf.image.resize`` method (:data:`INTERPOLATIONS`);
         results are rounded and clipped to uint8.
+      color_mode: ``"rgb"`` (3 channels) or ``"grayscale"`` (1 channel,
+        ``tf.io.decode_image(channels=1)``, as
+        ``image_dataset_from_directory(color_mode="grayscale")``).
     """
 
     exif_orientation: bool = True
     resize_mode: str = "stretch"
     interpolation: str = "bilinear"
+    color_mode: str = "rgb"
+
+    @property
+    def channels(self) -> int:
+        """Channels of the decoded pixels: 1 for grayscale, else 3."""
+        return COLOR_CHANNELS[self.color_mode]
 
     def record(self) -> dict:
         """The options as JSON-ready ``{field: value}`` (part of file cache keys)."""
@@ -56,7 +65,10 @@ class DecodeOptions:
 
 #: The options of runs recorded before the options existed: their pixels.
 LEGACY_OPTIONS = DecodeOptions(exif_orientation=False, resize_mode="stretch",
-                               interpolation="bilinear")
+                               interpolation="bilinear", color_mode="rgb")
+#: ``--color_mode`` values and the channels each decodes to.
+COLOR_CHANNELS = {"rgb": 3, "grayscale": 1}
+COLOR_MODES = tuple(COLOR_CHANNELS)
 RESIZE_MODES = ("stretch", "crop", "pad")
 #: Resize methods, as ``image_dataset_from_directory``'s ``interpolation``.
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5",
@@ -203,7 +215,8 @@ def decode_and_resize(contents: tf.Tensor, image_size,
 
     Args:
       contents: scalar string tensor with JPEG, PNG, GIF (first frame) or BMP
-        bytes. Grayscale, RGBA and 16-bit images are converted to 8-bit RGB.
+        bytes. Grayscale, RGBA and 16-bit images are converted to 8-bit RGB
+        (or, with ``color_mode="grayscale"``, to 8-bit luma).
       image_size: ``(height, width)`` of the output.
       options: :class:`DecodeOptions` (default: ``DecodeOptions()``). With
         ``exif_orientation``, a JPEG is turned upright by its EXIF tag
@@ -211,13 +224,14 @@ def decode_and_resize(contents: tf.Tensor, image_size,
         resized.
 
     Returns:
-      A ``uint8`` tensor of shape ``(height, width, 3)``. The default resize
+      A ``uint8`` tensor of shape ``(height, width, channels)`` (3, or 1 for
+      ``color_mode="grayscale"``). The default resize
       is a bilinear stretch, as in ``keras.utils.image_dataset_from_directory``.
     """
     options = _resolve(options)
     height, width = int(image_size[0]), int(image_size[1])
     image = tf.io.decode_image(
-        contents, channels=3, dtype=tf.uint8, expand_animations=False)
+        contents, channels=options.channels, dtype=tf.uint8, expand_animations=False)
     if options.exif_orientation:
         image = _apply_orientation(image, exif_orientation(contents))
     return _resize_to_uint8(image, height, width, options)
@@ -263,7 +277,7 @@ def _resize_to_uint8(image: tf.Tensor, height: int, width: int,
                 image = _centre_crop(image, height, width)
             image = tf.image.resize(image, (height, width), method=options.interpolation)
         image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
-    image.set_shape((height, width, 3))
+    image.set_shape((height, width, options.channels))
     return image
 
 
@@ -301,7 +315,7 @@ def decode_and_resize_scaled(contents: tf.Tensor, image_size,
       options: :class:`DecodeOptions`, as for :func:`decode_and_resize`.
 
     Returns:
-      A ``uint8`` tensor of shape ``(height, width, 3)``.
+      A ``uint8`` tensor of shape ``(height, width, options.channels)``.
     """
     options = _resolve(options)
     height, width = int(image_size[0]), int(image_size[1])
@@ -319,7 +333,7 @@ def decode_and_resize_scaled(contents: tf.Tensor, image_size,
 
         def at(ratio):
             def decode():
-                image = tf.io.decode_jpeg(contents, channels=3, ratio=ratio,
+                image = tf.io.decode_jpeg(contents, channels=options.channels, ratio=ratio,
                                           dct_method="INTEGER_FAST")
                 image = _apply_orientation(image, orientation)
                 return _resize_to_uint8(image, height, width, options)
@@ -331,7 +345,7 @@ def decode_and_resize_scaled(contents: tf.Tensor, image_size,
                        exclusive=False)
 
     image = tf.cond(tf.io.is_jpeg(contents), scaled_jpeg, exact)
-    image.set_shape((height, width, 3))
+    image.set_shape((height, width, options.channels))
     return image
 
 

@@ -464,7 +464,7 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
         raise ValueError(f"{model_dir!r} is multi-label: evaluate it with "
                          "catdog.evaluate_sets.evaluate_label_sets (scripts/evaluate.py does).")
     # The pixels the model was trained on (an older config.json: the old decode).
-    decode_options = model_io.config_decode_options(config)
+    decode_options = model_io.model_decode_options(model, model_io.config_decode_options(config))
     num_classes = len(class_names)
     _check_threshold(threshold, num_classes)
     threshold = float(threshold)
@@ -473,7 +473,7 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
     out_dir = os.fspath(out_dir) if out_dir else os.path.join(model_dir, EVALUATION_DIR)
     probabilities = tf.function(
         model_io.probabilities_fn(model, num_classes),
-        input_signature=[tf.TensorSpec([None, *image_size, 3], tf.uint8)])
+        input_signature=[tf.TensorSpec([None, *image_size, decode_options.channels], tf.uint8)])
 
     skipped, images_of, csv_report = [], None, None
     if test_dir is not None or test_csv is not None:

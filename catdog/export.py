@@ -17,7 +17,8 @@ Signatures:
     ``{"b64": "..."}`` because the input name ends in ``_bytes``. One
     undecodable image fails the whole request, as a batch op must.
 ``serve_images``
-    ``images``: ``tf.uint8 [N, H, W, 3]``, already decoded and resized.
+    ``images``: ``tf.uint8 [N, H, W, C]`` (C: 3, or 1 for a grayscale run),
+    already decoded and resized.
 
 Both return ``probabilities`` (``float32 [N, C]``; a binary model's sigmoid
 ``p`` becomes ``[1 - p, p]``), ``classes`` (``string [N]``, the most probable
@@ -100,7 +101,7 @@ def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
     """
     if isinstance(model_dir_or_model, keras.Model):
         model, config, source_dir = model_dir_or_model, {}, None
-        decode_options = decode.DecodeOptions()
+        decode_options = model_io.model_decode_options(model)
         if class_names is None:
             raise ValueError(
                 "class_names is required to export a keras.Model; pass the "
@@ -112,7 +113,8 @@ def export_saved_model(model_dir_or_model, export_dir, *, image_size=None,
         source_dir = os.path.abspath(os.fspath(model_dir_or_model))
         model, config, image_size, class_names = model_io.load_for_inference(
             source_dir, image_size=image_size, class_names=class_names)
-        decode_options = model_io.config_decode_options(config)
+        decode_options = model_io.model_decode_options(
+            model, model_io.config_decode_options(config))
         multi_label = bool(config.get("multi_label"))
 
     parent, target = _resolve_target(export_dir, version, overwrite)
@@ -189,7 +191,8 @@ def build_serving_functions(model, image_size, class_names, decode_options=None,
         images = tf.map_fn(
             lambda contents: decode_and_resize(contents, (height, width), decode_options),
             image_bytes,
-            fn_output_signature=tf.TensorSpec((height, width, 3), tf.uint8))
+            fn_output_signature=tf.TensorSpec((height, width, decode_options.channels),
+                                              tf.uint8))
         return serve_images(images)
 
     return serving_default, serve_images
@@ -226,7 +229,7 @@ def _metadata(class_names, image_size, decode_options, source_dir, stage, versio
             "serving_default": {"inputs": {
                 BYTES_INPUT: "string [N]: encoded JPEG/PNG/GIF/BMP, any size"}},
             model_io.IMAGES_SIGNATURE: {"inputs": {
-                "images": f"uint8 [N, {height}, {width}, 3]"}},
+                "images": f"uint8 [N, {height}, {width}, {decode_options.channels}]"}},
             "outputs": {
                 "probabilities": f"float32 [N, {len(class_names)}]",
                 "classes": "string [N]",
@@ -235,7 +238,8 @@ def _metadata(class_names, image_size, decode_options, source_dir, stage, versio
         },
         # What a client feeding serve_images (or model.tflite) must reproduce.
         "preprocessing": (
-            "tf.io.decode_image(channels=3, expand_animations=False), "
+            f"tf.io.decode_image(channels={decode_options.channels}, "
+            "expand_animations=False), "
             + ("turned upright by the JPEG's EXIF orientation tag, "
                if decode_options.exif_orientation else "")
             + _RESIZE_TEXT[decode_options.resize_mode].format(
@@ -264,7 +268,8 @@ def _write_saved_model(model, path, image_size, class_names, decode_options,
     archive.add_endpoint("serving_default", serving_default, input_signature=[
         tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
     archive.add_endpoint(model_io.IMAGES_SIGNATURE, serve_images, input_signature=[
-        tf.TensorSpec([None, *image_size, 3], tf.uint8, name="images")])
+        tf.TensorSpec([None, *image_size, decode_options.channels], tf.uint8,
+                      name="images")])
     archive.write_out(path, verbose=False)
 
 

@@ -118,7 +118,7 @@ def xla_training_model(model: keras.Model, jit: str, gpu: bool, replicas: int):
     if aug is None:
         return model, True, "XLA on: the whole training step is compiled (jit_compile=True)."
     network = keras.Model(aug.output, model.output, name="network")
-    inputs = models.image_input(model.input.shape[1:3])
+    inputs = models.image_input(model.input.shape[1:3], model.input.shape[-1])
     outputs = XlaNetwork(network, name="xla_network")(aug(inputs))
     train_model = keras.Model(inputs, outputs, name=f"{model.name}_xla")
     return train_model, False, (

@@ -42,6 +42,29 @@ def config_decode_options(config: dict) -> decode.DecodeOptions:
     return decode.options_of((config or {}).get("data") or {})
 
 
+def model_decode_options(model, options: decode.DecodeOptions | None = None
+                         ) -> decode.DecodeOptions:
+    """``options`` checked against ``model``'s input channels.
+
+    Without ``options`` (a bare ``keras.Model``): catdog's default decode
+    with the color mode of the model's channels (1: grayscale, 3: rgb).
+
+    Raises:
+      ValueError: the recorded color mode decodes to other channels than
+        the model takes.
+    """
+    channels = int(model.inputs[0].shape[-1])
+    if options is None:
+        return decode.DecodeOptions(color_mode="grayscale" if channels == 1 else "rgb")
+    if options.channels != channels:
+        raise ValueError(
+            f"The model takes {channels}-channel images, but its config.json records "
+            f"color_mode={options.color_mode!r} ({options.channels} channels); the "
+            "model dir is inconsistent: export or predict with the model_dir the "
+            "model was trained in.")
+    return options
+
+
 def saved_model_decode_options(loaded) -> decode.DecodeOptions:
     """The decode options an exported SavedModel's ``serving_default`` uses.
 
@@ -289,10 +312,11 @@ def check_model_outputs(model, class_names: Sequence[str], source: str = "model"
 def model_image_size(model) -> tuple[int, int] | None:
     """Returns the fixed ``(height, width)`` of ``model``'s input, if any."""
     shape = tuple(model.inputs[0].shape)
-    if len(shape) != 4 or shape[-1] != 3:
+    if len(shape) != 4 or shape[-1] not in (1, 3):
         raise ValueError(
-            f"The model input has shape {shape}; catdog models take RGB image "
-            "batches of shape (N, height, width, 3).")
+            f"The model input has shape {shape}; catdog models take image "
+            "batches of shape (N, height, width, 3), or (N, height, width, 1) "
+            "for --color_mode=grayscale.")
     if shape[1] is None or shape[2] is None:
         return None
     return int(shape[1]), int(shape[2])

@@ -22,6 +22,7 @@ from keras import ops
 
 from catdog import augment
 from catdog import config as config_lib
+from catdog import decode
 from catdog import precision
 from catdog import rundir
 # Re-exported: the backbone registry and weights route live in catdog.backbones.
@@ -117,9 +118,12 @@ def _head(x, num_classes: int, dropout: float, pooling: str,
                               kernel_initializer=init, name=HEAD_NAME)(x)
 
 
-def image_input(image_size):
-    """The input of every catdog model: ``(height, width, 3)`` pixels named ``image``."""
-    return keras.Input(shape=(*tuple(image_size), 3), name="image")
+def image_input(image_size, channels: int = 3):
+    """The input of every catdog model: ``(height, width, channels)`` pixels named ``image``.
+
+    ``channels`` is 3, or 1 for a ``--color_mode=grayscale`` CNN.
+    """
+    return keras.Input(shape=(*tuple(image_size), int(channels)), name="image")
 
 
 def _augmentation(model_config, seed):
@@ -128,14 +132,15 @@ def _augmentation(model_config, seed):
 
 def build_cnn(image_size, num_classes: int = 2, augmentation=None,
               dropout: float = 0.5, filters=(32, 64, 128),
-              name: str = "baseline", multi_label: bool = False) -> keras.Model:
-    """The small CNN of stages 1 and 2.
+              name: str = "baseline", multi_label: bool = False,
+              channels: int = 3) -> keras.Model:
+    """The small CNN of stages 1 and 2, on ``channels`` (3 or 1) input channels.
 
     ``[augmentation] -> Rescaling(1/255) -> 3 x (BatchNorm -> Conv 3x3 relu ->
     MaxPool 2) -> Flatten -> Dropout -> Dense``. The augmented tensor is what
     reaches the first convolution. ``multi_label``: one sigmoid per class.
     """
-    inputs = image_input(image_size)
+    inputs = image_input(image_size, channels)
     x = inputs
     if augmentation is not None:
         x = augmentation(x)
@@ -190,7 +195,8 @@ def build_model(config: config_lib.Config, num_classes: int) -> keras.Model:
     multi_label = bool(d.label_separator)
     if m.stage in ("baseline", "augmented"):
         return build_cnn(d.image_size, num_classes, aug, m.dropout, name=m.stage,
-                         multi_label=multi_label)
+                         multi_label=multi_label,
+                         channels=decode.options_of(d).channels)
     if m.stage == "feature_extraction":
         return build_transfer(d.image_size, num_classes, m.backbone, m.weights,
                               m.backbone_alpha, aug, m.dropout, m.head, name=m.stage,

@@ -164,7 +164,8 @@ def _make_predictor(model_or_saved_model, image_size, class_names, threshold=0.5
         if model_io.find_saved_model(source) is None:
             source, config, image_size, class_names = model_io.load_for_inference(
                 source, image_size=image_size, class_names=class_names)
-            options = model_io.config_decode_options(config)
+            options = model_io.model_decode_options(
+                source, model_io.config_decode_options(config))
             multi_label = bool(config.get("multi_label"))
         else:
             source = model_io.load_saved_model(source)
@@ -176,10 +177,13 @@ def _make_predictor(model_or_saved_model, image_size, class_names, threshold=0.5
                 "the model_dir instead to read them from its config.json.")
         num_classes = model_io.check_model_outputs(source, class_names)
         image_size = model_io.resolve_image_size(image_size, source)
+        if not isinstance(model_or_saved_model, (str, os.PathLike)):
+            options = model_io.model_decode_options(source)
         # A fixed signature: the short last batch does not retrace.
         probabilities = tf.function(
             model_io.probabilities_fn(source, num_classes),
-            input_signature=[tf.TensorSpec([None, *image_size, 3], tf.uint8)])
+            input_signature=[tf.TensorSpec([None, *image_size, options.channels],
+                                           tf.uint8)])
         names = [str(n) for n in class_names]
 
         def predict_batch(batch):
@@ -199,7 +203,7 @@ def _make_predictor(model_or_saved_model, image_size, class_names, threshold=0.5
     image_size = model_io.agree_image_size(image_size, (spec.shape[1], spec.shape[2]))
     if class_names is not None:
         model_io.check_class_names(class_names, "class_names")
-        blank = tf.zeros((1, *image_size, 3), tf.uint8)
+        blank = tf.zeros((1, *image_size, spec.shape[3]), tf.uint8)
         exported = [n.decode() for n in serve_images(images=blank)["class_names"][0].numpy()]
         if list(class_names) != exported:
             raise ValueError(

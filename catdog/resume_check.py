@@ -41,7 +41,7 @@ from catdog.control_settings import control_resume_fields
 #: checked as resolved, not as asked.
 RESUME_SETTINGS = {
     "data": ("image_size", "batch_size", "seed", "shuffle_buffer", "dct_scaling",
-             "exif_orientation", "resize_mode", "interpolation"),
+             "exif_orientation", "resize_mode", "interpolation", "color_mode"),
     "train": ("learning_rate", "class_weight", "mixup", "cutmix", "label_smoothing",
               "lr_schedule", "warmup_epochs", "monitor", "optimizer", "weight_decay"),
     "model": {

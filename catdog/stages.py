@@ -85,6 +85,13 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
     if unknown:
         raise ValueError(f"`--stages` must be among {config_lib.STAGES}. "
                          f"Received: stages={list(stages)}")
+    backbone_stages = [s for s in stages if s in ("feature_extraction", "fine_tuning")]
+    if base.data.color_mode != "rgb" and backbone_stages:
+        # Refused before the first stage trains, not after it.
+        raise ValueError(
+            f"--color_mode={base.data.color_mode} cannot be used with the "
+            f"{', '.join(backbone_stages)} stage(s): their pretrained --backbone takes "
+            "3-channel images. Run --stages=baseline,augmented, or use --color_mode=rgb.")
     os.makedirs(model_dir, exist_ok=True)
     start = time.time()
     rows, histories = [], {}
