@@ -95,7 +95,7 @@ def test_the_best_stage_is_marked_and_named_for_export(tmp_path, monkeypatch, ca
     original = figures.comparison
     monkeypatch.setattr(figures, "comparison", lambda histories, path, title="", best="": (
         marked.append(best), original(histories, path, title, best))[1])
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         comp = stages.run_pipeline(_base("t", "v", tmp_path), str(tmp_path))
     assert comp["best_stage"] == "feature_extraction"
     assert marked == ["feature_extraction"]  # comparison.png marks it too
@@ -117,7 +117,7 @@ def test_the_best_stage_is_marked_and_named_for_export(tmp_path, monkeypatch, ca
 
 def test_a_tie_goes_to_the_earlier_stage_without_a_warning(tmp_path, monkeypatch, caplog):
     _fake_stage_runs(monkeypatch, {"baseline": 0.7, "augmented": 0.7})
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         comp = stages.run_pipeline(_base("t", "v", tmp_path), str(tmp_path),
                                    stages=("baseline", "augmented"))
     # A tie goes to the earlier, simpler stage, and the later one is not "worse".
