@@ -359,12 +359,21 @@ def training_loss(num_classes: int, soft_labels: bool = False,
     return keras.losses.SparseCategoricalCrossentropy()
 
 
+#: Label sets with up to this many labels also log each label's precision,
+#: recall and AUC in training (``label{i}_...``, label i being
+#: ``class_names[i]``); with more, three columns per label would swamp
+#: history.csv, and the per-label figures come from evaluate.py.
+PER_LABEL_METRICS_MAX = 20
+
+
 def training_metrics(num_classes: int, soft_labels: bool = False,
                      multi_label: bool = False) -> list:
     """Two classes: accuracy, precision, recall and AUC. More: accuracy.
 
     Label sets (``multi_label``): binary accuracy, precision and recall over
-    every (image, label) pair, and the mean of the per-label ROC AUCs.
+    every (image, label) pair, and the mean of the per-label ROC AUCs; with
+    up to :data:`PER_LABEL_METRICS_MAX` labels also each label's precision,
+    recall and AUC.
 
     With ``soft_labels`` each metric scores the dominant class of each
     (mixed) label, see :class:`DominantLabel`.
@@ -372,10 +381,16 @@ def training_metrics(num_classes: int, soft_labels: bool = False,
     if soft_labels:
         return [DominantLabel(m) for m in training_metrics(num_classes)]
     if multi_label:
-        return [keras.metrics.BinaryAccuracy(name="accuracy"),
-                keras.metrics.Precision(name="precision"),
-                keras.metrics.Recall(name="recall"),
-                keras.metrics.AUC(name="auc", multi_label=True, num_labels=num_classes)]
+        out = [keras.metrics.BinaryAccuracy(name="accuracy"),
+               keras.metrics.Precision(name="precision"),
+               keras.metrics.Recall(name="recall"),
+               keras.metrics.AUC(name="auc", multi_label=True, num_labels=num_classes)]
+        if num_classes <= PER_LABEL_METRICS_MAX:
+            for i in range(num_classes):
+                out += [keras.metrics.Precision(class_id=i, name=f"label{i}_precision"),
+                        keras.metrics.Recall(class_id=i, name=f"label{i}_recall"),
+                        LabelColumn(keras.metrics.AUC(name=f"label{i}_auc"), i)]
+        return out
     if num_classes == 2:
         return [keras.metrics.BinaryAccuracy(name="accuracy"),
                 keras.metrics.Precision(name="precision"),
@@ -417,6 +432,33 @@ class DominantLabel(keras.metrics.Metric):
 
     def get_config(self):
         return {"name": self.name, "dtype": self.dtype,
+                "metric": keras.saving.serialize_keras_object(self.metric)}
+
+
+@keras.saving.register_keras_serializable(package="catdog")
+class LabelColumn(keras.metrics.Metric):
+    """A metric of one label of a label set: column ``column`` of labels and predictions."""
+
+    def __init__(self, metric, column: int, name=None, dtype=None):
+        if isinstance(metric, dict):
+            metric = keras.saving.deserialize_keras_object(metric)
+        super().__init__(name=name or metric.name, dtype=dtype or metric.dtype)
+        self.metric, self.column = metric, int(column)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        i = self.column
+        return self.metric.update_state(ops.convert_to_tensor(y_true)[:, i:i + 1],
+                                        ops.convert_to_tensor(y_pred)[:, i:i + 1],
+                                        sample_weight=sample_weight)
+
+    def result(self):
+        return self.metric.result()
+
+    def reset_state(self):
+        self.metric.reset_state()
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype, "column": self.column,
                 "metric": keras.saving.serialize_keras_object(self.metric)}
 
 

@@ -140,7 +140,8 @@ def test_the_head_has_one_sigmoid_per_label_even_with_two_labels():
     models.compile_model(model, 2, 1e-3, multi_label=True)
     assert isinstance(model.loss, type(models.training_loss(2, multi_label=True)))
     assert models.validation_metric_names(3, multi_label=True) == [
-        "val_loss", "val_accuracy", "val_precision", "val_recall", "val_auc"]
+        "val_loss", "val_accuracy", "val_precision", "val_recall", "val_auc"] + [
+        f"val_label{i}_{kind}" for i in range(3) for kind in ("precision", "recall", "auc")]
 
 
 def _run_config(csv_path, model_dir, stage="baseline", **train_kw):
@@ -151,6 +152,27 @@ def _run_config(csv_path, model_dir, stage="baseline", **train_kw):
     for k, v in train_kw.items():
         setattr(c.train, k, v)
     return c
+
+
+def test_per_label_training_metrics_score_each_label_alone():
+    metrics = models.training_metrics(3, multi_label=True)
+    assert [m.name for m in metrics][4:] == [
+        f"label{i}_{kind}" for i in range(3) for kind in ("precision", "recall", "auc")]
+    y_true = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1]], np.float32)
+    y_pred = np.array([[.9, .2, .4], [.3, .8, .7], [.6, .4, .2], [.1, .6, .9]], np.float32)
+    for m in metrics:
+        m.update_state(y_true, y_pred)
+    got = {m.name: float(m.result()) for m in metrics}
+    assert got["label0_precision"] == 1.0 and got["label0_recall"] == 1.0
+    # Label 1: predicted for images 1 and 3, true for images 1 and 2.
+    assert got["label1_precision"] == 0.5 and got["label1_recall"] == 0.5
+    # Label 2: every positive scores above the one negative; label 1: 3 of
+    # the 4 (positive, negative) pairs are in order.
+    assert got["label2_auc"] == pytest.approx(1.0, abs=1e-3)
+    assert got["label1_auc"] == pytest.approx(0.75, abs=1e-2)
+    # Many labels: the aggregates only (per-label figures come from evaluate.py).
+    many = models.training_metrics(models.PER_LABEL_METRICS_MAX + 1, multi_label=True)
+    assert [m.name for m in many] == ["accuracy", "precision", "recall", "auc"]
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +193,9 @@ def test_a_stage_trains_on_label_sets_and_records_them(trained):
     history = (run / "history.csv").read_text().splitlines()[0].split(",")
     for name in ("val_accuracy", "val_precision", "val_recall", "val_auc"):
         assert name in history
+    for i in range(3):  # every label on its own, in class_names order
+        for kind in ("precision", "recall", "auc"):
+            assert f"val_label{i}_{kind}" in history and f"label{i}_{kind}" in history
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["label_separator"] == "|"
     assert config["multi_label"] is True
