@@ -382,6 +382,13 @@ def _csv_examples(test_csv, class_names, max_pixels, **columns):
     return (*_usable(paths, labels, max_pixels, f"--test_csv {test_csv!r}"), rows.report())
 
 
+def check_batch_size(batch_size) -> None:
+    """Raises ValueError naming ``--batch_size`` unless it is a positive integer."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError("`--batch_size` must be a positive integer. "
+                         f"Received: batch_size={batch_size!r}")
+
+
 def _check_threshold(threshold, num_classes):
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
             or not 0.0 < float(threshold) < 1.0:
@@ -455,9 +462,7 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
     if tfds_name is not None and not tfds_split:
         raise ValueError("`--tfds_split` is required with --tfds_name, e.g. "
                          f"'test' or 'train[80%:]'. Received: tfds_split={tfds_split!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError("`--batch_size` must be a positive integer. "
-                         f"Received: batch_size={batch_size!r}")
+    check_batch_size(batch_size)
     model_dir = os.fspath(model_dir)
     model, config, image_size, class_names = model_io.load_for_inference(model_dir)
     if config.get("multi_label"):

@@ -131,9 +131,7 @@ def evaluate_label_sets(model_dir, test_csv: str, *, image_dir: str = "",
     if not 0.0 < float(threshold) < 1.0:
         raise ValueError("`--threshold` must be strictly between 0 and 1. "
                          f"Received: threshold={threshold!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError("`--batch_size` must be a positive integer. "
-                         f"Received: batch_size={batch_size!r}")
+    evaluate_lib.check_batch_size(batch_size)
     model_dir = os.fspath(model_dir)
     model, config, image_size, class_names = model_io.load_for_inference(model_dir)
     if not is_multi_label(config):

@@ -61,23 +61,27 @@ def test_mirrored_uneven_batch_is_a_usage_error(tiny_folders, tmp_path):
     assert "--batch_size=7" in proc.stderr and "2 replicas" in proc.stderr
 
 
-def test_two_workers_on_loopback(tiny_folders, tmp_path):
-    train_dir, val_dir = tiny_folders
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    model_dir = tmp_path / "m"
+def _train_two_workers(tmp_path, flags_, timeout):
+    """Trains one job on two loopback workers; returns each worker's result JSON."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     procs = []
     for i in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
         procs.append(subprocess.Popen(
-            [sys.executable, WORKER, str(tmp_path / f"r{i}.json"), "--",
-             *_flags(train_dir, val_dir, model_dir), "--strategy=multi_worker"],
+            [sys.executable, WORKER, str(tmp_path / f"r{i}.json"), "--", *flags_,
+             "--strategy=multi_worker"],
             env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True))
-    outs = [p.communicate(timeout=400) for p in procs]
+    outs = [p.communicate(timeout=timeout) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    r0, r1 = (json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(2))
+    return [json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(2)]
+
+
+def test_two_workers_on_loopback(tiny_folders, tmp_path):
+    train_dir, val_dir = tiny_folders
+    model_dir = tmp_path / "m"
+    r0, r1 = _train_two_workers(tmp_path, _flags(train_dir, val_dir, model_dir), timeout=400)
     assert r0["weights_sha256"] == r1["weights_sha256"]
     for name in ("config.json", "history.csv", "model.keras", "metrics.json",
                  "learning_curves.png"):
@@ -356,23 +360,10 @@ def test_two_workers_train_with_mixing_rand_augment_and_smoothing(tmp_path):
     classes = ("bird", "cat", "dog")
     train_dir = make_class_folder(tmp_path / "tr", classes=classes, per_class=8, seed=1)
     val_dir = make_class_folder(tmp_path / "va", classes=classes, per_class=3, seed=2)
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     model_dir = tmp_path / "m"
-    procs = []
-    for i in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        procs.append(subprocess.Popen(
-            [sys.executable, WORKER, str(tmp_path / f"r{i}.json"), "--",
-             *_flags(train_dir, val_dir, model_dir), "--strategy=multi_worker",
-             "--augment", "--rand_augment", "--mixup=0.4", "--cutmix=1.0",
-             "--label_smoothing=0.1"],
-            env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True))
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    r0, r1 = (json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(2))
+    r0, r1 = _train_two_workers(
+        tmp_path, [*_flags(train_dir, val_dir, model_dir), "--augment", "--rand_augment",
+                   "--mixup=0.4", "--cutmix=1.0", "--label_smoothing=0.1"], timeout=600)
     assert r0["weights_sha256"] == r1["weights_sha256"]
     assert len(_history(model_dir)) == 2
     assert json.loads((model_dir / "config.json").read_text())["train"]["cutmix"] == 1.0
