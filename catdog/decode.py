@@ -251,6 +251,14 @@ def _centre_crop(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
     return image[top:top + crop_h, left:left + crop_w]
 
 
+def resize_to_uint8(image: tf.Tensor, image_size,
+                    options: Optional[DecodeOptions] = None) -> tf.Tensor:
+    """Resizes decoded uint8 pixels (HxWxC) to ``image_size`` as
+    :func:`decode_and_resize` does after its decode (resize mode,
+    interpolation, rounding); for pixels stored already decoded."""
+    return _resize_to_uint8(image, int(image_size[0]), int(image_size[1]), options)
+
+
 def _resize_to_uint8(image: tf.Tensor, height: int, width: int,
                      options: Optional[DecodeOptions] = None) -> tf.Tensor:
     options = _resolve(options)

@@ -6,11 +6,16 @@ Examples:
       --num_shards=2 --max_side=512
   python scripts/build_tfrecords.py --csv=labels.csv --image_dir=train \
       --output_dir=shards/train
+  python scripts/build_tfrecords.py --data_dir=training_set --output_dir=shards/train224 \
+      --image_size=224 --jpeg_quality=90        # stored at the training size
   python scripts/train_baseline.py --train_tfrecords='shards/train/*.tfrecord' \
       --val_tfrecords='shards/val/*.tfrecord' --model_dir=runs/baseline
 
 Bad files are skipped and listed in manifest.json (with --csv, also every
-unusable row, counted); source files are only read.
+unusable row, counted); source files are only read. With --image_size every
+image is stored decoded and resized as training decodes it (--resize_mode,
+--interpolation, --color_mode, --exif_orientation), re-encoded as JPEG or,
+with --raw, as uint8 pixels; training at that size then skips the resize.
 """
 
 import json
@@ -20,6 +25,7 @@ from absl import flags
 
 from catdog import cli
 from catdog.config import DEFAULT_MAX_PIXELS
+from catdog.decode import COLOR_MODES, INTERPOLATIONS, RESIZE_MODES
 
 flags.DEFINE_string("data_dir", None,
                     "Folder with one subfolder of images per class.")
@@ -45,7 +51,27 @@ flags.DEFINE_integer("max_side", 0,
                      "to it and re-encoded as JPEG (smaller shards, faster decode; "
                      "pixels then differ from the original files). 0 keeps every "
                      "file's bytes unchanged.")
-flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality of images re-encoded by --max_side.")
+flags.DEFINE_integer("jpeg_quality", 95,
+                     "JPEG quality of images re-encoded by --max_side or --image_size.")
+flags.DEFINE_string("image_size", None,
+                    "Store every image at the training size 'SIZE' or 'HEIGHT,WIDTH': "
+                    "decoded and resized exactly as training does (the flags below, "
+                    "same meanings as for training), then re-encoded as JPEG "
+                    "(--jpeg_quality) or kept as pixels (--raw). Training at this size "
+                    "with the same decode flags reads them without a resize. "
+                    "Excludes --max_side. Default: store the files as they are.")
+flags.DEFINE_enum("resize_mode", "stretch", RESIZE_MODES,
+                  "With --image_size: 'stretch', 'crop' or 'pad', as training's.")
+flags.DEFINE_enum("interpolation", "bilinear", INTERPOLATIONS,
+                  "With --image_size: the resize method, as training's.")
+flags.DEFINE_enum("color_mode", "rgb", COLOR_MODES,
+                  "With --image_size: 'rgb' or 'grayscale' pixels, as training's.")
+flags.DEFINE_boolean("exif_orientation", True,
+                     "With --image_size: turn JPEGs upright by their EXIF tag first, "
+                     "as training's.")
+flags.DEFINE_boolean("raw", False,
+                     "With --image_size: store uint8 HxWxC pixels instead of a JPEG "
+                     "(exactly training's pixels and no decode; about 3-10x larger).")
 flags.DEFINE_list("class_names", None,
                   "Class subfolder names in label order (default: all subfolders, "
                   "alphanumeric order). Use the same list for train and val shards.")
@@ -58,6 +84,8 @@ FLAGS = flags.FLAGS
 
 def _build():
     from catdog.sources import tfrecord_writer  # heavy import after flag parsing
+    from catdog.config import parse_image_size
+    from catdog.decode import DecodeOptions
     if FLAGS.csv and FLAGS.data_dir:
         raise ValueError("Give --csv (labels from a CSV) or --data_dir (class folders), "
                          f"not both. Received: csv={FLAGS.csv!r}, data_dir={FLAGS.data_dir!r}")
@@ -65,6 +93,13 @@ def _build():
         if FLAGS[name].value and not FLAGS.csv:
             raise ValueError(f"`--{name}` goes with --csv. "
                              f"Received: {name}={FLAGS[name].value!r}")
+    at_size = ("resize_mode", "interpolation", "color_mode", "exif_orientation", "raw")
+    for name in at_size:
+        if FLAGS[name].present and not FLAGS.image_size:
+            raise ValueError(f"`--{name}` says how images are stored at --image_size; "
+                             f"give --image_size too. Received: {name}={FLAGS[name].value!r}, "
+                             "image_size=None")
+    image_size = parse_image_size(FLAGS.image_size) if FLAGS.image_size else None
     if not (FLAGS.data_dir or FLAGS.csv) or not FLAGS.output_dir:
         missing = "data_dir" if not (FLAGS.data_dir or FLAGS.csv) else "output_dir"
         raise ValueError(f"`--{missing}` is required. Received: {missing}=None")
@@ -72,6 +107,8 @@ def _build():
         (FLAGS.image_dir or "") if FLAGS.csv else FLAGS.data_dir, FLAGS.output_dir,
         num_shards=FLAGS.num_shards,
         max_side=FLAGS.max_side, jpeg_quality=FLAGS.jpeg_quality,
+        image_size=image_size, raw=FLAGS.raw,
+        decode_options=DecodeOptions(**{name: FLAGS[name].value for name in at_size[:4]}),
         class_names=FLAGS.class_names, prefix=FLAGS.prefix, seed=FLAGS.seed,
         max_pixels=FLAGS.max_pixels, csv_path=FLAGS.csv or "",
         filename_column=FLAGS.filename_column, label_column=FLAGS.label_column)

@@ -12,7 +12,14 @@ folder, the format and the image height/width as the image is seen (from the
 file check or the JPEG header, sides swapped for an EXIF orientation of 5-8;
 0 when neither gave them). A re-encoded photo is turned upright by its EXIF
 orientation first (the new JPEG has no EXIF); a copied file keeps its tag,
-which the training decode applies. Files are listed and checked with
+which the training decode applies.
+
+With ``image_size`` every image is stored at the training size: decoded and
+resized by :func:`catdog.decode.decode_and_resize` with the given
+:class:`~catdog.decode.DecodeOptions` (the pixels training would decode),
+then re-encoded as JPEG, or with ``raw`` kept as its uint8 HxWxC bytes
+(format ``raw``, height, width and channels in the example). The manifest
+records the size and the options, so the reader can skip its resize. Files are listed and checked with
 :mod:`catdog.scan` first, so a bad file never enters a shard; the manifest
 names each skipped file and why. Everything goes through ``tf.io.gfile``
 (``gs://`` and other cloud paths work) and every file is written to a
@@ -86,8 +93,51 @@ def _header_size(check, contents: bytes):
     return height, width
 
 
+def _at_size_encoder(image_size, options: decode.DecodeOptions, raw: bool, quality: int):
+    """``contents -> (stored bytes, format)`` of an image stored at ``image_size``.
+
+    The training decode (EXIF orientation, color mode, resize mode and
+    interpolation as ``options`` say), traced once for every image.
+    """
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+    def pixels(contents):
+        return decode.decode_and_resize(contents, image_size, options)
+
+    def encode(contents: bytes):
+        image = pixels(tf.constant(contents))
+        if raw:
+            return image.numpy().tobytes(), "raw"
+        # Full-resolution chroma: at training sizes, 4:2:0 subsampling blurs
+        # colour edges over a large share of the image.
+        return tf.io.encode_jpeg(image, quality=quality,
+                                 chroma_downsampling=False).numpy(), "jpeg"
+    return encode
+
+
+def _check_at_size(image_size, max_side: int, raw: bool):
+    """``image_size`` as ``(height, width)`` or None; ValueError names the flags."""
+    if raw and not image_size:
+        raise ValueError("`--raw` stores decoded pixels at the training size: give "
+                         "--image_size too. Received: raw=True, image_size=None")
+    if not image_size:
+        return None
+    size = tuple(int(s) for s in image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError("`--image_size` must be one or two positive integers "
+                         f"(height,width). Received: image_size={image_size!r}")
+    if max_side:
+        raise ValueError("`--max_side` and `--image_size` exclude each other: "
+                         "--image_size stores every image at the training size, "
+                         "--max_side only caps the longest side. Received: "
+                         f"max_side={max_side}, image_size={','.join(map(str, size))}")
+    return size
+
+
 def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
                     max_side: int = 0, jpeg_quality: int = 95,
+                    image_size=None,
+                    decode_options: Optional[decode.DecodeOptions] = None,
+                    raw: bool = False,
                     class_names: Optional[Sequence[str]] = None,
                     prefix: str = "", seed: int = 1337,
                     max_pixels: int = config.DEFAULT_MAX_PIXELS,
@@ -109,6 +159,13 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
         downscaled to it (aspect ratio kept) and re-encoded as JPEG; smaller
         ones are stored as they are. 0 stores every file's bytes unchanged.
       jpeg_quality: JPEG quality of re-encoded images (1-100).
+      image_size: ``(height, width)``: store every image decoded and resized
+        to it as training decodes it (exclusive with ``max_side``); None
+        stores the files (or their ``max_side`` re-encodes).
+      decode_options: with ``image_size``, how images are decoded and
+        resized (default ``DecodeOptions()``, training's defaults).
+      raw: with ``image_size``, store uint8 pixels instead of a JPEG
+        (exactly the pixels training decodes; larger shards, no decode).
       class_names: explicit class order (default: alphanumeric folders).
       prefix: shard file name prefix; default the folder's base name.
       seed: seed of the file order.
@@ -134,6 +191,10 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"`--jpeg_quality` must be in 1..100. Received: "
                          f"jpeg_quality={jpeg_quality}")
+    image_size = _check_at_size(image_size, max_side, raw)
+    options = decode_options or decode.DecodeOptions()
+    at_size = (_at_size_encoder(image_size, options, raw, jpeg_quality)
+               if image_size else None)
     report = None
     if csv_path:
         paths, labels, class_names, rows = csv_labels.csv_examples(
@@ -168,7 +229,11 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
                     contents = f.read()
                 fmt = (check.format or os.path.splitext(check.path)[1].lstrip(".")).lower()
                 height, width = _header_size(check, contents)
-                if max_side and (not height or max(height, width) > max_side):
+                channels = 0
+                if at_size:
+                    contents, fmt = at_size(contents)
+                    (height, width), channels = image_size, options.channels
+                elif max_side and (not height or max(height, width) > max_side):
                     contents, height, width = _reencode(contents, max_side, jpeg_quality)
                     fmt = "jpeg"
                 example = tf.train.Example(features=tf.train.Features(feature={
@@ -179,6 +244,7 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
                     "image/format": _bytes(fmt.encode("utf-8")),
                     "image/height": _int64(height),
                     "image/width": _int64(width),
+                    "image/channels": _int64(channels),
                 }))
                 writer.write(example.SerializeToString())
                 counts[class_names[label]] += 1
@@ -194,7 +260,13 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
         "skipped": skipped,
         **({"source_csv": csv_path, "csv_report": report} if csv_path else {}),
         "max_side": int(max_side),
-        "jpeg_quality": int(jpeg_quality) if max_side else None,
+        "jpeg_quality": (int(jpeg_quality) if max_side or (image_size and not raw)
+                         else None),
+        # The stored form (catdog.sources.tfrecords.stored_form reads it back).
+        "image_size": list(image_size) if image_size else None,
+        "raw": bool(raw),
+        **{name: (value if image_size else None)
+           for name, value in options.record().items()},
     }
     fileio.write_json(fileio.join(output_dir, MANIFEST), manifest)
     return manifest

@@ -5,7 +5,11 @@
 :mod:`catdog.sources.tfrecord_writer`); :func:`build_tfrecord_dataset`
 reads them with the same :func:`catdog.decode.decode_and_resize` as the
 folder source: shards written without ``max_side`` give the same pixels as
-the folder they came from.
+the folder they came from. Shards stored at the training size
+(``build_tfrecords.py --image_size``, see :func:`stored_form`) are only
+decoded (raw pixels: reshaped) when the run's size and decode options are
+the ones they were written with; at another size they are resized from the
+stored pixels, with a warning.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import os
 from typing import Optional, Sequence
 
+from absl import logging
 import tensorflow as tf
 
 from catdog import batching
@@ -31,7 +36,12 @@ _FEATURES = {
     "image/format": tf.io.FixedLenFeature([], tf.string, default_value=""),
     "image/height": tf.io.FixedLenFeature([], tf.int64, default_value=0),
     "image/width": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    "image/channels": tf.io.FixedLenFeature([], tf.int64, default_value=0),
 }
+#: Manifest keys of how the images are stored (absent in manifests of
+#: shards written before images could be stored at a size: as files).
+STORED_KEYS = ("image_size", "raw", "jpeg_quality", "max_side", "exif_orientation",
+               "resize_mode", "interpolation", "color_mode")
 
 
 
@@ -113,6 +123,67 @@ def index_tfrecords(data_config) -> batching.DataIndex:
                               skipped)
 
 
+def stored_form(manifest: dict):
+    """``(image_size, DecodeOptions, raw)`` of shards stored at a training size.
+
+    None for shards holding the image files (or their ``max_side``
+    re-encodes), including every manifest written before sizes were stored.
+    """
+    size = manifest.get("image_size")
+    if not size:
+        return None
+    options = decode.DecodeOptions(**{name: manifest[name] for name in
+                                      decode.DecodeOptions().record()})
+    return tuple(int(s) for s in size), options, bool(manifest.get("raw"))
+
+
+def _size_text(size) -> str:
+    return ",".join(str(int(s)) for s in size)
+
+
+def _shard_decoder(folder: str, manifest: dict, image_size, options, dct_scaling: bool):
+    """The decode ``(contents, image_size) -> uint8 image`` of the shards in ``folder``.
+
+    Shards stored at ``image_size`` with ``options``: decode only (raw:
+    reshape). Stored at another size or with other resize options: a
+    warning, then the run's resize of the stored pixels. Another color mode
+    is refused: its channels cannot be made back into the run's pixels.
+    """
+    stored = stored_form(manifest)
+    if stored is None:
+        return decode.decoder(dct_scaling, options)
+    size, made, raw = stored
+    if made.color_mode != options.color_mode:
+        raise ValueError(
+            f"The shards in {folder} hold {made.color_mode} pixels (color_mode="
+            f"{made.color_mode} in {MANIFEST}) but this run decodes --color_mode="
+            f"{options.color_mode}. Rebuild them with build_tfrecords.py --color_mode="
+            f"{options.color_mode}, or train with --color_mode={made.color_mode}.")
+    shape = (*size, made.channels)
+
+    def pixels(contents):
+        if raw:
+            return tf.reshape(tf.io.decode_raw(contents, tf.uint8), shape)
+        return tf.ensure_shape(tf.io.decode_jpeg(contents, channels=made.channels), shape)
+
+    if size == tuple(image_size) and made == options:
+        return lambda contents, _: pixels(contents)
+    differ = [f"{name}={getattr(made, name)} (this run: --{name}={getattr(options, name)})"
+              for name in options.record() if getattr(made, name) != getattr(options, name)]
+    logging.warning(
+        "The shards in %s are stored at %s%s; this run's --image_size=%s: every "
+        "image is resized again from the stored pixels (not from the original "
+        "file). Rebuild them with build_tfrecords.py --image_size=%s and this "
+        "run's decode flags to read them without a resize.", folder, _size_text(size),
+        f" with {', '.join(differ)}" if differ else "", _size_text(image_size),
+        _size_text(image_size))
+    if raw:
+        return lambda contents, target: decode.resize_to_uint8(pixels(contents), target,
+                                                               options)
+    # A stored JPEG has no EXIF: the run's decode gives the stored pixels, resized.
+    return decode.decoder(dct_scaling, options)
+
+
 def parse_example(serialized: tf.Tensor):
     """Parses one serialized example into ``(encoded bytes, int64 label)``."""
     parsed = tf.io.parse_single_example(serialized, _FEATURES)
@@ -191,6 +262,11 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
     """
     image_size = tuple(int(s) for s in image_size)
     files = list(files)
+    folder = os.path.dirname(files[0])
+    manifest = read_manifest(folder)
+    decode_options = decode_options or decode.DecodeOptions()
+    decode_image = _shard_decoder(folder, manifest, image_size, decode_options,
+                                  dct_scaling)
     share, record_shard = None, None
     if input_context is not None:
         workers = int(input_context.num_input_pipelines)
@@ -206,8 +282,6 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
                     num_examples, workers), batch_size, training, what)
             record_shard = (workers, share.index)
         num_examples = share.num_examples
-    decode_options = decode_options or decode.DecodeOptions()
-    decode_image = decode.decoder(dct_scaling, decode_options)
 
     def load(serialized):
         contents, label = parse_example(serialized)
@@ -218,9 +292,10 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
     prefix = None
     if use_file_cache:
         # The shards by name, size and modification time (a rebuilt shard set
-        # is another cache), and the manifest that labels them.
-        folder = os.path.dirname(files[0])
+        # is another cache), the manifest that labels them and how they store
+        # the images.
         identity = {"source": "tfrecords",
+                    "stored": {key: manifest.get(key) for key in STORED_KEYS},
                     "shards": file_cache.file_stamps(files),
                     "manifest": file_cache.file_stamps(
                         [fileio.join(folder, MANIFEST)]),

@@ -1,0 +1,284 @@
+"""TFRecord shards stored at the training size: written decoded and resized,
+read without a second resize when the run's size and decode match."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from catdog import config as C
+from catdog import data
+from catdog import decode
+from catdog import train
+from catdog.sources import tfrecord_writer
+from catdog.sources import tfrecords
+import helpers
+from helpers import REPO, make_class_folder, write_image
+
+SIZE = (16, 20)
+
+
+def _elements(ds):
+    """Every (image bytes, shape, label) of one pass, order-free."""
+    out = []
+    for x, y in ds:
+        out += [(a.tobytes(), a.shape, float(np.ravel(b)[0]))
+                for a, b in zip(x.numpy(), y.numpy())]
+    return sorted(out)
+
+
+def _images(ds):
+    return np.concatenate([x.numpy() for x, _ in ds])
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """Class folders of mixed sizes, formats and EXIF orientations."""
+    root = tmp_path / "src"
+    upright = helpers.upright_pixels(48, 32, block=8)
+    for k in (1, 6):
+        helpers.write_oriented_jpeg(root / "cats" / f"o{k}.jpg", k, upright)
+        helpers.write_oriented_jpeg(root / "dogs" / f"o{k}.jpg", k, upright[::-1])
+    rng = np.random.RandomState(0)
+    write_image(str(root / "cats" / "wide.png"),
+                rng.randint(0, 255, (30, 80, 3)).astype(np.uint8))
+    write_image(str(root / "dogs" / "tall.jpg"),
+                np.kron(rng.randint(0, 255, (9, 4, 3)), np.ones((8, 8, 1))).astype(np.uint8))
+    return str(root)
+
+
+def _write(root, out, **kw):
+    kw.setdefault("image_size", SIZE)
+    return tfrecord_writer.write_tfrecords(root, str(out), num_shards=2, progress=False, **kw)
+
+
+def _configs(root, out, options=decode.DecodeOptions(), image_size=SIZE):
+    common = dict(image_size=image_size, batch_size=2, **options.record())
+    folder = C.DataConfig(train_dir=root, val_dir=root, **common)
+    shards = C.DataConfig(train_tfrecords=os.path.join(out, "*.tfrecord"),
+                          val_tfrecords=os.path.join(out, "*.tfrecord"), **common)
+    return folder, shards
+
+
+@pytest.fixture
+def resize_calls(monkeypatch):
+    """Every tf.image resize traced from here on (the reader's or the decode's)."""
+    calls = []
+    for name in ("resize", "resize_with_pad"):
+        real = getattr(tf.image, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(tf.image, name, spy)
+    return calls
+
+
+def test_shards_at_size_record_it_in_the_manifest_and_examples(photos, tmp_path):
+    manifest = _write(photos, tmp_path / "jpeg", jpeg_quality=90,
+                      decode_options=decode.DecodeOptions(resize_mode="crop",
+                                                          interpolation="area"))
+    assert manifest["image_size"] == list(SIZE) and manifest["raw"] is False
+    assert (manifest["resize_mode"], manifest["interpolation"], manifest["color_mode"],
+            manifest["exif_orientation"], manifest["jpeg_quality"]) == (
+                "crop", "area", "rgb", True, 90)
+    assert json.load(open(tmp_path / "jpeg" / "manifest.json")) == manifest
+    raw = _write(photos, tmp_path / "raw", raw=True,
+                 decode_options=decode.DecodeOptions(color_mode="grayscale"))
+    assert raw["raw"] is True and raw["jpeg_quality"] is None
+    assert raw["color_mode"] == "grayscale"
+    for out, fmt, channels in (("jpeg", "jpeg", 3), ("raw", "raw", 1)):
+        files, _, n = tfrecords.resolve_shards(str(tmp_path / out / "*.tfrecord"))
+        assert n == 6
+        for record in tf.data.TFRecordDataset(files):
+            p = tf.io.parse_single_example(record, tfrecords._FEATURES)
+            assert p["image/format"].numpy().decode() == fmt
+            assert (int(p["image/height"]), int(p["image/width"]),
+                    int(p["image/channels"])) == (*SIZE, channels)
+            contents = p["image/encoded"]
+            if fmt == "raw":
+                assert len(contents.numpy()) == SIZE[0] * SIZE[1] * channels
+            else:
+                assert tuple(tf.io.decode_jpeg(contents).shape) == (*SIZE, channels)
+    # Shards of the files as they are record no stored size.
+    plain = tfrecord_writer.write_tfrecords(photos, str(tmp_path / "plain"), num_shards=1,
+                                            progress=False)
+    assert plain["image_size"] is None and plain["raw"] is False
+
+
+@pytest.mark.parametrize("options", [
+    decode.DecodeOptions(),
+    decode.DecodeOptions(resize_mode="crop", interpolation="bicubic"),
+    decode.DecodeOptions(resize_mode="pad", color_mode="grayscale", exif_orientation=False),
+], ids=["default", "crop-bicubic", "pad-gray-noexif"])
+def test_raw_shards_at_size_give_the_folder_pixels_exactly_without_a_resize(
+        photos, tmp_path, resize_calls, options):
+    out = str(tmp_path / "raw")
+    _write(photos, out, raw=True, decode_options=options)
+    folder_cfg, shard_cfg = _configs(photos, out, options)
+    expected = _elements(data.build_datasets(folder_cfg, progress=False)[1])
+    resize_calls.clear()
+    s_train, s_val, _ = data.build_datasets(shard_cfg)
+    got = _elements(s_val)
+    assert resize_calls == []  # stored at the run's size: no resize traced
+    assert got == expected
+    x, _ = next(iter(s_train))
+    assert x.dtype == tf.uint8 and tuple(x.shape) == (2, *SIZE, options.channels)
+
+
+def test_jpeg_shards_at_size_are_close_to_the_folder_pixels_without_a_resize(
+        photos, tmp_path, resize_calls):
+    out = str(tmp_path / "jpeg")
+    _write(photos, out, jpeg_quality=95)
+    folder_cfg, shard_cfg = _configs(photos, out)
+    expected = _images(data.build_datasets(folder_cfg, progress=False)[1])
+    resize_calls.clear()
+    got = _images(data.build_datasets(shard_cfg)[1])
+    assert resize_calls == []
+    assert got.shape == expected.shape == (6, *SIZE, 3)
+    # The shards hold the images in another order: match each to its nearest.
+    diffs = np.abs(got[:, None].astype(int) - expected[None].astype(int))
+    nearest = diffs.reshape(6, 6, -1).mean(-1).argmin(1)
+    # (o1 and o6 of a class are the same picture upright: equal pixels.)
+    assert {expected[i].tobytes() for i in nearest} == {e.tobytes() for e in expected}
+    err = (got.astype(float) - expected[nearest].astype(float)) ** 2
+    psnr = 10 * np.log10(255.0 ** 2 / err.mean())
+    assert psnr > 30, psnr
+    # Pixels the decode of the stored JPEG gives, as stored: no resize on top.
+    files, _, _ = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
+    stored = [tf.io.decode_jpeg(tfrecords.parse_example(r)[0], channels=3).numpy()
+              for r in tf.data.TFRecordDataset(files)]
+    assert sorted(a.tobytes() for a in got) == sorted(a.tobytes() for a in stored)
+
+
+def test_old_manifests_read_as_before(photos, tmp_path):
+    out = tmp_path / "old"
+    tfrecord_writer.write_tfrecords(photos, str(out), num_shards=1, progress=False)
+    manifest = json.load(open(out / "manifest.json"))
+    for key in ("image_size", "resize_mode", "interpolation", "color_mode",
+                "exif_orientation", "raw"):
+        manifest.pop(key)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    folder_cfg, shard_cfg = _configs(photos, str(out))
+    assert _elements(data.build_datasets(shard_cfg)[1]) == _elements(
+        data.build_datasets(folder_cfg, progress=False)[1])
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["jpeg", "raw"])
+def test_another_image_size_warns_and_resizes_the_stored_pixels(photos, tmp_path, caplog,
+                                                                raw):
+    out = str(tmp_path / "shards")
+    _write(photos, out, raw=raw)
+    _, shard_cfg = _configs(photos, out, image_size=(12, 12))
+    with caplog.at_level(logging.INFO, logger="absl"):
+        _, val, _ = data.build_datasets(shard_cfg)
+    assert "16,20" in caplog.text and "--image_size=12,12" in caplog.text
+    got = _images(val)
+    assert got.shape == (6, 12, 12, 3)
+    # Resized from the stored pixels, as a decode of the stored form at 16x20 would give.
+    files, _, _ = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
+    stored = []
+    for record in tf.data.TFRecordDataset(sorted(files)):
+        contents = tfrecords.parse_example(record)[0]
+        image = (tf.reshape(tf.io.decode_raw(contents, tf.uint8), (*SIZE, 3)) if raw
+                 else tf.io.decode_jpeg(contents, channels=3))
+        stored.append(decode.resize_to_uint8(image, (12, 12)).numpy())
+    assert sorted(a.tobytes() for a in got) == sorted(a.tobytes() for a in stored)
+
+
+def test_another_resize_mode_at_the_same_size_warns(photos, tmp_path, caplog):
+    out = str(tmp_path / "shards")
+    _write(photos, out, raw=True)
+    _, shard_cfg = _configs(photos, out, decode.DecodeOptions(resize_mode="crop"))
+    with caplog.at_level(logging.INFO, logger="absl"):
+        _, val, _ = data.build_datasets(shard_cfg)
+    assert "resize_mode=stretch" in caplog.text and "resize_mode=crop" in caplog.text
+    assert _images(val).shape == (6, *SIZE, 3)
+
+
+def test_another_color_mode_than_the_shards_is_refused(photos, tmp_path):
+    out = str(tmp_path / "shards")
+    _write(photos, out, raw=True)
+    _, shard_cfg = _configs(photos, out, decode.DecodeOptions(color_mode="grayscale"))
+    with pytest.raises(ValueError, match=r"color_mode=rgb.*--color_mode=grayscale"):
+        data.build_datasets(shard_cfg)
+
+
+def test_a_file_cache_of_shards_rebuilt_in_another_form_is_not_reused(photos, tmp_path):
+    out, cache = str(tmp_path / "shards"), str(tmp_path / "cache")
+
+    def read(options):
+        _write(photos, out, raw=True, decode_options=options, prefix="train")
+        files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
+        ds = tfrecords.build_tfrecord_dataset(
+            files, num_classes=2, image_size=SIZE, batch_size=4, training=False,
+            num_examples=n, cache=cache, decode_options=options)
+        return _images(ds)
+
+    stretch = read(decode.DecodeOptions())
+    cropped = read(decode.DecodeOptions(resize_mode="crop"))
+    assert not np.array_equal(stretch, cropped)
+    folder_cfg, _ = _configs(photos, out, decode.DecodeOptions(resize_mode="crop"))
+    expected = _elements(data.build_datasets(folder_cfg, progress=False)[1])
+    assert sorted(a.tobytes() for a in cropped) == [e[0] for e in expected]
+
+
+def test_at_size_arguments_are_checked(photos, tmp_path):
+    with pytest.raises(ValueError, match=r"--max_side.*--image_size.*max_side=64"):
+        _write(photos, tmp_path / "o", max_side=64)
+    with pytest.raises(ValueError, match=r"--raw.*--image_size"):
+        tfrecord_writer.write_tfrecords(photos, str(tmp_path / "o"), raw=True,
+                                        progress=False)
+    with pytest.raises(ValueError, match=r"image_size"):
+        _write(photos, tmp_path / "o", image_size=(0, 16))
+    assert not os.path.exists(tmp_path / "o")
+
+
+def _script(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "build_tfrecords.py"),
+                           *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_script_builds_shards_at_size_and_refuses_max_side_with_it(photos, tmp_path):
+    out = tmp_path / "out"
+    proc = _script(f"--data_dir={photos}", f"--output_dir={out}", "--image_size=12,16",
+                   "--resize_mode=pad", "--interpolation=nearest", "--raw")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["image_size"], manifest["resize_mode"], manifest["interpolation"],
+            manifest["raw"]) == ([12, 16], "pad", "nearest", True)
+    proc = _script(f"--data_dir={photos}", f"--output_dir={tmp_path / 'o2'}",
+                   "--image_size=32", "--max_side=64")
+    assert proc.returncode == 2
+    assert "--max_side" in proc.stderr and "--image_size" in proc.stderr
+    proc = _script(f"--data_dir={photos}", f"--output_dir={tmp_path / 'o3'}",
+                   "--resize_mode=crop")
+    assert proc.returncode == 2 and "--image_size" in proc.stderr
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_training_runs_from_shards_at_the_training_size(tmp_path):
+    train_dir = make_class_folder(tmp_path / "train", per_class=8, seed=1)
+    val_dir = make_class_folder(tmp_path / "valid", per_class=4, seed=2)
+    for root, out in ((train_dir, "st"), (val_dir, "sv")):
+        tfrecord_writer.write_tfrecords(root, str(tmp_path / out), num_shards=2,
+                                        image_size=(24, 24), raw=out == "st",
+                                        progress=False)
+    c = C.for_stage("baseline")
+    c.data.train_tfrecords = str(tmp_path / "st" / "*.tfrecord")
+    c.data.val_tfrecords = str(tmp_path / "sv" / "*.tfrecord")
+    c.data.image_size, c.data.batch_size = (24, 24), 4
+    c.train.epochs, c.train.verbose = 1, 0
+    c.train.model_dir = str(tmp_path / "run")
+    train.run(c)
+    model = keras.models.load_model(os.path.join(c.train.model_dir, "model.keras"))
+    assert tuple(model.input.shape[1:]) == (24, 24, 3)
+    assert os.path.exists(os.path.join(c.train.model_dir, "history.csv"))
