@@ -25,6 +25,14 @@ flags.DEFINE_integer("repeats", 3,
 flags.DEFINE_string("train_tfrecords", None,
                     "Also time catdog reading these TFRecord shards (a glob, as for "
                     "training; e.g. written from --data_dir by build_tfrecords.py).")
+flags.DEFINE_boolean("shards_at_size", False,
+                     "Also build TFRecord shards of --data_dir stored at --image_size "
+                     "(build_tfrecords.py --image_size; JPEG and --raw) in a temporary "
+                     "folder, print the build time apart, and time catdog's first epoch "
+                     "from them against stock Keras from the folder (wall and per "
+                     "CPU-second ratios).")
+flags.DEFINE_integer("shards_jpeg_quality", 95,
+                     "JPEG quality of the --shards_at_size JPEG shards (1-100).")
 flags.DEFINE_string("model_dir", None,
                     "A finished training run (model.keras + config.json): also time "
                     "its model's training step on batches of the same shape and say "
@@ -79,6 +87,8 @@ def _run():
                                      model_dir=FLAGS.model_dir or "",
                                      model_steps=FLAGS.model_steps,
                                      service_workers=service_workers,
+                                     shards_at_size=FLAGS.shards_at_size,
+                                     shards_jpeg_quality=FLAGS.shards_jpeg_quality,
                                      log=lambda line: print(line, flush=True))
     print("\n" + benchmark.format_table(result), flush=True)
     _write_json(result)

@@ -10,6 +10,9 @@ One run times, on the same folder and the same CPU:
 - catdog's pipeline (:func:`catdog.data.build_dataset`, training mode):
   the one-off file check, the first epoch (read, decode, resize, cache) and
   a cached epoch; also the first epoch with ``dct_scaling``;
+- with ``shards_at_size``, catdog from TFRecord shards of the same folder
+  stored at the image size (JPEG and raw), built in the run (the build
+  timed apart): first epoch, against stock Keras from the folder;
 - the decode ceiling: parallel decode + resize of bytes already in memory
   (no file reads), and decode alone.
 
@@ -29,7 +32,7 @@ import time
 
 from catdog import scan
 from benchmarks.input_loaders import (
-    cache_element_bytes, loadavg, local_data_service, machine, rate, ratio, sample_folder,
+    build_shards_at_size, cache_element_bytes, loadavg, local_data_service, machine, rate, ratio, sample_folder,
     symlink_folder, time_augmentation, time_catdog, time_catdog_service,
     time_catdog_tfrecords, time_decode_ceiling, time_idg, time_keras, time_memcpy,
     warm_page_cache)
@@ -45,7 +48,8 @@ RESULT_KEYS = ("images", "idg_img_per_s", "keras_img_per_s", "keras_cached_img_p
 def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
                   augment: bool = False, max_images: int = 0, repeats: int = 3,
                   log=print, train_tfrecords: str = "", model_dir: str = "",
-                  model_steps: int = 10, service_workers=()) -> dict:
+                  model_steps: int = 10, service_workers=(),
+                  shards_at_size: bool = False, shards_jpeg_quality: int = 95) -> dict:
     """Times every loader on ``data_dir`` and returns the figures.
 
     Loaders are timed round-robin ``repeats`` times and each figure is the
@@ -73,6 +77,11 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
       service_workers: also time one epoch of catdog through a local
         tf.data service with each of these numbers of in-process workers
         (e.g. ``(1, 2)``), in every round.
+      shards_at_size: also build TFRecord shards of the folder stored at
+        ``image_size`` (as ``build_tfrecords.py --image_size``; JPEG and
+        ``--raw``) in a temporary folder, the build timed apart, and time
+        catdog's first epoch from them in every round.
+      shards_jpeg_quality: JPEG quality of those shards (1-100).
 
     Returns:
       A dict with at least :data:`RESULT_KEYS`; rates are images per second,
@@ -96,6 +105,9 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
         raise ValueError(f"`--repeats` must be >= 1. Received: repeats={repeats}")
     if max_images < 0:
         raise ValueError(f"`--max_images` must be >= 0. Received: max_images={max_images}")
+    if not 1 <= shards_jpeg_quality <= 100:
+        raise ValueError("`--shards_jpeg_quality` must be in 1..100. Received: "
+                         f"shards_jpeg_quality={shards_jpeg_quality}")
     service_workers = tuple(service_workers or ())
     if any(isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 16
            for w in service_workers):
@@ -117,7 +129,8 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
             services = {w: stack.enter_context(local_data_service(w))
                         for w in service_workers}
             result = _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
-                          shards, workdir, services, sampled=bool(max_images))
+                          shards, workdir, services, sampled=bool(max_images),
+                          at_size=shards_jpeg_quality if shards_at_size else 0)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # only our own symlinks
     if run is not None:
@@ -131,8 +144,35 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
     return result
 
 
+def _shards_at_size(data_dir, image_size, batch_size, quality, workdir, sampled, result,
+                    log) -> list:
+    """Builds the folder's shards at ``image_size`` (JPEG, raw); returns their loaders."""
+    loaders = []
+    for kind, raw in (("jpeg", False), ("raw", True)):
+        built = build_shards_at_size(
+            data_dir, os.path.join(workdir, f"shards-{kind}"), image_size, raw, quality,
+            check_cache=os.path.join(workdir, "check-cache") if sampled else "")
+        manifest = built["manifest"]
+        result.update({f"shards_{kind}_build_seconds": built["seconds"],
+                       f"shards_{kind}_bytes": built["bytes"],
+                       f"shards_{kind}_files": len(built["files"]),
+                       f"shards_{kind}_examples": manifest["num_examples"]})
+        log(f"shards at {image_size[0]}x{image_size[1]} ({_shard_kind(kind, quality)}): "
+            f"built in {built['seconds']} s (not in any epoch), "
+            f"{built['bytes'] / 2**20:.1f} MB in {len(built['files'])} file(s)")
+        loaders.append(lambda files=built["files"], m=manifest, k=kind: time_catdog_tfrecords(
+            files, len(m["class_names"]), m["num_examples"], image_size, batch_size,
+            key=f"catdog_shards_{k}"))
+    result["shards_jpeg_quality"] = quality
+    return loaders
+
+
+def _shard_kind(kind: str, quality) -> str:
+    return f"JPEG q{quality}" if kind == "jpeg" else "raw uint8"
+
+
 def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
-         shards, workdir, services, sampled=False) -> dict:
+         shards, workdir, services, sampled=False, at_size=0) -> dict:
     result = {"data_dir": data_dir, "image_size": list(image_size),
               "batch_size": batch_size, "repeats": repeats, "machine": machine(),
               "loadavg_start": loadavg()}
@@ -201,6 +241,9 @@ def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
         result.update(tfrecords_shards=len(files), tfrecords_examples=examples)
         loaders.append(lambda: time_catdog_tfrecords(
             files, len(manifest["class_names"]), examples, image_size, batch_size))
+    if at_size:
+        loaders += _shards_at_size(data_dir, image_size, batch_size, at_size, workdir,
+                                   sampled, result, log)
     for workers, service in services.items():
         loaders.append(lambda w=workers, a=service: time_catdog_service(
             gpaths, glabels, image_size, batch_size, a, w))
@@ -261,6 +304,11 @@ def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
                                    result["decode_ceiling_img_per_cpu_s"]),
         ratio_dct_vs_keras_cpu=ratio(result["catdog_dct_first_epoch_img_per_cpu_s"],
                                      result["keras_img_per_cpu_s"]),
+        **{f"ratio_shards_{kind}_vs_keras{cpu}": ratio(
+            result[f"catdog_shards_{kind}_first_epoch{rate_key}"],
+            result[f"keras{rate_key}"])
+           for kind in ("jpeg", "raw") if at_size
+           for cpu, rate_key in (("", "_img_per_s"), ("_cpu", "_img_per_cpu_s"))},
         cache_bytes_vs_nhw3=ratio(result["catdog_cache_bytes"], n_hw3),
         cache_rss_vs_nhw3=ratio(result["catdog_cache_rss_delta_bytes"], n_hw3),
         loadavg_end=loadavg())
@@ -297,6 +345,12 @@ def format_table(r: dict) -> str:
                   "catdog_tfrecords_first_epoch_img_per_s"),
                  ("catdog from TFRecord shards, cached epoch",
                   "catdog_tfrecords_cached_epoch_img_per_s")]
+    at = f"{r['image_size'][0]}x{r['image_size'][1]}"
+    for kind in ("jpeg", "raw"):
+        if f"catdog_shards_{kind}_first_epoch_img_per_s" in r:
+            rows.append((f"catdog from shards at {at} "
+                         f"({_shard_kind(kind, r['shards_jpeg_quality'])}), first epoch",
+                         f"catdog_shards_{kind}_first_epoch_img_per_s"))
     if "model_train_img_per_s" in r:
         rows += [(f"model of {r['model_dir']} ({r['model_stage']}): training step on "
                   f"in-memory batches, {r['model_device']}", "model_train_img_per_s")]
@@ -343,6 +397,15 @@ def format_table(r: dict) -> str:
         f"{mb(r['catdog_cache_rss_delta_bytes'])} ({r['cache_rss_vs_nhw3']} x) over the "
         f"first epoch; stock Keras cache (float32): {mb(r['keras_cache_bytes'])}",
     ]
+    for kind in ("jpeg", "raw"):
+        if f"ratio_shards_{kind}_vs_keras" in r:
+            lines.append(
+                f"- catdog from shards at {at} ({_shard_kind(kind, r['shards_jpeg_quality'])}) "
+                f"/ stock Keras from the folder, first epoch: "
+                f"{r[f'ratio_shards_{kind}_vs_keras']}x wall, "
+                f"{r[f'ratio_shards_{kind}_vs_keras_cpu']}x per CPU-second (shards built "
+                f"once in {r[f'shards_{kind}_build_seconds']} s, "
+                f"{mb(r[f'shards_{kind}_bytes'])}; not in the epoch)")
     if "bottleneck_verdict" in r:
         lines.append(f"- {r['bottleneck_verdict']}")
     return "\n".join(lines)

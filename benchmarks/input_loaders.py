@@ -200,17 +200,53 @@ def warm_page_cache(paths) -> int:
 
 
 def time_catdog_tfrecords(files, num_classes: int, num_examples: int, image_size,
-                          batch_size: int) -> dict:
-    """catdog's training pipeline over TFRecord shards: first epoch, then cached."""
+                          batch_size: int, key: str = "catdog_tfrecords") -> dict:
+    """catdog's training pipeline over TFRecord shards: first epoch, then cached.
+
+    The figures are named ``<key>_first_epoch_img_per_s`` and so on.
+    """
     from catdog.sources import tfrecords  # pylint: disable=import-outside-toplevel
     ds = tfrecords.build_tfrecord_dataset(
         files, num_classes=num_classes, image_size=image_size,
         batch_size=batch_size, training=True, num_examples=num_examples)
     n1, s1, cpu1 = time_batches(ds)
     n2, s2, _ = time_batches(ds)
-    return {"catdog_tfrecords_first_epoch_img_per_s": rate(n1, s1),
-            "catdog_tfrecords_first_epoch_img_per_cpu_s": rate(n1, cpu1),
-            "catdog_tfrecords_cached_epoch_img_per_s": rate(n2, s2)}
+    return {f"{key}_first_epoch_img_per_s": rate(n1, s1),
+            f"{key}_first_epoch_img_per_cpu_s": rate(n1, cpu1),
+            f"{key}_cached_epoch_img_per_s": rate(n2, s2)}
+
+
+@contextlib.contextmanager
+def _check_cache(cache_dir):
+    """``$CATDOG_CACHE_DIR`` set to ``cache_dir`` inside the block (None: as it is)."""
+    old = os.environ.get("CATDOG_CACHE_DIR")
+    if cache_dir:
+        os.environ["CATDOG_CACHE_DIR"] = cache_dir
+    try:
+        yield
+    finally:
+        if cache_dir:
+            if old is None:
+                os.environ.pop("CATDOG_CACHE_DIR", None)
+            else:
+                os.environ["CATDOG_CACHE_DIR"] = old
+
+
+def build_shards_at_size(data_dir: str, output_dir: str, image_size, raw: bool,
+                         jpeg_quality: int, check_cache: str = "") -> dict:
+    """Writes ``data_dir`` as shards stored at ``image_size`` (build_tfrecords.py
+    --image_size, JPEG or ``raw``); returns their files, manifest, build
+    seconds and bytes. ``check_cache``: where the writer's file check caches
+    (a temporary sample's results stay out of the user's cache)."""
+    from catdog import fileio  # pylint: disable=import-outside-toplevel
+    from catdog.sources import tfrecord_writer  # pylint: disable=import-outside-toplevel
+    with _check_cache(check_cache), Clock() as clock:
+        manifest = tfrecord_writer.write_tfrecords(
+            data_dir, output_dir, image_size=image_size, raw=raw,
+            jpeg_quality=jpeg_quality, progress=False)
+    files = [fileio.join(output_dir, s["file"]) for s in manifest["shards"]]
+    return {"files": files, "manifest": manifest, "seconds": round(clock.wall, 3),
+            "bytes": sum(os.path.getsize(f) for f in files)}
 
 
 @contextlib.contextmanager

@@ -113,6 +113,37 @@ def test_benchmark_times_tfrecord_shards_of_the_same_images(tmp_path):
                                 log=lambda line: None)
 
 
+@pytest.mark.slow
+def test_benchmark_builds_shards_at_the_training_size_and_times_them_against_keras(tmp_path):
+    """Shards at the image size (JPEG and raw) are built from the same folder
+    in the run (build time apart, not in the epoch), timed in every round,
+    and their first epoch is divided by stock Keras's, wall and CPU."""
+    root = make_class_folder(tmp_path / "imgs", per_class=10, size=40)
+    r = benchmark.run_benchmark(root, image_size=(32, 32), batch_size=4, repeats=2,
+                                max_images=16, shards_at_size=True, shards_jpeg_quality=90,
+                                log=lambda line: None)
+    for kind in ("jpeg", "raw"):
+        assert r[f"shards_{kind}_examples"] == 16
+        assert r[f"shards_{kind}_build_seconds"] > 0 and r[f"shards_{kind}_bytes"] > 0
+        key = f"catdog_shards_{kind}_first_epoch_img_per_s"
+        assert r[key] == max(round_[key] for round_ in r["rounds"]) > 0
+        cpu = f"catdog_shards_{kind}_first_epoch_img_per_cpu_s"
+        assert r[f"ratio_shards_{kind}_vs_keras"] == pytest.approx(
+            r[key] / r["keras_img_per_s"], abs=1e-3)
+        assert r[f"ratio_shards_{kind}_vs_keras_cpu"] == pytest.approx(
+            r[cpu] / r["keras_img_per_cpu_s"], abs=1e-3)
+    assert r["shards_raw_bytes"] > 16 * 32 * 32 * 3 > r["shards_jpeg_bytes"] / 2
+    table = benchmark.format_table(r)
+    assert "| catdog from shards at 32x32 (JPEG q90), first epoch |" in table
+    assert "| catdog from shards at 32x32 (raw uint8), first epoch |" in table
+    assert (f"- catdog from shards at 32x32 (JPEG q90) / stock Keras from the folder, "
+            f"first epoch: {r['ratio_shards_jpeg_vs_keras']}x wall, "
+            f"{r['ratio_shards_jpeg_vs_keras_cpu']}x per CPU-second") in table
+    # The shards and the sample's check results lived in the run's temporary folder.
+    cache = os.environ["CATDOG_CACHE_DIR"]
+    assert not os.path.isdir(cache) or os.listdir(cache) == []
+
+
 def test_benchmark_times_every_loader_on_the_usable_files_of_a_messy_folder(tmp_path):
     """Stock Keras stops at the first corrupt file; the benchmark leaves the
     unusable files out of every loader, says which, and touches nothing."""
