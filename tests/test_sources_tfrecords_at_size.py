@@ -282,3 +282,19 @@ def test_training_runs_from_shards_at_the_training_size(tmp_path):
     model = keras.models.load_model(os.path.join(c.train.model_dir, "model.keras"))
     assert tuple(model.input.shape[1:]) == (24, 24, 3)
     assert os.path.exists(os.path.join(c.train.model_dir, "history.csv"))
+
+
+@pytest.mark.slow
+def test_training_on_shards_of_another_color_mode_exits_2(photos, tmp_path):
+    out = tmp_path / "shards"
+    _write(photos, out, raw=True)
+    glob = str(out / "*.tfrecord")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "train_baseline.py"),
+         f"--train_tfrecords={glob}", f"--val_tfrecords={glob}", "--image_size=16,20",
+         "--color_mode=grayscale", "--batch_size=2", "--epochs=1", "--verbose=0",
+         f"--model_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "--color_mode=grayscale" in proc.stderr and "color_mode=rgb" in proc.stderr
