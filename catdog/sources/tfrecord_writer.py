@@ -19,11 +19,13 @@ resized by :func:`catdog.decode.decode_and_resize` with the given
 :class:`~catdog.decode.DecodeOptions` (the pixels training would decode),
 then re-encoded as JPEG, or with ``raw`` kept as its uint8 HxWxC bytes
 (format ``raw``, height, width and channels in the example). The manifest
-records the size and the options, so the reader can skip its resize. Files are listed and checked with
-:mod:`catdog.scan` first, so a bad file never enters a shard; the manifest
-names each skipped file and why. Everything goes through ``tf.io.gfile``
-(``gs://`` and other cloud paths work) and every file is written to a
-temporary name and renamed, so readers never see half a shard.
+records the size and the options, so the reader can skip its resize.
+
+Files are listed and checked with :mod:`catdog.scan` first, so a bad file
+never enters a shard; the manifest names each skipped file and why.
+Everything goes through ``tf.io.gfile`` (``gs://`` and other cloud paths
+work) and every file is written to a temporary name and renamed, so readers
+never see half a shard.
 
 Used by ``scripts/build_tfrecords.py``; training reads the shards with
 :mod:`catdog.sources.tfrecords`.

@@ -132,8 +132,9 @@ def stored_form(manifest: dict):
     size = manifest.get("image_size")
     if not size:
         return None
-    options = decode.DecodeOptions(**{name: manifest[name] for name in
-                                      decode.DecodeOptions().record()})
+    defaults = decode.DecodeOptions()
+    options = decode.DecodeOptions(**{name: manifest.get(name, default) for name, default
+                                      in defaults.record().items()})
     return tuple(int(s) for s in size), options, bool(manifest.get("raw"))
 
 
