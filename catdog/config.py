@@ -111,6 +111,11 @@ class DataConfig:
         "grow with the split (--cache=none shuffles the file list "
         "before decoding; a file cache is read in chunks in a new "
         "order every epoch).")
+    whole_split_shuffle: bool = option(
+        False, "With shuffle_buffer=0, shuffle the whole split every epoch "
+        "whatever the cache, as --cache=memory does. Set by run_pipeline "
+        "when its stages share one file cache in place of --cache=memory.",
+        flag=False)
     max_pixels: int = option(
         DEFAULT_MAX_PIXELS, "Images whose header declares more pixels are skipped "
         "(decompression-bomb guard).")

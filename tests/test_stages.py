@@ -125,3 +125,87 @@ def test_a_tie_goes_to_the_earlier_stage_without_a_warning(tmp_path, monkeypatch
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert "export " + str(tmp_path / "baseline" / "model.keras") in caplog.text
     assert stages.best_stage([{"stage": "x", "model_val_accuracy": None}]) is None
+
+
+def _count_decodes(monkeypatch):
+    """Counts, per file content, the images the input pipelines decode."""
+    import collections  # pylint: disable=import-outside-toplevel
+    import hashlib  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from catdog import decode  # pylint: disable=import-outside-toplevel
+    seen = collections.Counter()
+    real = decode.decoder
+
+    def spy(*args, **kwargs):
+        decode_image = real(*args, **kwargs)
+
+        def note(contents):
+            seen[hashlib.sha1(contents.numpy()).hexdigest()] += 1
+            return contents
+
+        def counted(contents, image_size):
+            contents = tf.py_function(note, [contents], tf.string)
+            contents.set_shape([])
+            return decode_image(contents, image_size)
+        return counted
+
+    monkeypatch.setattr(decode, "decoder", spy)
+    return seen
+
+
+def test_the_job_decodes_each_image_once_for_all_its_stages(tiny_folders, tmp_path,
+                                                            monkeypatch):
+    train_dir, val_dir = tiny_folders
+    seen = _count_decodes(monkeypatch)
+    job = tmp_path / "job"
+    comp = stages.run_pipeline(_base(train_dir, val_dir, job), str(job),
+                               stages=("baseline", "augmented"),
+                               epochs={"baseline": 2, "augmented": 2})
+    # 32 training and 12 validation images, each decoded once for both stages
+    # (a memory cache per stage decodes each of them twice).
+    assert len(seen) == 44 and set(seen.values()) == {1}, sorted(seen.values())
+    cache = job / "cache"
+    names = sorted(p.name for p in cache.iterdir())
+    # One cache of each split, shared by the stages: the training split in
+    # chunks, validation in one file.
+    train_keys = {n.split("-c")[0] for n in names if n.startswith("catdog-train-")
+                  and n.endswith(".index")}
+    val_index = [n for n in names if n.startswith("catdog-val-") and n.endswith(".index")]
+    assert len(train_keys) == 1 and len(val_index) == 1, names
+    for stage in ("baseline", "augmented"):
+        data = json.loads((job / stage / "config.json").read_text())["data"]
+        assert data["cache"] == str(cache) and data["whole_split_shuffle"] is True
+    size = sum(p.stat().st_size for p in cache.iterdir())
+    assert comp["cache"] == {"dir": str(cache), "bytes": size}
+    assert json.loads((job / "comparison.json").read_text())["cache"]["bytes"] == size > 0
+
+
+def test_an_explicit_memory_cache_decodes_per_stage(tiny_folders, tmp_path, monkeypatch):
+    train_dir, val_dir = tiny_folders
+    seen = _count_decodes(monkeypatch)
+    job = tmp_path / "job"
+    comp = stages.run_pipeline(_base(train_dir, val_dir, job), str(job),
+                               stages=("baseline", "augmented"),
+                               epochs={"baseline": 1, "augmented": 1}, share_cache=False)
+    assert len(seen) == 44 and set(seen.values()) == {2}
+    assert not (job / "cache").exists() and comp["cache"] is None
+    data = json.loads((job / "augmented" / "config.json").read_text())["data"]
+    assert data["cache"] == "memory" and data["whole_split_shuffle"] is False
+    assert (job / "comparison.json").exists()
+
+
+@pytest.mark.parametrize("cache", ["none", "DIR"])
+def test_a_cache_the_user_chose_is_kept(tmp_path, cache):
+    base = C.baseline()
+    base.data.cache = str(tmp_path / "mine") if cache == "DIR" else cache
+    config = stages.stage_config(base, "augmented", str(tmp_path / "job"),
+                                 job_cache=stages.job_cache_dir(base, str(tmp_path / "job")))
+    assert config.data.cache == base.data.cache and not config.data.whole_split_shuffle
+
+
+def test_the_job_cache_sits_in_a_local_model_dir_only(tmp_path):
+    base = C.baseline()
+    assert stages.job_cache_dir(base, str(tmp_path)) == str(tmp_path / "cache")
+    assert stages.job_cache_dir(base, "gs://bucket/job") is None
+    base.data.cache = "none"
+    assert stages.job_cache_dir(base, str(tmp_path)) is None
