@@ -209,3 +209,20 @@ def test_the_job_cache_sits_in_a_local_model_dir_only(tmp_path):
     assert stages.job_cache_dir(base, "gs://bucket/job") is None
     base.data.cache = "none"
     assert stages.job_cache_dir(base, str(tmp_path)) is None
+
+
+@pytest.mark.slow
+def test_fast_features_run_on_the_job_cache(tiny_folders, tmp_path, monkeypatch):
+    train_dir, val_dir = tiny_folders
+    seen = _count_decodes(monkeypatch)
+    job = tmp_path / "job"
+    base = _base(train_dir, val_dir, job)
+    base.model.weights, base.train.fast_features = "none", True
+    comp = stages.run_pipeline(base, str(job), stages=("baseline", "feature_extraction"),
+                               epochs={"baseline": 1, "feature_extraction": 1})
+    assert [r["epochs_completed"] for r in comp["stages"]] == [1, 1]
+    assert (job / "feature_extraction" / "fast_features.json").exists()
+    # Validation is decoded once for the job; the feature pass reads the
+    # training split once more, in file order (its own cache, once a job).
+    assert len(seen) == 44 and sorted(seen.values()).count(1) == 12
+    assert sorted(seen.values()).count(2) == 32
