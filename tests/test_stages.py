@@ -226,3 +226,36 @@ def test_fast_features_run_on_the_job_cache(tiny_folders, tmp_path, monkeypatch)
     # training split once more, in file order (its own cache, once a job).
     assert len(seen) == 44 and sorted(seen.values()).count(1) == 12
     assert sorted(seen.values()).count(2) == 32
+
+
+@pytest.mark.slow
+def test_a_job_killed_while_caching_reruns_on_its_cache(tmp_path):
+    """A job killed while caching leaves a partial job cache (here a writer
+    SIGKILLed while caching the validation split under the very prefix the
+    job uses); the rerun clears it, writes it anew and every stage trains."""
+    import signal  # pylint: disable=import-outside-toplevel
+    from catdog import data  # pylint: disable=import-outside-toplevel
+    from helpers import make_class_folder  # pylint: disable=import-outside-toplevel
+    from test_file_cache import _start_cache_worker  # pylint: disable=import-outside-toplevel
+    train_dir = make_class_folder(tmp_path / "train", per_class=16, seed=1)
+    val_dir = make_class_folder(tmp_path / "valid", per_class=20, seed=2)
+    job = tmp_path / "job"
+    base = _base(train_dir, val_dir, job)
+    index = data.index_source(base.data, progress=False)
+    proc = _start_cache_worker(dict(
+        paths=list(index.val.paths), labels=[int(l) for l in index.val.labels],
+        num_classes=2, image_size=list(base.data.image_size), batch_size=4, training=False,
+        cache=str(job / "cache"), split="val"))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    left = os.listdir(job / "cache")
+    assert any(n.startswith("catdog-val-") and n.endswith(".lockfile") for n in left), left
+    comp = stages.run_pipeline(base, str(job), stages=("baseline", "augmented"),
+                               epochs={"baseline": 1, "augmented": 1})
+    assert [r["epochs_completed"] for r in comp["stages"]] == [1, 1]
+    assert [r["val_examples"] for r in comp["stages"]] == [40, 40]
+    names = os.listdir(job / "cache")
+    assert not any(n.endswith(".lockfile") or "tempstate" in n for n in names), names
+    # The killed writer's prefix is the job's: one validation cache, complete.
+    assert len([n for n in names if n.startswith("catdog-val-")
+                and n.endswith(".index")]) == 1, names
