@@ -101,7 +101,8 @@ class DataConfig:
     cache: str = option(
         "memory", "Cache of decoded uint8 images: 'memory' (the whole split in "
         "RAM), 'none' (decode every epoch), or a folder for cache "
-        "files (for data larger than memory).")
+        "files (for data larger than memory). run_pipeline.py without "
+        "--cache: one file cache in <model_dir>/cache for all its stages.")
     seed: int = option(
         1337, "Seed for the validation split, shuffling, augmentation "
         "and initialisation.")
