@@ -123,8 +123,12 @@ def inherit_data_flags(init_dir: str, flag_values=flags.FLAGS) -> list:
     return taken
 
 
-def flagfile_text(flag_values=flags.FLAGS) -> str:
-    """The run's flags as ``--flagfile`` text: catdog's and the script's own."""
+def flagfile_text(flag_values=flags.FLAGS, omit=()) -> str:
+    """The run's flags as ``--flagfile`` text: catdog's and the script's own.
+
+    ``omit``: flags left out, so that a rerun from the file leaves them
+    unset as this run did (where a script tells a given flag from its default).
+    """
     # Only catdog's own flags and the script's: flags other libraries define
     # at import time are not known to a fresh process reading the file.
     ours = []
@@ -133,16 +137,20 @@ def flagfile_text(flag_values=flags.FLAGS) -> str:
                 or os.path.abspath(module) == os.path.abspath(sys.argv[0])):
             ours.extend(module_flags)
     lines = sorted({flag.serialize() for flag in ours
-                    if flag.value is not None and flag.name not in ("flagfile", "undefok")})
+                    if flag.value is not None
+                    and flag.name not in ("flagfile", "undefok", *omit)})
     return "\n".join(line for line in lines if line) + "\n"
 
 
-def write_flagfile(model_dir: str, flag_values=flags.FLAGS) -> str:
-    """Writes the run's flags so ``--flagfile=model_dir/flags.txt`` repeats it."""
+def write_flagfile(model_dir: str, flag_values=flags.FLAGS, omit=()) -> str:
+    """Writes the run's flags so ``--flagfile=model_dir/flags.txt`` repeats it.
+
+    ``omit``: flags left out (see :func:`flagfile_text`).
+    """
     path = os.path.join(model_dir, rundir.FLAGS_FILE)
     os.makedirs(model_dir, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(flagfile_text(flag_values))
+        f.write(flagfile_text(flag_values, omit))
     return path
 
 

@@ -101,7 +101,8 @@ class DataConfig:
     cache: str = option(
         "memory", "Cache of decoded uint8 images: 'memory' (the whole split in "
         "RAM), 'none' (decode every epoch), or a folder for cache "
-        "files (for data larger than memory).")
+        "files (for data larger than memory). run_pipeline.py without "
+        "--cache: one file cache in <model_dir>/cache for all its stages.")
     seed: int = option(
         1337, "Seed for the validation split, shuffling, augmentation "
         "and initialisation.")
@@ -111,6 +112,11 @@ class DataConfig:
         "grow with the split (--cache=none shuffles the file list "
         "before decoding; a file cache is read in chunks in a new "
         "order every epoch).")
+    whole_split_shuffle: bool = option(
+        False, "With shuffle_buffer=0, shuffle the whole split every epoch "
+        "whatever the cache, as --cache=memory does. Set by run_pipeline "
+        "when its stages share one file cache in place of --cache=memory.",
+        flag=False)
     max_pixels: int = option(
         DEFAULT_MAX_PIXELS, "Images whose header declares more pixels are skipped "
         "(decompression-bomb guard).")

@@ -128,7 +128,7 @@ def build_split(data_config, index: DataIndex, split: str,
     common = dict(num_classes=index.num_classes, image_size=data_config.image_size,
                   batch_size=data_config.batch_size, training=training,
                   cache=data_config.cache, seed=data_config.seed,
-                  shuffle_buffer=data_config.shuffle_buffer,
+                  shuffle_buffer=shuffle_buffer_of(data_config, len(files)),
                   deterministic=data_config.deterministic,
                   # Validation always decodes exactly: the checkpoint is chosen
                   # on the pixels evaluation, prediction and export see.
@@ -150,6 +150,18 @@ def build_split(data_config, index: DataIndex, split: str,
                      "validation split).", service, data_config.cache)
     return build_dataset(files.paths, files.labels, split=split, data_service=service,
                          multi_label=bool(data_config.label_separator), **common)
+
+
+def shuffle_buffer_of(data_config, num_examples: int) -> int:
+    """The shuffle buffer a split of ``num_examples`` is built with.
+
+    ``data_config.shuffle_buffer``; with ``whole_split_shuffle`` a 0 stands
+    for the whole split whatever the cache (a file cache then shuffles as
+    ``--cache=memory`` does, holding as many decoded images).
+    """
+    if not data_config.shuffle_buffer and data_config.whole_split_shuffle:
+        return max(1, int(num_examples))
+    return int(data_config.shuffle_buffer)
 
 
 def build_datasets(data_config, index: Optional[DataIndex] = None,

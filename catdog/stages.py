@@ -28,11 +28,14 @@ from catdog import train
 COMPARISON_MD = "comparison.md"
 COMPARISON_JSON = "comparison.json"
 COMPARISON_PNG = "comparison.png"
+#: The job's file cache of decoded images, under its model dir.
+CACHE_DIR = "cache"
 
 
 def stage_config(base: config_lib.Config, stage: str, model_dir: str,
                  epochs: dict = None, learning_rates: dict = None,
-                 augment: Optional[bool] = None) -> config_lib.Config:
+                 augment: Optional[bool] = None,
+                 job_cache: Optional[str] = None) -> config_lib.Config:
     """The config of one stage: the stage preset with ``base``'s data and model settings.
 
     Args:
@@ -44,6 +47,9 @@ def stage_config(base: config_lib.Config, stage: str, model_dir: str,
       augment: augmentation on or off for every stage that builds its model
         (``None``: each stage's preset); fine_tuning keeps its
         ``init_from`` model's block.
+      job_cache: the job's file cache (:func:`job_cache_dir`): the stage
+        caches there instead of in memory, shuffling the whole split every
+        epoch as a memory cache does; None keeps ``base``'s cache.
     """
     preset = config_lib.for_stage(stage)
     config = copy.deepcopy(base)
@@ -55,14 +61,43 @@ def stage_config(base: config_lib.Config, stage: str, model_dir: str,
     config.train.model_dir = os.path.join(model_dir, stage)
     config.model.init_from = (os.path.join(model_dir, "feature_extraction")
                               if stage == "fine_tuning" else "")
+    if job_cache:
+        config.data.cache = job_cache
+        config.data.whole_split_shuffle = True
     return config
+
+
+def job_cache_dir(base: config_lib.Config, model_dir: str) -> Optional[str]:
+    """Where the stages of a job share their decoded images, or None.
+
+    With ``--cache=memory`` every stage would decode the whole data set again
+    into its own memory cache; instead the job caches once in files under
+    ``model_dir/cache``, keyed like any ``--cache`` folder (files, labels,
+    image size, decode options), so every stage after the first reads it.
+    None for another cache (``none`` or a folder: kept as given) and for a
+    model dir that is not on a local disk (file caches there are not locked
+    against killed runs).
+    """
+    if base.data.cache != "memory" or fileio.is_remote(model_dir):
+        return None
+    return os.path.join(model_dir, CACHE_DIR)
+
+
+def _cache_record(folder: Optional[str]) -> Optional[dict]:
+    # Every file in the folder, caches of earlier data and settings included.
+    if not folder:
+        return None
+    size = 0
+    if os.path.isdir(folder):
+        size = sum(e.stat().st_size for e in os.scandir(folder) if e.is_file())
+    return {"dir": folder, "bytes": size}
 
 
 def run_pipeline(base: config_lib.Config, model_dir: str,
                  stages=config_lib.STAGES, epochs: dict = None,
                  learning_rates: dict = None,
                  fallback_to_random_weights: bool = False,
-                 augment: Optional[bool] = None) -> dict:
+                 augment: Optional[bool] = None, share_cache: bool = True) -> dict:
     """Trains the stages in order and writes the comparison.
 
     Args:
@@ -77,6 +112,10 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
       fallback_to_random_weights: when ImageNet weights cannot be obtained,
         say so and train the backbone stages from random initialisation
         (the demo does this); otherwise that is an error.
+      share_cache: with ``base.data.cache == "memory"``, decode once for the
+        job: the stages share one file cache under ``model_dir/cache``
+        (:func:`job_cache_dir`). False: a memory cache per stage (scripts
+        pass False when ``--cache=memory`` is given explicitly).
 
     Returns:
       The comparison: ``{"stages": [per-stage summary], ...}``.
@@ -93,11 +132,17 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
             f"{', '.join(backbone_stages)} stage(s): their pretrained --backbone takes "
             "3-channel images. Run --stages=baseline,augmented, or use --color_mode=rgb.")
     os.makedirs(model_dir, exist_ok=True)
+    cache_dir = job_cache_dir(base, model_dir) if share_cache else None
+    if cache_dir:
+        logging.info("The stages share one file cache of the decoded images: %s "
+                     "(decoded once for the job; --cache=memory decodes per stage).",
+                     cache_dir)
     start = time.time()
     rows, histories = [], {}
     weights_note = ""
     for stage in stages:
-        config = stage_config(base, stage, model_dir, epochs, learning_rates, augment)
+        config = stage_config(base, stage, model_dir, epochs, learning_rates, augment,
+                              job_cache=cache_dir)
         logging.info("=== stage %s -> %s", stage, config.train.model_dir)
         note = weights_note if stage in ("feature_extraction", "fine_tuning") else ""
         try:
@@ -125,7 +170,8 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
     comparison = {"model_dir": model_dir, "seconds": round(time.time() - start, 1),
                   "stages": rows, "best_stage": best["stage"] if best else None,
                   "export_model": (os.path.join(best["model_dir"], rundir.MODEL_FILE)
-                                   if best else None)}
+                                   if best else None),
+                  "cache": _cache_record(cache_dir)}
     fileio.write_json(os.path.join(model_dir, COMPARISON_JSON), comparison)
     table = format_table(rows)
     fileio.write_text(os.path.join(model_dir, COMPARISON_MD),
@@ -138,6 +184,12 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
         logging.info("%s", export_note)
     print("\n" + table + f"\n\n{export_note}\n\nResults: {model_dir}/{{{COMPARISON_MD},"
           f"{COMPARISON_JSON},{COMPARISON_PNG}}}", flush=True)
+    if cache_dir:
+        note = (f"Decoded images cached for this job: {cache_dir} "
+                f"({comparison['cache']['bytes'] / 1e6:.1f} MB). Reruns read it; "
+                "catdog never deletes it: remove the folder when you no longer need it.")
+        logging.info("%s", note)
+        print(note, flush=True)
     return comparison
 
 

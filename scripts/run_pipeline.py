@@ -8,6 +8,10 @@ Without --train_dir (or --train_csv / --train_tfrecords / --tfds_name) it runs
 the built-in demo: it writes a small deterministic two-class image folder and
 trains every stage at a small image size in a few minutes on a laptop CPU.
 
+Without --cache the stages share one file cache of the decoded images in
+<model_dir>/cache, so the job decodes each image once (--cache=memory given
+explicitly: a memory cache per stage, each decoding again).
+
 Examples:
   python scripts/run_pipeline.py                       # the demo
   python scripts/run_pipeline.py --train_dir=training_set --val_dir=test_set \
@@ -60,10 +64,15 @@ def _run():
               else (DEMO_EPOCHS if is_demo else None))
     rates = ({s: FLAGS.learning_rate for s in FLAGS.stages}
              if FLAGS.learning_rate is not None else None)
-    cli.write_flagfile(base.train.model_dir, FLAGS)
+    # --cache given (on the command line or in a --flagfile) is used as
+    # given; left out, the stages share one file cache in the job's model dir,
+    # and flags.txt leaves it out too so a rerun from it does the same.
+    cache_given = FLAGS["cache"].present
+    cli.write_flagfile(base.train.model_dir, FLAGS, omit=() if cache_given else ("cache",))
     stages_lib.run_pipeline(base, base.train.model_dir, stages=FLAGS.stages,
                           epochs=epochs, learning_rates=rates,
-                          fallback_to_random_weights=is_demo, augment=FLAGS.augment)
+                          fallback_to_random_weights=is_demo, augment=FLAGS.augment,
+                          share_cache=not cache_given)
 
 
 if __name__ == "__main__":

@@ -185,3 +185,37 @@ def test_a_file_cache_of_another_resize_mode_is_not_reused(tmp_path):
     stretch, pad = epoch("stretch"), epoch("pad")
     assert not pad[:, :4].any() and stretch[:, :4].any()  # pad: zero rows above the image
     assert len(_cache_names(cache)) == 2
+
+
+def test_a_file_cache_with_whole_split_shuffle_mixes_the_split_as_memory_does(
+        tmp_path, monkeypatch):
+    """The cache run_pipeline shares between its stages stands in for
+    --cache=memory: every epoch is shuffled over the whole split, not only
+    within the bounded buffer of a --cache folder, where images cached next to
+    each other stay close in every epoch."""
+    from catdog import batching  # pylint: disable=import-outside-toplevel
+    n, seed = 240, 5
+    monkeypatch.setattr(batching, "STREAM_SHUFFLE_BUFFER", 16)
+    paths, labels = _id_paths(tmp_path / "d", n)
+    index = batching.DataIndex(["cats", "dogs"], batching.SplitFiles(paths, labels),
+                               batching.SplitFiles(paths[:4], labels[:4]), [])
+    # Images cached next to each other: the file list shuffled once with the seed.
+    written = np.random.RandomState(seed).permutation(n)
+
+    def spread(whole, folder):
+        config = _data_config(str(tmp_path / "d"), batch_size=8, seed=seed,
+                              deterministic=True, cache=str(tmp_path / folder),
+                              whole_split_shuffle=whole)
+        ds = data.build_split(config, index, "train", training=True)
+        epochs = [_epoch_ids(ds) for _ in range(2)]
+        assert all(sorted(e) == list(range(n)) for e in epochs)
+        # Mean distance in an epoch of the 4 images cached next to each other.
+        spreads = []
+        for e in epochs:
+            where = {i: p for p, i in enumerate(e)}
+            spreads += [np.ptp([where[i] for i in written[k:k + 4]]) for k in range(0, n, 4)]
+        return float(np.mean(spreads))
+
+    bounded, whole = spread(False, "c1"), spread(True, "c2")
+    assert bounded < n / 6, bounded  # the --cache folder: local mixing only
+    assert whole > n / 3, whole  # uniform: 4 of 240 span ~144 positions on average

@@ -107,6 +107,33 @@ def test_run_pipeline_small(tiny_folders, tmp_path):
     table = (tmp_path / "p" / "comparison.md").read_text()
     assert "| feature_extraction |" in table and "RANDOM init" in table
     assert "| fine_tuning |" in proc.stdout
+    # Without --cache the four stages share one file cache in the job's folder
+    # (one key per split), and say where it is and how big.
+    cache = tmp_path / "p" / "cache"
+    keys = {n.name.split("-c")[0].split(".")[0] for n in cache.iterdir()
+            if n.name.endswith(".index")}
+    assert len([k for k in keys if k.startswith("catdog-train-")]) == 1, keys
+    assert len([k for k in keys if k.startswith("catdog-val-")]) == 1, keys
+    assert comp["cache"]["dir"] == str(cache) and comp["cache"]["bytes"] > 0
+    assert f"Decoded images cached for this job: {cache}" in proc.stdout
+    for stage in ("baseline", "fine_tuning"):
+        config = json.loads((tmp_path / "p" / stage / "config.json").read_text())
+        assert config["data"]["cache"] == str(cache)
+    # flags.txt leaves --cache out, so a rerun from it shares the cache too.
+    assert "--cache" not in (tmp_path / "p" / "flags.txt").read_text()
+
+
+@pytest.mark.slow
+def test_run_pipeline_with_an_explicit_memory_cache_caches_per_stage(tiny_folders, tmp_path):
+    train_dir, val_dir = tiny_folders
+    proc = _run("run_pipeline.py", *_common(train_dir, val_dir), "--stages=baseline",
+                "--cache=memory", f"--model_dir={tmp_path}/p")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "p" / "cache").exists()
+    assert json.loads((tmp_path / "p" / "comparison.json").read_text())["cache"] is None
+    config = json.loads((tmp_path / "p" / "baseline" / "config.json").read_text())
+    assert config["data"]["cache"] == "memory"
+    assert "--cache=memory" in (tmp_path / "p" / "flags.txt").read_text()
 
 
 def test_scan_and_training_agree_file_by_file_on_a_salted_folder(tmp_path):

@@ -125,3 +125,137 @@ def test_a_tie_goes_to_the_earlier_stage_without_a_warning(tmp_path, monkeypatch
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert "export " + str(tmp_path / "baseline" / "model.keras") in caplog.text
     assert stages.best_stage([{"stage": "x", "model_val_accuracy": None}]) is None
+
+
+def _count_decodes(monkeypatch):
+    """Counts, per file content, the images the input pipelines decode."""
+    import collections  # pylint: disable=import-outside-toplevel
+    import hashlib  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from catdog import decode  # pylint: disable=import-outside-toplevel
+    seen = collections.Counter()
+    real = decode.decoder
+
+    def spy(*args, **kwargs):
+        decode_image = real(*args, **kwargs)
+
+        def note(contents):
+            seen[hashlib.sha1(contents.numpy()).hexdigest()] += 1
+            return contents
+
+        def counted(contents, image_size):
+            contents = tf.py_function(note, [contents], tf.string)
+            contents.set_shape([])
+            return decode_image(contents, image_size)
+        return counted
+
+    monkeypatch.setattr(decode, "decoder", spy)
+    return seen
+
+
+def test_the_job_decodes_each_image_once_for_all_its_stages(tiny_folders, tmp_path,
+                                                            monkeypatch):
+    train_dir, val_dir = tiny_folders
+    seen = _count_decodes(monkeypatch)
+    job = tmp_path / "job"
+    comp = stages.run_pipeline(_base(train_dir, val_dir, job), str(job),
+                               stages=("baseline", "augmented"),
+                               epochs={"baseline": 2, "augmented": 2})
+    # 32 training and 12 validation images, each decoded once for both stages
+    # (a memory cache per stage decodes each of them twice).
+    assert len(seen) == 44 and set(seen.values()) == {1}, sorted(seen.values())
+    cache = job / "cache"
+    names = sorted(p.name for p in cache.iterdir())
+    # One cache of each split, shared by the stages: the training split in
+    # chunks, validation in one file.
+    train_keys = {n.split("-c")[0] for n in names if n.startswith("catdog-train-")
+                  and n.endswith(".index")}
+    val_index = [n for n in names if n.startswith("catdog-val-") and n.endswith(".index")]
+    assert len(train_keys) == 1 and len(val_index) == 1, names
+    for stage in ("baseline", "augmented"):
+        data = json.loads((job / stage / "config.json").read_text())["data"]
+        assert data["cache"] == str(cache) and data["whole_split_shuffle"] is True
+    size = sum(p.stat().st_size for p in cache.iterdir())
+    assert comp["cache"] == {"dir": str(cache), "bytes": size}
+    assert json.loads((job / "comparison.json").read_text())["cache"]["bytes"] == size > 0
+
+
+def test_an_explicit_memory_cache_decodes_per_stage(tiny_folders, tmp_path, monkeypatch):
+    train_dir, val_dir = tiny_folders
+    seen = _count_decodes(monkeypatch)
+    job = tmp_path / "job"
+    comp = stages.run_pipeline(_base(train_dir, val_dir, job), str(job),
+                               stages=("baseline", "augmented"),
+                               epochs={"baseline": 1, "augmented": 1}, share_cache=False)
+    assert len(seen) == 44 and set(seen.values()) == {2}
+    assert not (job / "cache").exists() and comp["cache"] is None
+    data = json.loads((job / "augmented" / "config.json").read_text())["data"]
+    assert data["cache"] == "memory" and data["whole_split_shuffle"] is False
+    assert (job / "comparison.json").exists()
+
+
+@pytest.mark.parametrize("cache", ["none", "DIR"])
+def test_a_cache_the_user_chose_is_kept(tmp_path, cache):
+    base = C.baseline()
+    base.data.cache = str(tmp_path / "mine") if cache == "DIR" else cache
+    config = stages.stage_config(base, "augmented", str(tmp_path / "job"),
+                                 job_cache=stages.job_cache_dir(base, str(tmp_path / "job")))
+    assert config.data.cache == base.data.cache and not config.data.whole_split_shuffle
+
+
+def test_the_job_cache_sits_in_a_local_model_dir_only(tmp_path):
+    base = C.baseline()
+    assert stages.job_cache_dir(base, str(tmp_path)) == str(tmp_path / "cache")
+    assert stages.job_cache_dir(base, "gs://bucket/job") is None
+    base.data.cache = "none"
+    assert stages.job_cache_dir(base, str(tmp_path)) is None
+
+
+@pytest.mark.slow
+def test_fast_features_run_on_the_job_cache(tiny_folders, tmp_path, monkeypatch):
+    train_dir, val_dir = tiny_folders
+    seen = _count_decodes(monkeypatch)
+    job = tmp_path / "job"
+    base = _base(train_dir, val_dir, job)
+    base.model.weights, base.train.fast_features = "none", True
+    comp = stages.run_pipeline(base, str(job), stages=("baseline", "feature_extraction"),
+                               epochs={"baseline": 1, "feature_extraction": 1})
+    assert [r["epochs_completed"] for r in comp["stages"]] == [1, 1]
+    assert (job / "feature_extraction" / "fast_features.json").exists()
+    # Validation is decoded once for the job; the feature pass reads the
+    # training split once more, in file order (its own cache, once a job).
+    assert len(seen) == 44 and sorted(seen.values()).count(1) == 12
+    assert sorted(seen.values()).count(2) == 32
+
+
+@pytest.mark.slow
+def test_a_job_killed_while_caching_reruns_on_its_cache(tmp_path):
+    """A job killed while caching leaves a partial job cache (here a writer
+    SIGKILLed while caching the validation split under the very prefix the
+    job uses); the rerun clears it, writes it anew and every stage trains."""
+    import signal  # pylint: disable=import-outside-toplevel
+    from catdog import data  # pylint: disable=import-outside-toplevel
+    from helpers import make_class_folder  # pylint: disable=import-outside-toplevel
+    from test_file_cache import _start_cache_worker  # pylint: disable=import-outside-toplevel
+    train_dir = make_class_folder(tmp_path / "train", per_class=16, seed=1)
+    val_dir = make_class_folder(tmp_path / "valid", per_class=20, seed=2)
+    job = tmp_path / "job"
+    base = _base(train_dir, val_dir, job)
+    index = data.index_source(base.data, progress=False)
+    proc = _start_cache_worker(dict(
+        paths=list(index.val.paths), labels=[int(l) for l in index.val.labels],
+        num_classes=2, image_size=list(base.data.image_size), batch_size=4, training=False,
+        cache=str(job / "cache"), split="val"))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    left = os.listdir(job / "cache")
+    assert any(n.startswith("catdog-val-") and n.endswith(".lockfile") for n in left), left
+    comp = stages.run_pipeline(base, str(job), stages=("baseline", "augmented"),
+                               epochs={"baseline": 1, "augmented": 1})
+    assert [r["epochs_completed"] for r in comp["stages"]] == [1, 1]
+    assert [r["val_examples"] for r in comp["stages"]] == [40, 40]
+    names = os.listdir(job / "cache")
+    assert not any(n.endswith(".lockfile") or "tempstate" in n for n in names), names
+    # The killed writer's prefix is the job's: one validation cache, complete.
+    assert len([n for n in names if n.startswith("catdog-val-")
+                and n.endswith(".index")]) == 1, names
