@@ -9,7 +9,8 @@ One run times, on the same folder and the same CPU:
   ``.cache().prefetch()`` (first and second epoch; its cache is float32);
 - catdog's pipeline (:func:`catdog.data.build_dataset`, training mode):
   the one-off file check, the first epoch (read, decode, resize, cache) and
-  a cached epoch; also the first epoch with ``dct_scaling``;
+  a cached epoch; also the first epoch with ``dct_scaling``, and with
+  EXIF orientation off (stock Keras applies none);
 - the decode ceiling: parallel decode + resize of bytes already in memory
   (no file reads), and decode alone.
 
@@ -29,6 +30,7 @@ import time
 
 import numpy as np
 
+from catdog import decode
 from catdog import scan
 from benchmarks.input_loaders import (
     cache_element_bytes, loadavg, local_data_service, machine, rate, ratio, sample_folder,
@@ -199,9 +201,18 @@ def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
         figures.update(keras_round() if first else catdog_round())
         return figures
 
+    def no_exif_round():
+        # Stock Keras applies no EXIF orientation: this row says what catdog's
+        # default EXIF step costs against it.
+        r = time_catdog(gpaths, glabels, image_size, batch_size, epochs=1,
+                        decode_options=decode.DecodeOptions(exif_orientation=False))
+        return {"catdog_no_exif_first_epoch_img_per_s": r["first_epoch_img_per_s"],
+                "catdog_no_exif_first_epoch_img_per_cpu_s": r["first_epoch_img_per_cpu_s"]}
+
     loaders = [
         lambda: time_decode_ceiling(paths, image_size, batch_size),
         side_by_side,
+        no_exif_round,
         idg_round,
         dct_round,
         lambda: {"memcpy_img_per_s": time_memcpy(len(gpaths), image_size)},
@@ -272,6 +283,10 @@ def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
                                    result["decode_ceiling_img_per_cpu_s"]),
         ratio_dct_vs_keras_cpu=ratio(result["catdog_dct_first_epoch_img_per_cpu_s"],
                                      result["keras_img_per_cpu_s"]),
+        ratio_no_exif_vs_keras=ratio(result["catdog_no_exif_first_epoch_img_per_s"],
+                                     result["keras_img_per_s"]),
+        ratio_no_exif_vs_keras_cpu=ratio(result["catdog_no_exif_first_epoch_img_per_cpu_s"],
+                                         result["keras_img_per_cpu_s"]),
         cache_bytes_vs_nhw3=ratio(result["catdog_cache_bytes"], n_hw3),
         cache_rss_vs_nhw3=ratio(result["catdog_cache_rss_delta_bytes"], n_hw3),
         loadavg_end=loadavg())
@@ -320,6 +335,8 @@ def format_table(r: dict) -> str:
          "catdog_first_epoch_with_scan_img_per_s"),
         ("catdog, cached epoch", "catdog_cached_epoch_img_per_s"),
         ("catdog --dct_scaling, first epoch", "catdog_dct_first_epoch_img_per_s"),
+        ("catdog --exif_orientation=false, first epoch",
+         "catdog_no_exif_first_epoch_img_per_s"),
         ("decode ceiling: parallel decode + resize of in-memory bytes",
          "decode_ceiling_img_per_s"),
         ("decode alone (in-memory bytes)", "decode_only_img_per_s"),
@@ -359,8 +376,11 @@ def format_table(r: dict) -> str:
         "",
         f"- {headline(r)}",
         f"- catdog / stock Keras, first epoch: {r['ratio_vs_keras']}x "
-        f"(--dct_scaling: {r['ratio_dct_vs_keras']}x); per CPU-second "
-        f"{r['ratio_vs_keras_cpu']}x (--dct_scaling: {r['ratio_dct_vs_keras_cpu']}x)",
+        f"(--dct_scaling: {r['ratio_dct_vs_keras']}x; --exif_orientation=false: "
+        f"{r['ratio_no_exif_vs_keras']}x); per CPU-second "
+        f"{r['ratio_vs_keras_cpu']}x (--dct_scaling: {r['ratio_dct_vs_keras_cpu']}x; "
+        f"--exif_orientation=false: {r['ratio_no_exif_vs_keras_cpu']}x; stock Keras "
+        "applies no EXIF orientation)",
         f"- catdog / decode ceiling, first epoch: {r['ratio_vs_ceiling']}x "
         f"(--dct_scaling: {r['ratio_dct_vs_ceiling']}x); per CPU-second "
         f"{r['ratio_vs_ceiling_cpu']}x",

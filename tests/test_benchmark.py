@@ -58,9 +58,12 @@ def test_benchmark_script_writes_consistent_json(tmp_path):
             ("ratio_vs_keras_cpu", "catdog_first_epoch_img_per_cpu_s", "keras_img_per_cpu_s"),
             ("ratio_ceiling_vs_keras", "decode_ceiling_img_per_s", "keras_img_per_s"),
             ("ratio_floor_vs_keras_cpu", "entropy_floor_img_per_cpu_s",
+             "keras_img_per_cpu_s"),
+            ("ratio_no_exif_vs_keras_cpu", "catdog_no_exif_first_epoch_img_per_cpu_s",
              "keras_img_per_cpu_s")]:
         assert r[ratio] == pytest.approx(r[num] / r[den], abs=1e-3), ratio
     assert "| JPEG entropy-decoding floor" in proc.stdout
+    assert "| catdog --exif_orientation=false, first epoch |" in proc.stdout
     # catdog's first epoch and stock Keras run side by side in every round:
     # the ratio of each round, its median and spread, on one headline line.
     for key, num, den in [
