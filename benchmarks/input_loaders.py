@@ -168,11 +168,11 @@ def time_decode_ceiling(paths, image_size, batch_size: int) -> dict:
 
 
 def time_catdog(paths, labels, image_size, batch_size: int, dct_scaling: bool = False,
-                epochs: int = 2) -> dict:
+                epochs: int = 2, decode_options=None) -> dict:
     """catdog's training pipeline: first epoch (decode + cache fill), then cached."""
     ds = data_lib.build_dataset(paths, labels, num_classes=2, image_size=image_size,
                                 batch_size=batch_size, training=True, cache="memory",
-                                dct_scaling=dct_scaling)
+                                dct_scaling=dct_scaling, decode_options=decode_options)
     rss0 = input_memory.rss_bytes()
     n1, s1, cpu1 = time_batches(ds)
     rss1 = input_memory.rss_bytes()

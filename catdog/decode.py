@@ -120,21 +120,32 @@ def _window(contents: tf.Tensor, pos: tf.Tensor, n: int) -> tf.Tensor:
     return tf.strings.substr(padded, 0, n)
 
 
-def _exif_tiff(contents: tf.Tensor):
-    """``(found, 8 TIFF header bytes, offset of the TIFF header)`` of the JPEG's Exif APP1.
+def _exif_id_position(contents: tf.Tensor):
+    """``(found, position)`` of the first ``"Exif\\0\\0"`` in the JPEG's first bytes.
+
+    One substring search (``StringSplitV2`` on the head, at most one split):
+    ``tf.strings.split`` would wrap it in ragged-tensor ops that cost more
+    than the search itself.
+    """
+    head = tf.reshape(tf.strings.substr(contents, 0, _EXIF_SEARCH_BYTES), [1])
+    parts = tf.raw_ops.StringSplitV2(input=head, sep=_EXIF_ID, maxsplit=1).values
+    pos = tf.cast(tf.strings.length(parts[0]), tf.int64)  # where the id starts
+    return tf.equal(tf.size(parts), 2), pos
+
+
+def _exif_tiff(contents: tf.Tensor, pos: tf.Tensor):
+    """``(found, 8 TIFF header bytes, offset of the TIFF header)`` of the Exif
+    id at ``pos``.
 
     The Exif APP1 segment opens a JPEG (right after SOI, or after a JFIF
     APP0), so the first ``"Exif\\0\\0"`` in the first bytes, preceded by an
-    APP1 marker and its length, is it. One substring search: a segment walk
-    in tf ops costs several times more per image.
+    APP1 marker and its length, is it. One substring search
+    (:func:`_exif_id_position`): a segment walk in tf ops costs several
+    times more per image.
     """
-    head = tf.strings.substr(contents, 0, _EXIF_SEARCH_BYTES)
-    parts = tf.strings.split(head, sep=_EXIF_ID, maxsplit=1)
-    pos = tf.cast(tf.strings.length(parts[0]), tf.int64)  # where the id starts
     # FF E1, the segment length, the id, the TIFF header: 18 bytes.
     window = tf.cast(tf.io.decode_raw(_window(contents, pos - 4, 18), tf.uint8), tf.int64)
-    found = (tf.size(parts) == 2) & (pos >= 4) & tf.equal(window[0], 0xFF) \
-        & tf.equal(window[1], 0xE1)
+    found = (pos >= 4) & tf.equal(window[0], 0xFF) & tf.equal(window[1], 0xE1)
     return found, window[10:18], pos + len(_EXIF_ID)
 
 
@@ -170,12 +181,18 @@ def exif_orientation(contents: tf.Tensor) -> tf.Tensor:
     A ``tf.function``, so an eager decode (prediction) runs the parse as one
     graph rather than op by op.
     """
-    # No tf.cond: every read is clamped to the bytes, so the parse is safe
-    # on any input, and cheaper than control flow.
-    found, head, tiff = _exif_tiff(contents)
-    value = _tiff_orientation(contents, head, tiff)
-    valid = tf.io.is_jpeg(contents) & found & (value >= 1) & (value <= 8)
-    return tf.cast(tf.where(valid, value, 1), tf.int32)
+    # Every read is clamped to the bytes, so the parse is safe on any input.
+    # Most photos have no Exif id: they skip the TIFF reads (one tf.cond,
+    # cheaper than its dozens of small ops).
+    has_id, pos = _exif_id_position(contents)
+
+    def parse():
+        found, head, tiff = _exif_tiff(contents, pos)
+        value = _tiff_orientation(contents, head, tiff)
+        valid = tf.io.is_jpeg(contents) & found & (value >= 1) & (value <= 8)
+        return tf.cast(tf.where(valid, value, 1), tf.int32)
+
+    return tf.cond(has_id, parse, lambda: tf.constant(1, tf.int32))
 
 
 def _swaps_sides(orientation: tf.Tensor) -> tf.Tensor:

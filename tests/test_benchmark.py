@@ -58,9 +58,22 @@ def test_benchmark_script_writes_consistent_json(tmp_path):
             ("ratio_vs_keras_cpu", "catdog_first_epoch_img_per_cpu_s", "keras_img_per_cpu_s"),
             ("ratio_ceiling_vs_keras", "decode_ceiling_img_per_s", "keras_img_per_s"),
             ("ratio_floor_vs_keras_cpu", "entropy_floor_img_per_cpu_s",
+             "keras_img_per_cpu_s"),
+            ("ratio_no_exif_vs_keras_cpu", "catdog_no_exif_first_epoch_img_per_cpu_s",
              "keras_img_per_cpu_s")]:
         assert r[ratio] == pytest.approx(r[num] / r[den], abs=1e-3), ratio
     assert "| JPEG entropy-decoding floor" in proc.stdout
+    assert "| catdog --exif_orientation=false, first epoch |" in proc.stdout
+    # catdog's first epoch and stock Keras run side by side in every round:
+    # the ratio of each round, its median and spread, on one headline line.
+    for key, num, den in [
+            ("ratio_vs_keras_rounds", "catdog_first_epoch_img_per_s", "keras_img_per_s"),
+            ("ratio_vs_keras_cpu_rounds", "catdog_first_epoch_img_per_cpu_s",
+             "keras_img_per_cpu_s")]:
+        assert r[key] == [pytest.approx(x[num] / x[den], abs=1e-3) for x in r["rounds"]], key
+        assert r[key.replace("_rounds", "_median")] == pytest.approx(
+            float(np.median(r[key])), abs=1e-3)
+    assert benchmark.headline(r) in proc.stdout
     assert r["catdog_cache_bytes"] == 16 * (32 * 32 * 3 + 4)
     assert isinstance(r["catdog_scan_seconds"], float)
     assert r["machine"]["cores"] >= 1 and len(r["loadavg_start"]) == 3
@@ -71,6 +84,16 @@ def test_benchmark_script_writes_consistent_json(tmp_path):
     # user's check cache, where they would pile up run after run.
     cache = os.environ["CATDOG_CACHE_DIR"]
     assert not os.path.isdir(cache) or os.listdir(cache) == []
+
+
+def test_headline_gives_catdog_first_epoch_against_stock_keras_per_round():
+    r = {"ratio_vs_keras_median": 1.02, "ratio_vs_keras_rounds": [0.98, 1.02, 1.1],
+         "ratio_vs_keras_cpu_median": 1.05, "ratio_vs_keras_cpu_rounds": [1.05, 1.01, 1.07],
+         "ratio_vs_keras": 1.04, "ratio_vs_keras_cpu": 1.03, "repeats": 3}
+    line = benchmark.headline(r)
+    assert line.startswith("catdog first epoch / stock Keras image_dataset_from_directory")
+    assert "wall 1.02x (median of 3 rounds, 0.98-1.1)" in line
+    assert "per CPU-second 1.05x (median, 1.01-1.07)" in line
 
 
 def test_benchmark_rejects_a_missing_folder(tmp_path):

@@ -160,6 +160,10 @@ def test_big_endian_exif_and_garbled_tags_never_fail_the_decode(tmp_path):
         "no entries": (open(helpers.write_jpeg_exif_only(tmp_path / "e.jpg"), "rb").read(), 1),
         "no EXIF": (plain, 1),
         "PNG": (helpers.png_bytes("exif"), 1),
+        # Only the first Exif id counts, and only right after an APP1 marker.
+        "first Exif id in a comment": (
+            plain[:2] + b"\xff\xfe\x00\x0aExif\x00\x00\x00\x00"
+            + _mm_exif_jpeg(_mm_tiff(6))[2:], 1),
     }
     for what, (contents, expected) in cases.items():
         contents = tf.constant(contents)
@@ -169,6 +173,21 @@ def test_big_endian_exif_and_garbled_tags_never_fail_the_decode(tmp_path):
     # A truncated APP1 (its length runs past the end of the file) is no tag either.
     cut = _mm_exif_jpeg(_mm_tiff(6))[:30]
     assert int(decode.exif_orientation(tf.constant(cut))) == 1
+    # Bytes that are no image at all have no tag (their decode fails, not the parse).
+    for what, contents in {"no bytes": b"",
+                           "Exif id at the start": b"Exif\x00\x00" + _mm_tiff(6)}.items():
+        assert int(decode.exif_orientation(tf.constant(contents))) == 1, what
+
+
+def test_a_photo_without_an_exif_id_skips_the_tiff_parse():
+    # Most photos carry no Exif: for them the parse stops after the one
+    # search for the Exif id; the TIFF reads run only in the branch taken
+    # when the id is found.
+    graph = decode.exif_orientation.get_concrete_function().graph
+    top = {op.type for op in graph.get_operations()}
+    assert top & {"If", "StatelessIf"}, sorted(top)
+    assert "DecodeRaw" not in top, sorted(top)
+    assert not any(t.startswith("Ragged") for t in top), sorted(top)
 
 
 # ---------------------------------------------------------------------------
