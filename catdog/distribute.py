@@ -67,6 +67,10 @@ def build_strategy(name: str = "auto",
 
     Returns:
       The strategy. Build models and compile them under ``strategy.scope()``.
+      The same arguments return the same object for the life of the process
+      (the stages of one job share it): a second MirroredStrategy restarts
+      TensorFlow's collective keys, and its all-reduces clash with the first
+      one's.
 
     Raises:
       ValueError: unknown ``name``, or a missing / invalid ``TF_CONFIG``, or
@@ -76,12 +80,28 @@ def build_strategy(name: str = "auto",
         raise ValueError(
             f"Unknown strategy {name!r} (--strategy); choose one of "
             f"{', '.join(STRATEGY_NAMES)}.")
+    if name == "auto" and _describes_cluster(os.environ.get("TF_CONFIG")):
+        _log.warning(
+            "TF_CONFIG describes a multi-worker cluster, but strategy "
+            "'auto' trains on this process only; pass "
+            "--strategy=multi_worker to train across the cluster.")
+    if name == "multi_worker":
+        parse_tf_config(os.environ.get("TF_CONFIG"))
+    key = (name, tpu, os.environ.get("TF_CONFIG") if name == "multi_worker" else None)
+    if key not in _BUILT:
+        strategy = _new_strategy(name, tpu)
+        if strategy is tf.distribute.get_strategy():
+            return strategy  # the default strategy: nothing was built
+        _BUILT[key] = strategy
+    return _BUILT[key]
+
+
+# The strategies this process built, by build_strategy's arguments.
+_BUILT: dict = {}
+
+
+def _new_strategy(name: str, tpu: str | None) -> tf.distribute.Strategy:
     if name == "auto":
-        if _describes_cluster(os.environ.get("TF_CONFIG")):
-            _log.warning(
-                "TF_CONFIG describes a multi-worker cluster, but strategy "
-                "'auto' trains on this process only; pass "
-                "--strategy=multi_worker to train across the cluster.")
         gpus = tf.config.list_physical_devices("GPU")
         if len(gpus) > 1:
             return tf.distribute.MirroredStrategy()
@@ -99,7 +119,6 @@ def build_strategy(name: str = "auto",
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(cpus if len(cpus) > 1 else None)
     if name == "multi_worker":
-        parse_tf_config(os.environ.get("TF_CONFIG"))
         return tf.distribute.MultiWorkerMirroredStrategy()
     return _build_tpu_strategy(tpu)
 
@@ -320,6 +339,32 @@ def global_batch_check(batch_size: int, strategy) -> int:
             f"{replicas} replicas; use a multiple of {replicas} (it is the "
             f"global batch size, e.g. {lower} or {upper}).")
     return batch_size // replicas
+
+
+def steps_per_execution_check(steps: int, strategy) -> None:
+    """Refuses several steps per execution over several replicas (not TPU).
+
+    Keras 3 runs ``steps_per_execution > 1`` as a ``tf.while_loop`` whose
+    ``tf.cond`` calls ``strategy.run``; under MirroredStrategy and
+    MultiWorkerMirroredStrategy with more than one replica that graph fails
+    in the first step (a placeholder is never fed), so the run is refused
+    before anything is built.
+
+    Args:
+      steps: ``--steps_per_execution``.
+      strategy: the job's strategy.
+
+    Raises:
+      ValueError: naming ``--steps_per_execution`` and the replica count.
+    """
+    replicas = int(strategy.num_replicas_in_sync)
+    if steps == 1 or replicas == 1 or isinstance(strategy, tf.distribute.TPUStrategy):
+        return
+    raise ValueError(
+        f"--steps_per_execution={steps} needs one replica: Keras cannot run several "
+        f"steps per call under {type(strategy).__name__} with {replicas} replicas "
+        f"(its multi-step loop fails in the first step). Use --steps_per_execution=1 "
+        f"with this --strategy, or train on one device.")
 
 
 _SOURCE_POLICIES = {

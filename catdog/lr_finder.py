@@ -14,8 +14,11 @@ The suggestion is the rate of the steepest descent of the smoothed loss
 (the most negative slope against log rate, before the loss minimum), with
 the rate of the loss minimum divided by 10 as a second opinion. The run
 stops early once the smoothed loss exceeds 4 times its minimum (the rate has
-diverged). Nothing of the model is kept: it is a throw-away run on one
-device, without class weights.
+diverged). Nothing of the model is kept: it is a throw-away run without
+class weights, in one process: on one device or, with
+``--strategy=mirrored``, over the local devices (the training job's global
+``--batch_size``, so its suggestion holds for that job). A strategy across
+processes (``multi_worker``, ``tpu``) is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 
 from catdog import config as config_lib
 from catdog import data as data_lib
+from catdog import distribute
 from catdog import figures
 from catdog import fileio
 from catdog import fine_tuning
@@ -39,6 +43,8 @@ JSON_FILE = "lr_find.json"
 PNG_FILE = "lr_find.png"
 SMOOTHING = 0.98  # exponential moving average of the loss (fast.ai's beta)
 DIVERGED = 4.0  # stop when the smoothed loss exceeds this times its minimum
+#: Values of ``--strategy`` the range test runs under (one process).
+STRATEGIES = ("auto", "default", "one_device", "mirrored")
 
 
 class _LossRecorder(keras.callbacks.Callback):
@@ -108,6 +114,14 @@ def find_lr(config: config_lib.Config, min_lr: float = 1e-7, max_lr: float = 1.0
                          f"Received: lr_find_steps={steps!r}")
     config = config_lib.Config.from_dict(config.to_dict())
     config.validate()
+    if config.train.strategy not in STRATEGIES:
+        raise ValueError(
+            f"`--strategy={config.train.strategy}` is not supported by the learning-rate "
+            f"range test, which runs in one process; use one of {', '.join(STRATEGIES)} "
+            f"(e.g. --strategy=mirrored over this machine's devices) with the training "
+            f"job's --batch_size.")
+    strategy = distribute.build_strategy(config.train.strategy)
+    distribute.global_batch_check(config.data.batch_size, strategy)
     keras.utils.set_random_seed(config.data.seed)
     split = None
     if config.stage == "fine_tuning":
@@ -117,11 +131,11 @@ def find_lr(config: config_lib.Config, min_lr: float = 1e-7, max_lr: float = 1.0
     else:
         index = data_lib.index_source(config.data, progress=progress)
     train_ds, _, _ = data_lib.build_datasets(config.data, index)
-    policy = precision.resolve_policy(config.train.mixed_precision, None)
+    policy = precision.resolve_policy(config.train.mixed_precision, strategy)
     t = config.train
     schedule = keras.optimizers.schedules.ExponentialDecay(
         min_lr, decay_steps=1, decay_rate=(max_lr / min_lr) ** (1.0 / (steps - 1)))
-    with precision.policy_scope(policy):
+    with precision.policy_scope(policy), strategy.scope():
         if config.stage == "fine_tuning":
             model = models.load_for_fine_tuning(config.model.init_from, policy)
             models.unfreeze_top(model, config.model.backbone, config.model.fine_tune_layers)
@@ -136,6 +150,8 @@ def find_lr(config: config_lib.Config, min_lr: float = 1e-7, max_lr: float = 1.0
     suggestion = suggest(recorder.rates, recorder.smoothed)
     result = {"stage": config.stage, "min_lr": min_lr, "max_lr": max_lr,
               "steps": len(recorder.rates), "optimizer": t.optimizer,
+              "strategy": type(strategy).__name__,
+              "replicas": int(strategy.num_replicas_in_sync),
               "suggested_learning_rate": suggestion["steepest"], **suggestion,
               "rates": recorder.rates, "losses": recorder.losses,
               "smoothed_losses": recorder.smoothed}

@@ -210,6 +210,7 @@ def run(config: config_lib.Config, progress: bool = True,
     strategy = distribute.build_strategy(config.train.strategy, tpu=config.train.tpu or None)
     keras_patches.apply_keras_multiworker_fix(strategy)
     distribute.global_batch_check(config.data.batch_size, strategy)
+    distribute.steps_per_execution_check(config.train.steps_per_execution, strategy)
     # From here to the end of fit: a worker of a multi-worker job that is gone
     # stops this one within the timeout (exit 75), in whatever phase.
     watchdog = watchdog_lib.WorkerWatchdog(

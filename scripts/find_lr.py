@@ -4,7 +4,10 @@ Trains the stage's model for --lr_find_steps steps while the rate grows
 exponentially from --lr_find_min to --lr_find_max, then writes lr_find.png
 (loss against rate) and lr_find.json (the curve and the suggested rate: the
 steepest descent of the loss; also the rate of the minimum loss / 10) into
---model_dir. It takes every training flag (data, model, --optimizer).
+--model_dir. It takes every training flag (data, model, --optimizer), and
+runs in one process: on one device or with --strategy=mirrored over the local
+devices (--batch_size is the global batch, as in training); --strategy=
+multi_worker or tpu exits with 2.
 
 Example:
   python scripts/find_lr.py --stage=feature_extraction --train_dir=training_set \

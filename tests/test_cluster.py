@@ -367,3 +367,53 @@ def test_two_workers_train_with_mixing_rand_augment_and_smoothing(tmp_path):
     assert r0["weights_sha256"] == r1["weights_sha256"]
     assert len(_history(model_dir)) == 2
     assert json.loads((model_dir / "config.json").read_text())["train"]["cutmix"] == 1.0
+
+
+def _evaluate_saved_model(model_dir, train_dir, val_dir, image_size=24, batch=8):
+    """Loss and accuracy of ``model_dir``'s model.keras over the whole
+    validation folder, on one device."""
+    from catdog import config as C  # pylint: disable=import-outside-toplevel
+    from catdog import data, models  # pylint: disable=import-outside-toplevel
+    c = C.for_stage("baseline")
+    c.data.train_dir, c.data.val_dir = str(train_dir), str(val_dir)
+    c.data.image_size, c.data.batch_size = (image_size, image_size), batch
+    index = data.index_source(c.data, progress=False)
+    _, val_ds, _ = data.build_datasets(c.data, index)
+    model = models.load_model(str(model_dir))
+    models.compile_model(model, index.num_classes, 1e-3)
+    return model.evaluate(val_ds, verbose=0, return_dict=True)
+
+
+@pytest.mark.slow  # two workers for up to 13 epochs (~1 min)
+def test_two_workers_stop_early_at_the_same_epoch_on_the_metric_of_all_workers(
+        tiny_folders, tmp_path):
+    """Cosine with warm-up and early stopping across two workers: each worker
+    validates half of the images, yet both decide on the metric over all of
+    them (the number a single device computes), so both stop after the same
+    epoch (a worker stopping alone would leave the other waiting in a
+    collective) and the chief writes why."""
+    train_dir, val_dir = tiny_folders
+    model_dir = tmp_path / "m"
+    # 12 validation images: val_accuracy cannot rise strictly for 13 epochs.
+    r0, r1 = _train_two_workers(
+        tmp_path, [*_flags(train_dir, val_dir, model_dir, epochs=30), "--lr_schedule=cosine",
+                   "--warmup_epochs=1", "--early_stopping_patience=1",
+                   "--learning_rate=0.01"], timeout=600)
+    m0, m1 = r0["metrics"], r1["metrics"]
+    assert r0["weights_sha256"] == r1["weights_sha256"]
+    assert m0["epochs_completed"] == m1["epochs_completed"] < 30
+    assert m0["final"] == m1["final"]  # every logged number, on both workers
+    assert m0["best_epoch"] == m1["best_epoch"]
+    rows = _history(model_dir)
+    assert len(rows) == m0["epochs_completed"]
+    accs = [float(r["val_accuracy"]) for r in rows]
+    best = accs.index(max(accs))
+    assert len(rows) == best + 2  # stopped one epoch after the best
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["stopped"] == (f"early stopping: val_accuracy did not improve for "
+                                  f"1 epoch after epoch {best + 1}")
+    assert metrics["best_epoch"] == best + 1
+    # The logged validation numbers are those of all 12 images.
+    full = _evaluate_saved_model(model_dir, train_dir, val_dir)
+    assert full["accuracy"] == pytest.approx(accs[best])
+    assert full["loss"] == pytest.approx(float(rows[best]["val_loss"]), rel=1e-4)

@@ -64,6 +64,15 @@ def test_one_device_and_mirrored_on_cpu():
     assert mirrored.num_replicas_in_sync == 1
 
 
+def test_a_strategy_is_built_once_per_process():
+    """The stages of one job (run_pipeline.py) share one strategy: a second
+    MirroredStrategy in the process restarts TensorFlow's collective keys, so
+    its all-reduces clash with the first one's (a shape mismatch as soon as
+    the model differs)."""
+    for name in ("mirrored", "one_device"):
+        assert distribute.build_strategy(name) is distribute.build_strategy(name)
+
+
 def test_unknown_strategy_lists_the_choices():
     with pytest.raises(ValueError) as e:
         distribute.build_strategy("horovod")
@@ -172,6 +181,16 @@ def test_any_worker_is_the_flag_itself_without_multi_worker():
 
 # --------------------------------------------------------------------------
 # global batch size
+
+
+def test_several_steps_per_execution_need_one_replica():
+    from helpers import FakeMultiWorker  # pylint: disable=import-outside-toplevel
+    one = tf.distribute.get_strategy()
+    distribute.steps_per_execution_check(4, one)
+    distribute.steps_per_execution_check(1, FakeMultiWorker(replicas=2))
+    with pytest.raises(ValueError, match=r"--steps_per_execution=4 .*2 replicas") as e:
+        distribute.steps_per_execution_check(4, FakeMultiWorker(replicas=2))
+    assert "--steps_per_execution=1" in str(e.value)
 
 
 def test_global_batch_check_returns_the_per_replica_batch():

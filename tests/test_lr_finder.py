@@ -57,6 +57,24 @@ def test_script_refuses_bad_bounds_with_exit_2(tmp_path):
     assert "--lr_find_min" in proc.stderr
 
 
+@pytest.mark.parametrize("strategy", ["multi_worker", "tpu"])
+def test_script_refuses_a_strategy_across_processes_with_exit_2(tiny_folders, tmp_path,
+                                                                strategy):
+    """The range test runs in one process (one device or mirrored over the
+    local ones); a cluster strategy is refused before anything is trained."""
+    train_dir, val_dir = tiny_folders
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "find_lr.py"),
+         f"--train_dir={train_dir}", f"--val_dir={val_dir}", "--image_size=24",
+         "--batch_size=8", f"--model_dir={tmp_path / 'lr'}", "--lr_find_steps=5",
+         f"--strategy={strategy}"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"--strategy={strategy}" in proc.stderr and "mirrored" in proc.stderr
+    assert not (tmp_path / "lr" / "lr_find.json").exists()
+
+
 @pytest.mark.slow  # a stage-3 run, then the test on its model (~25 s)
 def test_range_test_of_fine_tuning_starts_from_the_stage3_model(tiny_folders, tmp_path):
     from catdog import train  # pylint: disable=import-outside-toplevel
