@@ -76,8 +76,9 @@ BACKBONES = {
     # ResNet50: the last residual block conv5_block3 (10 layers).
     "resnet50": Backbone(keras.applications.ResNet50, "caffe", "conv5_block3_1_conv",
                          lambda a, s: "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    # MobileNet v1: the last depthwise-separable block conv_dw_13/conv_pw_13 (6 layers).
-    "mobilenet": Backbone(keras.applications.MobileNet, "tf", "conv_dw_13",
+    # MobileNet v1: the last five depthwise-separable blocks 9-13 (31 layers,
+    # 10 convolutions); one block of two small convolutions adapts too little.
+    "mobilenet": Backbone(keras.applications.MobileNet, "tf", "conv_dw_9",
                           _mobilenet_file, has_alpha=True),
     # MobileNetV2: the last inverted-residual block 16 and the 1x1 top conv (12 layers).
     "mobilenet_v2": Backbone(keras.applications.MobileNetV2, "tf", "block_16_expand",

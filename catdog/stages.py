@@ -35,6 +35,7 @@ CACHE_DIR = "cache"
 def stage_config(base: config_lib.Config, stage: str, model_dir: str,
                  epochs: dict = None, learning_rates: dict = None,
                  augment: Optional[bool] = None,
+                 settings: Optional[dict] = None,
                  job_cache: Optional[str] = None) -> config_lib.Config:
     """The config of one stage: the stage preset with ``base``'s data and model settings.
 
@@ -47,17 +48,26 @@ def stage_config(base: config_lib.Config, stage: str, model_dir: str,
       augment: augmentation on or off for every stage that builds its model
         (``None``: each stage's preset); fine_tuning keeps its
         ``init_from`` model's block.
+      settings: ``{setting: value}`` the user gave for every stage, among
+        :data:`catdog.config.PRESET_SETTINGS` (the others are each stage's
+        preset's; ``epochs`` and ``learning_rates`` come first).
       job_cache: the job's file cache (:func:`job_cache_dir`): the stage
         caches there instead of in memory, shuffling the whole split every
         epoch as a memory cache does; None keeps ``base``'s cache.
     """
+    unknown = sorted(set(settings or {}) - set(config_lib.PRESET_SETTINGS))
+    if unknown:
+        raise ValueError(f"settings {unknown} are not chosen by the stage presets; "
+                         f"expected some of {config_lib.PRESET_SETTINGS}")
     preset = config_lib.for_stage(stage)
     config = copy.deepcopy(base)
     config.model.stage = stage
     config.model.augment = preset.model.augment if augment is None else bool(augment)
-    config.train.epochs = (epochs or {}).get(stage, preset.train.epochs)
+    for field in config_lib.PRESET_SETTINGS:
+        setattr(config.train, field, (settings or {}).get(field, getattr(preset.train, field)))
+    config.train.epochs = (epochs or {}).get(stage, config.train.epochs)
     config.train.learning_rate = (learning_rates or {}).get(
-        stage, preset.train.learning_rate)
+        stage, config.train.learning_rate)
     config.train.model_dir = os.path.join(model_dir, stage)
     config.model.init_from = (os.path.join(model_dir, "feature_extraction")
                               if stage == "fine_tuning" else "")
@@ -97,7 +107,8 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
                  stages=config_lib.STAGES, epochs: dict = None,
                  learning_rates: dict = None,
                  fallback_to_random_weights: bool = False,
-                 augment: Optional[bool] = None, share_cache: bool = True) -> dict:
+                 augment: Optional[bool] = None,
+                 settings: Optional[dict] = None, share_cache: bool = True) -> dict:
     """Trains the stages in order and writes the comparison.
 
     Args:
@@ -109,6 +120,8 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
       epochs: ``{stage: epochs}`` overrides.
       learning_rates: ``{stage: learning rate}`` overrides.
       augment: augmentation on or off for stages 1-3 (``None``: their presets).
+      settings: preset settings the user gave for every stage (see
+        :func:`stage_config`).
       fallback_to_random_weights: when ImageNet weights cannot be obtained,
         say so and train the backbone stages from random initialisation
         (the demo does this); otherwise that is an error.
@@ -142,7 +155,7 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
     weights_note = ""
     for stage in stages:
         config = stage_config(base, stage, model_dir, epochs, learning_rates, augment,
-                              job_cache=cache_dir)
+                              settings, job_cache=cache_dir)
         logging.info("=== stage %s -> %s", stage, config.train.model_dir)
         note = weights_note if stage in ("feature_extraction", "fine_tuning") else ""
         try:

@@ -40,6 +40,7 @@ DEMO_EPOCHS = {"baseline": 6, "augmented": 6, "feature_extraction": 3, "fine_tun
 
 
 def _run():
+    from catdog import config as config_lib
     from catdog import demo
     from catdog import stages as stages_lib
     is_demo = not (FLAGS.train_dir or FLAGS.train_tfrecords or FLAGS.tfds_name
@@ -60,19 +61,19 @@ def _run():
     if not base.train.model_dir:
         raise ValueError("`--model_dir` must name a folder for the results. "
                          "Received: model_dir=None")
-    epochs = ({s: FLAGS.epochs for s in FLAGS.stages} if FLAGS.epochs is not None
-              else (DEMO_EPOCHS if is_demo else None))
-    rates = ({s: FLAGS.learning_rate for s in FLAGS.stages}
-             if FLAGS.learning_rate is not None else None)
+    # A preset setting given on the command line applies to every stage; the
+    # others are each stage's preset's.
+    settings = {name: getattr(base.train, name) for name in config_lib.PRESET_SETTINGS
+                if FLAGS[name].value is not None}
+    epochs = DEMO_EPOCHS if is_demo and "epochs" not in settings else None
     # --cache given (on the command line or in a --flagfile) is used as
     # given; left out, the stages share one file cache in the job's model dir,
     # and flags.txt leaves it out too so a rerun from it does the same.
     cache_given = FLAGS["cache"].present
     cli.write_flagfile(base.train.model_dir, FLAGS, omit=() if cache_given else ("cache",))
-    stages_lib.run_pipeline(base, base.train.model_dir, stages=FLAGS.stages,
-                          epochs=epochs, learning_rates=rates,
+    stages_lib.run_pipeline(base, base.train.model_dir, stages=FLAGS.stages, epochs=epochs,
                           fallback_to_random_weights=is_demo, augment=FLAGS.augment,
-                          share_cache=not cache_given)
+                          settings=settings, share_cache=not cache_given)
 
 
 if __name__ == "__main__":

@@ -147,3 +147,13 @@ def test_weights_file_errors_restore_keras_download(tmp_path, keras_download):
     for a, b in zip(loaded.get_weights(), source.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert file_utils.get_file is fake and keras_download["asked"] == []
+
+
+def test_mobilenet_fine_tuning_unfreezes_its_last_five_separable_blocks():
+    # One depthwise-separable block (two small convolutions) gave fine-tuning
+    # too little to adapt: stage 4 then barely moved from stage 3.
+    m = models.build_transfer((32, 32), 2, "mobilenet", weights="none", alpha=0.25)
+    models.unfreeze_top(m, "mobilenet")
+    trainable = {l.name for l in models.find_backbone(m).layers if l.trainable and l.weights}
+    assert trainable == {f"conv_{kind}_{block}" for kind in ("dw", "pw")
+                         for block in (9, 10, 11, 12, 13)}

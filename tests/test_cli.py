@@ -4,6 +4,7 @@ import os
 from absl import flags
 import pytest
 
+from catdog import config as C
 from catdog import cli
 from catdog import errors
 
@@ -21,7 +22,9 @@ def test_flags_override_the_stage_preset(fv):
         "--model_dir=m", "--mixed_precision=float32"])
     c = cli.config_from_flags("fine_tuning", fv)
     assert c.data.image_size == (96, 64) and c.data.class_names == ("dogs", "cats")
-    assert c.train.learning_rate == 1e-4 and c.train.epochs == 20  # preset
+    preset = C.fine_tuning().train
+    assert (c.train.learning_rate, c.train.epochs) == (preset.learning_rate, preset.epochs)
+    assert c.train.learning_rate == 1e-4  # fine-tuning's own low rate
     assert c.stage == "fine_tuning"
     fv(["prog", "--epochs=3", "--learning_rate=0.01"])
     c = cli.config_from_flags("baseline", fv)
@@ -111,11 +114,14 @@ def test_worker_timeout_flag(fv):
 
 
 def _other_value(spec):
-    """A command-line value of ``spec``'s flag that differs from its default."""
+    """A command-line value of ``spec``'s flag that differs from its default
+    and from the baseline preset's value."""
+    from catdog import config as config_lib  # pylint: disable=import-outside-toplevel
+    preset = getattr(getattr(config_lib.baseline(), spec.section), spec.field)
     if spec.kind == "boolean":
         return "false" if spec.flag_default else "true"
     if spec.kind == "enum":
-        return next(c for c in spec.choices if c != spec.flag_default)
+        return next(c for c in spec.choices if c not in (spec.flag_default, preset))
     if spec.kind == "list":
         return "zebras,ants"
     if spec.kind == "integer":
@@ -263,3 +269,15 @@ def test_fine_tuning_decodes_as_its_init_from_run(fv, tmp_path):
     fresh(["prog", f"--init_from={fe}", "--model_dir=ft"])
     d = cli.config_from_flags("fine_tuning", fresh).data
     assert (d.exif_orientation, d.resize_mode, d.interpolation) == (False, "stretch", "bilinear")
+
+
+def test_a_stage_script_keeps_its_presets_schedule_unless_the_flag_is_given(fv):
+    from catdog import config as config_lib  # pylint: disable=import-outside-toplevel
+    preset = config_lib.for_stage("feature_extraction").train
+    fv(["prog"])
+    train = cli.config_from_flags("feature_extraction", fv).train
+    assert (train.lr_schedule, train.warmup_epochs) == (preset.lr_schedule, preset.warmup_epochs)
+    fv.unparse_flags()
+    fv(["prog", "--lr_schedule=step", "--warmup_epochs=0"])
+    train = cli.config_from_flags("feature_extraction", fv).train
+    assert (train.lr_schedule, train.warmup_epochs) == ("step", 0.0)

@@ -286,7 +286,7 @@ def test_load_for_fine_tuning_wraps_a_bare_backbone(tmp_path):
     assert not models.find_backbone(m).trainable
     x = np.random.RandomState(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_array_equal(m(x).numpy(), old(x).numpy())
-    assert models.unfreeze_top(m, "mobilenet") == 2
+    assert models.unfreeze_top(m, "mobilenet") == 10  # blocks 9-13: dw + pw each
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from helpers import REPO, make_class_folder, tree_state
+from catdog import config as C
 
 SCRIPTS = os.path.join(REPO, "scripts")
 
@@ -107,6 +108,12 @@ def test_run_pipeline_small(tiny_folders, tmp_path):
     table = (tmp_path / "p" / "comparison.md").read_text()
     assert "| feature_extraction |" in table and "RANDOM init" in table
     assert "| fine_tuning |" in proc.stdout
+    # Each stage trained with its own preset's schedule, not stage 1's.
+    for stage in C.STAGES:
+        train = json.loads((tmp_path / "p" / stage / "config.json").read_text())["train"]
+        preset = C.for_stage(stage).train
+        assert (train["lr_schedule"], train["warmup_epochs"]) == (
+            preset.lr_schedule, preset.warmup_epochs), stage
     # Without --cache the four stages share one file cache in the job's folder
     # (one key per split), and say where it is and how big.
     cache = tmp_path / "p" / "cache"

@@ -259,3 +259,22 @@ def test_a_job_killed_while_caching_reruns_on_its_cache(tmp_path):
     # The killed writer's prefix is the job's: one validation cache, complete.
     assert len([n for n in names if n.startswith("catdog-val-")
                 and n.endswith(".index")]) == 1, names
+
+
+def test_each_stage_trains_with_its_presets_schedule_unless_one_is_given(tmp_path):
+    base = C.baseline()
+    schedules = set()
+    for stage in C.STAGES:
+        preset = C.for_stage(stage).train
+        got = stages.stage_config(base, stage, str(tmp_path)).train
+        assert {f: getattr(got, f) for f in C.PRESET_SETTINGS} == {
+            f: getattr(preset, f) for f in C.PRESET_SETTINGS}, stage
+        schedules.add((preset.lr_schedule, preset.warmup_epochs))
+    assert len(schedules) > 1  # the presets differ, so stage 1's cannot stand for all
+    given = stages.stage_config(base, "feature_extraction", str(tmp_path),
+                                settings={"lr_schedule": "step", "warmup_epochs": 0.0},
+                                epochs={"feature_extraction": 3})
+    assert (given.train.lr_schedule, given.train.warmup_epochs, given.train.epochs) == (
+        "step", 0.0, 3)
+    with pytest.raises(ValueError, match="dropout"):
+        stages.stage_config(base, "baseline", str(tmp_path), settings={"dropout": 0.1})
