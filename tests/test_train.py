@@ -78,7 +78,9 @@ def test_fine_tuning_starts_from_feature_extraction(tiny_folders, tmp_path):
     cfg = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert cfg["model"]["backbone"] == "mobilenet"
     assert cfg["data"]["image_size"] == [32, 32]
-    assert ft.model.optimizer.learning_rate.numpy() == pytest.approx(1e-4)
+    # Fine-tuning keeps its own low base rate (its cosine decays from it).
+    assert cfg["train"]["learning_rate"] == pytest.approx(1e-4)
+    assert cfg["train"]["lr_schedule"] == "cosine"
     # With --val_dir the folders fix the split, so another seed is fine.
     seeded = _config("fine_tuning", train_dir, val_dir, tmp_path / "ft-seed",
                      init_from=str(tmp_path / "fe"))
@@ -260,6 +262,8 @@ def test_resume_refuses_a_setting_recorded_on_one_side_only(tmp_path):
     root = make_class_folder(tmp_path / "photos", per_class=10)
     c = _config("augmented", root, "", tmp_path / "run", shear=0.1)
     c.data.validation_split, c.train.epochs = 0.25, 1
+    # A constant rate, so more epochs may resume (a cosine decay spans them).
+    c.train.lr_schedule, c.train.warmup_epochs = "constant", 0.0
     train.run(c)
     again = copy.deepcopy(c)
     again.model.shear, again.train.epochs = 0.0, 2
