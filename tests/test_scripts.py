@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -117,7 +118,8 @@ def test_run_pipeline_small(tiny_folders, tmp_path):
     # Without --cache the four stages share one file cache in the job's folder
     # (one key per split), and say where it is and how big.
     cache = tmp_path / "p" / "cache"
-    keys = {n.name.split("-c")[0].split(".")[0] for n in cache.iterdir()
+    # A name is catdog-<split>-<hex digest>[-c<chunk>]...: the digest may begin with "c".
+    keys = {re.match(r"catdog-[a-z]+-[0-9a-f]+", n.name).group(0) for n in cache.iterdir()
             if n.name.endswith(".index")}
     assert len([k for k in keys if k.startswith("catdog-train-")]) == 1, keys
     assert len([k for k in keys if k.startswith("catdog-val-")]) == 1, keys

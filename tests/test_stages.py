@@ -1,6 +1,7 @@
 import json
 import logging
 import os
+import re
 
 import pytest
 
@@ -168,7 +169,8 @@ def test_the_job_decodes_each_image_once_for_all_its_stages(tiny_folders, tmp_pa
     names = sorted(p.name for p in cache.iterdir())
     # One cache of each split, shared by the stages: the training split in
     # chunks, validation in one file.
-    train_keys = {n.split("-c")[0] for n in names if n.startswith("catdog-train-")
+    train_keys = {re.match(r"catdog-train-[0-9a-f]+", n).group(0) for n in names
+                  if n.startswith("catdog-train-")
                   and n.endswith(".index")}
     val_index = [n for n in names if n.startswith("catdog-val-") and n.endswith(".index")]
     assert len(train_keys) == 1 and len(val_index) == 1, names
