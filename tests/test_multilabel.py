@@ -238,7 +238,7 @@ def test_export_and_predict_give_a_probability_per_label(trained, tmp_path):
     from catdog import export
     from catdog import model_io
     from catdog import predict
-    root, result, _, _ = trained
+    root, _, _, _ = trained
     images = sorted(str(p) for p in (root / "test").glob("*.jpg"))
     rows = predict.predict_files(str(root / "run"), images)
     assert all(set(r["probabilities"]) == {"a", "b", "c"} for r in rows)
@@ -250,7 +250,10 @@ def test_export_and_predict_give_a_probability_per_label(trained, tmp_path):
     out = loaded.signatures[model_io.IMAGES_SIGNATURE](images=pixels)
     probs = out["probabilities"].numpy()
     assert probs.shape == (2, 3)
-    expected = result.model(pixels.astype("float32"), training=False).numpy()
+    # The export is the run's model.keras: the best epoch by --monitor, which
+    # need not be the last epoch that result.model ended on.
+    best, _ = model_io.load_catdog_model(str(root / "run"))
+    expected = best(pixels.astype("float32"), training=False).numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-5)
     assert export.read_export_metadata(saved)["multi_label"] is True
     from_saved = predict.predict_files(saved, images)
