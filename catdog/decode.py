@@ -224,7 +224,8 @@ def apply_exif_orientation(image: tf.Tensor, contents: tf.Tensor) -> tf.Tensor:
 
 
 def decode_and_resize(contents: tf.Tensor, image_size,
-                      options: Optional[DecodeOptions] = None) -> tf.Tensor:
+                      options: Optional[DecodeOptions] = None,
+                      orientation: Optional[tf.Tensor] = None) -> tf.Tensor:
     """Decodes encoded image bytes and resizes them to ``image_size``.
 
     The one decode function of catdog: training, evaluation, prediction and
@@ -239,6 +240,10 @@ def decode_and_resize(contents: tf.Tensor, image_size,
         ``exif_orientation``, a JPEG is turned upright by its EXIF tag
         before resizing; ``resize_mode`` and ``interpolation`` say how it is
         resized.
+      orientation: with ``exif_orientation``, the value
+        :func:`exif_orientation` reads from these ``contents`` if the caller
+        knows it already (an int32 scalar, e.g. from the file check); the
+        bytes are then not parsed again.
 
     Returns:
       A ``uint8`` tensor of shape ``(height, width, channels)`` (3, or 1 for
@@ -250,7 +255,9 @@ def decode_and_resize(contents: tf.Tensor, image_size,
     image = tf.io.decode_image(
         contents, channels=options.channels, dtype=tf.uint8, expand_animations=False)
     if options.exif_orientation:
-        image = _apply_orientation(image, exif_orientation(contents))
+        if orientation is None:
+            orientation = exif_orientation(contents)
+        image = _apply_orientation(image, orientation)
     return _resize_to_uint8(image, height, width, options)
 
 
@@ -307,7 +314,8 @@ def _resize_to_uint8(image: tf.Tensor, height: int, width: int,
 
 
 def decode_and_resize_scaled(contents: tf.Tensor, image_size,
-                             options: Optional[DecodeOptions] = None) -> tf.Tensor:
+                             options: Optional[DecodeOptions] = None,
+                             orientation: Optional[tf.Tensor] = None) -> tf.Tensor:
     """Like :func:`decode_and_resize`, but decodes large JPEGs at reduced scale.
 
     Policy: a JPEG at least ``r`` times the target size on BOTH sides, for the
@@ -338,6 +346,7 @@ def decode_and_resize_scaled(contents: tf.Tensor, image_size,
       contents: scalar string tensor of encoded image bytes.
       image_size: ``(height, width)`` of the output.
       options: :class:`DecodeOptions`, as for :func:`decode_and_resize`.
+      orientation: as for :func:`decode_and_resize`.
 
     Returns:
       A ``uint8`` tensor of shape ``(height, width, options.channels)``.
@@ -346,13 +355,15 @@ def decode_and_resize_scaled(contents: tf.Tensor, image_size,
     height, width = int(image_size[0]), int(image_size[1])
 
     def exact():
-        return decode_and_resize(contents, (height, width), options)
+        return decode_and_resize(contents, (height, width), options, orientation)
 
     def scaled_jpeg():
         shape = tf.io.extract_jpeg_shape(contents)
-        orientation = (exif_orientation(contents) if options.exif_orientation
-                       else tf.constant(1, tf.int32))
-        swap = _swaps_sides(orientation)
+        if not options.exif_orientation:
+            turn = tf.constant(1, tf.int32)
+        else:
+            turn = exif_orientation(contents) if orientation is None else orientation
+        swap = _swaps_sides(turn)
         stored_height = tf.where(swap, width, height)
         stored_width = tf.where(swap, height, width)
 
@@ -360,7 +371,7 @@ def decode_and_resize_scaled(contents: tf.Tensor, image_size,
             def decode():
                 image = tf.io.decode_jpeg(contents, channels=options.channels, ratio=ratio,
                                           dct_method="INTEGER_FAST")
-                image = _apply_orientation(image, orientation)
+                image = _apply_orientation(image, turn)
                 return _resize_to_uint8(image, height, width, options)
             return decode
 
@@ -375,13 +386,16 @@ def decode_and_resize_scaled(contents: tf.Tensor, image_size,
 
 
 def decoder(dct_scaling: bool, options: Optional[DecodeOptions] = None
-            ) -> Callable[[tf.Tensor, tuple], tf.Tensor]:
-    """The decode of one split: ``(contents, image_size) -> uint8 image``.
+            ) -> Callable[..., tf.Tensor]:
+    """The decode of one split: ``(contents, image_size[, orientation]) -> uint8 image``.
 
     Every source (folder, TFRecords, TFDS) picks its decode here:
     :func:`decode_and_resize_scaled` with ``dct_scaling``, else
-    :func:`decode_and_resize`, both with ``options``.
+    :func:`decode_and_resize`, both with ``options``; ``orientation`` is the
+    known EXIF orientation of ``contents``, if any (see
+    :func:`decode_and_resize`).
     """
     options = _resolve(options)
     decode = decode_and_resize_scaled if dct_scaling else decode_and_resize
-    return lambda contents, image_size: decode(contents, image_size, options)
+    return lambda contents, image_size, orientation=None: decode(
+        contents, image_size, options, orientation)

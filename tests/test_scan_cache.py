@@ -59,7 +59,7 @@ def test_damaged_cache_is_ignored_and_rewritten(tmp_path, scan_cache_dir, garbag
     cache_file.write_bytes(garbage)
 
     assert scan.check_files(paths) == expected
-    assert json.loads(cache_file.read_text())["schema"] == 1
+    assert json.loads(cache_file.read_text())["schema"] == 2
     assert scan.check_files(paths) == expected
 
 
@@ -119,3 +119,20 @@ def test_cache_forgets_files_that_are_gone_and_keeps_the_others(tmp_path, scan_c
         paths = renamed
         scan.check_files(paths)
         assert entries() == {os.path.abspath(p) for p in paths}, generation
+
+
+def test_a_cached_verdict_keeps_the_files_exif_orientation(
+        tmp_path, scan_cache_dir, scan_decode_calls, monkeypatch):
+    from catdog.scan import check as check_lib
+    upright = helpers.upright_pixels()
+    paths = [helpers.write_oriented_jpeg(tmp_path / "data" / f"o{k}.jpg", k, upright)
+             for k in (1, 6, 8)]
+    paths.append(helpers.write_png(tmp_path / "data" / "p.png"))
+    first = scan.check_files(paths)
+    assert [c.exif_orientation for c in first] == [1, 6, 8, 1]
+    monkeypatch.setattr(check_lib, "_ORIENTATIONS", {})
+    scan_decode_calls.clear()
+    second = scan.check_files(paths)
+    assert scan_decode_calls == []  # from the cache ...
+    assert second == first  # ... with the orientations
+    assert scan.known_orientations(paths) == [1, 6, 8, 1]

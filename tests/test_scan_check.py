@@ -42,9 +42,9 @@ def scan_decode_calls(monkeypatch):
     calls = []
     real = decode.decode_and_resize
 
-    def spy(contents, image_size, *options):
+    def spy(contents, image_size, *options, **kwargs):
         calls.append(image_size)
-        return real(contents, image_size, *options)
+        return real(contents, image_size, *options, **kwargs)
 
     monkeypatch.setattr(decode, "decode_and_resize", spy)
     return calls

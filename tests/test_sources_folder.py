@@ -180,3 +180,69 @@ def test_training_and_validation_decode_exif_orientation_as_configured(
         diff = np.abs(images.astype(int) - upright.astype(int)).mean(axis=(1, 2, 3))
         upright_count = int(np.sum(diff < 2))
         assert upright_count == (16 if exif_orientation else 2), (name, diff)
+
+
+@pytest.fixture
+def parse_calls(monkeypatch):
+    """Counts the graph EXIF parses traced by catdog's decode (once per trace)."""
+    calls = []
+    real = decode.exif_orientation
+
+    def spy(contents):
+        calls.append(1)
+        return real(contents)
+
+    monkeypatch.setattr(decode, "exif_orientation", spy)
+    return calls
+
+
+def _decoded(ds):
+    return np.concatenate([x.numpy() for x, _ in ds])
+
+
+def _each_decoded(paths, size):
+    return np.stack([decode.decode_and_resize(tf.io.read_file(p), size).numpy()
+                     for p in paths])
+
+
+@pytest.mark.parametrize("turned", [(), (6,), (3, 8)])
+def test_checked_orientations_skip_the_graph_parse_with_the_same_pixels(
+        tmp_path, parse_calls, turned):
+    from catdog import scan
+    upright = helpers.upright_pixels()
+    paths = [helpers.write_oriented_jpeg(tmp_path / f"u{i}.jpg", 1, upright) for i in range(3)]
+    paths += [helpers.write_oriented_jpeg(tmp_path / f"t{k}.jpg", k, upright) for k in turned]
+    checks = scan.check_files(paths, use_cache=False)
+    assert [c.exif_orientation for c in checks] == [1, 1, 1, *turned]
+    expected = _each_decoded(paths, (48, 32))
+    parse_calls.clear()
+    ds = data.build_dataset(paths, [0] * len(paths), num_classes=2, image_size=(48, 32),
+                            batch_size=2, training=False, cache="none")
+    assert parse_calls == []  # every orientation came from the check
+    np.testing.assert_array_equal(_decoded(ds), expected)
+
+
+def test_unchecked_or_replaced_files_are_parsed_in_the_graph(tmp_path, parse_calls,
+                                                              monkeypatch):
+    from catdog import scan
+    from catdog.scan import check as check_lib
+    upright = helpers.upright_pixels()
+    paths = [helpers.write_oriented_jpeg(tmp_path / f"u{i}.jpg", 1, upright) for i in range(3)]
+    scan.check_files(paths, use_cache=False)
+    # Replaced after the check by a photo stored turned (its size changes):
+    # the check's orientation (1) is stale and must not be used.
+    helpers.write_oriented_jpeg(paths[1], 6, upright)
+    assert scan.known_orientations(paths) is None
+    parse_calls.clear()
+    build = lambda: data.build_dataset(paths, [0] * 3, num_classes=2, image_size=(48, 32),
+                                       batch_size=3, training=False, cache="none")
+    images = _decoded(build())
+    assert parse_calls  # parsed again
+    np.testing.assert_array_equal(images, _each_decoded(paths, (48, 32)))
+    diff = np.abs(images.astype(int) - upright.astype(int)).mean(axis=(1, 2, 3))
+    assert (diff < 2).all()  # the replaced photo is turned upright too
+    # Files no check of this process has seen: parsed as well.
+    monkeypatch.setattr(check_lib, "_ORIENTATIONS", {})
+    parse_calls.clear()
+    np.testing.assert_array_equal(_decoded(build()), images)
+    assert parse_calls

@@ -22,7 +22,7 @@ from catdog.config import DEFAULT_MAX_PIXELS
 from catdog.scan.audit import ClassSummary, ScanReport, scan_directory
 from catdog.scan.cache import default_cache_dir
 from catdog.scan.check import (
-    FileCheck, check_file, check_files, keep_usable, usable_checks)
+    FileCheck, check_file, check_files, keep_usable, known_orientations, usable_checks)
 from catdog.scan.headers import ImageHeader, sniff_header
 from catdog.scan.listing import (
     IMAGE_EXTENSIONS, ScanInputError, list_image_files, walk_image_files)
@@ -39,6 +39,7 @@ __all__ = [
     "check_files",
     "default_cache_dir",
     "keep_usable",
+    "known_orientations",
     "list_image_files",
     "scan_directory",
     "sniff_header",

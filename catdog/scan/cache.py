@@ -23,7 +23,8 @@ _log = logging.getLogger(__package__)
 
 _CACHE_ENV_VAR = "CATDOG_CACHE_DIR"
 # Bump when the checks change, so results of older checks are not reused.
-_CACHE_SCHEMA = 1
+# 2: a verdict keeps the file's EXIF orientation.
+_CACHE_SCHEMA = 2
 
 
 def default_cache_dir() -> str:
@@ -40,7 +41,7 @@ class CheckCache:
     """Check results of earlier runs, in one JSON file per data folder.
 
     A result is the verdict on one file, ``(ok, reason, format, width,
-    height)``, valid while the file keeps its size and modification time and
+    height, exif_orientation)``, valid while the file keeps its size and modification time and
     for the same ``max_pixels``. Saving forgets the local files that no
     longer exist, so the cache of a folder whose files are renamed or
     replaced over time stays the size of the folder.
@@ -89,17 +90,20 @@ class CheckCache:
         self._used.add(key)
         entry = self._entries.get(key)
         try:
-            size, mtime_ns, limit, ok, reason, fmt, width, height = entry
+            size, mtime_ns, limit, ok, reason, fmt, width, height, turn = entry
         except (TypeError, ValueError):
             return None
         if [size, mtime_ns, limit] != [stamp[0], stamp[1], max_pixels]:
             return None
         if not isinstance(ok, bool) or (reason is not None and not isinstance(reason, str)):
             return None
-        return ok, reason, fmt, width, height
+        if ok and (isinstance(turn, bool) or not isinstance(turn, int) or not 1 <= turn <= 8):
+            return None
+        return ok, reason, fmt, width, height, turn
 
     def put(self, path: str, stamp, max_pixels: int, verdict) -> None:
-        """Stores ``verdict`` (``(ok, reason, format, width, height)``) for ``path``."""
+        """Stores ``verdict`` (``(ok, reason, format, width, height,
+        exif_orientation)``) for ``path``."""
         key = fileio.abspath(path)
         self._used.add(key)
         self._entries[key] = [stamp[0], stamp[1], max_pixels, *verdict]

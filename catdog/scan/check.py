@@ -18,6 +18,13 @@ path and the reason. How a file is judged:
    file's index, so the surviving indices tell which files failed; only the
    failures are decoded again, eagerly, to capture the error message.
 
+The decode also reads each file's EXIF orientation
+(:func:`catdog.decode.exif_orientation`, the parse training would run).
+:func:`known_orientations` gives those of the files this process checked,
+so a training split whose files are all known skips the parse
+(:func:`catdog.sources.folder.build_dataset`): most photos are upright,
+and then their decode runs no EXIF op at all, with the same pixels.
+
 Results are cached on disk (:mod:`catdog.scan.cache`). Nothing here
 modifies, moves or deletes a checked file.
 """
@@ -62,6 +69,9 @@ class FileCheck:
       width: width in pixels from the header, or None.
       height: height in pixels from the header, or None.
       size_bytes: file size, or None if the file could not be read.
+      exif_orientation: for a usable file, the EXIF orientation catdog's
+        decode reads from it (1-8; 1 for upright and for anything without
+        the tag, PNG included); None when not decoded.
     """
 
     path: str
@@ -71,6 +81,7 @@ class FileCheck:
     width: int | None
     height: int | None
     size_bytes: int | None
+    exif_orientation: int | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -148,16 +159,20 @@ def _decode_error(path: str) -> str | None:
     return None
 
 
-def _decode_survivors(paths: Sequence[str], num_parallel, on_done) -> set[int]:
-    """Decodes ``paths`` in a parallel tf.data map; returns the indices that
-    decoded. ``ignore_errors`` drops each failing element, so a failure costs
-    nothing here; the caller re-decodes only the missing indices."""
+def _decode_survivors(paths: Sequence[str], num_parallel, on_done) -> dict[int, int]:
+    """Decodes ``paths`` in a parallel tf.data map; returns ``{index: EXIF
+    orientation}`` of those that decoded. ``ignore_errors`` drops each
+    failing element, so a failure costs nothing here; the caller re-decodes
+    only the missing indices."""
 
     def decode_one(index, path):
-        image = decode.decode_and_resize(tf.io.read_file(path), _CHECK_IMAGE_SIZE)
+        contents = tf.io.read_file(path)
+        orientation = decode.exif_orientation(contents)
+        image = decode.decode_and_resize(contents, _CHECK_IMAGE_SIZE,
+                                         orientation=orientation)
         # Depend on the pixels: the resized shape is static, so returning only
         # the index would let the optimizer prune the decode away.
-        return index, tf.reduce_max(image)
+        return index, orientation, tf.reduce_max(image)
 
     indices = tf.range(len(paths), dtype=tf.int64)
     names = tf.constant([fileio.tf_path(p) for p in paths], tf.string)
@@ -165,11 +180,11 @@ def _decode_survivors(paths: Sequence[str], num_parallel, on_done) -> set[int]:
     dataset = dataset.map(
         decode_one, num_parallel_calls=num_parallel or tf.data.AUTOTUNE,
         deterministic=False)
-    dataset = dataset.ignore_errors().map(lambda index, _: index).batch(64)
-    survivors = set()
-    for batch in dataset.as_numpy_iterator():
-        survivors.update(int(i) for i in batch)
-        on_done(len(batch))
+    dataset = dataset.ignore_errors().map(lambda index, turn, _: (index, turn)).batch(64)
+    survivors = {}
+    for indices, turns in dataset.as_numpy_iterator():
+        survivors.update((int(i), int(t)) for i, t in zip(indices, turns))
+        on_done(len(indices))
     return survivors
 
 
@@ -190,6 +205,10 @@ def check_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> FileCheck:
         error = _decode_error(check.path)
         if error:
             check = dataclasses.replace(check, ok=False, reason=error)
+        else:
+            contents = tf.io.read_file(fileio.tf_path(check.path))
+            check = dataclasses.replace(
+                check, exif_orientation=int(decode.exif_orientation(contents)))
     return check
 
 
@@ -199,7 +218,44 @@ def _remember(cache, check: FileCheck, stamp, max_pixels: int) -> None:
     if check.reason and check.reason.startswith(_READ_ERROR):
         return
     cache.put(check.path, stamp, max_pixels,
-              (check.ok, check.reason, check.format, check.width, check.height))
+              (check.ok, check.reason, check.format, check.width, check.height,
+               check.exif_orientation))
+
+
+# The EXIF orientation of every usable file this process checked:
+# {absolute path: ((size, mtime_ns), orientation)}.
+_ORIENTATIONS: dict[str, tuple] = {}
+
+
+def _note_orientation(check: FileCheck, stamp) -> None:
+    key = fileio.abspath(check.path)
+    if check.ok and check.exif_orientation is not None and stamp is not None:
+        _ORIENTATIONS[key] = (tuple(stamp), int(check.exif_orientation))
+    else:
+        _ORIENTATIONS.pop(key, None)
+
+
+def known_orientations(paths: Sequence[str]) -> list[int] | None:
+    """The EXIF orientation of each of ``paths``, as this process's check read
+    it (:func:`check_files`), or None unless every one is known.
+
+    A local file is known only while it keeps the size and modification time
+    it had when checked (one ``stat`` each), so a file replaced since reads
+    None and is parsed in the graph again; a remote file is taken as checked.
+    """
+    turns = []
+    for path in paths:
+        entry = _ORIENTATIONS.get(fileio.abspath(path))
+        if entry is None:
+            return None
+        if not fileio.is_remote(path):
+            try:
+                if fileio.stat(path) != entry[0]:
+                    return None
+            except OSError:
+                return None
+        turns.append(entry[1])
+    return turns
 
 
 def check_files(
@@ -257,7 +313,9 @@ def check_files(
                     stamp = None
                 verdict = cache.get(path, stamp, max_pixels) if stamp else None
                 if verdict is not None:
-                    return FileCheck(path, *verdict, stamp[0]), stamp, True
+                    *verdict, turn = verdict
+                    return (FileCheck(path, *verdict, stamp[0], exif_orientation=turn),
+                            stamp, True)
                 check, stamp = _check_header(path, max_pixels, stamp)
             else:
                 check, stamp = _check_header(path, max_pixels)
@@ -279,11 +337,18 @@ def check_files(
             survivors = _decode_survivors(
                 [paths[i] for i in to_decode], num_parallel, bar.update)
             for position, index in enumerate(to_decode):
-                if position not in survivors:
+                if position in survivors:
+                    results[index] = dataclasses.replace(
+                        results[index], exif_orientation=survivors[position])
+                else:
                     error = _decode_error(paths[index])
                     if error:
                         results[index] = dataclasses.replace(
                             results[index], ok=False, reason=error)
+                    else:  # decoded this time: read its orientation as the map does
+                        results[index] = dataclasses.replace(
+                            results[index], exif_orientation=check_file(
+                                paths[index], max_pixels).exif_orientation)
                     bar.update()
                 if cache is not None and stamps[index] is not None:
                     _remember(cache, results[index], stamps[index], max_pixels)
@@ -291,6 +356,8 @@ def check_files(
         bar.close()
     if cache is not None:
         cache.save()
+    for check, stamp in zip(results, stamps):
+        _note_orientation(check, stamp)
     return results
 
 

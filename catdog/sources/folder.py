@@ -10,6 +10,7 @@ files into batches::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Optional
 
@@ -152,19 +153,32 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
             batch_size, training, f"the {split} split")
         paths, labels = list(paths)[share.index::workers], list(labels)[share.index::workers]
     decode_options = decode_options or decode.DecodeOptions()
-    decode_image = decode.decoder(dct_scaling, decode_options)
+    # EXIF orientations the file check read already (same parse, same bytes):
+    # all upright (most photos) decodes with no EXIF op, some turned carries
+    # each file's orientation; unknown parses every file in the graph. The
+    # pixels are the same either way, so the cache identity does not change.
+    turns = scan.known_orientations(paths) if decode_options.exif_orientation else None
+    upright = turns is not None and all(t == 1 for t in turns)
+    decode_image = decode.decoder(dct_scaling, dataclasses.replace(
+        decode_options, exif_orientation=False) if upright else decode_options)
+    by_file = dict(zip(paths, turns)) if turns is not None and not upright else None
 
     # Read and decode in one parallel map: a file's bytes go straight to the
     # decoder on the same thread (no separate read stage to buffer), and with
     # deterministic=False a slow file does not hold up the ones behind it.
-    def load(path, label):
-        return decode_image(tf.io.read_file(path), image_size), label
+    def load(source, label):
+        if by_file is None:
+            return decode_image(tf.io.read_file(source), image_size), label
+        path, turn = source
+        return decode_image(tf.io.read_file(path), image_size, turn), label
 
     def records(paths, labels):
         # fsencode: a file name that is not valid UTF-8 still reaches the
         # file system byte for byte.
-        return (tf.constant([os.fsencode(p) for p in paths], tf.string),
-                batching.encode_labels(labels, num_classes, multi_label))
+        names = tf.constant([os.fsencode(p) for p in paths], tf.string)
+        if by_file is not None:
+            names = (names, tf.constant([by_file[p] for p in paths], tf.int32))
+        return names, batching.encode_labels(labels, num_classes, multi_label)
 
     def identity(paths, labels):
         return {"source": "files", "files": file_cache.file_stamps(paths, labels),
@@ -199,12 +213,13 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
             identity(paths, labels), layout=["chunks", size, bool(deterministic)]),
             num_chunks)
     if use_file_cache and training and prefix:
-        all_paths, all_labels = (tf.constant(t) for t in records(paths, labels))
+        all_sources, all_labels = records(paths, labels)
 
         def chunk(k):
             start = k * size
+            sources = tf.nest.map_structure(lambda t: t[start:start + size], all_sources)
             return tf.data.Dataset.from_tensor_slices(
-                (all_paths[start:start + size], all_labels[start:start + size])).map(
+                (sources, all_labels[start:start + size])).map(
                     load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
         ds = file_cache.cached_chunks(chunk, num_chunks, prefix, seed=seed,
