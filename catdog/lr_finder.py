@@ -72,8 +72,19 @@ class _LossRecorder(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+#: Width, in decades of rate, over which the descent's slope is measured.
+SLOPE_DECADES = 1.0
+
+
 def suggest(rates, smoothed) -> dict:
-    """``{"steepest": rate, "min_loss_over_10": rate}`` from a range test's curve."""
+    """``{"steepest": rate, "min_loss_over_10": rate}`` from a range test's curve.
+
+    ``steepest`` is the middle of the steepest descent of the smoothed loss
+    before its minimum, with the slope fitted over :data:`SLOPE_DECADES` of
+    rate (less when the curve before its minimum is shorter). A slope
+    between neighbouring steps would follow the noise: one step's drop just
+    before the minimum, where training is about to diverge, would win.
+    """
     rates = np.asarray(rates, float)
     smoothed = np.asarray(smoothed, float)
     finite = np.isfinite(smoothed)
@@ -82,9 +93,23 @@ def suggest(rates, smoothed) -> dict:
                          "losses; raise --lr_find_steps or lower --lr_find_min.")
     rates, smoothed = rates[finite], smoothed[finite]
     lowest = int(np.argmin(smoothed))
-    slopes = np.gradient(smoothed, np.log(rates))
-    steepest = int(np.argmin(slopes[:max(lowest, 1) + 1]))
-    return {"steepest": float(rates[steepest]),
+    x = np.log10(rates)
+    width = min(SLOPE_DECADES, x[lowest] - x[0])
+    best, steepest = np.inf, 0
+    for start in range(lowest + 1):
+        inside = (x >= x[start]) & (x <= x[start] + width) & (np.arange(len(x)) <= lowest)
+        if inside.sum() < 3 or x[start] + width > x[lowest] + 1e-9:
+            continue
+        slope = np.polyfit(x[inside], smoothed[inside], 1)[0]
+        if slope < best:
+            best, steepest = slope, start
+    if np.isfinite(best):
+        middle = x[steepest] + width / 2
+        centre = int(np.argmin(np.abs(x - middle)))
+    else:  # too few steps before the minimum for a fit: the steepest step
+        slopes = np.gradient(smoothed, x)
+        centre = int(np.argmin(slopes[:max(lowest, 1) + 1]))
+    return {"steepest": float(rates[centre]),
             "min_loss_over_10": float(rates[lowest] / 10)}
 
 

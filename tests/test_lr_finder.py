@@ -27,6 +27,23 @@ def test_suggestion_is_the_steepest_descent_before_the_minimum():
         lr_finder.suggest(rates[:2], loss[:2])
 
 
+def test_a_one_step_dip_next_to_the_minimum_is_not_the_suggestion():
+    # As on the real photos (stage 3): flat, then a steady fall over two
+    # decades from 1e-3, one noisy drop a step before the minimum at 0.15,
+    # then divergence. The steepest single step is that drop; the steepest
+    # descent over a decade is inside the steady fall.
+    rates = np.logspace(-7, 0, 100)
+    x = np.log10(rates)
+    loss = np.where(x < -3, 0.69, 0.69 - 0.06 * (x + 3))
+    lowest = int(np.argmin(np.abs(rates - 0.15)))
+    loss[lowest - 1] -= 0.01
+    loss[lowest] -= 0.03
+    loss[lowest + 1:] = loss[lowest] + 2.0 * (x[lowest + 1:] - x[lowest])
+    found = lr_finder.suggest(rates, loss)
+    assert 1e-3 <= found["steepest"] <= 0.05, found
+    assert found["min_loss_over_10"] == pytest.approx(rates[lowest] / 10)
+
+
 def test_range_test_writes_the_curve_and_a_suggestion(tiny_folders, tmp_path):
     train_dir, val_dir = tiny_folders
     c = C.for_stage("baseline")
