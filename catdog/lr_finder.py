@@ -97,8 +97,10 @@ def suggest(rates, smoothed) -> dict:
     width = min(SLOPE_DECADES, x[lowest] - x[0])
     best, steepest = np.inf, 0
     for start in range(lowest + 1):
-        inside = (x >= x[start]) & (x <= x[start] + width) & (np.arange(len(x)) <= lowest)
-        if inside.sum() < 3 or x[start] + width > x[lowest] + 1e-9:
+        if x[start] + width > x[lowest] + 1e-9:  # the window would pass the minimum
+            break
+        inside = (x >= x[start]) & (x <= x[start] + width)
+        if inside.sum() < 3:
             continue
         slope = np.polyfit(x[inside], smoothed[inside], 1)[0]
         if slope < best:

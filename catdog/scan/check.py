@@ -146,17 +146,19 @@ def _clean_tf_message(message: str) -> str:
     return message.strip().splitlines()[0] if message.strip() else "unknown error"
 
 
-def _decode_error(path: str) -> str | None:
-    """Decodes one file eagerly; returns the error message or None."""
+def _decode_one(path: str) -> tuple[str | None, int | None]:
+    """Decodes one file eagerly; returns ``(error message, None)`` or
+    ``(None, EXIF orientation)``."""
     try:
         contents = tf.io.read_file(fileio.tf_path(path))
     except tf.errors.OpError as e:
-        return f"{_READ_ERROR}{_clean_tf_message(e.message)}"
+        return f"{_READ_ERROR}{_clean_tf_message(e.message)}", None
     try:
-        decode.decode_and_resize(contents, _CHECK_IMAGE_SIZE)
+        orientation = decode.exif_orientation(contents)
+        decode.decode_and_resize(contents, _CHECK_IMAGE_SIZE, orientation=orientation)
     except tf.errors.OpError as e:
-        return f"decode failed: {_clean_tf_message(e.message)}"
-    return None
+        return f"decode failed: {_clean_tf_message(e.message)}", None
+    return None, int(orientation)
 
 
 def _decode_survivors(paths: Sequence[str], num_parallel, on_done) -> dict[int, int]:
@@ -202,13 +204,9 @@ def check_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> FileCheck:
     max_pixels = validate_max_pixels(max_pixels)
     check, _ = _check_header(os.fspath(path), max_pixels)
     if check.ok:
-        error = _decode_error(check.path)
-        if error:
-            check = dataclasses.replace(check, ok=False, reason=error)
-        else:
-            contents = tf.io.read_file(fileio.tf_path(check.path))
-            check = dataclasses.replace(
-                check, exif_orientation=int(decode.exif_orientation(contents)))
+        error, orientation = _decode_one(check.path)
+        check = (dataclasses.replace(check, ok=False, reason=error) if error else
+                 dataclasses.replace(check, exif_orientation=orientation))
     return check
 
 
@@ -341,14 +339,10 @@ def check_files(
                     results[index] = dataclasses.replace(
                         results[index], exif_orientation=survivors[position])
                 else:
-                    error = _decode_error(paths[index])
-                    if error:
-                        results[index] = dataclasses.replace(
-                            results[index], ok=False, reason=error)
-                    else:  # decoded this time: read its orientation as the map does
-                        results[index] = dataclasses.replace(
-                            results[index], exif_orientation=check_file(
-                                paths[index], max_pixels).exif_orientation)
+                    error, orientation = _decode_one(paths[index])
+                    results[index] = (
+                        dataclasses.replace(results[index], ok=False, reason=error) if error
+                        else dataclasses.replace(results[index], exif_orientation=orientation))
                     bar.update()
                 if cache is not None and stamps[index] is not None:
                     _remember(cache, results[index], stamps[index], max_pixels)
