@@ -18,7 +18,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from catdog import label_sets
+from catdog import label_sets, tfdata
 
 
 @dataclasses.dataclass
@@ -265,7 +265,7 @@ def batch_pipeline(ds: tf.data.Dataset, *, training: bool, batch_size: int,
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if share is None:
         ds = ds.batch(batch_size, drop_remainder=training,
-                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+                      num_parallel_calls=tfdata.parallel_calls(), deterministic=deterministic)
     elif training:
         used = share.train_examples()
         if used < share.num_examples:
@@ -273,7 +273,7 @@ def batch_pipeline(ds: tf.data.Dataset, *, training: bool, batch_size: int,
             # epoch), reading to the end so a file cache upstream is completed.
             ds = ds.enumerate().filter(lambda i, _: i < used).map(lambda _, e: e)
         ds = ds.batch(share.batch_size, drop_remainder=True,
-                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+                      num_parallel_calls=tfdata.parallel_calls(), deterministic=deterministic)
         ds = ds.apply(tf.data.experimental.assert_cardinality(used // share.batch_size))
     else:
         sizes = share.eval_batch_sizes()
@@ -282,10 +282,8 @@ def batch_pipeline(ds: tf.data.Dataset, *, training: bool, batch_size: int,
             ds = ds.rebatch(tf.constant(sizes, tf.int64))
         ds = ds.apply(tf.data.experimental.assert_cardinality(len(sizes)))
     ds = ds.prefetch(tf.data.AUTOTUNE)
-    base = tf.data.Options()
-    base.deterministic = bool(deterministic)
-    # Lets tf.data parallelise any stateless map a user appends downstream.
-    base.experimental_optimization.map_parallelization = True
+    # The autotuner off, parallel stages at the CPU count: see catdog.tfdata.
+    base = tfdata.pipeline_options(deterministic)
     if options is not None:
         base = base.merge(options)
     if share is not None:

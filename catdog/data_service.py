@@ -26,6 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 from catdog import batching
+from catdog import tfdata
 
 _ADDRESS = re.compile(r"^grpc://(?P<host>[^:/\s]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,5})$")
 _HOST_PORT = re.compile(r"^(?P<host>[^:/\s]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,5})$")
@@ -118,13 +119,13 @@ def service_pipeline(ds: tf.data.Dataset, *, service: str, batch_size: int,
     n = max(1, int(num_examples))
     buffer = min(n, int(shuffle_buffer) or batching.STREAM_SHUFFLE_BUFFER)
     ds = _unseeded_shuffle(ds, buffer)
-    ds = ds.batch(batch_size, drop_remainder=False, num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.batch(batch_size, drop_remainder=False, num_parallel_calls=tfdata.parallel_calls(),
                   deterministic=False)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
+    ds = tfdata.finish(ds.prefetch(tf.data.AUTOTUNE))  # on the workers
     ds = distribute(ds, service)
     ds = ds.rebatch(batch_size, drop_remainder=True)
     ds = ds.apply(tf.data.experimental.assert_cardinality(n // batch_size))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return tfdata.finish(ds.prefetch(tf.data.AUTOTUNE))  # in the trainer
 
 
 def _unseeded_shuffle(ds: tf.data.Dataset, buffer: int) -> tf.data.Dataset:

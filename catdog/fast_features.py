@@ -34,6 +34,7 @@ from catdog import fileio
 from catdog import fit_wrappers
 from catdog import models
 from catdog import rundir
+from catdog import tfdata
 
 FEATURES_FILE = rundir.FEATURES_FILE
 
@@ -201,7 +202,9 @@ def fit_head_on_features(model: keras.Model, train_images: tf.data.Dataset,
                 .shuffle(len(train_x), seed=d.seed, reshuffle_each_iteration=True)
                 .batch(d.batch_size, drop_remainder=True)
                 .prefetch(tf.data.AUTOTUNE))
-    head_val = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(d.batch_size)
+    train_ds = tfdata.finish(train_ds)
+    head_val = tfdata.finish(
+        tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(d.batch_size), True)
 
     jit = {"auto": "auto", "true": True, "false": False}[t.jit_compile]
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()

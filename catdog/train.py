@@ -45,6 +45,7 @@ from catdog import models
 from catdog import precision
 from catdog import resume_check
 from catdog import rundir
+from catdog import tfdata
 from catdog import watchdog as watchdog_lib
 
 
@@ -87,7 +88,7 @@ def with_class_weights(dataset: tf.data.Dataset, weights) -> tf.data.Dataset:
             classes = tf.squeeze(labels, axis=-1)
         return images, labels, tf.gather(table, tf.cast(tf.round(classes), tf.int32))
 
-    return dataset.map(add, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(add, num_parallel_calls=tfdata.parallel_calls())
 
 
 def _fit_inputs(config: config_lib.Config, index, strategy, weights=None):
@@ -144,11 +145,11 @@ def _training_batches(ds, config, num_classes: int, input_context=None):
                                  seed=config.data.seed + augment.MIX_SEED_OFFSET + 10 * worker)
     elif t.label_smoothing:
         ds = ds.map(lambda x, y: (x, augment.soft_label_encoding(y, num_classes)),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+                    num_parallel_calls=tfdata.parallel_calls())
     if t.label_smoothing:
         s, k = float(t.label_smoothing), 2 if num_classes == 2 else num_classes
         ds = ds.map(lambda x, y: (x, y * (1.0 - s) + s / k),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+                    num_parallel_calls=tfdata.parallel_calls())
     return ds
 
 
@@ -157,7 +158,7 @@ def _validation_batches(ds, config, num_classes: int):
     if not soft_labels(config) or num_classes == 2:
         return ds
     return ds.map(lambda images, labels: (images, augment.soft_label_encoding(
-        labels, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
+        labels, num_classes)), num_parallel_calls=tfdata.parallel_calls())
 
 
 @dataclasses.dataclass

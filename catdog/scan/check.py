@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from catdog import decode
 from catdog import fileio
+from catdog import tfdata
 from catdog.config import DEFAULT_MAX_PIXELS
 from catdog.scan import cache as check_cache
 from catdog.scan import headers
@@ -180,9 +181,10 @@ def _decode_survivors(paths: Sequence[str], num_parallel, on_done) -> dict[int, 
     names = tf.constant([fileio.tf_path(p) for p in paths], tf.string)
     dataset = tf.data.Dataset.from_tensor_slices((indices, names))
     dataset = dataset.map(
-        decode_one, num_parallel_calls=num_parallel or tf.data.AUTOTUNE,
+        decode_one, num_parallel_calls=num_parallel or tfdata.parallel_calls(),
         deterministic=False)
     dataset = dataset.ignore_errors().map(lambda index, turn, _: (index, turn)).batch(64)
+    dataset = tfdata.finish(dataset)
     survivors = {}
     for indices, turns in dataset.as_numpy_iterator():
         survivors.update((int(i), int(t)) for i, t in zip(indices, turns))
@@ -275,7 +277,7 @@ def check_files(
       max_pixels: largest width*height accepted; bigger images are rejected
         from their header, without being decoded.
       num_parallel: threads for the header checks and parallel calls of the
-        decode map; None picks them from the CPU count (AUTOTUNE).
+        decode map; None picks them from the CPU count.
       progress: False for silence, True for a progress bar on stderr (tqdm if
         installed, else a line every few seconds), or a callable
         ``progress(done, total)``.

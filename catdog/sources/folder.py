@@ -23,6 +23,7 @@ from catdog import decode
 from catdog import file_cache
 from catdog import scan
 from catdog import splits
+from catdog import tfdata
 
 
 def index_data(data_config, progress: bool = True) -> batching.DataIndex:
@@ -195,7 +196,7 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
         order = np.random.RandomState(seed).permutation(len(paths))
         ds = tf.data.Dataset.from_tensor_slices(
             records([paths[i] for i in order], [labels[i] for i in order]))
-        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        ds = ds.map(load, num_parallel_calls=tfdata.parallel_calls(), deterministic=False)
         return data_service_lib.service_pipeline(
             ds, service=data_service, batch_size=batch_size, num_examples=len(paths),
             shuffle_buffer=shuffle_buffer)
@@ -220,7 +221,7 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
             sources = tf.nest.map_structure(lambda t: t[start:start + size], all_sources)
             return tf.data.Dataset.from_tensor_slices(
                 (sources, all_labels[start:start + size])).map(
-                    load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+                    load, num_parallel_calls=tfdata.parallel_calls(), deterministic=deterministic)
 
         ds = file_cache.cached_chunks(chunk, num_chunks, prefix, seed=seed,
                                       deterministic=deterministic)
@@ -237,7 +238,7 @@ def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: in
             # Shuffle the cheap file list before decoding, so memory holds only
             # the buffer of decoded images behind it.
             ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE,
+        ds = ds.map(load, num_parallel_calls=tfdata.parallel_calls(),
                     deterministic=deterministic)
     return batching.batch_pipeline(ds, training=training, batch_size=batch_size,
                                    num_examples=len(paths), cache=cache, seed=seed,

@@ -25,6 +25,7 @@ import tensorflow as tf
 from catdog import batching
 from catdog import decode
 from catdog import file_cache
+from catdog import tfdata
 
 
 def _tfds():
@@ -178,7 +179,7 @@ def build_tfds_dataset(data_config, split: str, *, num_classes: int, image_size,
         return (decode_image(example["image"], image_size),
                 batching.encode_labels(example["label"], num_classes))
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.map(load, num_parallel_calls=tfdata.parallel_calls(), deterministic=deterministic)
     if cache not in ("memory", "none"):
         # The prepared data by version, folder and files (a rebuilt dataset is
         # another cache), the split, and what decides a worker's share.
@@ -233,5 +234,5 @@ def evaluation_dataset(name, split, data_dir, image_size, batch_size, class_name
     ds = ds.enumerate().map(
         lambda i, ex: (decode.decode_and_resize(ex[0], image_size, decode_options),
                        tf.cast(ex[1], tf.int64), i),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), tfds_names
+        num_parallel_calls=tfdata.parallel_calls(), deterministic=True)
+    return tfdata.finish(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), True), tfds_names

@@ -25,6 +25,7 @@ from catdog import batching
 from catdog import decode
 from catdog import file_cache
 from catdog import fileio
+from catdog import tfdata
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "catdog-tfrecords-v1"
@@ -315,7 +316,7 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
 
         def chunk(k):
             return tf.data.TFRecordDataset(names[k]).map(
-                load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+                load, num_parallel_calls=tfdata.parallel_calls(), deterministic=deterministic)
 
         ds = file_cache.cached_chunks(
             chunk, len(files), prefix, seed=seed, deterministic=deterministic,
@@ -336,7 +337,7 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
             ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
                                block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
                                deterministic=deterministic)
-        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        ds = ds.map(load, num_parallel_calls=tfdata.parallel_calls(), deterministic=deterministic)
         if use_file_cache:
             cache = prefix or "none"
     options = tf.data.Options()
