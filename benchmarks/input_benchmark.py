@@ -218,6 +218,7 @@ def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
         return {"catdog_first_epoch_img_per_s": r["first_epoch_img_per_s"],
                 "catdog_first_epoch_img_per_cpu_s": r["first_epoch_img_per_cpu_s"],
                 "catdog_cached_epoch_img_per_s": r["cached_epoch_img_per_s"],
+                "catdog_first_epoch_tail_s": r["first_epoch_tail_s"],
                 "catdog_cache_rss_delta_bytes": r["rss_delta_bytes"]}
 
     def idg_round():
@@ -344,6 +345,11 @@ def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
         known = [x for x in per_round if x is not None]
         result[f"ratio_vs_keras{suffix}_median"] = (
             round(float(np.median(known)), 3) if known else None)
+    for who in ("keras", "catdog_first_epoch"):
+        # How long each epoch went on after its last batch (see catdog.tfdata).
+        tails = [x[f"{who}_tail_s"] for x in rounds if x.get(f"{who}_tail_s") is not None]
+        result[f"{who}_tail_median_s"] = round(float(np.median(tails)), 3) if tails else None
+        result[f"{who}_tail_rounds_over_50ms"] = sum(t > 0.05 for t in tails)
     log(headline(result))
     return result
 
@@ -363,7 +369,20 @@ def headline(r: dict) -> str:
             f"side: wall {r['ratio_vs_keras_median']}x (median of {len(r['ratio_vs_keras_rounds'])} "
             f"rounds, {spread('ratio_vs_keras_rounds')}), per CPU-second "
             f"{r['ratio_vs_keras_cpu_median']}x (median, {spread('ratio_vs_keras_cpu_rounds')}); "
-            f"best rounds: wall {r['ratio_vs_keras']}x, per CPU-second {r['ratio_vs_keras_cpu']}x")
+            f"best rounds: wall {r['ratio_vs_keras']}x, per CPU-second {r['ratio_vs_keras_cpu']}x"
+            + _tails(r))
+
+
+def _tails(r: dict) -> str:
+    """The wait after each epoch's last batch: stock's autotuned pipeline
+    waits for tf.data's model thread at random, catdog's does not."""
+    if r.get("keras_tail_median_s") is None:
+        return ""
+    rounds = len(r["ratio_vs_keras_rounds"])
+    return ("; epoch end after the last batch (median; rounds over 50 ms): stock "
+            f"{r['keras_tail_median_s']} s ({r['keras_tail_rounds_over_50ms']}/{rounds}), "
+            f"catdog {r['catdog_first_epoch_tail_median_s']} s "
+            f"({r['catdog_first_epoch_tail_rounds_over_50ms']}/{rounds})")
 
 
 def format_table(r: dict) -> str:

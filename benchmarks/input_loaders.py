@@ -70,11 +70,20 @@ class Clock:
 
 def time_batches(batches) -> tuple:
     """Iterates ``batches`` of ``(images, labels)``; returns (images, wall s, CPU s)."""
-    n = 0
+    return time_batches_and_tail(batches)[:3]
+
+
+def time_batches_and_tail(batches) -> tuple:
+    """Like :func:`time_batches`, plus the tail: the seconds from the last
+    batch to the end of the epoch (the iterator's end and teardown, where
+    tf.data's autotuner can make an epoch wait; see ``catdog.tfdata``)."""
+    n, last = 0, None
     with Clock() as clock:
         for images, _ in batches:
             n += int(images.shape[0])
-    return n, clock.wall, clock.cpu
+            last = time.perf_counter()
+    tail = time.perf_counter() - last if last is not None else 0.0
+    return n, clock.wall, clock.cpu, tail
 
 
 def _image_data_generator():
@@ -120,11 +129,12 @@ def time_keras(data_dir: str, image_size, batch_size: int) -> dict:
     import keras  # pylint: disable=import-outside-toplevel
     make = lambda: keras.utils.image_dataset_from_directory(
         data_dir, image_size=tuple(image_size), batch_size=batch_size, verbose=False)
-    n, s, cpu = time_batches(make())
+    n, s, cpu, tail = time_batches_and_tail(make())
     cached = make().cache().prefetch(tf.data.AUTOTUNE)
     n1, s1, _ = time_batches(cached)
     n2, s2, _ = time_batches(cached)
     return {"keras_img_per_s": rate(n, s), "keras_img_per_cpu_s": rate(n, cpu),
+            "keras_tail_s": round(tail, 4),
             "keras_cached_first_epoch_img_per_s": rate(n1, s1),
             "keras_cached_img_per_s": rate(n2, s2),
             # Its cache holds float32 pixels.
@@ -174,9 +184,10 @@ def time_catdog(paths, labels, image_size, batch_size: int, dct_scaling: bool = 
                                 batch_size=batch_size, training=True, cache="memory",
                                 dct_scaling=dct_scaling, decode_options=decode_options)
     rss0 = input_memory.rss_bytes()
-    n1, s1, cpu1 = time_batches(ds)
+    n1, s1, cpu1, tail = time_batches_and_tail(ds)
     rss1 = input_memory.rss_bytes()
     out = {"first_epoch_img_per_s": rate(n1, s1), "first_epoch_images": n1,
+           "first_epoch_tail_s": round(tail, 4),
            "first_epoch_img_per_cpu_s": rate(n1, cpu1),
            "rss_delta_bytes": max(0, rss1 - rss0)}
     if epochs > 1:

@@ -74,6 +74,10 @@ def test_benchmark_script_writes_consistent_json(tmp_path):
         assert r[key.replace("_rounds", "_median")] == pytest.approx(
             float(np.median(r[key])), abs=1e-3)
     assert benchmark.headline(r) in proc.stdout
+    for who in ("keras", "catdog_first_epoch"):
+        tails = [x[f"{who}_tail_s"] for x in r["rounds"]]
+        assert all(t >= 0 for t in tails)
+        assert r[f"{who}_tail_median_s"] == pytest.approx(float(np.median(tails)), abs=1e-3)
     assert r["catdog_cache_bytes"] == 16 * (32 * 32 * 3 + 4)
     assert isinstance(r["catdog_scan_seconds"], float)
     assert r["machine"]["cores"] >= 1 and len(r["loadavg_start"]) == 3
@@ -94,6 +98,13 @@ def test_headline_gives_catdog_first_epoch_against_stock_keras_per_round():
     assert line.startswith("catdog first epoch / stock Keras image_dataset_from_directory")
     assert "wall 1.02x (median of 3 rounds, 0.98-1.1)" in line
     assert "per CPU-second 1.05x (median, 1.01-1.07)" in line
+    assert "epoch end" not in line  # no tails measured
+    r.update(keras_tail_median_s=0.21, keras_tail_rounds_over_50ms=2,
+             catdog_first_epoch_tail_median_s=0.001,
+             catdog_first_epoch_tail_rounds_over_50ms=0)
+    assert benchmark.headline(r).endswith(
+        "epoch end after the last batch (median; rounds over 50 ms): "
+        "stock 0.21 s (2/3), catdog 0.001 s (0/3)")
 
 
 def test_benchmark_rejects_a_missing_folder(tmp_path):
