@@ -33,6 +33,9 @@ flags.DEFINE_boolean("shards_at_size", False,
                      "CPU-second ratios).")
 flags.DEFINE_integer("shards_jpeg_quality", 95,
                      "JPEG quality of the --shards_at_size JPEG shards (1-100).")
+flags.DEFINE_enum("shards_jpeg_chroma", "444", ["444", "420"],
+                  "Colour resolution of the --shards_at_size JPEG shards "
+                  "(build_tfrecords.py --jpeg_chroma).")
 flags.DEFINE_string("model_dir", None,
                     "A finished training run (model.keras + config.json): also time "
                     "its model's training step on batches of the same shape and say "
@@ -89,6 +92,7 @@ def _run():
                                      service_workers=service_workers,
                                      shards_at_size=FLAGS.shards_at_size,
                                      shards_jpeg_quality=FLAGS.shards_jpeg_quality,
+                                     shards_jpeg_chroma=FLAGS.shards_jpeg_chroma,
                                      log=lambda line: print(line, flush=True))
     print("\n" + benchmark.format_table(result), flush=True)
     _write_json(result)

@@ -53,7 +53,8 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
                   augment: bool = False, max_images: int = 0, repeats: int = 3,
                   log=print, train_tfrecords: str = "", model_dir: str = "",
                   model_steps: int = 10, service_workers=(),
-                  shards_at_size: bool = False, shards_jpeg_quality: int = 95) -> dict:
+                  shards_at_size: bool = False, shards_jpeg_quality: int = 95,
+                  shards_jpeg_chroma: str = "444") -> dict:
     """Times every loader on ``data_dir`` and returns the figures.
 
     Loaders are timed round-robin ``repeats`` times and each figure is the
@@ -86,6 +87,8 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
         ``--raw``) in a temporary folder, the build timed apart, and time
         catdog's first epoch from them in every round.
       shards_jpeg_quality: JPEG quality of those shards (1-100).
+      shards_jpeg_chroma: their colour resolution, ``"444"`` or ``"420"``
+        (``build_tfrecords.py --jpeg_chroma``).
 
     Returns:
       A dict with at least :data:`RESULT_KEYS`; rates are images per second,
@@ -134,7 +137,8 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
                         for w in service_workers}
             result = _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
                           shards, workdir, services, sampled=bool(max_images),
-                          at_size=shards_jpeg_quality if shards_at_size else 0)
+                          at_size=((shards_jpeg_quality, shards_jpeg_chroma)
+                                   if shards_at_size else None))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # only our own symlinks
     if run is not None:
@@ -148,35 +152,44 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
     return result
 
 
-def _shards_at_size(data_dir, image_size, batch_size, quality, workdir, sampled, result,
+def _shards_at_size(data_dir, image_size, batch_size, jpeg, workdir, sampled, result,
                     log) -> list:
     """Builds the folder's shards at ``image_size`` (JPEG, raw); returns their loaders."""
+    quality, chroma = jpeg
     loaders = []
     for kind, raw in (("jpeg", False), ("raw", True)):
         built = build_shards_at_size(
             data_dir, os.path.join(workdir, f"shards-{kind}"), image_size, raw, quality,
-            check_cache=os.path.join(workdir, "check-cache") if sampled else "")
+            jpeg_chroma=chroma, check_cache=os.path.join(workdir, "check-cache") if sampled else "")
         manifest = built["manifest"]
         result.update({f"shards_{kind}_build_seconds": built["seconds"],
                        f"shards_{kind}_bytes": built["bytes"],
                        f"shards_{kind}_files": len(built["files"]),
                        f"shards_{kind}_examples": manifest["num_examples"]})
-        log(f"shards at {image_size[0]}x{image_size[1]} ({_shard_kind(kind, quality)}): "
+        stored = _shard_kind(kind, quality, chroma)
+        log(f"shards at {image_size[0]}x{image_size[1]} ({stored}): "
             f"built in {built['seconds']} s (not in any epoch), "
             f"{built['bytes'] / 2**20:.1f} MB in {len(built['files'])} file(s)")
         loaders.append(lambda files=built["files"], m=manifest, k=kind: time_catdog_tfrecords(
             files, len(m["class_names"]), m["num_examples"], image_size, batch_size,
             key=f"catdog_shards_{k}"))
     result["shards_jpeg_quality"] = quality
+    result["shards_jpeg_chroma"] = chroma
     return loaders
 
 
-def _shard_kind(kind: str, quality) -> str:
-    return f"JPEG q{quality}" if kind == "jpeg" else "raw uint8"
+def _kind_of(r: dict, kind: str) -> str:
+    return _shard_kind(kind, r["shards_jpeg_quality"], r.get("shards_jpeg_chroma"))
+
+
+def _shard_kind(kind: str, quality, chroma="444") -> str:
+    if kind != "jpeg":
+        return "raw uint8"
+    return f"JPEG q{quality}" + (" 4:2:0" if chroma == "420" else "")
 
 
 def _run(data_dir, listing, image_size, batch_size, augment, repeats, log,
-         shards, workdir, services, sampled=False, at_size=0) -> dict:
+         shards, workdir, services, sampled=False, at_size=None) -> dict:
     result = {"data_dir": data_dir, "image_size": list(image_size),
               "batch_size": batch_size, "repeats": repeats, "machine": machine(),
               "loadavg_start": loadavg()}
@@ -421,7 +434,7 @@ def format_table(r: dict) -> str:
     for kind in ("jpeg", "raw"):
         if f"catdog_shards_{kind}_first_epoch_img_per_s" in r:
             rows.append((f"catdog from shards at {at} "
-                         f"({_shard_kind(kind, r['shards_jpeg_quality'])}), first epoch",
+                         f"({_kind_of(r, kind)}), first epoch",
                          f"catdog_shards_{kind}_first_epoch_img_per_s"))
     if "model_train_img_per_s" in r:
         rows += [(f"model of {r['model_dir']} ({r['model_stage']}): training step on "
@@ -476,7 +489,7 @@ def format_table(r: dict) -> str:
     for kind in ("jpeg", "raw"):
         if f"ratio_shards_{kind}_vs_keras" in r:
             lines.append(
-                f"- catdog from shards at {at} ({_shard_kind(kind, r['shards_jpeg_quality'])}) "
+                f"- catdog from shards at {at} ({_kind_of(r, kind)}) "
                 f"/ stock Keras from the folder, first epoch: "
                 f"{r[f'ratio_shards_{kind}_vs_keras']}x wall, "
                 f"{r[f'ratio_shards_{kind}_vs_keras_cpu']}x per CPU-second (shards built "

@@ -244,7 +244,8 @@ def _check_cache(cache_dir):
 
 
 def build_shards_at_size(data_dir: str, output_dir: str, image_size, raw: bool,
-                         jpeg_quality: int, check_cache: str = "") -> dict:
+                         jpeg_quality: int, check_cache: str = "",
+                         jpeg_chroma: str = "444") -> dict:
     """Writes ``data_dir`` as shards stored at ``image_size`` (build_tfrecords.py
     --image_size, JPEG or ``raw``); returns their files, manifest, build
     seconds and bytes. ``check_cache``: where the writer's file check caches
@@ -254,7 +255,8 @@ def build_shards_at_size(data_dir: str, output_dir: str, image_size, raw: bool,
     with _check_cache(check_cache), Clock() as clock:
         manifest = tfrecord_writer.write_tfrecords(
             data_dir, output_dir, image_size=image_size, raw=raw,
-            jpeg_quality=jpeg_quality, progress=False)
+            jpeg_quality=jpeg_quality, jpeg_chroma="444" if raw else jpeg_chroma,
+            progress=False)
     files = [fileio.join(output_dir, s["file"]) for s in manifest["shards"]]
     return {"files": files, "manifest": manifest, "seconds": round(clock.wall, 3),
             "bytes": sum(os.path.getsize(f) for f in files)}

@@ -53,6 +53,11 @@ flags.DEFINE_integer("max_side", 0,
                      "file's bytes unchanged.")
 flags.DEFINE_integer("jpeg_quality", 95,
                      "JPEG quality of images re-encoded by --max_side or --image_size.")
+flags.DEFINE_enum("jpeg_chroma", "444", ["444", "420"],
+                  "With --image_size (not --raw): the colour resolution of the stored "
+                  "JPEGs. '444' keeps it full; '420' halves it both ways, as most "
+                  "cameras do: a decode 10-20 percent cheaper, softer colour edges at small "
+                  "sizes.")
 flags.DEFINE_string("image_size", None,
                     "Store every image at the training size 'SIZE' or 'HEIGHT,WIDTH': "
                     "decoded and resized exactly as training does (the flags below, "
@@ -94,7 +99,8 @@ def _build():
         if FLAGS[name].value and not FLAGS.csv:
             raise ValueError(f"`--{name}` goes with --csv. "
                              f"Received: {name}={FLAGS[name].value!r}")
-    at_size = ("resize_mode", "interpolation", "color_mode", "exif_orientation", "raw")
+    at_size = ("resize_mode", "interpolation", "color_mode", "exif_orientation", "raw",
+               "jpeg_chroma")
     for name in at_size:
         if FLAGS[name].present and not FLAGS.image_size:
             raise ValueError(f"`--{name}` says how images are stored at --image_size; "
@@ -108,6 +114,7 @@ def _build():
         (FLAGS.image_dir or "") if FLAGS.csv else FLAGS.data_dir, FLAGS.output_dir,
         num_shards=FLAGS.num_shards,
         max_side=FLAGS.max_side, jpeg_quality=FLAGS.jpeg_quality,
+        jpeg_chroma=FLAGS.jpeg_chroma,
         image_size=image_size, raw=FLAGS.raw,
         decode_options=DecodeOptions(**{name: FLAGS[name].value for name in at_size[:4]}),
         class_names=FLAGS.class_names, prefix=FLAGS.prefix, seed=FLAGS.seed,

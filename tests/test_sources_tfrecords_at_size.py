@@ -230,7 +230,47 @@ def test_a_file_cache_of_shards_rebuilt_in_another_form_is_not_reused(photos, tm
     assert sorted(a.tobytes() for a in cropped) == [e[0] for e in expected]
 
 
+def _sampling(jpeg: bytes) -> list:
+    """Each component's (horizontal, vertical) sampling factors, from the JPEG's SOF."""
+    i = 2
+    while i + 4 <= len(jpeg):
+        marker, length = jpeg[i + 1], int.from_bytes(jpeg[i + 2:i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2):
+            return [(jpeg[i + 11 + 3 * k] >> 4, jpeg[i + 11 + 3 * k] & 15)
+                    for k in range(jpeg[i + 9])]
+        i += 2 + length
+    raise AssertionError("no SOF segment")
+
+
+def test_jpeg_chroma_420_halves_the_stored_colour_and_is_recorded(photos, tmp_path):
+    full = _write(photos, tmp_path / "444")
+    half = _write(photos, tmp_path / "420", jpeg_chroma="420")
+    raw = _write(photos, tmp_path / "raw", raw=True)
+    assert (full["jpeg_chroma"], half["jpeg_chroma"], raw["jpeg_chroma"]) == ("444", "420", None)
+    for out, luma in (("444", (1, 1)), ("420", (2, 2))):
+        files, _, _ = tfrecords.resolve_shards(str(tmp_path / out / "*.tfrecord"))
+        for record in tf.data.TFRecordDataset(files):
+            contents = tf.io.parse_single_example(record, tfrecords._FEATURES)["image/encoded"]
+            # Luma sampled `luma` times as densely as each chroma component.
+            assert _sampling(contents.numpy()) == [luma, (1, 1), (1, 1)], out
+    # Training reads them as stored, without a resize.
+    _, shard_cfg = _configs(photos, str(tmp_path / "420"))
+    got = _images(data.build_datasets(shard_cfg)[1])
+    files, _, _ = tfrecords.resolve_shards(str(tmp_path / "420" / "*.tfrecord"))
+    stored = [tf.io.decode_jpeg(tfrecords.parse_example(r)[0], channels=3).numpy()
+              for r in tf.data.TFRecordDataset(files)]
+    assert got.shape == (6, *SIZE, 3)
+    assert sorted(a.tobytes() for a in got) == sorted(a.tobytes() for a in stored)
+
+
 def test_at_size_arguments_are_checked(photos, tmp_path):
+    with pytest.raises(ValueError, match=r"--jpeg_chroma.*444, 420.*jpeg_chroma='422'"):
+        _write(photos, tmp_path / "o", jpeg_chroma="422")
+    with pytest.raises(ValueError, match=r"--jpeg_chroma.*--image_size, without --raw"):
+        _write(photos, tmp_path / "o", jpeg_chroma="420", raw=True)
+    with pytest.raises(ValueError, match=r"--jpeg_chroma.*--image_size"):
+        tfrecord_writer.write_tfrecords(photos, str(tmp_path / "o"), jpeg_chroma="420",
+                                        progress=False)
     with pytest.raises(ValueError, match=r"--max_side.*--image_size.*max_side=64"):
         _write(photos, tmp_path / "o", max_side=64)
     with pytest.raises(ValueError, match=r"--raw.*--image_size"):

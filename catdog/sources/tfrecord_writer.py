@@ -95,7 +95,12 @@ def _header_size(check, contents: bytes):
     return height, width
 
 
-def _at_size_encoder(image_size, options: decode.DecodeOptions, raw: bool, quality: int):
+#: ``--jpeg_chroma`` of JPEGs stored at a size: full-resolution colour, or halved both ways.
+JPEG_CHROMA = ("444", "420")
+
+
+def _at_size_encoder(image_size, options: decode.DecodeOptions, raw: bool, quality: int,
+                     chroma: str = "444"):
     """``contents -> (stored bytes, format)`` of an image stored at ``image_size``.
 
     The training decode (EXIF orientation, color mode, resize mode and
@@ -109,10 +114,11 @@ def _at_size_encoder(image_size, options: decode.DecodeOptions, raw: bool, quali
         image = pixels(tf.constant(contents))
         if raw:
             return image.numpy().tobytes(), "raw"
-        # Full-resolution chroma: at training sizes, 4:2:0 subsampling blurs
-        # colour edges over a large share of the image.
+        # Full-resolution chroma by default: at training sizes, 4:2:0
+        # subsampling blurs colour edges over a large share of the image;
+        # "420" trades that for a cheaper decode (BUILD_NOTES.md).
         return tf.io.encode_jpeg(image, quality=quality,
-                                 chroma_downsampling=False).numpy(), "jpeg"
+                                 chroma_downsampling=chroma == "420").numpy(), "jpeg"
     return encode
 
 
@@ -137,7 +143,7 @@ def _check_at_size(image_size, max_side: int, raw: bool):
 
 def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
                     max_side: int = 0, jpeg_quality: int = 95,
-                    image_size=None,
+                    image_size=None, jpeg_chroma: str = "444",
                     decode_options: Optional[decode.DecodeOptions] = None,
                     raw: bool = False,
                     class_names: Optional[Sequence[str]] = None,
@@ -161,6 +167,9 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
         downscaled to it (aspect ratio kept) and re-encoded as JPEG; smaller
         ones are stored as they are. 0 stores every file's bytes unchanged.
       jpeg_quality: JPEG quality of re-encoded images (1-100).
+      jpeg_chroma: with ``image_size`` (not ``raw``), the colour resolution
+        of the stored JPEGs: ``"444"`` full (the default), ``"420"`` halved
+        both ways (a cheaper decode, softer colour edges).
       image_size: ``(height, width)``: store every image decoded and resized
         to it as training decodes it (exclusive with ``max_side``); None
         stores the files (or their ``max_side`` re-encodes).
@@ -194,8 +203,14 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
         raise ValueError(f"`--jpeg_quality` must be in 1..100. Received: "
                          f"jpeg_quality={jpeg_quality}")
     image_size = _check_at_size(image_size, max_side, raw)
+    if jpeg_chroma not in JPEG_CHROMA:
+        raise ValueError(f"`--jpeg_chroma` must be one of {', '.join(JPEG_CHROMA)}. "
+                         f"Received: jpeg_chroma={jpeg_chroma!r}")
+    if jpeg_chroma != "444" and (not image_size or raw):
+        raise ValueError("`--jpeg_chroma` applies to JPEGs stored at a size: give "
+                         "--image_size, without --raw.")
     options = decode_options or decode.DecodeOptions()
-    at_size = (_at_size_encoder(image_size, options, raw, jpeg_quality)
+    at_size = (_at_size_encoder(image_size, options, raw, jpeg_quality, jpeg_chroma)
                if image_size else None)
     report = None
     if csv_path:
@@ -264,6 +279,7 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
         "max_side": int(max_side),
         "jpeg_quality": (int(jpeg_quality) if max_side or (image_size and not raw)
                          else None),
+        "jpeg_chroma": jpeg_chroma if image_size and not raw else None,
         # The stored form (catdog.sources.tfrecords.stored_form reads it back).
         "image_size": list(image_size) if image_size else None,
         "raw": bool(raw),

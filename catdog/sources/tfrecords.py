@@ -41,8 +41,8 @@ _FEATURES = {
 }
 #: Manifest keys of how the images are stored (absent in manifests of
 #: shards written before images could be stored at a size: as files).
-STORED_KEYS = ("image_size", "raw", "jpeg_quality", "max_side", "exif_orientation",
-               "resize_mode", "interpolation", "color_mode")
+STORED_KEYS = ("image_size", "raw", "jpeg_quality", "jpeg_chroma", "max_side",
+               "exif_orientation", "resize_mode", "interpolation", "color_mode")
 
 
 
