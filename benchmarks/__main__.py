@@ -9,6 +9,7 @@ from absl import app
 from absl import flags
 
 from catdog import cli
+from catdog.sources.tfrecord_writer import JPEG_CHROMA
 
 flags.DEFINE_string("data_dir", None, "Folder with one subfolder of images per class.")
 flags.DEFINE_string("image_size", "224", "Image size: 'SIZE' or 'HEIGHT,WIDTH'.")
@@ -33,7 +34,7 @@ flags.DEFINE_boolean("shards_at_size", False,
                      "CPU-second ratios).")
 flags.DEFINE_integer("shards_jpeg_quality", 95,
                      "JPEG quality of the --shards_at_size JPEG shards (1-100).")
-flags.DEFINE_enum("shards_jpeg_chroma", "444", ["444", "420"],
+flags.DEFINE_enum("shards_jpeg_chroma", JPEG_CHROMA[0], JPEG_CHROMA,
                   "Colour resolution of the --shards_at_size JPEG shards "
                   "(build_tfrecords.py --jpeg_chroma).")
 flags.DEFINE_string("model_dir", None,

@@ -26,6 +26,7 @@ from absl import flags
 from catdog import cli
 from catdog.config import DEFAULT_MAX_PIXELS
 from catdog.decode import COLOR_MODES, INTERPOLATIONS, RESIZE_MODES
+from catdog.sources.tfrecord_writer import JPEG_CHROMA
 
 flags.DEFINE_string("data_dir", None,
                     "Folder with one subfolder of images per class.")
@@ -53,7 +54,7 @@ flags.DEFINE_integer("max_side", 0,
                      "file's bytes unchanged.")
 flags.DEFINE_integer("jpeg_quality", 95,
                      "JPEG quality of images re-encoded by --max_side or --image_size.")
-flags.DEFINE_enum("jpeg_chroma", "444", ["444", "420"],
+flags.DEFINE_enum("jpeg_chroma", JPEG_CHROMA[0], JPEG_CHROMA,
                   "With --image_size (not --raw): the colour resolution of the stored "
                   "JPEGs. '444' keeps it full; '420' halves it both ways, as most "
                   "cameras do: a decode 10-20 percent cheaper, softer colour edges at small "
