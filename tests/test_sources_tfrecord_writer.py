@@ -13,6 +13,7 @@ from catdog.sources import tfrecord_writer
 from catdog.sources import tfrecords
 from helpers import REPO, make_class_folder, write_image
 from test_sources_tfrecords import folder_with_bad_files  # noqa: F401  (shared fixture)
+from test_sources_folder import parse_calls  # noqa: F401  (shared fixture)
 
 
 def test_write_skips_bad_files_and_writes_manifest(folder_with_bad_files, tmp_path):
@@ -125,3 +126,61 @@ def test_max_side_reencodes_exif_oriented_photos_upright(tmp_path):
         assert diff < (6 if small else 15), (size, diff)
         half_turn = np.abs(image.astype(int) - expected[::-1, ::-1].astype(int)).mean()
         assert half_turn > 40, (size, half_turn)
+
+
+def _shards_of_oriented_photos(tmp_path, turned):
+    import helpers  # pylint: disable=import-outside-toplevel
+    upright = helpers.upright_pixels()
+    root = tmp_path / "photos"
+    for i in range(3):
+        helpers.write_oriented_jpeg(root / "a" / f"u{i}.jpg", 1, upright)
+    for k in turned or (1,):
+        helpers.write_oriented_jpeg(root / "b" / f"t{k}.jpg", k, upright)
+    out = str(tmp_path / "shards")
+    manifest = tfrecord_writer.write_tfrecords(str(root), out, num_shards=2, progress=False)
+    files, _, n = tfrecords.resolve_shards(os.path.join(out, "*.tfrecord"))
+    return upright, manifest, files, n
+
+
+def _read_shards(files, n):
+    ds = tfrecords.build_tfrecord_dataset(
+        files, num_classes=2, image_size=(48, 32), batch_size=2, training=False,
+        num_examples=n, cache="none", deterministic=True)
+    return np.concatenate([x.numpy() for x, _ in ds])
+
+
+@pytest.mark.parametrize("turned", [(), (6, 3)])
+def test_shards_of_files_keep_the_checked_orientations_so_reading_parses_no_exif(
+        tmp_path, parse_calls, turned):
+    """The writer checked every file's EXIF orientation: the manifest says
+    whether all are upright and each example carries its own, so reading
+    the shards builds no EXIF parse and still turns every photo upright."""
+    upright, manifest, files, n = _shards_of_oriented_photos(tmp_path, turned)
+    assert manifest["orientations"] == ("per_example" if turned else "upright")
+    stored = {}
+    for record in tf.data.TFRecordDataset(files):
+        p = tf.io.parse_single_example(record, tfrecords._FEATURES)
+        stored[os.path.basename(p["image/filename"].numpy().decode())] = int(
+            p["image/orientation"])
+    assert stored == {"u0.jpg": 1, "u1.jpg": 1, "u2.jpg": 1,
+                      **{f"t{k}.jpg": k for k in turned or (1,)}}
+    parse_calls.clear()
+    images = _read_shards(files, n)
+    assert parse_calls == []
+    assert len(images) == n
+    diff = np.abs(images.astype(int) - upright.astype(int)).mean(axis=(1, 2, 3))
+    assert (diff < 2).all(), diff  # every photo turned upright
+
+
+def test_shards_whose_manifest_predates_the_orientations_parse_exif_in_the_graph(
+        tmp_path, parse_calls):
+    upright, manifest, files, n = _shards_of_oriented_photos(tmp_path, (6,))
+    del manifest["orientations"]
+    path = os.path.join(os.path.dirname(files[0]), tfrecords.MANIFEST)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f)
+    parse_calls.clear()
+    images = _read_shards(files, n)
+    assert parse_calls
+    diff = np.abs(images.astype(int) - upright.astype(int)).mean(axis=(1, 2, 3))
+    assert (diff < 2).all(), diff

@@ -8,11 +8,15 @@ A folder of class subfolders becomes ``N`` shards plus ``manifest.json``::
 
 Each example holds the ENCODED image bytes (the original file unless
 ``max_side`` re-encodes it), the label, the file name relative to the
-folder, the format and the image height/width as the image is seen (from the
+folder, the format, the image height/width as the image is seen (from the
 file check or the JPEG header, sides swapped for an EXIF orientation of 5-8;
-0 when neither gave them). A re-encoded photo is turned upright by its EXIF
-orientation first (the new JPEG has no EXIF); a copied file keeps its tag,
-which the training decode applies.
+0 when neither gave them) and the EXIF orientation of the stored bytes (from
+the file check). A re-encoded photo is turned upright by its EXIF
+orientation first (the new JPEG has no EXIF: orientation 1); a copied file
+keeps its tag, which the training decode applies. The manifest's
+``orientations`` says whether every stored image is upright (``"upright"``)
+or each example's orientation is needed (``"per_example"``), so the reader
+never parses EXIF in its graph.
 
 With ``image_size`` every image is stored at the training size: decoded and
 resized by :func:`catdog.decode.decode_and_resize` with the given
@@ -80,7 +84,17 @@ def _reencode(contents: bytes, max_side: int, quality: int):
     return tf.io.encode_jpeg(image, quality=quality).numpy(), h, w
 
 
-def _header_size(check, contents: bytes):
+def _orientation(check, contents: bytes) -> int:
+    """The EXIF orientation training would read from ``contents``: the file
+    check's (the same parse of the same bytes), else parsed here."""
+    if check.exif_orientation is not None:
+        return int(check.exif_orientation)
+    if contents[:2] != b"\xff\xd8":
+        return 1
+    return int(decode.exif_orientation(tf.constant(contents)))
+
+
+def _header_size(check, contents: bytes, orientation: int):
     """(height, width) as the image is seen: a JPEG whose EXIF orientation
     turns it by 90 degrees has its header's sides swapped."""
     if check.height and check.width:
@@ -90,7 +104,7 @@ def _header_size(check, contents: bytes):
         height, width = int(shape[0]), int(shape[1])
     else:
         return 0, 0
-    if contents[:2] == b"\xff\xd8" and int(decode.exif_orientation(tf.constant(contents))) >= 5:
+    if orientation >= 5:
         height, width = width, height
     return height, width
 
@@ -235,6 +249,7 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
 
     shards = []
     counts = collections.Counter()
+    turned = 0
     for shard in range(num_shards):
         name = f"{prefix}-{shard:05d}-of-{num_shards:05d}.tfrecord"
         path = fileio.join(output_dir, name)
@@ -245,14 +260,17 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
                 with tf.io.gfile.GFile(check.path, "rb") as f:
                     contents = f.read()
                 fmt = (check.format or os.path.splitext(check.path)[1].lstrip(".")).lower()
-                height, width = _header_size(check, contents)
+                orientation = _orientation(check, contents)
+                height, width = _header_size(check, contents, orientation)
                 channels = 0
                 if at_size:
                     contents, fmt = at_size(contents)
                     (height, width), channels = image_size, options.channels
+                    orientation = 1  # stored upright, with no EXIF
                 elif max_side and (not height or max(height, width) > max_side):
                     contents, height, width = _reencode(contents, max_side, jpeg_quality)
-                    fmt = "jpeg"
+                    fmt, orientation = "jpeg", 1
+                turned += orientation != 1
                 example = tf.train.Example(features=tf.train.Features(feature={
                     "image/encoded": _bytes(contents),
                     "image/class/label": _int64(label),
@@ -262,6 +280,7 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
                     "image/height": _int64(height),
                     "image/width": _int64(width),
                     "image/channels": _int64(channels),
+                    "image/orientation": _int64(orientation),
                 }))
                 writer.write(example.SerializeToString())
                 counts[class_names[label]] += 1
@@ -283,6 +302,9 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
         # The stored form (catdog.sources.tfrecords.stored_form reads it back).
         "image_size": list(image_size) if image_size else None,
         "raw": bool(raw),
+        # The EXIF orientation of every stored image, read once here: the
+        # reader builds no EXIF parse (catdog.sources.tfrecords).
+        "orientations": "per_example" if turned else "upright",
         **{name: (value if image_size else None)
            for name, value in options.record().items()},
     }

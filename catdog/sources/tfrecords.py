@@ -14,6 +14,7 @@ stored pixels, with a warning.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Optional, Sequence
@@ -38,6 +39,8 @@ _FEATURES = {
     "image/height": tf.io.FixedLenFeature([], tf.int64, default_value=0),
     "image/width": tf.io.FixedLenFeature([], tf.int64, default_value=0),
     "image/channels": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    # 0: written before the writer recorded it (the bytes are parsed instead).
+    "image/orientation": tf.io.FixedLenFeature([], tf.int64, default_value=0),
 }
 #: Manifest keys of how the images are stored (absent in manifests of
 #: shards written before images could be stored at a size: as files).
@@ -144,7 +147,9 @@ def _size_text(size) -> str:
 
 
 def _shard_decoder(folder: str, manifest: dict, image_size, options, dct_scaling: bool):
-    """The decode ``(contents, image_size) -> uint8 image`` of the shards in ``folder``.
+    """The decode ``(contents, image_size, orientation) -> uint8 image`` of
+    the shards in ``folder`` (``orientation``: the example's
+    ``image/orientation``).
 
     Shards stored at ``image_size`` with ``options``: decode only (raw:
     reshape). Stored at another size or with other resize options: a
@@ -153,7 +158,7 @@ def _shard_decoder(folder: str, manifest: dict, image_size, options, dct_scaling
     """
     stored = stored_form(manifest)
     if stored is None:
-        return decode.decoder(dct_scaling, options)
+        return _file_decoder(manifest, options, dct_scaling)
     size, made, raw = stored
     if made.color_mode != options.color_mode:
         raise ValueError(
@@ -169,7 +174,7 @@ def _shard_decoder(folder: str, manifest: dict, image_size, options, dct_scaling
         return tf.ensure_shape(tf.io.decode_jpeg(contents, channels=made.channels), shape)
 
     if size == tuple(image_size) and made == options:
-        return lambda contents, _: pixels(contents)
+        return lambda contents, _, __: pixels(contents)
     differ = [f"{name}={getattr(made, name)} (this run: --{name}={getattr(options, name)})"
               for name in options.record() if getattr(made, name) != getattr(options, name)]
     logging.warning(
@@ -180,16 +185,42 @@ def _shard_decoder(folder: str, manifest: dict, image_size, options, dct_scaling
         f" with {', '.join(differ)}" if differ else "", _size_text(image_size),
         _size_text(image_size))
     if raw:
-        return lambda contents, target: decode.resize_to_uint8(pixels(contents), target,
-                                                               options)
+        return lambda contents, target, _: decode.resize_to_uint8(pixels(contents), target,
+                                                                  options)
     # A stored JPEG has no EXIF: the run's decode gives the stored pixels, resized.
-    return decode.decoder(dct_scaling, options)
+    resize = decode.decoder(dct_scaling, dataclasses.replace(options, exif_orientation=False))
+    return lambda contents, target, _: resize(contents, target)
+
+
+def _file_decoder(manifest: dict, options, dct_scaling: bool):
+    """The decode of shards holding the files' bytes (not stored at a size).
+
+    The writer read every file's EXIF orientation (manifest
+    ``orientations``): all upright decodes with no EXIF op, some turned
+    takes each example's ``image/orientation``; shards written before that
+    parse the bytes in the graph. The pixels are the same either way.
+    """
+    known = manifest.get("orientations") if options.exif_orientation else None
+    if known == "upright":
+        upright = decode.decoder(dct_scaling, dataclasses.replace(options, exif_orientation=False))
+        return lambda contents, target, _: upright(contents, target)
+    decode_image = decode.decoder(dct_scaling, options)
+    if known == "per_example":
+        return lambda contents, target, turn: decode_image(contents, target,
+                                                           tf.cast(turn, tf.int32))
+    return lambda contents, target, _: decode_image(contents, target)
 
 
 def parse_example(serialized: tf.Tensor):
     """Parses one serialized example into ``(encoded bytes, int64 label)``."""
+    return parse_record(serialized)[:2]
+
+
+def parse_record(serialized: tf.Tensor):
+    """Parses one serialized example into ``(encoded bytes, int64 label,
+    int64 EXIF orientation of the bytes)`` (orientation 0: not recorded)."""
     parsed = tf.io.parse_single_example(serialized, _FEATURES)
-    return parsed["image/encoded"], parsed["image/class/label"]
+    return parsed["image/encoded"], parsed["image/class/label"], parsed["image/orientation"]
 
 
 def _assign_files(files: Sequence[str], sizes: Sequence[int], num_workers: int):
@@ -286,8 +317,9 @@ def build_tfrecord_dataset(files: Sequence[str], *, num_classes: int, image_size
         num_examples = share.num_examples
 
     def load(serialized):
-        contents, label = parse_example(serialized)
-        return decode_image(contents, image_size), batching.encode_labels(label, num_classes)
+        contents, label, orientation = parse_record(serialized)
+        return (decode_image(contents, image_size, orientation),
+                batching.encode_labels(label, num_classes))
 
     use_file_cache = cache not in ("memory", "none")
     name = batching.split_name(f"tfrecords-{split}", share)
