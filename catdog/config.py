@@ -322,6 +322,12 @@ class TrainConfig:
         "answer before it counts as gone; this worker then stops "
         "with exit code 75 (rerun every worker to resume). A "
         "worker busy in a slow phase still answers.")
+    data_service_timeout_seconds: float = option(
+        600.0, "--data_service: seconds a training step may wait for its batch "
+        "from the service before this run stops with exit code 75. The service "
+        "does not recover a worker lost mid-epoch (the run would wait for ever): "
+        "bring the workers up and rerun to resume from the last completed epoch. "
+        "Validation, read locally, is not timed.")
     class_weight: str = option(
         "none", "Loss weight of each class in training (never in validation): "
         "'none'; 'balanced', n_samples / (n_classes * count) from the "

@@ -96,12 +96,11 @@ def validate(config) -> None:
         _fail("jit_compile", t.jit_compile, f"must be one of {JIT_CHOICES}")
     if not t.model_dir:
         _fail("model_dir", t.model_dir, "must name a folder for the run's results")
-    if (isinstance(t.worker_timeout_seconds, bool)
-            or not isinstance(t.worker_timeout_seconds, (int, float))
-            or not math.isfinite(t.worker_timeout_seconds)
-            or t.worker_timeout_seconds <= 0):
-        _fail("worker_timeout_seconds", t.worker_timeout_seconds,
-              "must be a positive number of seconds")
+    for name in ("worker_timeout_seconds", "data_service_timeout_seconds"):
+        value = getattr(t, name)
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value <= 0):
+            _fail(name, value, "must be a positive number of seconds")
     validate_controls(t)
     parsed = _parse_class_weight(t.class_weight)
     if isinstance(parsed, dict) and d.class_names:

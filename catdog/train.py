@@ -365,6 +365,10 @@ def _fit_and_write(config, index, train_ds, val_ds, strategy, policy, out,
         callbacks_lib.PreemptionCallback(strategy),
         # Stops watching the other workers when fit ends (the last collective).
         watchdog,
+        # A service worker lost mid-epoch would leave fit waiting for ever.
+        *([watchdog_lib.InputStallGuard(config.data.data_service,
+                                        config.train.data_service_timeout_seconds)]
+          if config.data.data_service else []),
         # Before the plateau lowers the rate and before the CSV and TensorBoard.
         controls.LearningRateLogger(schedule),
         callbacks_lib.BestModelCheckpoint(os.path.join(out, rundir.MODEL_FILE),

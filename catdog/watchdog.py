@@ -1,11 +1,13 @@
-"""Multi-worker jobs: stop within a bounded time when another worker is gone.
+"""Stop within a bounded time when another worker is gone.
 
 TensorFlow notices a dead worker only inside collective ops, and ends the
 job with exit code 1 and a raw ``UnavailableError``; a worker busy in a
 phase of its own carries on until its next collective. :class:`WorkerWatchdog`
 turns a lost worker into a :class:`catdog.errors.WorkerLostError` naming it
 (exit code 75: rerun every worker to resume), whatever this worker was
-doing.
+doing. :class:`InputStallGuard` does the same for a tf.data service whose
+worker was lost mid-epoch, which would otherwise leave the trainer waiting
+for its next batch for ever.
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ def _abort_collectives(message: str) -> None:
 
 def _hard_exit(code: int) -> None:
     os._exit(code)  # pylint: disable=protected-access
+
+
+def _check_seconds(flag: str, value) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"`{flag}` must be a positive number of "
+                         f"seconds. Received: {flag.lstrip('-')}={value!r}")
+    return float(value)
 
 
 # What a health check of a task that is gone raises: unreachable, no answer
@@ -105,15 +115,9 @@ class WorkerWatchdog(keras.callbacks.Callback):
                  timeout_seconds: float = config_lib.TrainConfig.worker_timeout_seconds,
                  grace_seconds: float = 30.0):
         super().__init__()
-        for name, value in (("--worker_timeout_seconds", timeout_seconds),
-                            ("grace_seconds", grace_seconds)):
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not math.isfinite(value) or value <= 0):
-                raise ValueError(f"`{name}` must be a positive number of "
-                                 f"seconds. Received: {name.lstrip('-')}={value!r}")
         self.strategy = strategy
-        self.timeout_seconds = float(timeout_seconds)
-        self.grace_seconds = float(grace_seconds)
+        self.timeout_seconds = _check_seconds("--worker_timeout_seconds", timeout_seconds)
+        self.grace_seconds = _check_seconds("grace_seconds", grace_seconds)
         self.interval = min(self.CHECK_INTERVAL_SECONDS, self.timeout_seconds / 4)
         self.lost = []
         self._message = None
@@ -260,3 +264,78 @@ class WorkerWatchdog(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.stop()
+
+
+class InputStallGuard(keras.callbacks.Callback):
+    """Stops training whose batches from the tf.data service stopped coming.
+
+    The service (TensorFlow 2.21) does not recover a worker lost mid-epoch:
+    with dynamic sharding the trainer waits for that worker's data for ever,
+    whatever the dispatcher's ``worker_timeout_ms`` (BUILD_NOTES.md). This
+    callback times each training step from ``on_train_batch_begin`` to
+    ``on_train_batch_end``; one that waits ``timeout_seconds`` ends the
+    process with ``EXIT_PREEMPTED`` and a message naming the service and
+    the flag, so the job can be rerun (it resumes from the last completed
+    epoch). Validation reads local data and is not timed, nor is anything
+    outside ``fit``.
+
+    Args:
+      service: the dispatcher address (``--data_service``), for the message.
+      timeout_seconds: ``--data_service_timeout_seconds``.
+
+    Attributes:
+      message: what the guard said when it stopped the run, else None.
+    """
+
+    def __init__(self, service: str, timeout_seconds: float):
+        super().__init__()
+        self.service = service
+        self.timeout_seconds = _check_seconds("--data_service_timeout_seconds",
+                                              timeout_seconds)
+        self.interval = min(WorkerWatchdog.CHECK_INTERVAL_SECONDS, self.timeout_seconds / 4)
+        self.message = None
+        self._step_began = None  # monotonic time the step in progress began
+        self._stopped = threading.Event()
+        self._thread = None
+
+    @property
+    def watching(self) -> bool:
+        """Whether the guard thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def on_train_begin(self, logs=None):
+        self._stopped.clear()
+        self._thread = threading.Thread(target=self._watch, daemon=True,
+                                        name="catdog-input-stall-guard")
+        self._thread.start()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step_began = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step_began = None
+
+    def on_train_end(self, logs=None):
+        self._step_began = None
+        self._stopped.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self.interval + 1)
+
+    def _watch(self):
+        while not self._stopped.wait(self.interval):
+            began = self._step_began
+            if began is None or time.monotonic() - began < self.timeout_seconds:
+                continue
+            self.message = (
+                f"No training batch from the tf.data service at {self.service} for "
+                f"{self.timeout_seconds:g} s (--data_service_timeout_seconds="
+                f"{self.timeout_seconds:g}): a service worker was probably lost "
+                "mid-epoch, which the service does not recover. This run stops "
+                f"with exit code {EXIT_PREEMPTED}: check that the dispatcher and "
+                "the workers are up, then rerun the same command to resume from "
+                "the last completed epoch.")
+            _log.error("%s", self.message)
+            print(f"error: {self.message}", file=sys.stderr, flush=True)
+            _hard_exit(EXIT_PREEMPTED)
+            return

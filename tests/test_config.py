@@ -47,6 +47,8 @@ def test_presets_differ_where_the_recipe_says():
     ("train", "model_dir", "", "model_dir"),
     ("train", "worker_timeout_seconds", 0.0, "worker_timeout_seconds"),
     ("train", "worker_timeout_seconds", float("nan"), "worker_timeout_seconds"),
+    ("train", "data_service_timeout_seconds", 0.0, "data_service_timeout_seconds"),
+    ("train", "data_service_timeout_seconds", -5.0, "data_service_timeout_seconds"),
 ])
 def test_out_of_range_values_name_the_flag_and_value(section, field, value, flag):
     c = _valid()

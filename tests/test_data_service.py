@@ -18,6 +18,7 @@ import tensorflow as tf
 from catdog import config as C
 from catdog import data
 from catdog import data_service
+from catdog import errors
 from catdog import train
 from helpers import REPO, free_ports, id_folder, image_ids, make_class_folder
 
@@ -245,3 +246,53 @@ def test_a_mirrored_run_over_two_cpu_replicas_trains_through_the_service(service
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(result.read_text())["metrics"]
     assert metrics["replicas"] == 2 and metrics["epochs_completed"] == 2, metrics
+
+
+@pytest.mark.slow
+def test_a_worker_lost_mid_run_stops_the_trainer_with_exit_75_and_a_rerun_resumes(tmp_path):
+    """The service leaves a trainer whose worker died waiting for ever; the
+    stall guard ends it (exit 75, the flag named) and a rerun resumes."""
+    train_dir = make_class_folder(tmp_path / "train", per_class=80, seed=1)
+    val_dir = make_class_folder(tmp_path / "valid", per_class=4, seed=2)
+    d_port, *w_ports = free_ports(4)
+    dispatcher = _start("--dispatcher", f"--port={d_port}")
+    _wait_for(dispatcher, f"dispatcher serving on port {d_port}")
+
+    def worker(port):
+        proc = _start("--worker", f"--dispatcher_address=127.0.0.1:{d_port}",
+                      f"--port={port}", "--worker_host=127.0.0.1")
+        _wait_for(proc, f"worker serving on 127.0.0.1:{port}")
+        return proc
+
+    workers = [worker(w_ports[0]), worker(w_ports[1])]
+    run = tmp_path / "run"
+    command = [sys.executable, os.path.join(REPO, "scripts", "train_baseline.py"),
+               f"--train_dir={train_dir}", f"--val_dir={val_dir}", f"--model_dir={run}",
+               "--image_size=64", "--batch_size=4", "--epochs=3", "--verbose=0",
+               f"--data_service=grpc://127.0.0.1:{d_port}",
+               "--data_service_timeout_seconds=5"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    try:
+        trainer = subprocess.Popen(command, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, env=env)
+        history = run / "history.csv"
+        deadline = time.time() + 240
+        while time.time() < deadline and trainer.poll() is None and (
+                not history.exists() or len(history.read_text().splitlines()) < 2):
+            time.sleep(0.2)
+        assert trainer.poll() is None, trainer.communicate()[0][-3000:]
+        workers[0].kill()  # SIGKILL in the second epoch
+        out = trainer.communicate(timeout=120)[0]
+        assert trainer.returncode == errors.EXIT_PREEMPTED, out[-3000:]
+        assert "--data_service_timeout_seconds=5" in out and "rerun" in out, out[-3000:]
+        assert len(history.read_text().splitlines()) == 2  # epoch 1 kept
+        workers.append(worker(w_ports[2]))
+        rerun = subprocess.run(command, capture_output=True, text=True, env=env,
+                               timeout=240)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        epochs = [line.split(",")[0] for line in history.read_text().splitlines()[1:]]
+        assert epochs == ["0", "1", "2"]
+    finally:
+        for proc in (*workers, dispatcher):
+            proc.kill()
+            proc.communicate()

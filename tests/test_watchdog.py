@@ -150,3 +150,52 @@ def test_lost_worker_message_keeps_the_reason_of_a_multi_line_tf_error(peers):
     while not peers.exits and time.monotonic() < deadline:
         time.sleep(0.05)
     assert peers.exits == [errors.EXIT_PREEMPTED]
+
+
+def _stalling_fit(stall_at, seconds, guard, validation_stall=0.0):
+    """``fit`` one epoch of 6 steps whose training batch ``stall_at`` takes
+    ``seconds`` to arrive (and, with ``validation_stall``, a slow validation)."""
+    import keras  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    def slow(i, wait):
+        def delay(i):
+            if int(i) == wait[0]:
+                time.sleep(wait[1])
+            return i
+        return tf.py_function(delay, [i], tf.int64)
+
+    def batches(wait):
+        ds = tf.data.Dataset.range(6).map(lambda i: slow(i, wait))
+        return ds.map(lambda i: (tf.fill([2, 3], tf.cast(i, tf.float32)),
+                                 tf.zeros([2, 1])))
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(batches((stall_at, seconds)), epochs=1, verbose=0, callbacks=[guard],
+              validation_data=batches((0, validation_stall)))
+    return np.array(0)
+
+
+def test_stalled_service_input_stops_training_with_exit_75(peers):
+    guard = watchdog_lib.InputStallGuard("grpc://dispatcher:5050", 0.5)
+    _stalling_fit(stall_at=3, seconds=2.5, guard=guard)
+    assert peers.exits == [errors.EXIT_PREEMPTED]
+    message = guard.message
+    assert "grpc://dispatcher:5050" in message and "0.5 s" in message
+    assert "--data_service_timeout_seconds" in message and "rerun" in message
+    assert not guard.watching  # stopped with fit
+
+
+def test_service_input_in_time_and_slow_validation_never_stop_training(peers):
+    guard = watchdog_lib.InputStallGuard("grpc://dispatcher:5050", 0.8)
+    # Every training batch arrives within 0.3 s; validation (local input,
+    # not timed) takes 2 s.
+    _stalling_fit(stall_at=2, seconds=0.3, guard=guard, validation_stall=2.0)
+    assert peers.exits == [] and guard.message is None
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "60"])
+def test_input_stall_timeout_must_be_positive(bad):
+    with pytest.raises(ValueError, match="--data_service_timeout_seconds"):
+        watchdog_lib.InputStallGuard("grpc://dispatcher:5050", bad)
