@@ -16,6 +16,8 @@ import math
 import os
 from typing import Optional
 
+from absl import logging
+
 from catdog import batching
 from catdog import label_sets
 
@@ -58,6 +60,35 @@ def split_files(paths, labels, validation_split: float, seed: int, class_dirs=No
     take = lambda keep: batching.SplitFiles([p for i, p in enumerate(paths) if keep(i)],
                                             [l for i, l in enumerate(labels) if keep(i)])
     return take(lambda i: i not in held_out), take(lambda i: i in held_out)
+
+
+def check_split_classes(train, val, class_names, validation_split: float,
+                        where: str, val_flag: str) -> None:
+    """After a ``--validation_split``: every class must keep a training image.
+
+    A class whose every image was held out would give a model that never saw
+    it (ValueError naming the class and what to do); a class with no
+    validation image only weakens its validation figures (a warning).
+    """
+    def missing(labels):
+        present = {i for label in labels
+                   for i in (label if isinstance(label, (tuple, list)) else (label,))}
+        return [name for i, name in enumerate(class_names) if i not in present]
+
+    untrained = missing(train.labels)
+    if untrained:
+        raise ValueError(
+            f"Class(es) {untrained} of {where} have no training image: "
+            f"--validation_split={validation_split:g} holds out all of their "
+            "usable images. Add images to them, lower --validation_split, or give "
+            f"the validation images with {val_flag}.")
+    unvalidated = missing(val.labels)
+    if unvalidated:
+        logging.warning(
+            "Class(es) %s of %s have no validation image after --validation_split=%g "
+            "(too few usable images): their validation figures will be missing. Add "
+            "images to them, raise --validation_split, or use %s.",
+            unvalidated, where, validation_split, val_flag)
 
 
 def _num_held_out(n: int, fraction: float) -> int:

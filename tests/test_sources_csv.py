@@ -540,3 +540,18 @@ def test_fine_tuning_flags_take_the_csv_settings_of_the_init_from_run(tmp_path):
     assert c.data.train_dir == ""
     c.validate()
     assert "--train_csv=labels.csv" in cli.flagfile_text(values)
+
+
+def test_a_csv_split_that_leaves_a_class_out_of_training_is_refused(tmp_path):
+    rows = [(f"c{i}.jpg", "cats") for i in range(6)] + [
+        (f"d{i}.jpg", "dogs") for i in range(6)] + [("z.jpg", "zsolo")]
+    for i, (name, label) in enumerate(rows):
+        _image(tmp_path / name, ["cats", "dogs", "zsolo"].index(label), seed=i)
+    train_csv = tmp_path / "labels.csv"
+    with open(train_csv, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("filename", "label"), *rows])
+    with pytest.raises(ValueError) as e:
+        data.index_source(_cfg(train_csv, validation_split=0.5))
+    message = str(e.value)
+    assert "'zsolo'" in message and "--validation_split" in message
+    assert "--val_csv" in message

@@ -246,3 +246,30 @@ def test_unchecked_or_replaced_files_are_parsed_in_the_graph(tmp_path, parse_cal
     parse_calls.clear()
     np.testing.assert_array_equal(_decoded(build()), images)
     assert parse_calls
+
+
+def _folder_with_a_one_image_class(tmp_path):
+    root = tmp_path / "d"
+    make_class_folder(root, classes=("cats", "dogs"), per_class=6)
+    write_image(str(root / "zsolo" / "only.jpg"), np.full((16, 16, 3), 200, np.uint8))
+    return str(root)
+
+
+def test_a_split_that_leaves_a_class_out_of_training_is_refused(tmp_path):
+    """A class whose every image is held out for validation would train a
+    model that never saw it: refused, naming the class and the flags."""
+    root = _folder_with_a_one_image_class(tmp_path)
+    with pytest.raises(ValueError) as e:
+        data.index_data(_data_config(root, validation_split=0.5))
+    message = str(e.value)
+    assert "'zsolo'" in message and "--validation_split" in message
+    assert "--val_dir" in message and "cats" not in message
+
+
+def test_a_split_that_leaves_a_class_out_of_validation_warns(tmp_path, caplog):
+    root = _folder_with_a_one_image_class(tmp_path)
+    with caplog.at_level("WARNING"):
+        index = data.index_data(_data_config(root, validation_split=0.25))
+    assert 2 not in index.val.labels and 2 in index.train.labels
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("'zsolo'" in m and "validation" in m for m in warned), warned

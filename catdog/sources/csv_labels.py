@@ -367,6 +367,8 @@ def index_csv(data_config, progress: bool = True) -> batching.DataIndex:
                 f"`--validation_split` {d.validation_split} of {len(paths)} usable "
                 f"images of --train_csv {d.train_csv!r} leaves an empty split; use "
                 "more images, another split, or --val_csv.")
+        splits.check_split_classes(train, val, class_names, d.validation_split,
+                                   f"--train_csv {d.train_csv!r}", "--val_csv")
     return batching.DataIndex(class_names, train, val, skipped, csv_report=report)
 
 

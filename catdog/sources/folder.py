@@ -77,6 +77,8 @@ def index_data(data_config, progress: bool = True) -> batching.DataIndex:
                 f"`--validation_split` {data_config.validation_split} of "
                 f"{len(paths)} usable images leaves an empty split; use more "
                 "images, another split, or --val_dir.")
+        splits.check_split_classes(train, val, class_names, data_config.validation_split,
+                                   data_config.train_dir, "--val_dir")
     return batching.DataIndex(class_names, train, val, skipped)
 
 
