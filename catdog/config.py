@@ -24,7 +24,7 @@ from catdog.class_weighting import CLASS_WEIGHT_MODES, class_weights  # noqa: F4
 # The values each setting may take, and the checks of Config.validate.
 from catdog.config_checks import (  # noqa: F401
     CACHE_CHOICES, FILL_MODES, FLIPS, HEADS, JIT_CHOICES, PRECISIONS, STAGES, STRATEGIES,
-    validate)
+    check_writes_outside_data, validate)
 from catdog.control_settings import LR_SCHEDULES, OPTIMIZERS
 from catdog.decode import COLOR_MODES, INTERPOLATIONS, RESIZE_MODES
 from catdog.options import document_options, flag_error, option

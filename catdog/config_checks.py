@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 
+from catdog import fileio
 from catdog import label_sets
 from catdog.class_weighting import class_weights
 from catdog.class_weighting import parse_class_weight as _parse_class_weight
@@ -107,6 +108,9 @@ def validate(config) -> None:
         class_weights(t.class_weight, d.class_names, None)
     _validate_mixing(t)
     _validate_sources(config)
+    check_writes_outside_data(d, t.model_dir)
+    if d.cache not in CACHE_CHOICES:
+        check_writes_outside_data(d, d.cache, flag="cache")
     _validate_data_service(config)
     label_sets.validate(config)
 
@@ -186,6 +190,23 @@ def _validate_sources(config) -> None:
         _fail("val_split" if d.train_split else "train_split",
               d.val_split if d.train_split else d.train_split,
               "must be a TFDS split such as 'train[:80%]' with --tfds_name")
+
+
+def check_writes_outside_data(d, path: str, flag: str = "model_dir") -> None:
+    """Refuses ``path`` (what ``--flag`` writes) inside a class folder tree.
+
+    Files written there would be listed as images of a class on the next
+    run (or make a class folder with no image), and catdog never writes
+    into a user's data folder.
+    """
+    if not path or fileio.is_remote(path):
+        return
+    for name in ("train_dir", "val_dir"):
+        folder = getattr(d, name)
+        if folder and not fileio.is_remote(folder) and fileio.is_within(path, folder):
+            _fail(flag, path, f"is inside the data folder --{name}={folder}; catdog never "
+                  "writes into a data folder (the next run would list what it wrote "
+                  "as images): choose a folder outside it")
 
 
 def _validate_csv(d) -> None:

@@ -80,6 +80,12 @@ def abspath(path: str) -> str:
     return path if is_remote(path) else os.path.abspath(path)
 
 
+def is_within(path: str, folder: str) -> bool:
+    """Whether local ``path`` is ``folder`` or inside it (links resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def normpath(path: str) -> str:
     """``os.path.normpath`` for local paths; remote paths unchanged."""
     return path if is_remote(path) else os.path.normpath(path)

@@ -144,6 +144,7 @@ def run_pipeline(base: config_lib.Config, model_dir: str,
             f"--color_mode={base.data.color_mode} cannot be used with the "
             f"{', '.join(backbone_stages)} stage(s): their pretrained --backbone takes "
             "3-channel images. Run --stages=baseline,augmented, or use --color_mode=rgb.")
+    config_lib.check_writes_outside_data(base.data, model_dir)
     os.makedirs(model_dir, exist_ok=True)
     cache_dir = job_cache_dir(base, model_dir) if share_cache else None
     if cache_dir:

@@ -241,3 +241,45 @@ def test_decode_settings_are_checked_naming_the_flag(name, value):
     setattr(c.data, name, value)
     with pytest.raises(ValueError, match=f"`--{name}`"):
         c.validate()
+
+
+@pytest.mark.parametrize("where,flag", [
+    ("data/run", "model_dir"), ("data/cats/run", "model_dir"), ("data", "model_dir"),
+    ("valid/run", "model_dir"), ("data/dogs/cache", "cache")])
+def test_outputs_inside_a_data_folder_are_refused(tmp_path, where, flag):
+    """A run writing into a class folder would train on its own files next
+    time (or fail on a class folder with no image): refused, nothing written."""
+    for folder in ("data/cats", "data/dogs", "valid/cats", "valid/dogs"):
+        (tmp_path / folder).mkdir(parents=True)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    c = _valid()
+    c.data.train_dir, c.data.val_dir = str(tmp_path / "data"), str(tmp_path / "valid") + "/"
+    c.train.model_dir = str(tmp_path / "runs")
+    if flag == "cache":
+        c.data.cache = str(tmp_path / where)
+    else:
+        c.train.model_dir = str(tmp_path / where)
+    with pytest.raises(ValueError) as e:
+        c.validate()
+    assert f"--{flag}" in str(e.value) and "inside" in str(e.value)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_outputs_beside_a_data_folder_are_accepted(tmp_path):
+    (tmp_path / "data" / "cats").mkdir(parents=True)
+    c = _valid()
+    c.data.train_dir = str(tmp_path / "data")
+    c.train.model_dir = str(tmp_path / "data_runs")  # shares the name's start only
+    c.data.cache = str(tmp_path / "cache")
+    c.validate()
+
+
+def test_a_job_model_dir_inside_the_data_folder_is_refused_before_anything_is_written(
+        tmp_path):
+    from catdog import stages  # pylint: disable=import-outside-toplevel
+    (tmp_path / "data" / "cats").mkdir(parents=True)
+    base = _valid()
+    base.data.train_dir = str(tmp_path / "data")
+    with pytest.raises(ValueError, match="--model_dir"):
+        stages.run_pipeline(base, str(tmp_path / "data" / "job"))
+    assert not (tmp_path / "data" / "job").exists()
