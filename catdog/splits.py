@@ -19,6 +19,7 @@ from typing import Optional
 from absl import logging
 
 from catdog import batching
+from catdog import fileio
 from catdog import label_sets
 
 
@@ -60,6 +61,47 @@ def split_files(paths, labels, validation_split: float, seed: int, class_dirs=No
     take = lambda keep: batching.SplitFiles([p for i, p in enumerate(paths) if keep(i)],
                                             [l for i, l in enumerate(labels) if keep(i)])
     return take(lambda i: i not in held_out), take(lambda i: i in held_out)
+
+
+def _file_keys(paths) -> list:
+    """Each file's identity: its real path (a linked file: its target's)."""
+    real_dirs, keys = {}, []
+    for path in paths:
+        if fileio.is_remote(path):
+            keys.append(path)
+            continue
+        folder, name = os.path.split(os.path.abspath(path))
+        real = real_dirs.get(folder)
+        if real is None:
+            real = real_dirs[folder] = os.path.realpath(folder)
+        full = os.path.join(real, name)
+        keys.append(os.path.realpath(full) if os.path.islink(full) else full)
+    return keys
+
+
+def shared_files(first, second) -> list:
+    """The files of ``second`` that are also in ``first`` (same real file)."""
+    seen = set(_file_keys(first))
+    return [path for path, key in zip(second, _file_keys(second)) if key in seen]
+
+
+def check_disjoint(train, val, train_what: str, val_what: str) -> None:
+    """Refuses validation files that are also training files.
+
+    Validation figures over images the model trains on are not validation
+    figures: the same folder twice, a validation folder inside the training
+    one, a CSV row in both, or a link to a training file. ValueError names
+    both inputs and a few of the files.
+    """
+    both = shared_files(train.paths, val.paths)
+    if both:
+        shown = ", ".join(repr(p) for p in both[:3]) + (", ..." if len(both) > 3 else "")
+        raise ValueError(
+            f"{len(both)} of the {len(val)} validation images of {val_what} are also "
+            f"training images of {train_what} (the same files: {shown}), so the "
+            "validation figures would be measured on images the model trained on. "
+            f"Give validation images that are not in {train_what}, or leave out "
+            f"{val_what.split()[0]} and hold out a --validation_split instead.")
 
 
 def check_split_classes(train, val, class_names, validation_split: float,

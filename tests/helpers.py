@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import socket
 import zlib
 
@@ -540,3 +541,13 @@ class FakeMultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
 
     def scope(self):
         return tf.distribute.get_strategy().scope()
+
+
+def validation_copy(folder) -> str:
+    """A copy of ``folder`` beside it (``<folder>-val``), for tests that
+    validate on the images they train on: catdog refuses the same files in
+    both splits (a leak), not the same pixels in other files."""
+    dest = os.fspath(folder).rstrip("/") + "-val"
+    if not os.path.exists(dest):
+        shutil.copytree(os.fspath(folder), dest)
+    return dest

@@ -22,6 +22,7 @@ from catdog import predict
 from catdog import resume_check
 from catdog import train
 import helpers
+from helpers import validation_copy
 
 GRAY = decode.DecodeOptions(color_mode="grayscale")
 
@@ -196,16 +197,20 @@ def test_every_source_yields_one_channel_in_grayscale(tmp_path):
     out = str(tmp_path / "shards")
     tfrecord_writer.write_tfrecords(root, out, num_shards=1, progress=False)
     names = sorted(f"{c}/{f}" for c in ("cats", "dogs") for f in os.listdir(f"{root}/{c}"))
-    (tmp_path / "labels.csv").write_text(
+    # Each CSV beside its images (the validation ones a copy: the same files
+    # in both splits are refused).
+    (tmp_path / "src" / "labels.csv").write_text(
         "file,label\n" + "".join(f"{n},{n.split('/')[0]}\n" for n in names))
+    val_root = validation_copy(root)
     common = dict(image_size=(16, 16), batch_size=4, color_mode="grayscale",
                   deterministic=True, cache="none")
     configs = {
-        "folder": C.DataConfig(train_dir=root, val_dir=root, **common),
-        "csv": C.DataConfig(train_csv=str(tmp_path / "labels.csv"),
-                            val_csv=str(tmp_path / "labels.csv"), image_dir=root, **common),
+        "folder": C.DataConfig(train_dir=root, val_dir=val_root, **common),
+        "csv": C.DataConfig(train_csv=os.path.join(root, "labels.csv"),
+                            val_csv=os.path.join(val_root, "labels.csv"), **common),
         "tfrecords": C.DataConfig(train_tfrecords=os.path.join(out, "*.tfrecord"),
-                                  val_tfrecords=os.path.join(out, "*.tfrecord"), **common),
+                                  val_tfrecords=os.path.join(validation_copy(out), "*.tfrecord"),
+                                  **common),
     }
     pixels = {}
     for name, config in configs.items():

@@ -7,7 +7,7 @@ import tensorflow as tf
 from catdog import config as C
 from catdog import data
 from catdog import decode
-from helpers import make_class_folder, write_image
+from helpers import make_class_folder, validation_copy, write_image
 from test_sources_folder import _data_config
 
 
@@ -42,7 +42,8 @@ def test_dct_scaling_applies_to_the_training_split_only(tmp_path):
                                  (64, 64)).numpy().astype(np.uint8)
         write_image(str(tmp_path / "d" / name / f"{name}.jpg"), smooth)
     root = str(tmp_path / "d")
-    cfg = C.DataConfig(train_dir=root, val_dir=root, image_size=(16, 16), batch_size=2,
+    cfg = C.DataConfig(train_dir=root, val_dir=validation_copy(root), image_size=(16, 16),
+                       batch_size=2,
                        deterministic=True, dct_scaling=True)
     train_ds, val_ds, index = data.build_datasets(cfg, progress=False)
     read = lambda p: tf.io.read_file(p)

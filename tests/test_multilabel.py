@@ -370,7 +370,7 @@ def test_the_evaluate_script_reports_per_label_figures_and_refuses_a_folder(trai
 
 
 def test_a_stage_script_refuses_label_sets_from_a_folder(tmp_path):
-    done = _script("train_baseline.py", f"--train_dir={tmp_path}", "--label_separator=|",
+    done = _script("train_baseline.py", f"--train_dir={tmp_path / 'data'}", "--label_separator=|",
                    f"--model_dir={tmp_path / 'run'}")
     assert done.returncode == 2
     assert "--label_separator" in done.stderr and "--train_csv" in done.stderr

@@ -555,3 +555,19 @@ def test_a_csv_split_that_leaves_a_class_out_of_training_is_refused(tmp_path):
     message = str(e.value)
     assert "'zsolo'" in message and "--validation_split" in message
     assert "--val_csv" in message
+
+
+def test_a_validation_csv_listing_training_images_is_refused(tmp_path):
+    names = [f"c{i}.jpg" for i in range(4)] + [f"d{i}.jpg" for i in range(4)]
+    for i, name in enumerate(names):
+        _image(tmp_path / name, int(name[0] == "d"), seed=i)
+    rows = [(name, "cats" if name[0] == "c" else "dogs") for name in names]
+    for file_name, chosen in (("train.csv", rows[:3] + rows[4:7]),
+                              ("val.csv", [rows[3], rows[7], rows[0]])):
+        with open(tmp_path / file_name, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([("filename", "label"), *chosen])
+    with pytest.raises(ValueError) as e:
+        data.index_source(_cfg(tmp_path / "train.csv", val_csv=str(tmp_path / "val.csv"),
+                               validation_split=0.0))
+    message = str(e.value)
+    assert "--val_csv" in message and "c0.jpg" in message and "also training images" in message

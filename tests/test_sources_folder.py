@@ -273,3 +273,31 @@ def test_a_split_that_leaves_a_class_out_of_validation_warns(tmp_path, caplog):
     assert 2 not in index.val.labels and 2 in index.train.labels
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("'zsolo'" in m and "validation" in m for m in warned), warned
+
+
+@pytest.mark.parametrize("layout", ["same", "nested", "linked"])
+def test_validation_images_that_are_training_images_are_refused(tmp_path, layout):
+    """Validation figures over images the model trains on would be wrong:
+    the same folder, a validation folder inside the training one, or a
+    validation file that is a link to a training file are refused."""
+    root = make_class_folder(tmp_path / "train", per_class=4)
+    if layout == "same":
+        val_dir = root
+    elif layout == "nested":
+        val_dir = make_class_folder(tmp_path / "train" / "cats" / "held", per_class=2)
+    else:
+        val_dir = make_class_folder(tmp_path / "valid", per_class=2, seed=5)
+        os.symlink(os.path.join(root, "dogs", "dogs_000.jpg"),
+                   os.path.join(val_dir, "dogs", "alias.jpg"))
+    with pytest.raises(ValueError) as e:
+        data.index_data(_data_config(root, val_dir))
+    message = str(e.value)
+    assert "--val_dir" in message and "--train_dir" in message
+    assert "also training images" in message
+
+
+def test_separate_training_and_validation_folders_are_accepted(tmp_path):
+    root = make_class_folder(tmp_path / "train", per_class=4)
+    val_dir = make_class_folder(tmp_path / "valid", per_class=2, seed=5)
+    index = data.index_data(_data_config(root, val_dir))
+    assert (len(index.train), len(index.val)) == (8, 4)

@@ -12,7 +12,7 @@ from catdog import data
 from catdog import decode
 from catdog.sources import tfrecord_writer
 from catdog.sources import tfrecords
-from helpers import id_folder, image_ids, make_class_folder, write_image
+from helpers import id_folder, image_ids, make_class_folder, validation_copy, write_image
 
 
 def _epochs(ds, n=2):
@@ -54,9 +54,12 @@ def test_parse_example_eager_and_in_tf_data(tmp_path):
 
 def _configs(root, out_train, out_val, **kw):
     kw.setdefault("batch_size", 4)
-    folder = C.DataConfig(train_dir=root, val_dir=root, image_size=(16, 16), **kw)
+    folder = C.DataConfig(train_dir=root, val_dir=validation_copy(root), image_size=(16, 16),
+                          **kw)
+    if out_val == out_train:
+        out_val = validation_copy(out_val)
     shards = C.DataConfig(train_tfrecords=os.path.join(out_train, "*.tfrecord"),
-                          val_tfrecords=os.path.join(out_val, "*"),
+                          val_tfrecords=os.path.join(out_val, "*.tfrecord"),
                           image_size=(16, 16), **kw)
     return folder, shards
 

@@ -19,7 +19,7 @@ from catdog import train
 from catdog.sources import tfrecord_writer
 from catdog.sources import tfrecords
 import helpers
-from helpers import REPO, make_class_folder, write_image
+from helpers import REPO, make_class_folder, validation_copy, write_image
 
 SIZE = (16, 20)
 
@@ -60,9 +60,10 @@ def _write(root, out, **kw):
 
 def _configs(root, out, options=decode.DecodeOptions(), image_size=SIZE):
     common = dict(image_size=image_size, batch_size=2, **options.record())
-    folder = C.DataConfig(train_dir=root, val_dir=root, **common)
+    folder = C.DataConfig(train_dir=root, val_dir=validation_copy(root), **common)
     shards = C.DataConfig(train_tfrecords=os.path.join(out, "*.tfrecord"),
-                          val_tfrecords=os.path.join(out, "*.tfrecord"), **common)
+                          val_tfrecords=os.path.join(validation_copy(out), "*.tfrecord"),
+                          **common)
     return folder, shards
 
 
@@ -331,7 +332,8 @@ def test_training_on_shards_of_another_color_mode_exits_2(photos, tmp_path):
     glob = str(out / "*.tfrecord")
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "scripts", "train_baseline.py"),
-         f"--train_tfrecords={glob}", f"--val_tfrecords={glob}", "--image_size=16,20",
+         f"--train_tfrecords={glob}", f"--val_tfrecords={validation_copy(out)}/*.tfrecord",
+         "--image_size=16,20",
          "--color_mode=grayscale", "--batch_size=2", "--epochs=1", "--verbose=0",
          f"--model_dir={tmp_path / 'run'}"],
         capture_output=True, text=True, timeout=300,

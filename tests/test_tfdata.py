@@ -15,7 +15,7 @@ from catdog import data
 from catdog import tfdata
 from catdog.scan import check
 from catdog.sources import tfrecord_writer
-from helpers import make_class_folder
+from helpers import make_class_folder, validation_copy
 
 
 def _parallel_stages(ds):
@@ -64,7 +64,7 @@ def test_shard_and_tfds_pipelines_run_without_the_autotuner(tmp_path, seven_cpus
     out = str(tmp_path / "shards")
     tfrecord_writer.write_tfrecords(str(root), out, num_shards=2, progress=False)
     shards = C.DataConfig(train_tfrecords=os.path.join(out, "*.tfrecord"),
-                          val_tfrecords=os.path.join(out, "*.tfrecord"),
+                          val_tfrecords=os.path.join(validation_copy(out), "*.tfrecord"),
                           image_size=(16, 16), batch_size=4)
     built = list(data.build_datasets(shards)[:2])
     with tfds.testing.mock_data(num_examples=8):

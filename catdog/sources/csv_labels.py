@@ -358,6 +358,8 @@ def index_csv(data_config, progress: bool = True) -> batching.DataIndex:
         skipped += vskipped
         batching.require_every_class(vlabels, class_names, f"--val_csv {d.val_csv!r}")
         train, val = batching.SplitFiles(paths, labels), batching.SplitFiles(vpaths, vlabels)
+        splits.check_disjoint(train, val, f"--train_csv {d.train_csv!r}",
+                              f"--val_csv {d.val_csv!r}")
     else:
         roots = [train_rows.image_dir] * len(class_names)
         train, val = splits.split_files(paths, labels, d.validation_split, d.seed,

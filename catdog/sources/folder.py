@@ -67,6 +67,8 @@ def index_data(data_config, progress: bool = True) -> batching.DataIndex:
         batching.require_every_class(labels, class_names, data_config.train_dir)
         batching.require_every_class(vlabels, class_names, data_config.val_dir)
         train, val = batching.SplitFiles(paths, labels), batching.SplitFiles(vpaths, vlabels)
+        splits.check_disjoint(train, val, f"--train_dir {data_config.train_dir!r}",
+                              f"--val_dir {data_config.val_dir!r}")
     else:
         batching.require_every_class(labels, class_names, data_config.train_dir)
         class_dirs = [os.path.join(data_config.train_dir, name) for name in class_names]

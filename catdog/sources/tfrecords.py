@@ -26,6 +26,7 @@ from catdog import batching
 from catdog import decode
 from catdog import file_cache
 from catdog import fileio
+from catdog import splits
 from catdog import tfdata
 
 MANIFEST = "manifest.json"
@@ -108,6 +109,14 @@ def index_tfrecords(data_config) -> batching.DataIndex:
         data_config.train_tfrecords, "train_tfrecords")
     val_files, val_manifest, n_val = resolve_shards(
         data_config.val_tfrecords, "val_tfrecords")
+    both = splits.shared_files(train_files, val_files)
+    if both:
+        raise ValueError(
+            f"`--val_tfrecords` matches {len(both)} shard file(s) that --train_tfrecords "
+            f"matches too ({', '.join(repr(f) for f in both[:3])}), so validation would "
+            "be measured on training examples. Give validation shards built from other "
+            f"images. Received: train_tfrecords={data_config.train_tfrecords!r}, "
+            f"val_tfrecords={data_config.val_tfrecords!r}")
     class_names = list(train_manifest["class_names"])
     if list(val_manifest["class_names"]) != class_names:
         raise ValueError(
