@@ -157,7 +157,9 @@ def test_messy_rows_are_counted_exactly_and_training_uses_the_rest(tmp_path):
     assert not any("conflict" in p or "broken" in p for p in used)
     assert [s["path"] for s in index.skipped] == [str(images / "broken.jpg")]
     assert index.csv_report["train"]["rows"] == 18
-    assert index.csv_report["train"]["used"] == 11  # the broken file is still a good row
+    # The broken file's row is good, but the file is not used: it is in the
+    # skipped files, and "used" counts what trains or validates.
+    assert index.csv_report["train"]["used"] == 10
 
 
 def test_paths_leaving_the_image_folder_are_never_opened(tmp_path, monkeypatch):
@@ -571,3 +573,52 @@ def test_a_validation_csv_listing_training_images_is_refused(tmp_path):
                                validation_split=0.0))
     message = str(e.value)
     assert "--val_csv" in message and "c0.jpg" in message and "also training images" in message
+
+
+def _six_image_csv(tmp_path, text, encoding="utf-8"):
+    for i, (name, label) in enumerate([("c0.jpg", 0), ("c1.jpg", 0), ("c2.jpg", 0),
+                                       ("d0.jpg", 1), ("d1.jpg", 1), ("d2.jpg", 1)]):
+        _image(tmp_path / name, label, seed=i)
+    path = tmp_path / "labels.csv"
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+_ROWS = "c0.jpg,cats\nc1.jpg,cats\nc2.jpg,cats\nd0.jpg,dogs\nd1.jpg,dogs\nd2.jpg,dogs\n"
+
+
+def test_problem_lines_are_the_file_lines_after_a_quoted_newline(tmp_path):
+    path = _six_image_csv(tmp_path, 'file,label\n"odd\nname.jpg",cats\n' + _ROWS
+                      + "gone.jpg,cats\n")
+    index = data.index_source(_cfg(path))
+    problems = index.csv_report["train"]["problems"]
+    assert problems["missing_file"]["examples"] == [
+        "line 2: 'odd\\nname.jpg'", "line 10: 'gone.jpg'"]
+
+
+def test_a_file_name_with_a_nul_byte_is_a_bad_row_not_a_crash(tmp_path):
+    path = _six_image_csv(tmp_path, "file,label\nbad\0name.jpg,cats\n" + _ROWS)
+    index = data.index_source(_cfg(path))
+    assert _count(index, "missing_file") == 1
+    assert len(index.train) + len(index.val) == 6
+
+
+@pytest.mark.parametrize("text,encoding,expected", [
+    ("file,label\nchat_\u00e9t\u00e9.jpg,cats\n" + _ROWS, "latin-1", "UTF-8"),
+    ("file,label\n" + "x" * 200_000 + ",cats\n" + _ROWS, "utf-8", "line 2"),
+])
+def test_an_unreadable_csv_names_the_file_and_what_to_do(tmp_path, text, encoding, expected):
+    path = _six_image_csv(tmp_path, text, encoding)
+    with pytest.raises(ValueError) as e:
+        data.index_source(_cfg(path))
+    assert "--train_csv" in str(e.value) and str(path) in str(e.value)
+    assert expected in str(e.value)
+
+
+def test_used_counts_only_the_files_that_passed_the_check(tmp_path):
+    path = _six_image_csv(tmp_path, "file,label\nbroken.jpg,cats\n" + _ROWS)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    index = data.index_source(_cfg(path))
+    assert len(index.train) + len(index.val) == 6
+    assert index.csv_report["train"]["used"] == 6
+    assert any("broken.jpg" in s["path"] for s in index.skipped)

@@ -63,7 +63,9 @@ class CsvRows:
       problems: ``{kind: {"count", "examples"}}`` of :data:`PROBLEMS`.
       listed: real paths of every file some row resolved to.
       images: the image files of ``image_dir`` (inside it, resolved).
-      used: files of a class of the run, once labelled.
+      used: files of a class of the run, once labelled; in the report of a
+        run or a shard set, those that also passed the file check (the
+        others are its skipped files).
     """
 
     csv_path: str
@@ -101,6 +103,8 @@ def _resolve(name: str, root: str, real_root: str, by_stem: dict):
     the name as text (absolute, ``..``), then ``realpath`` (symlinks), each
     with ``commonpath``; only a path inside is ever looked at.
     """
+    if "\0" in name:  # no file system has such a name
+        return None, "missing_file"
     path = os.path.normpath(os.path.join(root, name))
     if os.path.isabs(name) or not _inside(os.path.abspath(path), os.path.abspath(root)):
         return None, "outside_image_dir"
@@ -114,6 +118,31 @@ def _resolve(name: str, root: str, real_root: str, by_stem: dict):
     if len(matches) > 1:
         return None, "ambiguous_id"
     return (matches[0], None) if matches else (None, "missing_file")
+
+
+def _read_table(csv_path: str, flag: str):
+    """``(rows, the file line each row starts on)``; ValueError names the file.
+
+    Lines are counted in the file, so a quoted cell spanning lines does not
+    shift the line numbers of the rows after it.
+    """
+    table, lines, start = [], [], 1
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            for row in reader:
+                table.append(row)
+                lines.append(start)
+                start = reader.line_num + 1
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"--{flag} {csv_path!r} is not UTF-8 text (byte {e.start} of the file: "
+            f"{e.reason}); save it as UTF-8 (in a spreadsheet: 'CSV UTF-8') and run "
+            "again.") from None
+    except csv.Error as e:
+        raise ValueError(f"--{flag} {csv_path!r} cannot be read as CSV at line {start}: "
+                         f"{e}. Fix that line and run again.") from None
+    return table, lines
 
 
 def _columns(header, path, flag, filename_column, label_column):
@@ -175,10 +204,10 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
         raise ValueError(f"`--image_dir` {root!r} (the folder of the file names in "
                          f"--{flag} {csv_path!r}) is not a folder. Received: "
                          f"image_dir={image_dir!r}")
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        table = list(csv.reader(f))
+    table, lines = _read_table(csv_path, flag)
     while table and not any(cell.strip() for cell in table[0]):
         table.pop(0)
+        lines.pop(0)
     if not table:
         raise ValueError(f"--{flag} {csv_path!r} is empty; it needs a header row and one "
                          "row per image.")
@@ -199,7 +228,7 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
             "columns (e.g. 'file,label') so no image is lost.")
     chosen = {}  # real path -> (path, label, line)
     conflicting = {}
-    for line, row in enumerate(table[1:], start=2):
+    for line, row in zip(lines[1:], table[1:]):
         if not any(cell.strip() for cell in row):
             continue  # a blank line is no row
         out.rows += 1
@@ -348,6 +377,7 @@ def index_csv(data_config, progress: bool = True) -> batching.DataIndex:
             _log_problems(rows)
     report = {"train": train_rows.report()}
     paths, labels, skipped = scan.keep_usable(paths, labels, d.max_pixels, progress)
+    report["train"]["used"] = len(paths)  # the files that passed the check
     if not paths:
         raise ValueError(f"--train_csv {d.train_csv!r} has no usable image: every file its "
                          "rows name was skipped (see the skipped files logged above).")
@@ -355,6 +385,7 @@ def index_csv(data_config, progress: bool = True) -> batching.DataIndex:
     if val_rows is not None:
         report["val"] = val_rows.report()
         vpaths, vlabels, vskipped = scan.keep_usable(vpaths, vlabels, d.max_pixels, progress)
+        report["val"]["used"] = len(vpaths)
         skipped += vskipped
         batching.require_every_class(vlabels, class_names, f"--val_csv {d.val_csv!r}")
         train, val = batching.SplitFiles(paths, labels), batching.SplitFiles(vpaths, vlabels)

@@ -237,6 +237,8 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
         paths, labels, class_names = scan.list_image_files(
             data_dir, class_names=list(class_names) if class_names else None)
     good, skipped = scan.usable_checks(paths, labels, max_pixels, progress)
+    if report is not None:
+        report["used"] = len(good)  # the files that passed the check
     if not good:
         raise ValueError(f"No readable image in {data_dir!r}; nothing to write.")
     total_bytes = sum(int(c.size_bytes or 0) for c, _ in good)
