@@ -254,8 +254,9 @@ def prediction_rows(paths, labels, probabilities, class_names,
 
 
 def write_predictions_csv(rows, path: str) -> str:
-    """Writes rows of :func:`prediction_rows` as CSV (atomically)."""
-    with fileio.atomic_open(path, newline="") as f:
+    """Writes rows of :func:`prediction_rows` as CSV (atomically); a path
+    that is not valid UTF-8 is written with its odd bytes escaped (``\\udcff``)."""
+    with fileio.atomic_open(path, newline="", errors="backslashreplace") as f:
         writer = csv.writer(f)
         writer.writerow(PREDICTION_COLUMNS)
         for r in rows:

@@ -166,7 +166,7 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w", newline=None):
+def atomic_open(path: str, mode: str = "w", newline=None, errors=None):
     """Opens a temporary file for writing; on success it replaces ``path``.
 
     Local files are flushed to disk (fsync) before the rename, so a crash
@@ -176,6 +176,8 @@ def atomic_open(path: str, mode: str = "w", newline=None):
       path: the file to write.
       mode: ``"w"`` (UTF-8 text) or ``"wb"``.
       newline: as for ``open`` (``""`` for the csv module).
+      errors: as for ``open`` in text mode, e.g. ``"backslashreplace"`` for
+        file names that are not valid UTF-8 (local files only).
     """
     with atomic_path(path) as tmp:
         if is_remote(path):
@@ -183,7 +185,8 @@ def atomic_open(path: str, mode: str = "w", newline=None):
                 yield f
         else:
             encoding = None if "b" in mode else "utf-8"
-            with open(tmp, mode, encoding=encoding, newline=newline) as f:
+            with open(tmp, mode, encoding=encoding, newline=newline,
+                      errors=None if "b" in mode else errors) as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())

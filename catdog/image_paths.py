@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
-import tensorflow as tf
 
 from catdog import fileio
 from catdog import scan
@@ -49,14 +48,15 @@ def expand_paths(paths: Iterable) -> list[tuple[str, str | None]]:
 
     for path in paths:
         path = os.fspath(path)
-        if tf.io.gfile.isdir(path):
+        # fileio, not tf.io.gfile: a local name need not be valid UTF-8.
+        if fileio.isdir(path):
             found = scan.walk_image_files(path)
             for name in found:
                 add(name)
             if not found:
                 add(path, "no image files (" + " ".join(IMAGE_EXTENSIONS) +
                     ") in this folder or its subfolders")
-        elif tf.io.gfile.exists(path):
+        elif fileio.exists(path):
             add(path)
         else:
             add(path, "no such file or folder")

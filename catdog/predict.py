@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from catdog import decode
 from catdog import errors
+from catdog import fileio
 from catdog import model_io
 from catdog import rundir
 from catdog import scan
@@ -124,7 +125,8 @@ def _read_and_decode(path: str, image_size, options: decode.DecodeOptions):
     dominates anyway (a few ms per photo; a tf.function was no faster).
     """
     try:
-        with tf.io.gfile.GFile(path, "rb") as f:
+        # open() for a local file: its name need not be valid UTF-8.
+        with fileio.open_binary(path) as f:
             contents = f.read()
     except (OSError, tf.errors.OpError) as error:
         return None, f"cannot read file: {errors.first_line(error)}"

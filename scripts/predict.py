@@ -148,7 +148,7 @@ def _csv_problem(csv_path, inputs):
 def _write_csv(csv_path, rows):
     # Atomic: a crash never leaves half a CSV.
     labels = _labels_of(rows)
-    with fileio.atomic_open(csv_path, newline="") as f:
+    with fileio.atomic_open(csv_path, newline="", errors="backslashreplace") as f:
         if labels is not None:
             writer = csv.writer(f)
             writer.writerow(["path", "labels", *(f"p_{n}" for n in labels), "error"])

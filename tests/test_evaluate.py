@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -392,3 +393,14 @@ def test_evaluation_decodes_as_the_model_dir_says(tmp_path, exif_orientation):
     result = ev.evaluate(run, str(tmp_path / "test"), out_dir=str(tmp_path / "out"))
     assert result["num_examples"] == 9
     assert result["num_mistakes"] == (0 if exif_orientation else 7)
+
+
+def test_evaluate_writes_every_output_for_a_file_name_that_is_not_utf8(binary_case, tmp_path):
+    model_dir, test_dir, _ = binary_case
+    odd = os.path.join(os.fsencode(test_dir), b"cats", b"odd\xff.png")
+    shutil.copy(os.path.join(test_dir, FILES[0][0]), os.fsdecode(odd))
+    out = tmp_path / "out"
+    ev.evaluate(model_dir, test_dir, out_dir=str(out), batch_size=3)
+    text = (out / "predictions.csv").read_text(encoding="utf-8")
+    assert "odd\\udcff.png" in text  # the undecodable byte, escaped
+    assert len(text.splitlines()) == len(FILES) + 2

@@ -361,3 +361,13 @@ def test_resize_mode_of_the_model_dir_is_used_by_predict_and_export(tmp_path):
         out = tf.saved_model.load(saved).signatures["serving_default"](
             image_bytes=tf.constant([open(photo, "rb").read()]))
         assert out["classes"].numpy()[0].decode() == expected, mode
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_predicted(binary_run, tmp_path):
+    model_dir, model = binary_run
+    good = helpers.image_bytes(7)
+    name = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b"bad\xff\xfename.jpg"))
+    _write(name, good)
+    rows = predict.predict_files(model_dir, [name])
+    assert rows[0]["error"] is None
+    assert rows[0]["class"] == _expected(model, ["cats", "dogs"], (32, 32), good)[0]
