@@ -214,6 +214,13 @@ def stage_script_main(stage: str):
     return script_main(train_stage, stage)
 
 
+def escape_undecodable_names() -> None:
+    """Prints file names that are not valid UTF-8 with their odd bytes
+    escaped (``\\udcff``) instead of failing on them."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(errors="backslashreplace")
+
+
 def usage_error(message: str) -> int:
     """Prints a one-line usage error (no traceback); returns :data:`EXIT_USAGE`."""
     print(f"{os.path.basename(sys.argv[0])}: error: {message}\n"

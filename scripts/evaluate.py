@@ -98,6 +98,7 @@ def _evaluate():
 
 
 def main(argv):
+    cli.escape_undecodable_names()  # file names need not be valid UTF-8
     refused = cli.refuse_positional(argv)
     if refused is not None:
         return refused

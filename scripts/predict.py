@@ -46,6 +46,7 @@ _THRESHOLD = flags.DEFINE_float(
     "when its probability is above this; 0 < threshold < 1.")
 
 def main(argv):
+    cli.escape_undecodable_names()  # file names need not be valid UTF-8
     paths = argv[1:]
     if (_MODEL_DIR.value is None) == (_SAVED_MODEL.value is None):
         return cli.usage_error(

@@ -20,7 +20,6 @@ errors (missing folder, bad flag value) with a one-line message.
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -83,9 +82,7 @@ def _inside(path: str, folder: str) -> bool:
 
 
 def main(argv):
-    # File names need not be valid UTF-8; never crash printing one.
-    for stream in (sys.stdout, sys.stderr):
-        stream.reconfigure(errors="backslashreplace")
+    cli.escape_undecodable_names()  # file names need not be valid UTF-8
     refused = cli.refuse_positional(argv)
     if refused is not None:
         return refused

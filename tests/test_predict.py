@@ -371,3 +371,14 @@ def test_a_file_name_that_is_not_utf8_is_read_and_predicted(binary_run, tmp_path
     rows = predict.predict_files(model_dir, [name])
     assert rows[0]["error"] is None
     assert rows[0]["class"] == _expected(model, ["cats", "dogs"], (32, 32), good)[0]
+
+
+def test_script_prints_and_writes_a_file_name_that_is_not_utf8(binary_run, tmp_path):
+    model_dir, _ = binary_run
+    odd = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b"odd\xff.jpg"))
+    _write(odd, helpers.image_bytes(7))
+    out_csv = tmp_path / "out.csv"
+    result = _run_script(f"--model_dir={model_dir}", f"--csv={out_csv}", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "odd\\udcff.jpg" in result.stdout
+    assert "odd\\udcff.jpg" in out_csv.read_text(encoding="utf-8")
