@@ -622,3 +622,16 @@ def test_used_counts_only_the_files_that_passed_the_check(tmp_path):
     assert len(index.train) + len(index.val) == 6
     assert index.csv_report["train"]["used"] == 6
     assert any("broken.jpg" in s["path"] for s in index.skipped)
+
+
+def test_a_row_with_more_cells_than_the_header_is_left_out_and_counted(tmp_path):
+    """An unquoted comma in a label would otherwise train on its first part."""
+    path = _six_image_csv(tmp_path, "file,label\n" + _ROWS.replace(
+        "c2.jpg,cats", "c2.jpg,cats, persian").replace("d2.jpg,dogs", "d2.jpg,dogs,,"))
+    index = data.index_source(_cfg(path))
+    assert _count(index, "extra_cells") == 1
+    assert index.csv_report["train"]["problems"]["extra_cells"]["examples"] == [
+        "line 4: 'c2.jpg'"]
+    used = index.train.paths + index.val.paths
+    assert len(used) == 5 and not any(p.endswith("c2.jpg") for p in used)
+    assert any(p.endswith("d2.jpg") for p in used)  # empty trailing cells are fine

@@ -39,6 +39,8 @@ MAX_EXAMPLES = 5
 PROBLEMS = {
     "empty_filename": "rows with an empty file name (left out)",
     "empty_label": "rows with an empty label (left out)",
+    "extra_cells": "rows with more filled cells than the header has columns, e.g. an "
+                   "unquoted comma in a label (left out)",
     "outside_image_dir": "rows whose path leaves the image folder (never read)",
     "missing_file": "rows whose file is not in the image folder (left out)",
     "ambiguous_id": "rows whose id matches several image files (left out)",
@@ -242,6 +244,9 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
             continue
         if not label:
             out.add_problem("empty_label", where)
+            continue
+        if any(cell.strip() for cell in row[len(table[0]):]):
+            out.add_problem("extra_cells", where)
             continue
         # A path that leaves the image folder (.., absolute, symlinks) is
         # refused before anything touches the file: it is never opened.
