@@ -635,3 +635,11 @@ def test_a_row_with_more_cells_than_the_header_is_left_out_and_counted(tmp_path)
     used = index.train.paths + index.val.paths
     assert len(used) == 5 and not any(p.endswith("c2.jpg") for p in used)
     assert any(p.endswith("d2.jpg") for p in used)  # empty trailing cells are fine
+
+
+@pytest.mark.parametrize("sep,word", [(";", "semicolons"), ("\t", "tabs")])
+def test_a_csv_separated_by_another_character_says_so(tmp_path, sep, word):
+    path = _six_image_csv(tmp_path, ("file,label\n" + _ROWS).replace(",", sep))
+    with pytest.raises(ValueError) as e:
+        data.index_source(_cfg(path))
+    assert word in str(e.value) and "comma" in str(e.value) and str(path) in str(e.value)

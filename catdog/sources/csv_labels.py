@@ -158,6 +158,13 @@ def _columns(header, path, flag, filename_column, label_column):
                     f"its header is {header}. Received: {flag_name}={column!r}")
             return header.index(column)
         if len(header) <= default_index:
+            other = next((name for sep, name in ((";", "semicolons"), ("\t", "tabs"))
+                          if len(header) == 1 and sep in header[0]), None)
+            if other:
+                raise ValueError(
+                    f"--{flag} {path!r} seems separated by {other} (its header is "
+                    f"{header}); catdog reads comma-separated files: save it as CSV "
+                    "with commas (in a spreadsheet: 'CSV UTF-8').")
             raise ValueError(
                 f"--{flag} {path!r} needs a header row with a file name and a label "
                 f"column; its header is {header}. Name them with --filename_column "
