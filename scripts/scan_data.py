@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 
 from catdog import cli
+from catdog import fileio
 from catdog import scan
 
 EXIT_OK = 0
@@ -76,11 +77,6 @@ flags.DEFINE_boolean(
 FLAGS = flags.FLAGS
 
 
-def _inside(path: str, folder: str) -> bool:
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def main(argv):
     cli.escape_undecodable_names()  # file names need not be valid UTF-8
     refused = cli.refuse_positional(argv)
@@ -107,7 +103,7 @@ def main(argv):
             files, csv_report, data_dir = (paths, labels, names), rows.report(), rows.image_dir
     except ValueError as e:
         return cli.usage_error(str(e))
-    if FLAGS.json_out and _inside(FLAGS.json_out, data_dir):
+    if FLAGS.json_out and fileio.is_within(FLAGS.json_out, data_dir):
         return cli.usage_error(
             f"--json_out={FLAGS.json_out} is inside the scanned folder {data_dir}; "
             "write the report elsewhere (catdog never writes into the data folder).")

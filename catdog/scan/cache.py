@@ -33,10 +33,6 @@ def default_cache_dir() -> str:
         os.path.expanduser("~"), ".cache", "catdog", "scan")
 
 
-def _within(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 class CheckCache:
     """Check results of earlier runs, in one JSON file per data folder.
 
@@ -57,7 +53,7 @@ class CheckCache:
         data_root = os.path.commonpath(folders) if folders else None
         key_root = data_root if data_root else (paths[0].rsplit("/", 1)[0] if paths else "")
         cache_dir = os.path.realpath(os.path.expanduser(cache_dir or default_cache_dir()))
-        if data_root and _within(cache_dir, os.path.realpath(data_root)):
+        if data_root and fileio.is_within(cache_dir, data_root):
             _log.warning(
                 "Not caching scan results: cache dir %s is inside the data folder %s "
                 "and catdog never writes there. Set %s or cache_dir elsewhere.",
