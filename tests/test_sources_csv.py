@@ -596,6 +596,24 @@ def test_problem_lines_are_the_file_lines_after_a_quoted_newline(tmp_path):
         "line 2: 'odd\\nname.jpg'", "line 10: 'gone.jpg'"]
 
 
+@pytest.mark.parametrize("broken", ['"c2.jpg,cats', 'c2.jpg,"cats'])
+def test_a_quote_left_open_is_refused_instead_of_swallowing_the_rows_below(
+        tmp_path, broken):
+    path = _six_image_csv(tmp_path, "file,label\n" + _ROWS.replace("c2.jpg,cats", broken))
+    with pytest.raises(ValueError) as e:
+        data.index_source(_cfg(path))
+    message = str(e.value)
+    assert str(path) in message and "--train_csv" in message
+    assert "line 4" in message and "lines 4-7" in message and "never closed" in message
+
+
+def test_a_last_row_whose_quoted_name_spans_lines_still_reads(tmp_path):
+    path = _six_image_csv(tmp_path, "file,label\n" + _ROWS + '"odd\nname.jpg",cats\n')
+    index = data.index_source(_cfg(path))
+    assert index.csv_report["train"]["problems"]["missing_file"]["examples"] == [
+        "line 8: 'odd\\nname.jpg'"]
+
+
 def test_a_file_name_with_a_nul_byte_is_a_bad_row_not_a_crash(tmp_path):
     path = _six_image_csv(tmp_path, "file,label\nbad\0name.jpg,cats\n" + _ROWS)
     index = data.index_source(_cfg(path))

@@ -144,7 +144,28 @@ def _read_table(csv_path: str, flag: str):
     except csv.Error as e:
         raise ValueError(f"--{flag} {csv_path!r} cannot be read as CSV at line {start}: "
                          f"{e}. Fix that line and run again.") from None
+    if table and any("\n" in cell or "\r" in cell for cell in table[-1]):
+        _check_quotes_closed(csv_path, flag, lines[-1], start - 1)
     return table, lines
+
+
+def _check_quotes_closed(csv_path: str, flag: str, first: int, last: int) -> None:
+    """Refuses a file whose last row is a quote left open to the end.
+
+    The lenient reader takes everything after an unclosed quote as one cell,
+    so the rows below it would vanish; the strict one tells that case from a
+    quoted cell that legitimately spans lines.
+    """
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            for _ in csv.reader(f, strict=True):
+                pass
+    except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            raise ValueError(
+                f"--{flag} {csv_path!r}: a quote (\") opened on line {first} is never "
+                f"closed, so lines {first}-{last} would be read as one cell and their "
+                "rows lost. Close or remove that quote and run again.") from None
 
 
 def _columns(header, path, flag, filename_column, label_column):
