@@ -497,6 +497,15 @@ def test_a_csv_without_header_row_is_refused_instead_of_losing_its_first_row(tmp
     assert "cats_0.jpg" in str(e.value) and "labels.csv" in str(e.value)
 
 
+def test_a_header_that_is_also_the_name_of_an_image_is_read_as_a_header(tmp_path):
+    rows = _photos(tmp_path, classes=("cats", "dogs"), per_class=3)
+    _image(tmp_path / "image.jpg")  # a header "image" is also this file's id
+    csv_path = _write_csv(tmp_path / "labels.csv", rows, header=("image", "label"))
+    index = data.index_source(_cfg(csv_path))
+    assert len(index.train) + len(index.val) == 6
+    assert index.class_names == ["cats", "dogs"]
+
+
 def test_csv_flags_without_a_csv_and_a_val_dir_with_a_csv_are_errors(tmp_path):
     c = C.baseline()
     c.train.model_dir = str(tmp_path / "run")

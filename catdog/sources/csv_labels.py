@@ -250,8 +250,12 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
         if _inside(real, real_root):
             out.images[real] = path
             by_stem[os.path.splitext(os.path.relpath(path, root))[0]].append(path)
-    head = table[0][fi].strip() if fi < len(table[0]) else ""
-    if head and _resolve(head, root, real_root, by_stem)[0]:
+    first = lambda row, i: row[i].strip() if i < len(row) else ""
+    head = first(table[0], fi)
+    # A first row is data when it names an image AND its label is a label of
+    # the rows below: a header "image,label" beside an image.jpg is a header.
+    if (head and _resolve(head, root, real_root, by_stem)[0]
+            and first(table[0], li) in {first(row, li) for row in table[1:]}):
         raise ValueError(
             f"The first row of --{flag} {csv_path!r} looks like data ({head!r} is an "
             f"image of {root!r}), not a header row; add a header row naming the "
