@@ -327,7 +327,8 @@ class TrainConfig:
         "from the service before this run stops with exit code 75. The service "
         "does not recover a worker lost mid-epoch (the run would wait for ever): "
         "bring the workers up and rerun to resume from the last completed epoch. "
-        "Validation, read locally, is not timed.")
+        "The first step of a run, which also builds the training step, may wait "
+        "the larger of this and 600 s. Validation, read locally, is not timed.")
     class_weight: str = option(
         "none", "Loss weight of each class in training (never in validation): "
         "'none'; 'balanced', n_samples / (n_classes * count) from the "

@@ -41,6 +41,12 @@ def _abort_collectives(message: str) -> None:
     context.context().abort_collective_ops(tf.errors.UNAVAILABLE, message)
 
 
+# The least time the first step of a ``fit`` through the tf.data service may
+# wait: it also traces (under XLA, compiles) the training step while the
+# workers fill their shuffle buffers.
+FIRST_STEP_MIN_SECONDS = 600.0
+
+
 def _hard_exit(code: int) -> None:
     os._exit(code)  # pylint: disable=protected-access
 
@@ -276,25 +282,36 @@ class InputStallGuard(keras.callbacks.Callback):
     ``on_train_batch_end``; one that waits ``timeout_seconds`` ends the
     process with ``EXIT_PREEMPTED`` and a message naming the service and
     the flag, so the job can be rerun (it resumes from the last completed
-    epoch). Validation reads local data and is not timed, nor is anything
-    outside ``fit``.
+    epoch). The first step of each ``fit`` also traces (under XLA, compiles)
+    the training step while the workers fill their shuffle buffers, which
+    takes as long as the model needs, so it may wait ``first_step_seconds``.
+    Validation reads local data and is not timed, nor is anything outside
+    ``fit``.
 
     Args:
       service: the dispatcher address (``--data_service``), for the message.
       timeout_seconds: ``--data_service_timeout_seconds``.
+      first_step_seconds: the first step's limit; by default the larger of
+        ``timeout_seconds`` and ``FIRST_STEP_MIN_SECONDS``.
 
     Attributes:
       message: what the guard said when it stopped the run, else None.
     """
 
-    def __init__(self, service: str, timeout_seconds: float):
+    def __init__(self, service: str, timeout_seconds: float,
+                 first_step_seconds: float | None = None):
         super().__init__()
         self.service = service
         self.timeout_seconds = _check_seconds("--data_service_timeout_seconds",
                                               timeout_seconds)
+        self.first_step_seconds = (
+            max(self.timeout_seconds, FIRST_STEP_MIN_SECONDS)
+            if first_step_seconds is None
+            else _check_seconds("first_step_seconds", first_step_seconds))
         self.interval = min(WorkerWatchdog.CHECK_INTERVAL_SECONDS, self.timeout_seconds / 4)
         self.message = None
         self._step_began = None  # monotonic time the step in progress began
+        self._limit = self.first_step_seconds  # of the step in progress
         self._stopped = threading.Event()
         self._thread = None
 
@@ -304,6 +321,7 @@ class InputStallGuard(keras.callbacks.Callback):
         return self._thread is not None and self._thread.is_alive()
 
     def on_train_begin(self, logs=None):
+        self._limit = self.first_step_seconds
         self._stopped.clear()
         self._thread = threading.Thread(target=self._watch, daemon=True,
                                         name="catdog-input-stall-guard")
@@ -314,6 +332,7 @@ class InputStallGuard(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._step_began = None
+        self._limit = self.timeout_seconds
 
     def on_train_end(self, logs=None):
         self._step_began = None
@@ -324,12 +343,19 @@ class InputStallGuard(keras.callbacks.Callback):
 
     def _watch(self):
         while not self._stopped.wait(self.interval):
-            began = self._step_began
-            if began is None or time.monotonic() - began < self.timeout_seconds:
+            began, limit = self._step_began, self._limit
+            if began is None or time.monotonic() - began < limit:
                 continue
+            if limit == self.timeout_seconds:
+                waited = (f"No training batch from the tf.data service at "
+                          f"{self.service} for {limit:g} s")
+            else:
+                waited = (f"No first training batch from the tf.data service at "
+                          f"{self.service} within {limit:g} s (the first step, which "
+                          "also builds the training step, may take the larger of "
+                          f"the flag and {FIRST_STEP_MIN_SECONDS:g} s)")
             self.message = (
-                f"No training batch from the tf.data service at {self.service} for "
-                f"{self.timeout_seconds:g} s (--data_service_timeout_seconds="
+                f"{waited} (--data_service_timeout_seconds="
                 f"{self.timeout_seconds:g}): a service worker was probably lost "
                 "mid-epoch, which the service does not recover. This run stops "
                 f"with exit code {EXIT_PREEMPTED}: check that the dispatcher and "

@@ -274,7 +274,7 @@ def test_workers_lost_mid_run_stop_the_trainer_with_exit_75_and_a_rerun_resumes(
                "--image_size=64", "--batch_size=4", "--epochs=3", "--verbose=0",
                "--shuffle_buffer=4",
                f"--data_service=grpc://127.0.0.1:{d_port}",
-               "--data_service_timeout_seconds=5"]
+               "--data_service_timeout_seconds=15"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     try:
         trainer = subprocess.Popen(command, stdout=subprocess.PIPE,
@@ -289,7 +289,7 @@ def test_workers_lost_mid_run_stop_the_trainer_with_exit_75_and_a_rerun_resumes(
             proc.kill()
         out = trainer.communicate(timeout=120)[0]
         assert trainer.returncode == errors.EXIT_PREEMPTED, out[-3000:]
-        assert "--data_service_timeout_seconds=5" in out and "rerun" in out, out[-3000:]
+        assert "--data_service_timeout_seconds=15" in out and "rerun" in out, out[-3000:]
         assert len(history.read_text().splitlines()) == 2  # epoch 1 kept
         workers.append(worker(w_ports[2]))
         rerun = subprocess.run(command, capture_output=True, text=True, env=env,

@@ -195,6 +195,29 @@ def test_service_input_in_time_and_slow_validation_never_stop_training(peers):
     assert peers.exits == [] and guard.message is None
 
 
+def test_a_slow_first_step_is_not_taken_for_a_lost_worker(peers):
+    """The first step of a fit also traces (and under XLA compiles) the
+    training step: on a loaded machine it outlasts a timeout that every
+    later step meets, and stopping there would end a healthy run."""
+    guard = watchdog_lib.InputStallGuard("grpc://dispatcher:5050", 0.5)
+    assert guard.first_step_seconds == watchdog_lib.FIRST_STEP_MIN_SECONDS
+    _stalling_fit(stall_at=0, seconds=2.0, guard=guard)
+    assert peers.exits == [] and guard.message is None
+
+
+def test_a_first_step_past_its_own_limit_still_stops_the_run(peers):
+    guard = watchdog_lib.InputStallGuard("grpc://dispatcher:5050", 0.5,
+                                         first_step_seconds=1.0)
+    _stalling_fit(stall_at=0, seconds=3.0, guard=guard)
+    assert peers.exits == [errors.EXIT_PREEMPTED]
+    assert "first training batch" in guard.message and "1 s" in guard.message
+
+
+def test_a_timeout_longer_than_the_first_step_floor_applies_to_the_first_step_too():
+    guard = watchdog_lib.InputStallGuard("grpc://dispatcher:5050", 3600)
+    assert guard.first_step_seconds == 3600
+
+
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "60"])
 def test_input_stall_timeout_must_be_positive(bad):
     with pytest.raises(ValueError, match="--data_service_timeout_seconds"):
