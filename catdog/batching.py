@@ -70,6 +70,9 @@ class DataIndex:
       csv_report: CSV sources only: the rows of each CSV (``"train"``,
         ``"val"``) and their problems (see
         :func:`catdog.sources.csv_labels.index_csv`); else ``None``.
+      copies: file sources: ``[[training path, validation path], ...]``,
+        validation images byte-identical to a training image
+        (:func:`catdog.splits.copies_across`).
     """
 
     class_names: list
@@ -77,6 +80,7 @@ class DataIndex:
     val: SplitFiles
     skipped: list
     csv_report: Optional[dict] = None
+    copies: list = dataclasses.field(default_factory=list)
 
     @property
     def num_classes(self) -> int:

@@ -39,7 +39,7 @@ from catdog.sources import tfds
 from catdog.sources import tfrecords
 from catdog.sources.folder import build_dataset, index_data
 from catdog.splits import (  # noqa: F401
-    SPLIT_FORMAT, describe_split_change, source_kind, split_digest, split_files,
+    SPLIT_FORMAT, copies_across, describe_split_change, source_kind, split_digest, split_files,
     split_record)
 
 
@@ -85,8 +85,10 @@ def index_from_split(data_config, record: dict, where: str,
     val = keep_usable(record["val"], labels_of("val"), data_config.max_pixels, progress)
     require_every_class(train[1], class_names, f"the training files of {where}")
     require_every_class(val[1], class_names, f"the validation files of {where}")
-    return DataIndex(class_names, SplitFiles(train[0], train[1]),
-                     SplitFiles(val[0], val[1]), train[2] + val[2])
+    train, val, skipped = (SplitFiles(train[0], train[1]), SplitFiles(val[0], val[1]),
+                           train[2] + val[2])
+    return DataIndex(class_names, train, val, skipped,
+                     copies=copies_across(data_config, train, val))
 
 
 def index_source(data_config, progress: bool = True) -> DataIndex:

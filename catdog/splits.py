@@ -21,6 +21,7 @@ from absl import logging
 from catdog import batching
 from catdog import fileio
 from catdog import label_sets
+from catdog import scan
 
 
 def split_files(paths, labels, validation_split: float, seed: int, class_dirs=None):
@@ -102,6 +103,52 @@ def check_disjoint(train, val, train_what: str, val_what: str) -> None:
             "validation figures would be measured on images the model trained on. "
             f"Give validation images that are not in {train_what}, or leave out "
             f"{val_what.split()[0]} and hold out a --validation_split instead.")
+
+
+def _split_names(data_config) -> tuple[str, str]:
+    """How messages name the training and the validation input of a file source."""
+    d = data_config
+    flag, train = (("csv", d.train_csv) if d.train_csv else ("dir", d.train_dir))
+    val = d.val_csv if d.train_csv else d.val_dir
+    train_what = f"--train_{flag} {train!r}"
+    return train_what, (f"--val_{flag} {val!r}" if val else
+                        f"the --validation_split held out of {train_what}")
+
+
+def copies_across(data_config, train, val) -> list:
+    """Warns about validation images that are copies of training images.
+
+    A file copied (not linked) into both splits has other paths, so
+    :func:`check_disjoint` cannot see it, yet the validation figures count
+    it as unseen: the audit's byte comparison finds it (only files of a
+    size on both sides are read). A warning, not a refusal: a few copies
+    are common in scraped photo sets and the user decides.
+
+    Returns:
+      ``[[training path, validation path], ...]``, one pair per copied
+      image (its first path on each side), for ``split.json``.
+    """
+    groups = scan.identical_across(train.paths, val.paths)
+    if not groups:
+        return []
+    pairs = [[group[0][0], group[1][0]] for group in groups]
+    train_what, val_what = _split_names(data_config)
+    copied = sum(len(group[1]) for group in groups)
+    shown = ", ".join(f"{v!r} == {t!r}" for t, v in pairs[:3]) + (
+        ", ..." if len(pairs) > 3 else "")
+    d = data_config
+    where = (f"--csv={d.train_csv}" if d.train_csv else f"--data_dir={d.train_dir}")
+    other = (csv_image_dir(d.val_csv, d.image_dir) if d.train_csv and d.val_csv else
+             "" if d.train_csv else d.val_dir)
+    if other:
+        where += f" --other_dirs={other}"
+    logging.warning(
+        "%d of the %d validation images of %s are byte-identical copies of training "
+        "images of %s (%s): the validation figures count them as unseen images, "
+        "so they read higher than on new photos. Remove one of each pair (split.json "
+        "lists them under identical_across_splits; scripts/scan_data.py %s lists "
+        "every identical file).", copied, len(val), val_what, train_what, shown, where)
+    return pairs
 
 
 def check_split_classes(train, val, class_names, validation_split: float,
@@ -204,6 +251,8 @@ def split_record(data_config, index: batching.DataIndex) -> dict:
                 "train": csv_image_dir(d.train_csv, d.image_dir),
                 "val": csv_image_dir(d.val_csv, d.image_dir) if d.val_csv else ""}
             record["csv"] = {"train": d.train_csv, "val": d.val_csv}
+        if index.copies:
+            record["identical_across_splits"] = [list(p) for p in index.copies]
         return record
     listed = ((lambda s: list(s.source)) if kind == "tfrecords" else
               (lambda s: [s.source]))

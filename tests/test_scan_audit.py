@@ -171,3 +171,18 @@ def test_audit_work_grows_linearly_with_files_classes_and_copies(tmp_path, monke
         (name, 2, 2, 0) for name in classes]
     assert report.duplicates_within_class == (tuple(p for p, _, _ in copies),)
     assert _CountedLabel.comparisons <= 10 * (80 + 1500)  # a few per file and copy
+
+
+def test_files_of_one_size_are_identical_only_when_every_byte_is(tmp_path):
+    """Same-size files are first compared on their first 4 KB; files that
+    match there but differ later are not copies."""
+    head = bytes(range(256)) * 16  # 4 KB, shared by every file below
+    a, b, c, d = (tmp_path / n for n in ("a.bmp", "b.bmp", "c.bmp", "d.bmp"))
+    a.write_bytes(head + b"tail-1" * 100)
+    b.write_bytes(head + b"tail-2" * 100)  # same size and start as a
+    c.write_bytes(head + b"tail-1" * 100)  # a's copy
+    d.write_bytes(b"x" + head[1:] + b"tail-1" * 100)  # differs in its first byte
+    found = scan.identical_across([str(a), str(d)], [str(b), str(c)])
+    assert found == [((str(a),), (str(c),))]
+    # Copies on one side only are not "across".
+    assert scan.identical_across([str(a), str(c)], [str(b), str(d)]) == []

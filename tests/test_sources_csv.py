@@ -670,3 +670,23 @@ def test_a_csv_separated_by_another_character_says_so(tmp_path, sep, word):
     with pytest.raises(ValueError) as e:
         data.index_source(_cfg(path))
     assert word in str(e.value) and "comma" in str(e.value) and str(path) in str(e.value)
+
+
+def test_a_validation_row_naming_a_copy_of_a_training_image_is_reported(tmp_path, caplog):
+    train_dir, val_dir = tmp_path / "train", tmp_path / "val"
+    train_rows = _photos(train_dir, per_class=3)
+    val_rows = []
+    for i, (_, name) in enumerate(train_rows):
+        _image(val_dir / f"v_{i}.jpg", i // 3, seed=100 + i)  # not _photos' seeds
+        val_rows.append((f"v_{i}.jpg", name))
+    shutil.copyfile(train_dir / train_rows[1][0], val_dir / "v_copy.jpg")
+    train_csv = _write_csv(train_dir / "labels.csv", train_rows)
+    val_csv = _write_csv(val_dir / "labels.csv", val_rows + [("v_copy.jpg", train_rows[1][1])])
+    with caplog.at_level("WARNING"):
+        index = data.index_source(_cfg(train_csv, val_csv=val_csv))
+    [[train_path, val_path]] = index.copies
+    assert os.path.basename(train_path) == train_rows[1][0]
+    assert os.path.basename(val_path) == "v_copy.jpg"
+    warned = [r.getMessage() for r in caplog.records if "byte-identical" in r.getMessage()]
+    assert len(warned) == 1 and "--val_csv" in warned[0] and "--train_csv" in warned[0]
+    assert f"--other_dirs={val_dir}" in warned[0]

@@ -1,6 +1,7 @@
 """The folder source: indexing a class-folder tree and reading its files."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -301,3 +302,59 @@ def test_separate_training_and_validation_folders_are_accepted(tmp_path):
     val_dir = make_class_folder(tmp_path / "valid", per_class=2, seed=5)
     index = data.index_data(_data_config(root, val_dir))
     assert (len(index.train), len(index.val)) == (8, 4)
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_validation_image_copied_from_the_training_folder_is_reported(tmp_path, caplog):
+    """A copy has its own path, so only its bytes show that the validation
+    figures would count a training image as unseen."""
+    root = make_class_folder(tmp_path / "train", per_class=4, seed=1)
+    val_dir = make_class_folder(tmp_path / "valid", per_class=3, seed=2)
+    source = os.path.join(root, "dogs", "dogs_002.jpg")
+    copy = os.path.join(val_dir, "cats", "renamed.jpg")
+    shutil.copyfile(source, copy)
+    cfg = _data_config(root, val_dir)
+    with caplog.at_level("WARNING"):
+        index = data.index_data(cfg)
+    assert index.copies == [[source, copy]]
+    warned = [m for m in _warnings(caplog) if "byte-identical" in m]
+    assert len(warned) == 1 and "1 of the 7 validation images" in warned[0]
+    assert "--val_dir" in warned[0] and "--train_dir" in warned[0]
+    assert repr(copy) in warned[0] and f"--other_dirs={val_dir}" in warned[0]
+    assert data.split_record(cfg, index)["identical_across_splits"] == [[source, copy]]
+    # A rerun from the run's split.json finds them again.
+    again = data.index_from_split(cfg, data.split_record(cfg, index), "the run",
+                                  progress=False)
+    assert again.copies == [[source, copy]]
+
+
+def test_copies_that_a_held_out_split_puts_on_both_sides_are_reported(tmp_path, caplog):
+    root = make_class_folder(tmp_path / "train", per_class=8, seed=1)
+    original = os.path.join(root, "cats", "cats_000.jpg")
+    copies = [os.path.join(root, "cats", f"again_{i}.jpg") for i in range(3)]
+    for copy in copies:
+        shutil.copyfile(original, copy)
+    with caplog.at_level("WARNING"):
+        index = data.index_data(_data_config(root, validation_split=0.5))
+    group = {original, *copies}
+    in_train = sorted(group & set(index.train.paths))
+    in_val = sorted(group & set(index.val.paths))
+    assert in_train and in_val  # this seed splits the four copies
+    assert index.copies == [[in_train[0], in_val[0]]]
+    warned = [m for m in _warnings(caplog) if "byte-identical" in m]
+    assert len(warned) == 1 and f"{len(in_val)} of the" in warned[0]
+    assert "--validation_split held out of --train_dir" in warned[0]
+
+
+def test_distinct_images_are_not_reported_as_copies(tmp_path, caplog):
+    root = make_class_folder(tmp_path / "train", per_class=4, seed=1)
+    val_dir = make_class_folder(tmp_path / "valid", per_class=3, seed=2)
+    cfg = _data_config(root, val_dir)
+    with caplog.at_level("WARNING"):
+        index = data.index_data(cfg)
+    assert index.copies == []
+    assert not [m for m in _warnings(caplog) if "byte-identical" in m]
+    assert "identical_across_splits" not in data.split_record(cfg, index)

@@ -19,7 +19,7 @@ by file. Nothing here modifies, moves or deletes a scanned file.
 """
 
 from catdog.config import DEFAULT_MAX_PIXELS
-from catdog.scan.audit import ClassSummary, ScanReport, scan_directory
+from catdog.scan.audit import ClassSummary, ScanReport, identical_across, scan_directory
 from catdog.scan.cache import default_cache_dir
 from catdog.scan.check import (
     FileCheck, check_file, check_files, keep_usable, known_orientations, usable_checks)
@@ -38,6 +38,7 @@ __all__ = [
     "check_file",
     "check_files",
     "default_cache_dir",
+    "identical_across",
     "keep_usable",
     "known_orientations",
     "list_image_files",

@@ -28,6 +28,7 @@ from catdog.scan import progress as progress_lib
 from catdog.scan.check import FileCheck, check_files, validate_max_pixels
 
 _READ_CHUNK_BYTES = 1024 * 1024
+_PREFIX_BYTES = 4096  # read first when looking for identical files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,31 +255,71 @@ def _file_digest(path: str) -> str:
             digest.update(chunk)
 
 
-def _identical_groups(items, num_threads: int) -> list[list]:
+def _prefix_digest(path: str) -> str:
+    with fileio.open_binary(path) as handle:
+        return hashlib.sha256(handle.read(_PREFIX_BYTES)).hexdigest()
+
+
+def _regroup(groups, digest_of, num_threads: int) -> list[list]:
+    """Splits each group of items by ``digest_of(path)``; keeps groups of 2+."""
+    to_hash = [item for group in groups for item in group]
+
+    def digest(item):
+        try:
+            return digest_of(item[0])
+        except (OSError, tf.errors.OpError):
+            return None
+
+    by_digest = collections.defaultdict(list)
+    for item, value in zip(to_hash, progress_lib.thread_map(digest, to_hash, num_threads)):
+        if value is not None:
+            by_digest[(item[1], value)].append(item)
+    return [g for g in by_digest.values() if len(g) > 1]
+
+
+def _identical_groups(items, num_threads: int, keep=lambda group: True) -> list[list]:
     """Groups ``(path, size, tag)`` items whose bytes are identical.
 
-    Only files whose size collides with another file's are hashed: most
-    files have a unique size, so most are never read.
+    Only files whose size collides with another file's are read, and of
+    those only the first ``_PREFIX_BYTES`` until that part matches too:
+    most photos have a unique size, and files of one size (fixed-size
+    images in an uncompressed format) differ early. ``keep(group)`` drops
+    groups at every stage (e.g. those all on one side of a comparison).
     """
     by_size = collections.defaultdict(list)
     for item in items:
         if item[1]:  # Empty files are bad files, reported already.
             by_size[item[1]].append(item)
-    to_hash = [item for group in by_size.values() if len(group) > 1 for item in group]
-    by_digest = collections.defaultdict(list)
-
-    def digest(item):
-        try:
-            return _file_digest(item[0])
-        except (OSError, tf.errors.OpError):
-            return None
-
-    for item, value in zip(to_hash, progress_lib.thread_map(digest, to_hash, num_threads)):
-        if value is not None:
-            by_digest[(item[1], value)].append(item)
-    groups = [g for g in by_digest.values() if len(g) > 1]
+    groups = [g for g in by_size.values() if len(g) > 1 and keep(g)]
+    groups = [g for g in _regroup(groups, _prefix_digest, num_threads) if keep(g)]
+    groups = [g for g in _regroup(groups, _file_digest, num_threads) if keep(g)]
     groups.sort(key=lambda g: g[0][0])
     return groups
+
+
+def identical_across(first: Sequence[str], second: Sequence[str],
+                     num_threads: int | None = None) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Byte-identical files found in both ``first`` and ``second``.
+
+    Copies within one list are not reported; a path in both lists is not
+    its own copy (callers refuse the same file in both splits first).
+    Unreadable files are left out (the file check reports them).
+
+    Returns:
+      For each set of identical files on both sides, sorted by its first
+      path: ``(its paths in first, its paths in second)``.
+    """
+    items = []
+    for tag, paths in ((0, first), (1, second)):
+        for path in paths:
+            try:
+                items.append((path, fileio.stat(path)[0], tag))
+            except OSError:
+                pass
+    both_sides = lambda group: len({item[2] for item in group}) == 2
+    threads = num_threads or progress_lib.default_threads([*first, *second])
+    return [(tuple(i[0] for i in g if i[2] == 0), tuple(i[0] for i in g if i[2] == 1))
+            for g in _identical_groups(items, threads, keep=both_sides)]
 
 
 def _split_like_warning(data_dir, paths, labels, names) -> tuple[str, ...]:

@@ -439,7 +439,8 @@ def index_csv(data_config, progress: bool = True) -> batching.DataIndex:
                 "more images, another split, or --val_csv.")
         splits.check_split_classes(train, val, class_names, d.validation_split,
                                    f"--train_csv {d.train_csv!r}", "--val_csv")
-    return batching.DataIndex(class_names, train, val, skipped, csv_report=report)
+    return batching.DataIndex(class_names, train, val, skipped, csv_report=report,
+                              copies=splits.copies_across(d, train, val))
 
 
 def csv_examples(csv_path: str, class_names=None, *, image_dir: str = "",

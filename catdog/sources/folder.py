@@ -81,7 +81,8 @@ def index_data(data_config, progress: bool = True) -> batching.DataIndex:
                 "images, another split, or --val_dir.")
         splits.check_split_classes(train, val, class_names, data_config.validation_split,
                                    data_config.train_dir, "--val_dir")
-    return batching.DataIndex(class_names, train, val, skipped)
+    return batching.DataIndex(class_names, train, val, skipped,
+                              copies=splits.copies_across(data_config, train, val))
 
 
 def build_dataset(paths, labels, *, num_classes: int, image_size, batch_size: int,
