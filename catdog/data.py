@@ -39,8 +39,8 @@ from catdog.sources import tfds
 from catdog.sources import tfrecords
 from catdog.sources.folder import build_dataset, index_data
 from catdog.splits import (  # noqa: F401
-    SPLIT_FORMAT, copies_across, describe_split_change, source_kind, split_digest, split_files,
-    split_record)
+    SPLIT_FORMAT, copies_across, describe_split_change, seen_in_split, source_kind,
+    split_digest, split_files, split_record)
 
 
 def index_from_split(data_config, record: dict, where: str,

@@ -57,6 +57,7 @@ from catdog import fileio
 from catdog import figures
 from catdog import model_io
 from catdog import models
+from catdog import rundir
 from catdog import scan
 from catdog.sources import csv_labels
 from catdog.sources import tfds as tfds_source
@@ -306,7 +307,7 @@ def format_report(result: dict) -> str:
     if len(names) == 2:
         lines.append(f"Threshold: P({names[1]}) > {result['threshold']} "
                      f"predicts {names[1]}")
-    lines.append("")
+    lines += ["", *seen_lines(result.get("seen_by_the_run"), result["num_examples"])]
     summary = [("accuracy", _fmt(m["accuracy"]))]
     if len(names) == 2:
         summary += [(f"precision ({names[1]})", _fmt(m["precision"])),
@@ -341,6 +342,17 @@ def format_report(result: dict) -> str:
 # ---------------------------------------------------------------------------
 # Inputs.
 # ---------------------------------------------------------------------------
+
+def seen_lines(seen: Optional[dict], num_examples: int) -> list:
+    """The report's warning about test images the run has seen, if any."""
+    if not seen or not (seen["training_images"] or seen["validation_images"]):
+        return []
+    n, v = seen["training_images"], seen["validation_images"]
+    return [f"**Warning: {n} of the {num_examples} test images are training images of "
+            f"this run and {v} {'is a validation image' if v == 1 else 'are validation images'}"
+            " (the same files or copies): these figures overstate how the model does "
+            "on new photos.**", ""]
+
 
 def _check_test_folder(test_dir: str, class_names: list) -> None:
     """The test folder's class subfolders must be exactly the model's classes."""
@@ -481,7 +493,7 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
         model_io.probabilities_fn(model, num_classes),
         input_signature=[tf.TensorSpec([None, *image_size, decode_options.channels], tf.uint8)])
 
-    skipped, images_of, csv_report = [], None, None
+    skipped, images_of, csv_report, seen = [], None, None, None
     if test_dir is not None or test_csv is not None:
         max_pixels = (config.get("data") or {}).get("max_pixels") or scan.DEFAULT_MAX_PIXELS
         if test_csv is not None:
@@ -500,6 +512,10 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
             deterministic=True, split="test", decode_options=decode_options)
         probs = np.concatenate([probabilities(images).numpy() for images, _ in ds])
         test_data = test_dir
+        # Test figures over images the run has seen are not test figures.
+        seen = data_lib.seen_in_split(
+            fileio.read_json(os.path.join(model_dir, rundir.SPLIT_FILE)), paths,
+            test_data, model_dir)
     else:
         ds, _ = tfds_source.evaluation_dataset(tfds_name, tfds_split, tfds_data_dir, image_size,
                               batch_size, class_names, decode_options)
@@ -543,6 +559,7 @@ def evaluate(model_dir, test_dir: Optional[str] = None, *,
         "counts": {n: int(c) for n, c in zip(class_names, counts)},
         "skipped_files": skipped,
         "csv_report": csv_report,
+        "seen_by_the_run": seen,
         "metrics": metrics,
         "predictions_probability": (
             f"P({class_names[1]})" if num_classes == 2 else "P(predicted class)"),

@@ -151,6 +151,41 @@ def copies_across(data_config, train, val) -> list:
     return pairs
 
 
+def seen_in_split(record: Optional[dict], paths, test_what: str = "the test set",
+                  run: str = "the run") -> Optional[dict]:
+    """Which of ``paths`` (images to evaluate) a run trained or validated on.
+
+    A test image counts when it is the same real file as one of the run's
+    training or validation files (``record``, its ``split.json``), or
+    byte-identical to one; an image found on both sides counts as training.
+    Any found are named in a warning.
+
+    Returns:
+      ``{"training_images": n, "validation_images": m, "images": {"train":
+      [...], "val": [...]}}`` (the paths, in the order of ``paths``); None
+      when the record lists no files (no ``split.json``, or a TFRecord or
+      TFDS source).
+    """
+    if not record or record.get("source") not in ("folder", "csv"):
+        return None
+    paths = list(paths)
+    found = {}
+    for side in ("train", "val"):
+        files = list(record.get(side) or [])
+        found[side] = set(shared_files(files, paths)) | {
+            path for _, test in scan.identical_across(files, paths) for path in test}
+    train = [p for p in paths if p in found["train"]]
+    val = [p for p in paths if p in found["val"] and p not in found["train"]]
+    if train or val:
+        logging.warning(
+            "%d of the %d test images of %s are training images of %s and %d are its "
+            "validation images (the same files or byte-identical copies; listed in "
+            "evaluation.json under seen_by_the_run): these figures overstate how the "
+            "model does on new photos.", len(train), len(paths), test_what, run, len(val))
+    return {"training_images": len(train), "validation_images": len(val),
+            "images": {"train": train, "val": val}}
+
+
 def check_split_classes(train, val, class_names, validation_split: float,
                         where: str, val_flag: str) -> None:
     """After a ``--validation_split``: every class must keep a training image.

@@ -404,3 +404,52 @@ def test_evaluate_writes_every_output_for_a_file_name_that_is_not_utf8(binary_ca
     text = (out / "predictions.csv").read_text(encoding="utf-8")
     assert "odd\\udcff.png" in text  # the undecodable byte, escaped
     assert len(text.splitlines()) == len(FILES) + 2
+
+
+def _with_split(model_dir, train, val, source="folder"):
+    """Gives the hand-made run the split.json training writes."""
+    with open(os.path.join(model_dir, "split.json"), "w") as f:
+        json.dump({"format": 1, "source": source, "class_names": ["cats", "dogs"],
+                   "train": train, "val": val,
+                   "train_labels": [0] * len(train), "val_labels": [0] * len(val)}, f)
+
+
+def test_test_images_the_run_trained_or_validated_on_are_flagged(binary_case, tmp_path):
+    """Test figures over the run's own training images are not test figures:
+    the same files, or copies of them, are counted, warned about and
+    written into evaluation.json and evaluation.md."""
+    model_dir, test_dir, _ = binary_case
+    sure, fair, close = (os.path.join(test_dir, n) for n in
+                         ("cats/c_sure.png", "cats/c_fair.png", "dogs/d_close.png"))
+    elsewhere = tmp_path / "train_copy" / "cats"
+    elsewhere.mkdir(parents=True)
+    copy = shutil.copyfile(fair, elsewhere / "fair_again.png")
+    other = _solid(elsewhere / "unrelated.png", 1, 2, 3)
+    _with_split(model_dir, train=[sure, str(copy), other], val=[close])
+    out = tmp_path / "out"
+    result = ev.evaluate(model_dir, test_dir, out_dir=str(out))
+    seen = result["seen_by_the_run"]
+    assert seen["training_images"] == 2 and seen["validation_images"] == 1
+    assert sorted(seen["images"]["train"]) == sorted([sure, fair])
+    assert seen["images"]["val"] == [close]
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert saved["seen_by_the_run"]["training_images"] == 2
+    report = (out / "evaluation.md").read_text()
+    assert "2 of the 7 test images are training images of this run" in report
+    assert "1 is a validation image" in report
+
+
+def test_a_test_set_apart_from_the_run_reports_nothing_seen(binary_case, tmp_path):
+    model_dir, test_dir, _ = binary_case
+    other = _solid(tmp_path / "train" / "cats" / "x.png", 1, 2, 3)
+    _with_split(model_dir, train=[other], val=[])
+    result = ev.evaluate(model_dir, test_dir, out_dir=str(tmp_path / "out"))
+    assert result["seen_by_the_run"] == {"training_images": 0, "validation_images": 0,
+                                         "images": {"train": [], "val": []}}
+    assert "training images of this run" not in (tmp_path / "out" / "evaluation.md").read_text()
+
+
+def test_a_run_without_a_file_split_cannot_be_compared(binary_case, tmp_path):
+    model_dir, test_dir, _ = binary_case  # no split.json (e.g. an older run)
+    result = ev.evaluate(model_dir, test_dir, out_dir=str(tmp_path / "out"))
+    assert result["seen_by_the_run"] is None

@@ -301,9 +301,9 @@ def identical_across(first: Sequence[str], second: Sequence[str],
                      num_threads: int | None = None) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     """Byte-identical files found in both ``first`` and ``second``.
 
-    Copies within one list are not reported; a path in both lists is not
-    its own copy (callers refuse the same file in both splits first).
-    Unreadable files are left out (the file check reports them).
+    Copies within one list are not reported; a path in both lists is
+    reported as its own copy. Unreadable files are left out (the file check
+    reports them).
 
     Returns:
       For each set of identical files on both sides, sorted by its first
