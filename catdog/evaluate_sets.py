@@ -33,6 +33,7 @@ from catdog import data as data_lib
 from catdog import evaluate as evaluate_lib
 from catdog import fileio
 from catdog import model_io
+from catdog import rundir
 from catdog import scan
 from catdog.sources import csv_labels
 
@@ -94,6 +95,7 @@ def format_label_set_report(result: dict) -> str:
     lines = [f"# Evaluation of {result['model_dir']} (multi-label)", "",
              f"Test data: {result['test_data']}: {result['num_examples']} images, "
              f"threshold {result['threshold']}.", "",
+             *evaluate_lib.seen_lines(result.get("seen_by_the_run"), result["num_examples"]),
              f"Subset accuracy (exact set): {fmt(m['subset_accuracy'])}; binary accuracy: "
              f"{fmt(m['binary_accuracy'])}; micro precision / recall / F1: "
              f"{fmt(m['micro_precision'])} / {fmt(m['micro_recall'])} / "
@@ -162,6 +164,9 @@ def evaluate_label_sets(model_dir, test_csv: str, *, image_dir: str = "",
                                 batch_size=batch_size, training=False, cache="none",
                                 deterministic=True, split="test", multi_label=True)
     probs = np.concatenate([probabilities(images).numpy() for images, _ in ds])
+    seen = data_lib.seen_in_split(
+        fileio.read_json(os.path.join(model_dir, rundir.SPLIT_FILE)), paths, test_csv,
+        model_dir)
     threshold = float(threshold)
     metrics = compute_label_set_metrics(labels, probs, class_names, threshold)
     out_dir = os.fspath(out_dir) if out_dir else os.path.join(
@@ -176,7 +181,8 @@ def evaluate_label_sets(model_dir, test_csv: str, *, image_dir: str = "",
         "class_names": list(class_names), "label_separator": separator,
         "threshold": threshold, "num_examples": len(paths),
         "counts": {n: metrics["per_label"][n]["support"] for n in class_names},
-        "skipped_files": skipped, "csv_report": rows.report(), "metrics": metrics,
+        "skipped_files": skipped, "csv_report": rows.report(), "seen_by_the_run": seen,
+        "metrics": metrics,
         "out_dir": out_dir, "files": files,
     }
     fileio.write_json(files[evaluate_lib.JSON_FILE], result)

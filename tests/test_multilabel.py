@@ -234,6 +234,20 @@ def test_evaluate_gives_per_label_figures(trained, tmp_path):
     assert per_label["b"]["recall"] == pytest.approx(tp / 5)
 
 
+def test_evaluating_on_the_training_csv_says_the_run_has_seen_every_image(trained, tmp_path):
+    from catdog import evaluate_sets
+    root, _, csv_path, _ = trained
+    result = evaluate_sets.evaluate_label_sets(
+        str(root / "run"), test_csv=csv_path, label_column="tags",
+        out_dir=str(tmp_path / "ev"))
+    seen = result["seen_by_the_run"]
+    split = json.loads((root / "run" / "split.json").read_text())
+    assert seen["training_images"] == len(split["train"]) > 0
+    assert seen["validation_images"] == len(split["val"]) > 0
+    assert seen["training_images"] + seen["validation_images"] == result["num_examples"]
+    assert "training images of this run" in (tmp_path / "ev" / "evaluation.md").read_text()
+
+
 def test_export_and_predict_give_a_probability_per_label(trained, tmp_path):
     from catdog import export
     from catdog import model_io
