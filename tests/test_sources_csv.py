@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import shutil
+import unicodedata
 import subprocess
 import sys
 
@@ -690,3 +691,37 @@ def test_a_validation_row_naming_a_copy_of_a_training_image_is_reported(tmp_path
     warned = [r.getMessage() for r in caplog.records if "byte-identical" in r.getMessage()]
     assert len(warned) == 1 and "--val_csv" in warned[0] and "--train_csv" in warned[0]
     assert f"--other_dirs={val_dir}" in warned[0]
+
+
+def _nfd(text):
+    return unicodedata.normalize("NFD", text)
+
+
+def test_a_label_written_in_two_unicode_forms_is_one_class(tmp_path):
+    """"Bengalí" typed (NFC) and pasted from macOS (NFD) look the same: two
+    classes for them would split one class in two."""
+    rows = _photos(tmp_path, per_class=4)
+    rows = [(name, _nfd(label) if i % 2 else label) for i, (name, label) in enumerate(rows)]
+    assert len({label for _, label in rows}) == 3  # as code points, three labels
+    index = data.index_source(_cfg(_write_csv(tmp_path / "labels.csv", rows)))
+    assert index.class_names == ["Bengalí", "Maine Coon"]
+    assert len(index.train) + len(index.val) == 8
+    given = data.index_source(_cfg(tmp_path / "labels.csv",
+                                   class_names=(_nfd("Bengalí"), "Maine Coon")))
+    assert given.class_names == ["Bengalí", "Maine Coon"]
+
+
+@pytest.mark.parametrize("by", ["file name", "id"])
+def test_a_file_name_in_another_unicode_form_than_on_disk_is_found(tmp_path, by):
+    """Files unpacked from a macOS archive keep NFD names; the CSV, written
+    elsewhere, has NFC. Byte for byte no file matches, yet they are the same."""
+    rows = _photos(tmp_path, classes=("café", "thé"), per_class=3)
+    for name, _ in rows:  # the files on disk in NFD
+        os.rename(tmp_path / name, tmp_path / _nfd(name))
+    listed = [(name if by == "file name" else os.path.splitext(name)[0], label)
+              for name, label in rows]
+    index = data.index_source(_cfg(_write_csv(tmp_path / "labels.csv", listed)))
+    assert _count(index, "missing_file") == 0
+    assert len(index.train) + len(index.val) == 6
+    assert all(os.path.isfile(p) for p in index.train.paths + index.val.paths)
+    assert _count(index, "unlisted_image") == 0

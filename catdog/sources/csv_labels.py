@@ -23,6 +23,7 @@ import collections
 import csv
 import dataclasses
 import os
+import unicodedata
 from typing import Optional
 
 from absl import logging
@@ -98,12 +99,24 @@ def _inside(real: str, real_root: str) -> bool:
     return os.path.commonpath([real, real_root]) == real_root
 
 
-def _resolve(name: str, root: str, real_root: str, by_stem: dict):
+def _key(name: str) -> str:
+    """A file name or label as text compares: normalized path, Unicode NFC.
+
+    A name typed or written by one tool (NFC: "é" one code point) and the
+    same name from another (NFD, as macOS stores it: "e" + accent) look the
+    same and must be the same file or class.
+    """
+    return unicodedata.normalize("NFC", os.path.normpath(name) if name else name)
+
+
+def _resolve(name: str, root: str, real_root: str, by_stem: dict, by_name: dict):
     """``(path, None)`` of the file a row names, or ``(None, problem kind)``.
 
     The containment checks come first and touch nothing outside ``root``:
     the name as text (absolute, ``..``), then ``realpath`` (symlinks), each
-    with ``commonpath``; only a path inside is ever looked at.
+    with ``commonpath``; only a path inside is ever looked at. A name that
+    is no file as written is looked up among the folder's image files by
+    its :func:`_key`, as a file name, then as an id (a stem).
     """
     if "\0" in name:  # no file system has such a name
         return None, "missing_file"
@@ -114,9 +127,12 @@ def _resolve(name: str, root: str, real_root: str, by_stem: dict):
         return None, "outside_image_dir"
     if os.path.isfile(path):
         return path, None
+    matches = by_name.get(_key(name), [])
+    if len(matches) == 1:
+        return matches[0], None
     if name.lower().endswith(scan.IMAGE_EXTENSIONS):
         return None, "missing_file"
-    matches = by_stem.get(os.path.normpath(name), [])
+    matches = by_stem.get(_key(name), [])
     if len(matches) > 1:
         return None, "ambiguous_id"
     return (matches[0], None) if matches else (None, "missing_file")
@@ -244,17 +260,19 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
     fi, li = _columns(table[0], csv_path, flag, filename_column, label_column)
     out = CsvRows(csv_path=csv_path, image_dir=root)
     real_root = os.path.realpath(root)
-    by_stem = collections.defaultdict(list)
+    by_stem, by_name = collections.defaultdict(list), collections.defaultdict(list)
     for path in scan.walk_image_files(root):
         real = os.path.realpath(path)
         if _inside(real, real_root):
             out.images[real] = path
-            by_stem[os.path.splitext(os.path.relpath(path, root))[0]].append(path)
+            relative = os.path.relpath(path, root)
+            by_name[_key(relative)].append(path)
+            by_stem[_key(os.path.splitext(relative)[0])].append(path)
     first = lambda row, i: row[i].strip() if i < len(row) else ""
     head = first(table[0], fi)
     # A first row is data when it names an image AND its label is a label of
     # the rows below: a header "image,label" beside an image.jpg is a header.
-    if (head and _resolve(head, root, real_root, by_stem)[0]
+    if (head and _resolve(head, root, real_root, by_stem, by_name)[0]
             and first(table[0], li) in {first(row, li) for row in table[1:]}):
         raise ValueError(
             f"The first row of --{flag} {csv_path!r} looks like data ({head!r} is an "
@@ -267,7 +285,7 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
             continue  # a blank line is no row
         out.rows += 1
         cell = lambda i: row[i].strip() if i < len(row) else ""
-        name, label = cell(fi), cell(li)
+        name, label = cell(fi), unicodedata.normalize("NFC", cell(li))
         if label_separator:
             label = label_sets.parse(label, label_separator)
         where = f"line {line}: {name!r}"
@@ -282,9 +300,9 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
             continue
         # A path that leaves the image folder (.., absolute, symlinks) is
         # refused before anything touches the file: it is never opened.
-        path, problem = _resolve(name, root, real_root, by_stem)
+        path, problem = _resolve(name, root, real_root, by_stem, by_name)
         if problem == "ambiguous_id":
-            matches = by_stem[os.path.normpath(name)]
+            matches = by_stem[_key(name)]
             out.add_problem(problem, f"{where} matches " + ", ".join(
                 os.path.basename(m) for m in matches))
             out.listed.update(os.path.realpath(m) for m in matches)
@@ -337,7 +355,7 @@ def _class_names(rows: CsvRows, given, label_column: str, flag: str = "train_csv
                     for name in (label if isinstance(label, tuple) else (label,))})
     column = label_column or "the second column"
     if given:
-        given = [str(n) for n in given]
+        given = [unicodedata.normalize("NFC", str(n)) for n in given]
         absent = [n for n in given if n not in found]
         if absent:
             raise ValueError(
@@ -354,7 +372,8 @@ def _class_names(rows: CsvRows, given, label_column: str, flag: str = "train_csv
 
 
 def _labelled(rows: CsvRows, class_names):
-    number = {name: i for i, name in enumerate(class_names)}
+    # NFC, as the labels are: a run's class names written in another form match.
+    number = {unicodedata.normalize("NFC", name): i for i, name in enumerate(class_names)}
     paths, labels = [], []
     for path, label in zip(rows.paths, rows.labels):
         if isinstance(label, tuple) and any(name in number for name in label):
