@@ -362,7 +362,7 @@ def _check_test_folder(test_dir: str, class_names: list) -> None:
             f"subfolder per class: {class_names}.")
     found = sorted(d for d in os.listdir(test_dir)
                    if os.path.isdir(os.path.join(test_dir, d)) and not d.startswith("."))
-    if sorted(class_names) != found:
+    if sorted(map(scan.nfc, class_names)) != sorted(map(scan.nfc, found)):
         raise ValueError(
             f"The class subfolders of --test_dir {test_dir!r} are {found}, but the "
             f"model was trained on classes {class_names}; the test folder needs "

@@ -453,3 +453,14 @@ def test_a_run_without_a_file_split_cannot_be_compared(binary_case, tmp_path):
     model_dir, test_dir, _ = binary_case  # no split.json (e.g. an older run)
     result = ev.evaluate(model_dir, test_dir, out_dir=str(tmp_path / "out"))
     assert result["seen_by_the_run"] is None
+
+
+def test_a_test_folder_whose_class_names_are_in_another_unicode_form_is_evaluated(tmp_path):
+    import unicodedata
+    nfd = [unicodedata.normalize("NFD", n) for n in ("café", "thé")]
+    model_dir = _model_dir(tmp_path / "model", nfd)  # trained on macOS folders
+    test_dir = tmp_path / "test"
+    _solid(test_dir / "café" / "a.png", 200, 50)
+    _solid(test_dir / "thé" / "b.png", 40, 200)
+    result = ev.evaluate(model_dir, str(test_dir), out_dir=str(tmp_path / "out"))
+    assert result["num_examples"] == 2 and result["metrics"]["accuracy"] == 1.0

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import unicodedata
 
 import numpy as np
 import pytest
@@ -358,3 +359,32 @@ def test_distinct_images_are_not_reported_as_copies(tmp_path, caplog):
     assert index.copies == []
     assert not [m for m in _warnings(caplog) if "byte-identical" in m]
     assert "identical_across_splits" not in data.split_record(cfg, index)
+
+
+def _nfd(text):
+    return unicodedata.normalize("NFD", text)
+
+
+def test_class_folders_in_another_unicode_form_are_the_same_classes(tmp_path):
+    """A training folder unpacked from a macOS archive has NFD folder names;
+    a validation folder made elsewhere, and names typed in --class_names,
+    are NFC. They look the same and are the same classes."""
+    train = make_class_folder(tmp_path / "train", classes=(_nfd("café"), _nfd("thé")),
+                              per_class=4, seed=1)
+    val = make_class_folder(tmp_path / "valid", classes=("café", "thé"), per_class=2, seed=2)
+    index = data.index_data(_data_config(train, val))
+    assert [unicodedata.normalize("NFC", n) for n in index.class_names] == ["café", "thé"]
+    assert sorted(index.val.labels) == [0, 0, 1, 1] and len(index.train) == 8
+    assert all("thé" in unicodedata.normalize("NFC", p)
+               for p, l in zip(index.val.paths, index.val.labels) if l == 1)
+    given = data.index_data(_data_config(train, validation_split=0.5,
+                                         class_names=("thé", "café")))
+    assert len(given.train) + len(given.val) == 8
+    assert given.class_names == ["thé", "café"]
+
+
+def test_two_class_folders_that_differ_only_in_unicode_form_are_refused(tmp_path):
+    root = make_class_folder(tmp_path / "d", classes=("café", _nfd("café"), "thé"),
+                             per_class=2)
+    with pytest.raises(ValueError, match="Unicode form"):
+        data.index_data(_data_config(root, validation_split=0.5))

@@ -25,7 +25,7 @@ from catdog.scan.check import (
     FileCheck, check_file, check_files, keep_usable, known_orientations, usable_checks)
 from catdog.scan.headers import ImageHeader, sniff_header
 from catdog.scan.listing import (
-    IMAGE_EXTENSIONS, ScanInputError, list_image_files, walk_image_files)
+    IMAGE_EXTENSIONS, ScanInputError, list_image_files, nfc, walk_image_files)
 
 __all__ = [
     "ClassSummary",
@@ -42,6 +42,7 @@ __all__ = [
     "keep_usable",
     "known_orientations",
     "list_image_files",
+    "nfc",
     "scan_directory",
     "sniff_header",
     "usable_checks",

@@ -11,7 +11,9 @@ Local paths use ``os``; paths with a scheme (``gs://...``) ``tf.io.gfile``.
 
 from __future__ import annotations
 
+import collections
 import os
+import unicodedata
 from typing import Sequence
 
 from catdog import fileio
@@ -116,6 +118,23 @@ def _class_folders(directory: str) -> list[str]:
         if not _is_ignored_dir(name) and fileio.isdir(fileio.join(directory, name)))
 
 
+def nfc(name: str) -> str:
+    """``name`` in Unicode NFC: how a class or file name compares with another.
+
+    A name typed on most systems is NFC ("é" one character); macOS file
+    names, and archives made there, are NFD ("e" + accent). They look the
+    same and are the same class.
+    """
+    return unicodedata.normalize("NFC", name)
+
+
+def _same_looking(names) -> list:
+    groups = collections.defaultdict(list)
+    for name in names:
+        groups[nfc(name)].append(name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
 def require_directory(directory, what: str) -> str:
     """``directory`` as a string; ScanInputError unless it is an existing folder."""
     if isinstance(directory, os.PathLike):
@@ -140,6 +159,13 @@ def index_class_folders(directory, class_names=None, follow_links: bool = False)
     """
     directory = require_directory(directory, "data directory")
     found = _class_folders(directory)
+    same_looking = _same_looking(found)
+    if same_looking:
+        raise ScanInputError(
+            f"{directory!r} has class folders whose names differ only in their Unicode "
+            f"form (e.g. 'é' as one character or as 'e' + accent), so they would be "
+            f"classes that print the same: {same_looking}. Merge or rename them.")
+    folder_of = {nfc(name): name for name in found}
     if class_names is None:
         class_names = found
     else:
@@ -148,12 +174,13 @@ def index_class_folders(directory, class_names=None, follow_links: bool = False)
                 f"class_names must be a list of folder names, got the string "
                 f"{class_names!r}; pass e.g. ['cats', 'dogs'].")
         class_names = [str(name) for name in class_names]
-        duplicated = sorted({n for n in class_names if class_names.count(n) > 1})
+        forms = [nfc(n) for n in class_names]
+        duplicated = sorted({n for n in class_names if forms.count(nfc(n)) > 1})
         if duplicated:
             raise ScanInputError(
                 f"class_names lists {duplicated} more than once: {class_names}.")
         for name in class_names:
-            if name not in found:
+            if name not in found and nfc(name) not in folder_of:
                 raise ScanInputError(
                     f"class name {name!r} is not a subfolder of {directory!r}; "
                     f"subfolders found: {found}. Fix class_names or the folder layout.")
@@ -164,7 +191,8 @@ def index_class_folders(directory, class_names=None, follow_links: bool = False)
             f"layout like {fileio.join(directory, 'cats')} and {fileio.join(directory, 'dogs')}.")
     paths, labels, ignored = [], [], []
     for label, name in enumerate(class_names):
-        class_dir = fileio.join(directory, name)
+        # A name in another Unicode form than the folder's is that folder.
+        class_dir = fileio.join(directory, name if name in found else folder_of[nfc(name)])
         candidates, other = _walk_files(class_dir, follow_links)
         if not candidates:
             raise ScanInputError(

@@ -23,7 +23,6 @@ import collections
 import csv
 import dataclasses
 import os
-import unicodedata
 from typing import Optional
 
 from absl import logging
@@ -106,7 +105,7 @@ def _key(name: str) -> str:
     same name from another (NFD, as macOS stores it: "e" + accent) look the
     same and must be the same file or class.
     """
-    return unicodedata.normalize("NFC", os.path.normpath(name) if name else name)
+    return scan.nfc(os.path.normpath(name) if name else name)
 
 
 def _resolve(name: str, root: str, real_root: str, by_stem: dict, by_name: dict):
@@ -285,7 +284,7 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
             continue  # a blank line is no row
         out.rows += 1
         cell = lambda i: row[i].strip() if i < len(row) else ""
-        name, label = cell(fi), unicodedata.normalize("NFC", cell(li))
+        name, label = cell(fi), scan.nfc(cell(li))
         if label_separator:
             label = label_sets.parse(label, label_separator)
         where = f"line {line}: {name!r}"
@@ -355,7 +354,7 @@ def _class_names(rows: CsvRows, given, label_column: str, flag: str = "train_csv
                     for name in (label if isinstance(label, tuple) else (label,))})
     column = label_column or "the second column"
     if given:
-        given = [unicodedata.normalize("NFC", str(n)) for n in given]
+        given = [scan.nfc(str(n)) for n in given]
         absent = [n for n in given if n not in found]
         if absent:
             raise ValueError(
@@ -373,7 +372,7 @@ def _class_names(rows: CsvRows, given, label_column: str, flag: str = "train_csv
 
 def _labelled(rows: CsvRows, class_names):
     # NFC, as the labels are: a run's class names written in another form match.
-    number = {unicodedata.normalize("NFC", name): i for i, name in enumerate(class_names)}
+    number = {scan.nfc(name): i for i, name in enumerate(class_names)}
     paths, labels = [], []
     for path, label in zip(rows.paths, rows.labels):
         if isinstance(label, tuple) and any(name in number for name in label):
