@@ -164,7 +164,9 @@ def index_class_folders(directory, class_names=None, follow_links: bool = False)
         raise ScanInputError(
             f"{directory!r} has class folders whose names differ only in their Unicode "
             f"form (e.g. 'é' as one character or as 'e' + accent), so they would be "
-            f"classes that print the same: {same_looking}. Merge or rename them.")
+            "classes that print the same: " + "; ".join(
+                " and ".join(ascii(name) for name in group) for group in same_looking)
+            + ". Merge or rename them.")
     folder_of = {nfc(name): name for name in found}
     if class_names is None:
         class_names = found
