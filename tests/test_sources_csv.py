@@ -725,3 +725,37 @@ def test_a_file_name_in_another_unicode_form_than_on_disk_is_found(tmp_path, by)
     assert len(index.train) + len(index.val) == 6
     assert all(os.path.isfile(p) for p in index.train.paths + index.val.paths)
     assert _count(index, "unlisted_image") == 0
+
+
+def test_names_written_on_windows_find_their_files(tmp_path):
+    """A CSV made on Windows writes train\\cat.jpg and may differ from the
+    files in letter case (its file system ignores case); each still names
+    exactly one file."""
+    rows = _photos(tmp_path / "train", per_class=3)
+    listed = [(f"train\\{name}", label) if i % 2 else (f"train/{name.upper()}", label)
+              for i, (name, label) in enumerate(rows)]
+    index = data.index_source(_cfg(_write_csv(tmp_path / "labels.csv", listed)))
+    assert _count(index, "missing_file") == 0
+    assert sorted(index.train.paths + index.val.paths) == sorted(
+        os.path.join(str(tmp_path), "train", name) for name, _ in rows)
+
+
+def test_a_windows_path_out_of_the_image_folder_is_still_refused(tmp_path):
+    image_dir = tmp_path / "images"
+    rows = _photos(image_dir, per_class=3)
+    _image(tmp_path / "secret.jpg")
+    index = data.index_source(_cfg(_write_csv(
+        image_dir / "labels.csv", rows + [("..\\secret.jpg", rows[0][1])])))
+    assert _count(index, "outside_image_dir") == 1
+    assert not any("secret" in p for p in index.train.paths + index.val.paths)
+
+
+def test_a_name_that_matches_two_files_only_when_case_is_ignored_is_not_guessed(tmp_path):
+    rows = _photos(tmp_path, per_class=3)
+    _image(tmp_path / "Pet.jpg", seed=50)
+    _image(tmp_path / "PET.jpg", seed=51)
+    index = data.index_source(_cfg(_write_csv(tmp_path / "labels.csv",
+                                              rows + [("pet.jpg", rows[0][1])])))
+    assert _count(index, "missing_file") == 1
+    assert not any("pet" in os.path.basename(p).lower()
+                   for p in index.train.paths + index.val.paths)

@@ -108,14 +108,41 @@ def _key(name: str) -> str:
     return scan.nfc(os.path.normpath(name) if name else name)
 
 
+def _add(table: dict, name: str, path: str) -> None:
+    """Files the CSV may name by ``name``: as :func:`_key`, and case-folded."""
+    table[_key(name)].append(path)
+    table[("folded", _key(name).casefold())].append(path)
+
+
+def _lookup(table: dict, name: str) -> list:
+    """The files named ``name`` in a table of :func:`_add`; in another letter
+    case (a CSV made where file names ignore case) only when none match as
+    written."""
+    return table.get(_key(name)) or table.get(("folded", _key(name).casefold()), [])
+
+
 def _resolve(name: str, root: str, real_root: str, by_stem: dict, by_name: dict):
     """``(path, None)`` of the file a row names, or ``(None, problem kind)``.
+
+    A name written with Windows separators (``train\\cat.1.jpg``) that is no
+    file as written is read again with ``/``, through the same checks.
+    """
+    path, problem = _resolve_as_written(name, root, real_root, by_stem, by_name)
+    if problem == "missing_file" and "\\" in name:
+        return _resolve_as_written(name.replace("\\", "/"), root, real_root, by_stem,
+                                   by_name)
+    return path, problem
+
+
+def _resolve_as_written(name: str, root: str, real_root: str, by_stem: dict,
+                        by_name: dict):
+    """:func:`_resolve` of ``name`` as it is written.
 
     The containment checks come first and touch nothing outside ``root``:
     the name as text (absolute, ``..``), then ``realpath`` (symlinks), each
     with ``commonpath``; only a path inside is ever looked at. A name that
-    is no file as written is looked up among the folder's image files by
-    its :func:`_key`, as a file name, then as an id (a stem).
+    is no file as written is looked up among the folder's image files (see
+    :func:`_lookup`), as a file name, then as an id (a stem).
     """
     if "\0" in name:  # no file system has such a name
         return None, "missing_file"
@@ -126,12 +153,12 @@ def _resolve(name: str, root: str, real_root: str, by_stem: dict, by_name: dict)
         return None, "outside_image_dir"
     if os.path.isfile(path):
         return path, None
-    matches = by_name.get(_key(name), [])
+    matches = _lookup(by_name, name)
     if len(matches) == 1:
         return matches[0], None
     if name.lower().endswith(scan.IMAGE_EXTENSIONS):
         return None, "missing_file"
-    matches = by_stem.get(_key(name), [])
+    matches = _lookup(by_stem, name)
     if len(matches) > 1:
         return None, "ambiguous_id"
     return (matches[0], None) if matches else (None, "missing_file")
@@ -265,8 +292,8 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
         if _inside(real, real_root):
             out.images[real] = path
             relative = os.path.relpath(path, root)
-            by_name[_key(relative)].append(path)
-            by_stem[_key(os.path.splitext(relative)[0])].append(path)
+            _add(by_name, relative, path)
+            _add(by_stem, os.path.splitext(relative)[0], path)
     first = lambda row, i: row[i].strip() if i < len(row) else ""
     head = first(table[0], fi)
     # A first row is data when it names an image AND its label is a label of
@@ -301,7 +328,7 @@ def read_csv_rows(csv_path: str, image_dir: str = "", filename_column: str = "",
         # refused before anything touches the file: it is never opened.
         path, problem = _resolve(name, root, real_root, by_stem, by_name)
         if problem == "ambiguous_id":
-            matches = by_stem[_key(name)]
+            matches = _lookup(by_stem, name.replace("\\", "/")) or _lookup(by_stem, name)
             out.add_problem(problem, f"{where} matches " + ", ".join(
                 os.path.basename(m) for m in matches))
             out.listed.update(os.path.realpath(m) for m in matches)
