@@ -309,15 +309,18 @@ def identical_across(first: Sequence[str], second: Sequence[str],
       For each set of identical files on both sides, sorted by its first
       path: ``(its paths in first, its paths in second)``.
     """
-    items = []
-    for tag, paths in ((0, first), (1, second)):
-        for path in paths:
-            try:
-                items.append((path, fileio.stat(path)[0], tag))
-            except OSError:
-                pass
-    both_sides = lambda group: len({item[2] for item in group}) == 2
+    tagged = [(path, 0) for path in first] + [(path, 1) for path in second]
     threads = num_threads or progress_lib.default_threads([*first, *second])
+
+    def size(item):  # one stat per file, on threads (remote files wait on the network)
+        try:
+            return fileio.stat(item[0])[0]
+        except OSError:
+            return None
+
+    items = [(path, value, tag) for (path, tag), value in
+             zip(tagged, progress_lib.thread_map(size, tagged, threads)) if value is not None]
+    both_sides = lambda group: len({item[2] for item in group}) == 2
     return [(tuple(i[0] for i in g if i[2] == 0), tuple(i[0] for i in g if i[2] == 1))
             for g in _identical_groups(items, threads, keep=both_sides)]
 
