@@ -298,7 +298,7 @@ def _identical_groups(items, num_threads: int, keep=lambda group: True) -> list[
 
 
 def identical_across(first: Sequence[str], second: Sequence[str],
-                     num_threads: int | None = None) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+                     num_threads: int | None = None) -> list[tuple[tuple, tuple]]:
     """Byte-identical files found in both ``first`` and ``second``.
 
     Copies within one list are not reported; a path in both lists is

@@ -176,8 +176,7 @@ def index_class_folders(directory, class_names=None, follow_links: bool = False)
                 f"class_names must be a list of folder names, got the string "
                 f"{class_names!r}; pass e.g. ['cats', 'dogs'].")
         class_names = [str(name) for name in class_names]
-        forms = [nfc(n) for n in class_names]
-        duplicated = sorted({n for n in class_names if forms.count(nfc(n)) > 1})
+        duplicated = sorted({n for group in _same_looking(class_names) for n in group})
         if duplicated:
             raise ScanInputError(
                 f"class_names lists {duplicated} more than once: {class_names}.")
