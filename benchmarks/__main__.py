@@ -36,7 +36,7 @@ flags.DEFINE_integer("shards_jpeg_quality", 95,
                      "JPEG quality of the --shards_at_size JPEG shards (1-100).")
 flags.DEFINE_enum("shards_jpeg_chroma", JPEG_CHROMA[0], JPEG_CHROMA,
                   "Colour resolution of the --shards_at_size JPEG shards "
-                  "(build_tfrecords.py --jpeg_chroma).")
+                  "(build_tfrecords.py --jpeg_chroma; 'auto': 4:2:0 from 128 px).")
 flags.DEFINE_string("model_dir", None,
                     "A finished training run (model.keras + config.json): also time "
                     "its model's training step on batches of the same shape and say "

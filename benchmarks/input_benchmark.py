@@ -54,7 +54,7 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
                   log=print, train_tfrecords: str = "", model_dir: str = "",
                   model_steps: int = 10, service_workers=(),
                   shards_at_size: bool = False, shards_jpeg_quality: int = 95,
-                  shards_jpeg_chroma: str = "444") -> dict:
+                  shards_jpeg_chroma: str = "auto") -> dict:
     """Times every loader on ``data_dir`` and returns the figures.
 
     Loaders are timed round-robin ``repeats`` times and each figure is the
@@ -162,6 +162,8 @@ def _shards_at_size(data_dir, image_size, batch_size, jpeg, workdir, sampled, re
             data_dir, os.path.join(workdir, f"shards-{kind}"), image_size, raw, quality,
             jpeg_chroma=chroma, check_cache=os.path.join(workdir, "check-cache") if sampled else "")
         manifest = built["manifest"]
+        if not raw:  # what "auto" chose at this size
+            chroma = manifest["jpeg_chroma"]
         result.update({f"shards_{kind}_build_seconds": built["seconds"],
                        f"shards_{kind}_bytes": built["bytes"],
                        f"shards_{kind}_files": len(built["files"]),

@@ -26,7 +26,7 @@ from absl import flags
 from catdog import cli
 from catdog.config import DEFAULT_MAX_PIXELS
 from catdog.decode import COLOR_MODES, INTERPOLATIONS, RESIZE_MODES
-from catdog.sources.tfrecord_writer import JPEG_CHROMA
+from catdog.sources.tfrecord_writer import AUTO_CHROMA_MIN_SIDE, JPEG_CHROMA
 
 flags.DEFINE_string("data_dir", None,
                     "Folder with one subfolder of images per class.")
@@ -58,7 +58,9 @@ flags.DEFINE_enum("jpeg_chroma", JPEG_CHROMA[0], JPEG_CHROMA,
                   "With --image_size (not --raw): the colour resolution of the stored "
                   "JPEGs. '444' keeps it full; '420' halves it both ways, as most "
                   "cameras do: a decode 10-20 percent cheaper, softer colour edges at small "
-                  "sizes.")
+                  "sizes; 'auto' is '420' when both sides are at least "
+                  f"{AUTO_CHROMA_MIN_SIDE} px and '444' below. The manifest records "
+                  "the one stored.")
 flags.DEFINE_string("image_size", None,
                     "Store every image at the training size 'SIZE' or 'HEIGHT,WIDTH': "
                     "decoded and resized exactly as training does (the flags below, "

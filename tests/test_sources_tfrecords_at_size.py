@@ -244,7 +244,7 @@ def _sampling(jpeg: bytes) -> list:
 
 
 def test_jpeg_chroma_420_halves_the_stored_colour_and_is_recorded(photos, tmp_path):
-    full = _write(photos, tmp_path / "444")
+    full = _write(photos, tmp_path / "444", jpeg_chroma="444")
     half = _write(photos, tmp_path / "420", jpeg_chroma="420")
     raw = _write(photos, tmp_path / "raw", raw=True)
     assert (full["jpeg_chroma"], half["jpeg_chroma"], raw["jpeg_chroma"]) == ("444", "420", None)
@@ -264,8 +264,33 @@ def test_jpeg_chroma_420_halves_the_stored_colour_and_is_recorded(photos, tmp_pa
     assert sorted(a.tobytes() for a in got) == sorted(a.tobytes() for a in stored)
 
 
+def _stored_sampling(out):
+    files, _, _ = tfrecords.resolve_shards(str(out / "*.tfrecord"))
+    return {tuple(_sampling(tfrecords.parse_example(r)[0].numpy()))
+            for r in tf.data.TFRecordDataset(files)}
+
+
+def test_default_chroma_halves_colour_only_at_sizes_where_it_costs_little(photos, tmp_path):
+    # The default ("auto") stores 4:2:0 when both sides are at least
+    # AUTO_CHROMA_MIN_SIDE (a cheaper decode every epoch, ~1 dB at 128-224 px)
+    # and full colour below, where halving it smears small images.
+    side = tfrecord_writer.AUTO_CHROMA_MIN_SIDE
+    cases = {"big": ((side, side + 8), {}, "420", (2, 2)),
+             "narrow": ((side - 1, side + 8), {}, "444", (1, 1)),
+             "small": (SIZE, {}, "444", (1, 1)),
+             "asked_444": ((side, side), {"jpeg_chroma": "444"}, "444", (1, 1))}
+    for name, (size, kw, chroma, luma) in cases.items():
+        manifest = _write(photos, tmp_path / name, image_size=size, **kw)
+        assert manifest["jpeg_chroma"] == chroma, name
+        assert _stored_sampling(tmp_path / name) == {(luma, (1, 1), (1, 1))}, name
+    assert _write(photos, tmp_path / "raw", image_size=(side, side), raw=True)["jpeg_chroma"] is None
+    # Without --image_size the files are stored as they are: "auto" asks nothing.
+    stored = tfrecord_writer.write_tfrecords(photos, str(tmp_path / "files"), progress=False)
+    assert stored["jpeg_chroma"] is None
+
+
 def test_at_size_arguments_are_checked(photos, tmp_path):
-    with pytest.raises(ValueError, match=r"--jpeg_chroma.*444, 420.*jpeg_chroma='422'"):
+    with pytest.raises(ValueError, match=r"--jpeg_chroma.*auto, 444, 420.*jpeg_chroma='422'"):
         _write(photos, tmp_path / "o", jpeg_chroma="422")
     with pytest.raises(ValueError, match=r"--jpeg_chroma.*--image_size, without --raw"):
         _write(photos, tmp_path / "o", jpeg_chroma="420", raw=True)
