@@ -32,8 +32,9 @@ flags.DEFINE_boolean("shards_at_size", False,
                      "folder, print the build time apart, and time catdog's first epoch "
                      "from them against stock Keras from the folder (wall and per "
                      "CPU-second ratios).")
-flags.DEFINE_integer("shards_jpeg_quality", 95,
-                     "JPEG quality of the --shards_at_size JPEG shards (1-100).")
+flags.DEFINE_integer("shards_jpeg_quality", None,
+                     "JPEG quality of the --shards_at_size JPEG shards (1-100; default: "
+                     "build_tfrecords.py's at --image_size, 90).")
 flags.DEFINE_enum("shards_jpeg_chroma", JPEG_CHROMA[0], JPEG_CHROMA,
                   "Colour resolution of the --shards_at_size JPEG shards "
                   "(build_tfrecords.py --jpeg_chroma; 'auto': 4:2:0 from 128 px).")

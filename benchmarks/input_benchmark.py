@@ -53,7 +53,7 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
                   augment: bool = False, max_images: int = 0, repeats: int = 3,
                   log=print, train_tfrecords: str = "", model_dir: str = "",
                   model_steps: int = 10, service_workers=(),
-                  shards_at_size: bool = False, shards_jpeg_quality: int = 95,
+                  shards_at_size: bool = False, shards_jpeg_quality=None,
                   shards_jpeg_chroma: str = "auto") -> dict:
     """Times every loader on ``data_dir`` and returns the figures.
 
@@ -86,7 +86,8 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
         ``image_size`` (as ``build_tfrecords.py --image_size``; JPEG and
         ``--raw``) in a temporary folder, the build timed apart, and time
         catdog's first epoch from them in every round.
-      shards_jpeg_quality: JPEG quality of those shards (1-100).
+      shards_jpeg_quality: JPEG quality of those shards (1-100; None: the
+        writer's default at a size).
       shards_jpeg_chroma: their colour resolution, ``"444"`` or ``"420"``
         (``build_tfrecords.py --jpeg_chroma``).
 
@@ -112,7 +113,7 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
         raise ValueError(f"`--repeats` must be >= 1. Received: repeats={repeats}")
     if max_images < 0:
         raise ValueError(f"`--max_images` must be >= 0. Received: max_images={max_images}")
-    if not 1 <= shards_jpeg_quality <= 100:
+    if shards_jpeg_quality is not None and not 1 <= shards_jpeg_quality <= 100:
         raise ValueError("`--shards_jpeg_quality` must be in 1..100. Received: "
                          f"shards_jpeg_quality={shards_jpeg_quality}")
     service_workers = tuple(service_workers or ())
@@ -162,8 +163,8 @@ def _shards_at_size(data_dir, image_size, batch_size, jpeg, workdir, sampled, re
             data_dir, os.path.join(workdir, f"shards-{kind}"), image_size, raw, quality,
             jpeg_chroma=chroma, check_cache=os.path.join(workdir, "check-cache") if sampled else "")
         manifest = built["manifest"]
-        if not raw:  # what "auto" chose at this size
-            chroma = manifest["jpeg_chroma"]
+        if not raw:  # what the defaults chose at this size
+            quality, chroma = manifest["jpeg_quality"], manifest["jpeg_chroma"]
         result.update({f"shards_{kind}_build_seconds": built["seconds"],
                        f"shards_{kind}_bytes": built["bytes"],
                        f"shards_{kind}_files": len(built["files"]),

@@ -244,7 +244,7 @@ def _check_cache(cache_dir):
 
 
 def build_shards_at_size(data_dir: str, output_dir: str, image_size, raw: bool,
-                         jpeg_quality: int, check_cache: str = "",
+                         jpeg_quality=None, check_cache: str = "",
                          jpeg_chroma: str = "auto") -> dict:
     """Writes ``data_dir`` as shards stored at ``image_size`` (build_tfrecords.py
     --image_size, JPEG or ``raw``); returns their files, manifest, build

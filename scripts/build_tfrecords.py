@@ -7,7 +7,7 @@ Examples:
   python scripts/build_tfrecords.py --csv=labels.csv --image_dir=train \
       --output_dir=shards/train
   python scripts/build_tfrecords.py --data_dir=training_set --output_dir=shards/train224 \
-      --image_size=224 --jpeg_quality=90        # stored at the training size
+      --image_size=224                          # stored at the training size (JPEG q90)
   python scripts/train_baseline.py --train_tfrecords='shards/train/*.tfrecord' \
       --val_tfrecords='shards/val/*.tfrecord' --model_dir=runs/baseline
 
@@ -26,7 +26,8 @@ from absl import flags
 from catdog import cli
 from catdog.config import DEFAULT_MAX_PIXELS
 from catdog.decode import COLOR_MODES, INTERPOLATIONS, RESIZE_MODES
-from catdog.sources.tfrecord_writer import AUTO_CHROMA_MIN_SIDE, JPEG_CHROMA
+from catdog.sources.tfrecord_writer import (AT_SIZE_JPEG_QUALITY, AUTO_CHROMA_MIN_SIDE,
+                                            JPEG_CHROMA, MAX_SIDE_JPEG_QUALITY)
 
 flags.DEFINE_string("data_dir", None,
                     "Folder with one subfolder of images per class.")
@@ -52,8 +53,11 @@ flags.DEFINE_integer("max_side", 0,
                      "to it and re-encoded as JPEG (smaller shards, faster decode; "
                      "pixels then differ from the original files). 0 keeps every "
                      "file's bytes unchanged.")
-flags.DEFINE_integer("jpeg_quality", 95,
-                     "JPEG quality of images re-encoded by --max_side or --image_size.")
+flags.DEFINE_integer("jpeg_quality", None,
+                     "JPEG quality (1-100) of images re-encoded by --max_side or "
+                     f"--image_size (default: {AT_SIZE_JPEG_QUALITY} at --image_size, where "
+                     "the stored JPEG is decoded every first epoch and not resized again; "
+                     f"{MAX_SIDE_JPEG_QUALITY} for --max_side, which training resizes again).")
 flags.DEFINE_enum("jpeg_chroma", JPEG_CHROMA[0], JPEG_CHROMA,
                   "With --image_size (not --raw): the colour resolution of the stored "
                   "JPEGs. '444' keeps it full; '420' halves it both ways, as most "

@@ -154,8 +154,10 @@ def test_benchmark_builds_shards_at_the_training_size_and_times_them_against_ker
     and their first epoch is divided by stock Keras's, wall and CPU."""
     root = make_class_folder(tmp_path / "imgs", per_class=10, size=40)
     r = benchmark.run_benchmark(root, image_size=(32, 32), batch_size=4, repeats=2,
-                                max_images=16, shards_at_size=True, shards_jpeg_quality=90,
-                                log=lambda line: None)
+                                max_images=16, shards_at_size=True, log=lambda line: None)
+    # build_tfrecords.py's defaults at a size, as the writer resolved them
+    # (at 32x32 full colour: 4:2:0 starts at 128 px).
+    assert (r["shards_jpeg_quality"], r["shards_jpeg_chroma"]) == (90, "444")
     for kind in ("jpeg", "raw"):
         assert r[f"shards_{kind}_examples"] == 16
         assert r[f"shards_{kind}_build_seconds"] > 0 and r[f"shards_{kind}_bytes"] > 0

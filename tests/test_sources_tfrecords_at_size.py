@@ -289,6 +289,31 @@ def test_default_chroma_halves_colour_only_at_sizes_where_it_costs_little(photos
     assert stored["jpeg_chroma"] is None
 
 
+def test_default_quality_is_90_at_a_size_and_95_for_max_side_re_encodes(photos, tmp_path):
+    # At the training size the JPEG is decoded every first epoch and never
+    # resized again: q90 (with 4:2:0 from 128 px) is what takes such shards
+    # past 2x stock Keras. A --max_side re-encode is resized again by
+    # training, so it keeps q95.
+    at_size = _write(photos, tmp_path / "at_size")
+    re_encoded = tfrecord_writer.write_tfrecords(photos, str(tmp_path / "max_side"),
+                                                 max_side=40, progress=False)
+    asked = _write(photos, tmp_path / "asked", jpeg_quality=97)
+    assert (at_size["jpeg_quality"], re_encoded["jpeg_quality"], asked["jpeg_quality"]) == (
+        tfrecord_writer.AT_SIZE_JPEG_QUALITY, tfrecord_writer.MAX_SIDE_JPEG_QUALITY, 97)
+    assert (tfrecord_writer.AT_SIZE_JPEG_QUALITY, tfrecord_writer.MAX_SIDE_JPEG_QUALITY) == (90, 95)
+    # The stored bytes are the training pixels encoded at that quality.
+    expected = set()
+    for cls in ("cats", "dogs"):
+        for name in os.listdir(os.path.join(photos, cls)):
+            pixels = decode.decode_and_resize(
+                tf.io.read_file(os.path.join(photos, cls, name)), SIZE)
+            expected.add(tf.io.encode_jpeg(pixels, quality=90,
+                                           chroma_downsampling=False).numpy())
+    files, _, _ = tfrecords.resolve_shards(str(tmp_path / "at_size" / "*.tfrecord"))
+    assert {tfrecords.parse_example(r)[0].numpy()
+            for r in tf.data.TFRecordDataset(files)} == expected
+
+
 def test_at_size_arguments_are_checked(photos, tmp_path):
     with pytest.raises(ValueError, match=r"--jpeg_chroma.*auto, 444, 420.*jpeg_chroma='422'"):
         _write(photos, tmp_path / "o", jpeg_chroma="422")

@@ -119,6 +119,15 @@ JPEG_CHROMA = ("auto", "444", "420")
 #: in every first epoch; at 64 px and below the worst photo loses 4-8 dB.
 AUTO_CHROMA_MIN_SIDE = 128
 
+#: Default ``--jpeg_quality`` of JPEGs stored at the training size: decoded in
+#: every first epoch and never resized again, so q90 (38-40 dB against the
+#: training pixels at 224 px) buys the cheaper decode that takes such shards
+#: past 2x stock Keras (BUILD_NOTES.md).
+AT_SIZE_JPEG_QUALITY = 90
+#: Default ``--jpeg_quality`` of ``--max_side`` re-encodes, which training
+#: resizes again: the higher quality keeps the second resampling's input close.
+MAX_SIDE_JPEG_QUALITY = 95
+
 
 def stored_chroma(jpeg_chroma: str, image_size, raw: bool) -> Optional[str]:
     """The chroma the JPEGs stored at ``image_size`` get; None when no JPEG is encoded at a size."""
@@ -172,7 +181,7 @@ def _check_at_size(image_size, max_side: int, raw: bool):
 
 
 def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
-                    max_side: int = 0, jpeg_quality: int = 95,
+                    max_side: int = 0, jpeg_quality: Optional[int] = None,
                     image_size=None, jpeg_chroma: str = "auto",
                     decode_options: Optional[decode.DecodeOptions] = None,
                     raw: bool = False,
@@ -196,7 +205,9 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
       max_side: when > 0, images whose longest side exceeds it are decoded,
         downscaled to it (aspect ratio kept) and re-encoded as JPEG; smaller
         ones are stored as they are. 0 stores every file's bytes unchanged.
-      jpeg_quality: JPEG quality of re-encoded images (1-100).
+      jpeg_quality: JPEG quality of re-encoded images (1-100); None:
+        ``AT_SIZE_JPEG_QUALITY`` (90) with ``image_size``,
+        ``MAX_SIDE_JPEG_QUALITY`` (95) for ``max_side`` re-encodes.
       jpeg_chroma: with ``image_size`` (not ``raw``), the colour resolution
         of the stored JPEGs: ``"444"`` full, ``"420"`` halved both ways (a
         cheaper decode, softer colour edges), ``"auto"`` (the default)
@@ -231,6 +242,8 @@ def write_tfrecords(data_dir: str, output_dir: str, *, num_shards: int = 0,
     if max_side < 0:
         raise ValueError(f"`--max_side` must be >= 0 (0: keep every file as it "
                          f"is). Received: max_side={max_side}")
+    if jpeg_quality is None:
+        jpeg_quality = AT_SIZE_JPEG_QUALITY if image_size else MAX_SIDE_JPEG_QUALITY
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"`--jpeg_quality` must be in 1..100. Received: "
                          f"jpeg_quality={jpeg_quality}")
