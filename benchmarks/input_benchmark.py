@@ -88,8 +88,8 @@ def run_benchmark(data_dir: str, image_size=(224, 224), batch_size: int = 32,
         catdog's first epoch from them in every round.
       shards_jpeg_quality: JPEG quality of those shards (1-100; None: the
         writer's default at a size).
-      shards_jpeg_chroma: their colour resolution, ``"444"`` or ``"420"``
-        (``build_tfrecords.py --jpeg_chroma``).
+      shards_jpeg_chroma: their colour resolution, ``"auto"``, ``"444"`` or
+        ``"420"`` (``build_tfrecords.py --jpeg_chroma``).
 
     Returns:
       A dict with at least :data:`RESULT_KEYS`; rates are images per second,
