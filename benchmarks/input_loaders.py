@@ -9,10 +9,19 @@ per second (and per CPU-second where it matters).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import importlib.util
 import os
 import platform
 import time
+from typing import NamedTuple
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 
 import numpy as np
 import tensorflow as tf
@@ -50,22 +59,76 @@ def ratio(a, b):
     return round(a / b, 3) if a and b else None
 
 
+def _kernel_usage():
+    """(kernel CPU seconds, minor page faults) of this process so far."""
+    if resource is None:
+        return None
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_stime, usage.ru_minflt
+
+
 class Clock:
     """Wall-clock and process CPU seconds (all threads) of a ``with`` block.
 
     Wall-clock rates depend on how many cores the scheduler grants while
     other processes compete; images per CPU-second measure the work a loader
-    does per image, which that competition barely changes.
+    does per image, which that competition barely changes. ``kernel`` (the
+    part of ``cpu`` spent in the kernel) and ``faults`` (minor page faults:
+    first touches of memory the process had not used before) say how much of
+    it went on getting fresh memory; both are None where ``resource`` is not.
     """
 
     def __enter__(self):
         self._wall, self._cpu = time.perf_counter(), time.process_time()
+        self._kernel = _kernel_usage()
         return self
 
     def __exit__(self, *exc):
         self.wall = time.perf_counter() - self._wall
         self.cpu = time.process_time() - self._cpu
+        end = _kernel_usage()
+        self.kernel = self.faults = None
+        if end is not None and self._kernel is not None:
+            self.kernel = end[0] - self._kernel[0]
+            self.faults = end[1] - self._kernel[1]
         return False
+
+
+class Epoch(NamedTuple):
+    """One timed pass over a dataset (:func:`time_batches_and_tail`)."""
+    images: int
+    wall: float
+    cpu: float
+    tail: float
+    kernel: float | None
+    faults: int | None
+
+    def per_image(self) -> dict:
+        """Kernel microseconds and minor page faults per image (None if unknown)."""
+        known = self.images and self.kernel is not None
+        return {"kernel_us_per_img": round(self.kernel / self.images * 1e6, 1) if known else None,
+                "faults_per_img": round(self.faults / self.images, 2) if known else None}
+
+
+def release_freed_memory() -> bool:
+    """Hands the memory this process has freed back to the kernel.
+
+    A first epoch that fills a memory cache takes fresh memory for every
+    image (page faults, kernel time); memory an earlier loader freed and the
+    allocator kept would spare it that and make it look cheaper than it is
+    in a new training process. So every first epoch starts after this.
+    Returns whether the C library could do it (glibc's ``malloc_trim``).
+    """
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is None:
+        return False
+    trim(ctypes.c_size_t(0))
+    return True
 
 
 def time_batches(batches) -> tuple:
@@ -73,17 +136,22 @@ def time_batches(batches) -> tuple:
     return time_batches_and_tail(batches)[:3]
 
 
-def time_batches_and_tail(batches) -> tuple:
+def time_batches_and_tail(batches, first_epoch: bool = False) -> Epoch:
     """Like :func:`time_batches`, plus the tail: the seconds from the last
     batch to the end of the epoch (the iterator's end and teardown, where
-    tf.data's autotuner can make an epoch wait; see ``catdog.tfdata``)."""
+    tf.data's autotuner can make an epoch wait; see ``catdog.tfdata``), and
+    the kernel time and page faults of the pass (see :class:`Clock`).
+    ``first_epoch``: free memory goes back to the kernel first
+    (:func:`release_freed_memory`)."""
+    if first_epoch:
+        release_freed_memory()
     n, last = 0, None
     with Clock() as clock:
         for images, _ in batches:
             n += int(images.shape[0])
             last = time.perf_counter()
     tail = time.perf_counter() - last if last is not None else 0.0
-    return n, clock.wall, clock.cpu, tail
+    return Epoch(n, clock.wall, clock.cpu, tail, clock.kernel, clock.faults)
 
 
 def _image_data_generator():
@@ -129,12 +197,14 @@ def time_keras(data_dir: str, image_size, batch_size: int) -> dict:
     import keras  # pylint: disable=import-outside-toplevel
     make = lambda: keras.utils.image_dataset_from_directory(
         data_dir, image_size=tuple(image_size), batch_size=batch_size, verbose=False)
-    n, s, cpu, tail = time_batches_and_tail(make())
+    first = time_batches_and_tail(make(), first_epoch=True)
     cached = make().cache().prefetch(tf.data.AUTOTUNE)
     n1, s1, _ = time_batches(cached)
     n2, s2, _ = time_batches(cached)
-    return {"keras_img_per_s": rate(n, s), "keras_img_per_cpu_s": rate(n, cpu),
-            "keras_tail_s": round(tail, 4),
+    return {"keras_img_per_s": rate(first.images, first.wall),
+            "keras_img_per_cpu_s": rate(first.images, first.cpu),
+            "keras_tail_s": round(first.tail, 4),
+            **{f"keras_{k}": v for k, v in first.per_image().items()},
             "keras_cached_first_epoch_img_per_s": rate(n1, s1),
             "keras_cached_img_per_s": rate(n2, s2),
             # Its cache holds float32 pixels.
@@ -183,12 +253,15 @@ def time_catdog(paths, labels, image_size, batch_size: int, dct_scaling: bool = 
     ds = data_lib.build_dataset(paths, labels, num_classes=2, image_size=image_size,
                                 batch_size=batch_size, training=True, cache="memory",
                                 dct_scaling=dct_scaling, decode_options=decode_options)
+    release_freed_memory()  # before the RSS is read, so the growth is the cache's
     rss0 = input_memory.rss_bytes()
-    n1, s1, cpu1, tail = time_batches_and_tail(ds)
+    first = time_batches_and_tail(ds, first_epoch=True)
     rss1 = input_memory.rss_bytes()
-    out = {"first_epoch_img_per_s": rate(n1, s1), "first_epoch_images": n1,
-           "first_epoch_tail_s": round(tail, 4),
-           "first_epoch_img_per_cpu_s": rate(n1, cpu1),
+    out = {"first_epoch_img_per_s": rate(first.images, first.wall),
+           "first_epoch_images": first.images,
+           "first_epoch_tail_s": round(first.tail, 4),
+           "first_epoch_img_per_cpu_s": rate(first.images, first.cpu),
+           **{f"first_epoch_{k}": v for k, v in first.per_image().items()},
            "rss_delta_bytes": max(0, rss1 - rss0)}
     if epochs > 1:
         n2, s2, _ = time_batches(ds)
@@ -220,7 +293,7 @@ def time_catdog_tfrecords(files, num_classes: int, num_examples: int, image_size
     ds = tfrecords.build_tfrecord_dataset(
         files, num_classes=num_classes, image_size=image_size,
         batch_size=batch_size, training=True, num_examples=num_examples)
-    n1, s1, cpu1 = time_batches(ds)
+    n1, s1, cpu1 = time_batches_and_tail(ds, first_epoch=True)[:3]
     n2, s2, _ = time_batches(ds)
     return {f"{key}_first_epoch_img_per_s": rate(n1, s1),
             f"{key}_first_epoch_img_per_cpu_s": rate(n1, cpu1),

@@ -78,6 +78,14 @@ def test_benchmark_script_writes_consistent_json(tmp_path):
         tails = [x[f"{who}_tail_s"] for x in r["rounds"]]
         assert all(t >= 0 for t in tails)
         assert r[f"{who}_tail_median_s"] == pytest.approx(float(np.median(tails)), abs=1e-3)
+    # Kernel time and page faults per image of both first epochs, every round.
+    for who in ("keras", "catdog_first_epoch"):
+        for figure in ("kernel_us_per_img", "faults_per_img"):
+            values = [x[f"{who}_{figure}"] for x in r["rounds"]]
+            assert all(v >= 0 for v in values), (who, figure)
+            assert r[f"{who}_{figure}_median"] == pytest.approx(
+                float(np.median(values)), abs=0.01)
+    assert benchmark.kernel_line(r) in proc.stdout
     assert r["catdog_cache_bytes"] == 16 * (32 * 32 * 3 + 4)
     assert isinstance(r["catdog_scan_seconds"], float)
     assert r["machine"]["cores"] >= 1 and len(r["loadavg_start"]) == 3
@@ -105,6 +113,51 @@ def test_headline_gives_catdog_first_epoch_against_stock_keras_per_round():
     assert benchmark.headline(r).endswith(
         "epoch end after the last batch (median; rounds over 50 ms): "
         "stock 0.21 s (2/3), catdog 0.001 s (0/3)")
+
+
+def test_clock_counts_the_page_faults_and_kernel_time_of_fresh_memory():
+    from benchmarks import input_loaders  # pylint: disable=import-outside-toplevel
+    with input_loaders.Clock() as idle:
+        pass
+    with input_loaders.Clock() as clock:
+        block = np.ones(64 * 2**20, np.uint8)  # 64 MB the process never touched
+    assert int(block[-1]) == 1
+    assert clock.faults >= 16 > idle.faults  # 4 KB pages, or 2 MB huge pages
+    assert clock.kernel >= 0 and idle.kernel >= 0
+    epoch = input_loaders.Epoch(images=8, wall=1.0, cpu=1.0, tail=0.0, kernel=0.004,
+                                faults=300)
+    assert epoch.per_image() == {"kernel_us_per_img": 500.0, "faults_per_img": 37.5}
+    unknown = epoch._replace(kernel=None, faults=None)
+    assert unknown.per_image() == {"kernel_us_per_img": None, "faults_per_img": None}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the RSS from /proc")
+def test_first_epochs_start_with_the_memory_freed_before_them_back_with_the_kernel():
+    from benchmarks import input_loaders  # pylint: disable=import-outside-toplevel
+
+    def resident_mb():
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    # 64 KB blocks come from the C heap, and one block kept at its top stops
+    # the heap shrinking when the rest are freed: their 250 MB stay resident,
+    # ready for the next loader to reuse without a page fault.
+    blocks = [np.ones(64 * 1024, np.uint8) for _ in range(4000)]
+    keep = np.ones(64 * 1024, np.uint8)
+    del blocks
+    before = resident_mb()
+    assert input_loaders.release_freed_memory()
+    assert resident_mb() < before - 150
+    assert int(keep[0]) == 1
+
+
+def test_kernel_line_gives_both_first_epochs_kernel_time_and_faults_per_image():
+    line = benchmark.kernel_line({
+        "keras_kernel_us_per_img_median": 61.0, "keras_faults_per_img_median": 0.4,
+        "catdog_first_epoch_kernel_us_per_img_median": 225.5,
+        "catdog_first_epoch_faults_per_img_median": 37.0})
+    assert "stock Keras 61.0 us with 0.4 page faults" in line
+    assert "catdog 225.5 us with 37.0 page faults" in line
 
 
 def test_benchmark_rejects_a_missing_folder(tmp_path):
