@@ -199,7 +199,7 @@ def time_keras(data_dir: str, image_size, batch_size: int) -> dict:
         data_dir, image_size=tuple(image_size), batch_size=batch_size, verbose=False)
     first = time_batches_and_tail(make(), first_epoch=True)
     cached = make().cache().prefetch(tf.data.AUTOTUNE)
-    n1, s1, _ = time_batches(cached)
+    n1, s1, _ = time_batches_and_tail(cached, first_epoch=True)[:3]
     n2, s2, _ = time_batches(cached)
     return {"keras_img_per_s": rate(first.images, first.wall),
             "keras_img_per_cpu_s": rate(first.images, first.cpu),
