@@ -131,9 +131,10 @@ def release_freed_memory() -> bool:
     return True
 
 
-def time_batches(batches) -> tuple:
-    """Iterates ``batches`` of ``(images, labels)``; returns (images, wall s, CPU s)."""
-    return time_batches_and_tail(batches)[:3]
+def time_batches(batches, first_epoch: bool = False) -> tuple:
+    """Iterates ``batches`` of ``(images, labels)``; returns (images, wall s, CPU s).
+    ``first_epoch``: as for :func:`time_batches_and_tail`."""
+    return time_batches_and_tail(batches, first_epoch)[:3]
 
 
 def time_batches_and_tail(batches, first_epoch: bool = False) -> Epoch:
@@ -199,7 +200,7 @@ def time_keras(data_dir: str, image_size, batch_size: int) -> dict:
         data_dir, image_size=tuple(image_size), batch_size=batch_size, verbose=False)
     first = time_batches_and_tail(make(), first_epoch=True)
     cached = make().cache().prefetch(tf.data.AUTOTUNE)
-    n1, s1, _ = time_batches_and_tail(cached, first_epoch=True)[:3]
+    n1, s1, _ = time_batches(cached, first_epoch=True)
     n2, s2, _ = time_batches(cached)
     return {"keras_img_per_s": rate(first.images, first.wall),
             "keras_img_per_cpu_s": rate(first.images, first.cpu),
@@ -253,9 +254,12 @@ def time_catdog(paths, labels, image_size, batch_size: int, dct_scaling: bool = 
     ds = data_lib.build_dataset(paths, labels, num_classes=2, image_size=image_size,
                                 batch_size=batch_size, training=True, cache="memory",
                                 dct_scaling=dct_scaling, decode_options=decode_options)
-    release_freed_memory()  # before the RSS is read, so the growth is the cache's
+    # Freed memory back to the kernel before the RSS is read, so the growth
+    # is the cache's; the first epoch then starts as time_batches_and_tail's
+    # first_epoch would start it.
+    release_freed_memory()
     rss0 = input_memory.rss_bytes()
-    first = time_batches_and_tail(ds, first_epoch=True)
+    first = time_batches_and_tail(ds)
     rss1 = input_memory.rss_bytes()
     out = {"first_epoch_img_per_s": rate(first.images, first.wall),
            "first_epoch_images": first.images,
@@ -293,7 +297,7 @@ def time_catdog_tfrecords(files, num_classes: int, num_examples: int, image_size
     ds = tfrecords.build_tfrecord_dataset(
         files, num_classes=num_classes, image_size=image_size,
         batch_size=batch_size, training=True, num_examples=num_examples)
-    n1, s1, cpu1 = time_batches_and_tail(ds, first_epoch=True)[:3]
+    n1, s1, cpu1 = time_batches(ds, first_epoch=True)
     n2, s2, _ = time_batches(ds)
     return {f"{key}_first_epoch_img_per_s": rate(n1, s1),
             f"{key}_first_epoch_img_per_cpu_s": rate(n1, cpu1),
