@@ -134,10 +134,7 @@ def test_clock_counts_the_page_faults_and_kernel_time_of_fresh_memory():
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the RSS from /proc")
 def test_first_epochs_start_with_the_memory_freed_before_them_back_with_the_kernel():
     from benchmarks import input_loaders  # pylint: disable=import-outside-toplevel
-
-    def resident_mb():
-        with open("/proc/self/statm", encoding="ascii") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    resident_mb = lambda: input_memory.rss_bytes() / 2**20
 
     # 64 KB blocks come from the C heap, and one block kept at its top stops
     # the heap shrinking when the rest are freed: their 250 MB stay resident,
