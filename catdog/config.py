@@ -228,7 +228,10 @@ class ModelConfig:
     head: str = option(
         "avg", "How backbone features reach the new head: global 'avg' or "
         "'max' pooling, or 'flatten'.", choices=HEADS)
-    dropout: float = option(0.5, "Dropout rate before the last layer.")
+    dropout: float = option(
+        0.5, "Dropout rate before the last layer (default: the stage preset: "
+        "0.5, but 0.25 for augmented, whose augmentation already regularizes; "
+        "fine_tuning keeps its --init_from model's).", flag_default=None)
     augment: bool = option(
         False, "Put the augmentation block in front of the network (default: "
         "the stage preset: off for baseline, on for augmented and "
@@ -488,8 +491,10 @@ def augmented() -> Config:
     Augmented images are a harder task: at a constant rate the CNN still
     underfits at epoch 30, so the rate warms up for an epoch and decays on a
     cosine to 0, which lets it converge within the same 30 epochs as stage 1.
+    The augmentation regularizes, so the head's dropout is half stage 1's
+    (0.25): at 0.5 the CNN still underfits at epoch 30.
     """
-    return Config(model=ModelConfig(stage="augmented", augment=True),
+    return Config(model=ModelConfig(stage="augmented", augment=True, dropout=0.25),
                   train=TrainConfig(epochs=30, learning_rate=1e-3,
                                     lr_schedule="cosine", warmup_epochs=1.0))
 
@@ -515,9 +520,16 @@ def fine_tuning() -> Config:
                                     lr_schedule="cosine", warmup_epochs=1.0))
 
 
-#: The training settings each stage preset chooses. A stage script or
-#: ``run_pipeline`` keeps the preset's value unless the setting is given.
-PRESET_SETTINGS = ("epochs", "learning_rate", "lr_schedule", "warmup_epochs")
+#: The settings each stage preset chooses (a field of ``train`` unless
+#: :func:`preset_section` says otherwise). A stage script or ``run_pipeline``
+#: keeps the preset's value unless the setting is given.
+PRESET_SETTINGS = ("epochs", "learning_rate", "lr_schedule", "warmup_epochs", "dropout")
+_PRESET_SECTIONS = {"dropout": "model"}
+
+
+def preset_section(setting: str) -> str:
+    """The Config section (``"train"`` or ``"model"``) of a preset setting."""
+    return _PRESET_SECTIONS.get(setting, "train")
 
 _PRESETS = {
     "baseline": baseline,

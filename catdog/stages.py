@@ -64,7 +64,9 @@ def stage_config(base: config_lib.Config, stage: str, model_dir: str,
     config.model.stage = stage
     config.model.augment = preset.model.augment if augment is None else bool(augment)
     for field in config_lib.PRESET_SETTINGS:
-        setattr(config.train, field, (settings or {}).get(field, getattr(preset.train, field)))
+        section = config_lib.preset_section(field)
+        setattr(getattr(config, section), field,
+                (settings or {}).get(field, getattr(getattr(preset, section), field)))
     config.train.epochs = (epochs or {}).get(stage, config.train.epochs)
     config.train.learning_rate = (learning_rates or {}).get(
         stage, config.train.learning_rate)

@@ -31,6 +31,15 @@ def test_flags_override_the_stage_preset(fv):
     assert c.train.epochs == 3 and c.train.learning_rate == 0.01
 
 
+def test_dropout_is_the_stage_presets_until_given(fv):
+    fv(["prog", "--train_dir=t"])
+    assert {stage: cli.config_from_flags(stage, fv).model.dropout for stage in C.STAGES} == {
+        stage: C.for_stage(stage).model.dropout for stage in C.STAGES}
+    assert cli.config_from_flags("augmented", fv).model.dropout == 0.25
+    fv(["prog", "--dropout=0.5"])
+    assert cli.config_from_flags("augmented", fv).model.dropout == 0.5
+
+
 def test_every_flag_has_help(fv):
     for name in fv:
         if fv.find_module_defining_flag(name, "").startswith("catdog"):

@@ -10,6 +10,7 @@ import pytest
 
 from helpers import REPO, make_class_folder, tree_state
 from catdog import config as C
+from catdog import models
 
 SCRIPTS = os.path.join(REPO, "scripts")
 
@@ -115,6 +116,9 @@ def test_run_pipeline_small(tiny_folders, tmp_path):
         preset = C.for_stage(stage).train
         assert (train["lr_schedule"], train["warmup_epochs"]) == (
             preset.lr_schedule, preset.warmup_epochs), stage
+    # ... and the augmented CNN its own dropout.
+    model = models.load_model(str(tmp_path / "p" / "augmented"))
+    assert model.get_layer("head_dropout").rate == C.augmented().model.dropout == 0.25
     # Without --cache the four stages share one file cache in the job's folder
     # (one key per split), and say where it is and how big.
     cache = tmp_path / "p" / "cache"

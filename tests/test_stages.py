@@ -266,17 +266,29 @@ def test_a_job_killed_while_caching_reruns_on_its_cache(tmp_path):
 def test_each_stage_trains_with_its_presets_schedule_unless_one_is_given(tmp_path):
     base = C.baseline()
     schedules = set()
+    def chosen(config):
+        return {f: getattr(getattr(config, C.preset_section(f)), f) for f in C.PRESET_SETTINGS}
+
     for stage in C.STAGES:
-        preset = C.for_stage(stage).train
-        got = stages.stage_config(base, stage, str(tmp_path)).train
-        assert {f: getattr(got, f) for f in C.PRESET_SETTINGS} == {
-            f: getattr(preset, f) for f in C.PRESET_SETTINGS}, stage
-        schedules.add((preset.lr_schedule, preset.warmup_epochs))
+        preset = C.for_stage(stage)
+        assert chosen(stages.stage_config(base, stage, str(tmp_path))) == chosen(preset), stage
+        schedules.add((preset.train.lr_schedule, preset.train.warmup_epochs))
     assert len(schedules) > 1  # the presets differ, so stage 1's cannot stand for all
     given = stages.stage_config(base, "feature_extraction", str(tmp_path),
                                 settings={"lr_schedule": "step", "warmup_epochs": 0.0},
                                 epochs={"feature_extraction": 3})
     assert (given.train.lr_schedule, given.train.warmup_epochs, given.train.epochs) == (
         "step", 0.0, 3)
-    with pytest.raises(ValueError, match="dropout"):
-        stages.stage_config(base, "baseline", str(tmp_path), settings={"dropout": 0.1})
+    with pytest.raises(ValueError, match="batch_size"):
+        stages.stage_config(base, "baseline", str(tmp_path), settings={"batch_size": 8})
+
+
+def test_the_augmented_stage_halves_the_dropout_of_the_others_unless_one_is_given(tmp_path):
+    # Stage 1's dropout (0.5) must not stand for stage 2's preset (0.25).
+    base = C.baseline()
+    dropouts = {stage: stages.stage_config(base, stage, str(tmp_path)).model.dropout
+                for stage in C.STAGES}
+    assert dropouts == {"baseline": 0.5, "augmented": 0.25,
+                        "feature_extraction": 0.5, "fine_tuning": 0.5}
+    given = stages.stage_config(base, "augmented", str(tmp_path), settings={"dropout": 0.4})
+    assert given.model.dropout == 0.4
