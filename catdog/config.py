@@ -531,6 +531,7 @@ def preset_section(setting: str) -> str:
     """The Config section (``"train"`` or ``"model"``) of a preset setting."""
     return _PRESET_SECTIONS.get(setting, "train")
 
+
 _PRESETS = {
     "baseline": baseline,
     "augmented": augmented,
