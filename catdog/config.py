@@ -532,6 +532,11 @@ def preset_section(setting: str) -> str:
     return _PRESET_SECTIONS.get(setting, "train")
 
 
+def preset_value(config: Config, setting: str):
+    """The value of the preset setting ``setting`` in ``config``, in its section."""
+    return getattr(getattr(config, preset_section(setting)), setting)
+
+
 _PRESETS = {
     "baseline": baseline,
     "augmented": augmented,

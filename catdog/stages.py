@@ -64,9 +64,8 @@ def stage_config(base: config_lib.Config, stage: str, model_dir: str,
     config.model.stage = stage
     config.model.augment = preset.model.augment if augment is None else bool(augment)
     for field in config_lib.PRESET_SETTINGS:
-        section = config_lib.preset_section(field)
-        setattr(getattr(config, section), field,
-                (settings or {}).get(field, getattr(getattr(preset, section), field)))
+        value = (settings or {}).get(field, config_lib.preset_value(preset, field))
+        setattr(getattr(config, config_lib.preset_section(field)), field, value)
     config.train.epochs = (epochs or {}).get(stage, config.train.epochs)
     config.train.learning_rate = (learning_rates or {}).get(
         stage, config.train.learning_rate)

@@ -63,7 +63,7 @@ def _run():
                          "Received: model_dir=None")
     # A preset setting given on the command line applies to every stage; the
     # others are each stage's preset's.
-    settings = {name: getattr(getattr(base, config_lib.preset_section(name)), name)
+    settings = {name: config_lib.preset_value(base, name)
                 for name in config_lib.PRESET_SETTINGS if FLAGS[name].value is not None}
     epochs = DEMO_EPOCHS if is_demo and "epochs" not in settings else None
     # --cache given (on the command line or in a --flagfile) is used as

@@ -267,7 +267,7 @@ def test_each_stage_trains_with_its_presets_schedule_unless_one_is_given(tmp_pat
     base = C.baseline()
     schedules = set()
     def chosen(config):
-        return {f: getattr(getattr(config, C.preset_section(f)), f) for f in C.PRESET_SETTINGS}
+        return {f: C.preset_value(config, f) for f in C.PRESET_SETTINGS}
 
     for stage in C.STAGES:
         preset = C.for_stage(stage)
